@@ -1,0 +1,40 @@
+# Everything a fresh machine needs: `make run` (the main job) and `make test` (the tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast bench compile lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -r requirements.lock
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
+	touch $(STAMP)
+
+## The main job: the KFP pipeline run locally on the built-in default data.
+run: install
+	$(BIN)/recsys run
+
+## The test suite (what CI runs).
+test: install
+	$(BIN)/python -m pytest -m "not bench" tests
+
+## Speed, memory and quality targets (not part of `make test`).
+bench: install
+	$(BIN)/python -m pytest -m bench -s tests/benchmarks
+
+## Rewrite the committed pipeline IR YAML from the code.
+compile: install
+	$(BIN)/recsys compile
+
+## Re-resolve the pinned dependency set after changing pyproject.toml.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements.lock
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

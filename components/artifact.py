@@ -1,0 +1,198 @@
+"""The model artifact: one self-describing directory, written by training, read by everything.
+
+Layout (no pickles: every file is a plain numpy, scipy, Parquet, JSON or LightGBM text file,
+so an artifact can be inspected, and loading it never runs code from it):
+
+    manifest.json           format version, model version, data fingerprint, config, metrics,
+                            generators, file checksums
+    items.parquet           item ids (index order) and metadata (title, genres, year, ...)
+    users.parquet           user ids (index order) and per-user facts the ranker uses
+    interactions.npz        the training user-item matrix (training items are never re-recommended)
+    generators/<name>/*.npy|npz   each candidate generator's state
+    item_stats/*.npy|npz    per-item ranker features
+    ranker.txt              the LightGBM booster (absent when the ranker is disabled)
+
+`load_model` checks the manifest, the format version and every file's checksum, and fails with
+one `ArtifactError` line naming what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from components.config import ModelConfig, SplitConfig
+from components.errors import ArtifactError
+from components.features import ItemStats
+from components.models.als import AlsModel
+from components.models.base import TrainingData
+from components.models.content import ContentModel
+from components.models.ease import EaseModel
+from components.models.popularity import PopularityModel
+from components.models.two_stage import TwoStageRecommender
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_GENERATOR_TYPES = {
+    "popularity": PopularityModel,
+    "ease": EaseModel,
+    "als": AlsModel,
+    "content": ContentModel,
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_state(directory: Path, state: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in state.items():
+        if sp.issparse(value):
+            sp.save_npz(directory / f"{key}.npz", sp.csr_matrix(value))
+        else:
+            np.save(directory / f"{key}.npy", np.asarray(value), allow_pickle=False)
+
+
+def _read_state(directory: Path) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix == ".npz":
+            state[path.stem] = sp.load_npz(path).tocsr()
+        elif path.suffix == ".npy":
+            state[path.stem] = np.load(path, allow_pickle=False)
+    return state
+
+
+def save_model(
+    model: TwoStageRecommender,
+    directory: str | Path,
+    *,
+    data_fingerprint: str,
+    metrics: dict[str, float] | None = None,
+    model_version: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the artifact atomically: a partial directory never looks like a model."""
+    target = Path(directory)
+    staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)
+    try:
+        data = model.data_
+        items = data.items.copy()
+        items.to_parquet(staging / "items.parquet", index=False)
+        pd.DataFrame({"user_id": data.user_ids, "mean_time": model.user_time_}).to_parquet(
+            staging / "users.parquet", index=False
+        )
+        sp.save_npz(staging / "interactions.npz", data.matrix)
+        np.save(staging / "item_last_seen.npy", data.item_last_seen, allow_pickle=False)
+        for name, gen in model.generators_.items():
+            _write_state(staging / "generators" / name, gen.get_state())
+        _write_state(staging / "item_stats", model.stats_.get_state())
+        if model.ranker_ is not None:
+            model.ranker_.save_model(str(staging / "ranker.txt"))
+        files = {
+            str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
+        }
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model_version": model_version or time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "data_fingerprint": data_fingerprint,
+            "config": {"model": model.config.model_dump(mode="json"), "split": model.split.model_dump(mode="json")},
+            "metrics": metrics or {},
+            "generators": list(model.generators_),
+            "n_users": int(data.n_users),
+            "n_items": int(data.n_items),
+            "train_end": data.train_end,
+            "files": files,
+            **(extra or {}),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: not a model artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest: {exc}") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format {version!r} is not supported (this code reads {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
+    for name, expected in manifest.get("files", {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{directory}: missing file {name}")
+        if _sha256(path) != expected:
+            raise ArtifactError(f"{directory}: {name} is corrupt (checksum mismatch)")
+
+
+def load_model(directory: str | Path) -> TwoStageRecommender:
+    """Load and validate an artifact; anything wrong is one ArtifactError line."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest)
+    try:
+        config = manifest["config"]
+        model = TwoStageRecommender(
+            ModelConfig.model_validate(config["model"]), SplitConfig.model_validate(config["split"])
+        )
+        items = pd.read_parquet(directory / "items.parquet")
+        user_frame = pd.read_parquet(directory / "users.parquet")
+        users = user_frame["user_id"].to_numpy(dtype=str)
+        matrix = sp.load_npz(directory / "interactions.npz").tocsr()
+        model.data_ = TrainingData(
+            user_ids=users,
+            item_ids=items["item_id"].to_numpy(dtype=str),
+            matrix=matrix,
+            items=items,
+            item_last_seen=np.load(directory / "item_last_seen.npy"),
+            train_end=float(manifest["train_end"]),
+        )
+        model.stats_ = ItemStats.from_state(_read_state(directory / "item_stats"))
+        model.user_time_ = user_frame["mean_time"].to_numpy(dtype=np.float64)
+        model.generators_ = {
+            name: _GENERATOR_TYPES[name].from_state(_read_state(directory / "generators" / name))
+            for name in manifest["generators"]
+        }
+        ranker = directory / "ranker.txt"
+        model.ranker_ = None
+        if ranker.exists():
+            model.ranker_ = lgb.Booster(model_file=str(ranker))
+    except ArtifactError:
+        raise
+    except Exception as exc:  # any inconsistency inside a checksummed artifact is a bad artifact
+        raise ArtifactError(f"{directory}: cannot load model: {type(exc).__name__}: {exc}") from None
+    if matrix.shape != (len(users), len(model.data_.item_ids)):
+        raise ArtifactError(f"{directory}: interaction matrix does not match the id maps")
+    model.manifest_ = manifest
+    return model

@@ -1,0 +1,145 @@
+"""Typed configuration: one YAML file holds every hyperparameter of a run.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and the defaults
+are the ones that do well on MovieLens, so an empty file is a good configuration.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Strict):
+    """How held-out interactions are chosen."""
+
+    # temporal: each user's most recent interactions are held out (production predicts the
+    # future); stratified: a per-user random fraction (the Microsoft Recommenders protocol).
+    method: Literal["temporal", "stratified"] = "temporal"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # The slice of training data held out once more to fit the ranker and tune on.
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    min_user_interactions: int = Field(3, ge=2)
+    seed: int = 42
+
+
+class EaseConfig(_Strict):
+    enabled: bool = True
+    l2: float = Field(400.0, gt=0.0)
+    # A dense item-item Gram matrix costs 8*n^2 bytes and O(n^3) time to invert: beyond this
+    # catalogue size EASE is skipped with a message rather than exhausting memory.
+    max_items: int = Field(25_000, ge=1)
+    # Items with fewer training interactions than this get no EASE weights (0 score): they
+    # carry almost no co-occurrence signal, and dropping them shrinks the O(n^3) inverse.
+    min_item_support: int = Field(3, ge=1)
+
+
+class AlsConfig(_Strict):
+    enabled: bool = True
+    factors: int = Field(64, ge=1)
+    regularization: float = Field(0.05, ge=0.0)
+    iterations: int = Field(20, ge=1)
+    alpha: float = Field(2.0, gt=0.0)
+
+
+class ContentConfig(_Strict):
+    enabled: bool = True
+    max_features: int = Field(20_000, ge=1)
+    # Weight of the title words against genres in the item text.
+    title_weight: float = Field(1.0, ge=0.0)
+
+
+class RankerConfig(_Strict):
+    enabled: bool = True
+    candidates_per_generator: int = Field(50, ge=1)
+    # Cross-fitting folds for the ranker's training labels (stratified splits; temporal splits
+    # use one most-recent slice).
+    folds: int = Field(5, ge=1, le=20)
+    n_estimators: int = Field(150, ge=1)
+    learning_rate: float = Field(0.05, gt=0.0)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(20, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    # The relevance cut-off the LambdaRank objective optimises (NDCG@k).
+    eval_at: int = Field(10, ge=1)
+
+
+class ModelConfig(_Strict):
+    ease: EaseConfig = EaseConfig()
+    als: AlsConfig = AlsConfig()
+    content: ContentConfig = ContentConfig()
+    ranker: RankerConfig = RankerConfig()
+    # Interactions below this rating are not positive feedback (None: every interaction is).
+    positive_rating_threshold: float | None = None
+    seed: int = 42
+
+
+class EvaluationConfig(_Strict):
+    k_values: tuple[int, ...] = (5, 10, 20)
+
+    @model_validator(mode="after")
+    def _positive_k(self) -> "EvaluationConfig":
+        if not self.k_values or min(self.k_values) < 1:
+            raise ValueError("k_values must be a non-empty list of positive integers")
+        return self
+
+
+class GateConfig(_Strict):
+    """Champion-challenger gate: when may a new model replace the one that serves."""
+
+    primary_metric: str = "ndcg@10"
+    # Relative gain over the champion that the primary metric must reach.
+    min_relative_gain: float = Field(0.01, ge=0.0)
+    # Metric -> largest tolerated relative drop against the champion.
+    guardrails: dict[str, float] = {"recall@10": 0.02, "coverage@10": 0.10}
+
+
+class RegistryConfig(_Strict):
+    model_name: str = "recsys"
+    experiment: str = "recsys"
+
+
+class Config(_Strict):
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a YAML config (None: the defaults). Any problem is one ConfigError line."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")

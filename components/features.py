@@ -1,0 +1,150 @@
+"""Features of (user, candidate item) pairs for the LightGBM ranker.
+
+Candidates are the union of each generator's top-N for the user (items the user already has are
+never candidates). Each pair is described by every generator's score and rank, item popularity
+and recency, item year, user activity, and the genre overlap between the item and the user's
+history. Everything is computed on whole [B, n_items] score matrices: no loop over items.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.preprocessing import MultiLabelBinarizer
+
+ITEM_FEATURES = ("item_log_popularity", "item_days_since_last_seen", "item_year", "item_mean_rating")
+USER_FEATURES = ("user_log_activity", "user_genre_overlap", "user_item_days_apart")
+
+
+@dataclass
+class ItemStats:
+    """Per-item facts the ranker uses; fitted once with the generators."""
+
+    log_popularity: np.ndarray  # [n_items]
+    days_since_last_seen: np.ndarray  # [n_items], NaN when the data has no timestamps
+    year: np.ndarray  # [n_items], NaN when unknown
+    genres: np.ndarray  # [n_items, n_genres] float32 0/1 (dense: genres are few)
+    mean_time: np.ndarray  # [n_items] mean interaction time (Unix s), NaN when unknown
+    mean_rating: np.ndarray  # [n_items], NaN when unknown
+
+    @classmethod
+    def from_training(cls, data) -> "ItemStats":
+        matrix, items, last_seen, train_end = data.matrix, data.items, data.item_last_seen, data.train_end
+        counts = np.asarray(matrix.sum(axis=0)).ravel()
+        if train_end > 0:
+            days = np.where(last_seen > 0, (train_end - last_seen) / 86_400.0, np.nan)
+        else:
+            days = np.full(len(counts), np.nan)
+        genre_lists = items["genres"].fillna("").str.split("|").apply(lambda g: [x for x in g if x])
+        binarizer = MultiLabelBinarizer(sparse_output=True)
+        genres = binarizer.fit_transform(genre_lists) if len(items) else sp.csr_matrix((0, 0))
+        if genres.shape[1] == 0:
+            genres = sp.csr_matrix((len(counts), 1), dtype=np.float32)
+        genres = np.asarray(genres.toarray(), dtype=np.float32)
+        return cls(
+            log_popularity=np.log1p(counts).astype(np.float32),
+            days_since_last_seen=days.astype(np.float32),
+            year=pd.to_numeric(items["year"], errors="coerce").to_numpy(dtype=np.float32),
+            genres=genres,
+            mean_time=np.asarray(data.item_mean_time, dtype=np.float64),
+            mean_rating=np.asarray(data.item_mean_rating, dtype=np.float32),
+        )
+
+    def get_state(self) -> dict[str, np.ndarray | sp.csr_matrix]:
+        return {
+            "log_popularity": self.log_popularity,
+            "days_since_last_seen": self.days_since_last_seen,
+            "year": self.year,
+            "genres": self.genres,
+            "mean_time": self.mean_time,
+            "mean_rating": self.mean_rating,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ItemStats":
+        return cls(
+            state["log_popularity"],
+            state["days_since_last_seen"],
+            state["year"],
+            np.asarray(state["genres"], dtype=np.float32),
+            state["mean_time"],
+            state["mean_rating"],
+        )
+
+    def history_time(self, history: sp.csr_matrix) -> np.ndarray:
+        """[B] mean time of each history row's items: a user's "when", if not known otherwise."""
+        known = np.where(np.isnan(self.mean_time), 0.0, self.mean_time)
+        weight = history @ (~np.isnan(self.mean_time)).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(weight > 0, (history @ known) / np.maximum(weight, 1), np.nan)
+
+
+@dataclass
+class Candidates:
+    rows: np.ndarray  # [P] batch row of each pair, sorted
+    items: np.ndarray  # [P] item index of each pair
+    features: np.ndarray  # [P, n_features] float32
+
+
+def feature_names(generators: list[str]) -> list[str]:
+    per_generator = [f"{g}_{kind}" for g in generators for kind in ("score", "rank", "relative")]
+    return per_generator + list(ITEM_FEATURES) + list(USER_FEATURES)
+
+
+def top_n(scores: np.ndarray, n: int) -> np.ndarray:
+    """[B, n] indices of each row's n best scores, best first."""
+    n = min(n, scores.shape[1])
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def build_candidates(
+    scores: dict[str, np.ndarray],
+    history: sp.csr_matrix,
+    stats: ItemStats,
+    n_per_generator: int,
+    user_time: np.ndarray,
+) -> Candidates:
+    """Union of each generator's top-N (history excluded) and the pairs' features."""
+    batch, n_items = history.shape
+    seen = history.toarray().astype(bool)
+    mask = np.zeros((batch, n_items), dtype=bool)
+    ranks: dict[str, np.ndarray] = {}
+    best: dict[str, np.ndarray] = {}
+    for name, s in scores.items():
+        s = np.where(seen, -np.inf, s)
+        best[name] = s.max(axis=1)
+        top = top_n(s, n_per_generator)
+        rank = np.full((batch, n_items), top.shape[1], dtype=np.float32)
+        np.put_along_axis(rank, top, np.arange(top.shape[1], dtype=np.float32)[None, :], axis=1)
+        ranks[name] = rank
+        np.put_along_axis(mask, top, True, axis=1)
+    mask &= ~seen
+    rows, items = np.nonzero(mask)
+    columns = []
+    for name, s in scores.items():
+        picked = s[rows, items]
+        # Scores relative to the user's best: comparable across users and across refits.
+        top = best[name][rows]
+        relative = np.where(np.abs(top) > 1e-12, picked / np.where(top == 0, 1, top), 0.0)
+        columns += [picked, ranks[name][rows, items], relative]
+    activity = np.diff(history.indptr).astype(np.float32)
+    # Share of the user's history in the item's genres.
+    profile = np.asarray(history @ stats.genres, dtype=np.float32)
+    profile /= np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
+    overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
+    columns += [
+        stats.log_popularity[items],
+        stats.days_since_last_seen[items],
+        stats.year[items],
+        stats.mean_rating[items],
+        np.log1p(activity)[rows],
+        overlap,
+        # Items people used around the time this user was active (NaN without timestamps).
+        (stats.mean_time[items] - user_time[rows]) / 86_400.0,
+    ]
+    features = np.column_stack(columns).astype(np.float32)
+    return Candidates(rows=rows, items=items, features=features)

@@ -1,0 +1,117 @@
+"""What every model learns from: interactions in index space, plus item metadata.
+
+Ids are strings at the edges and dense integer indices inside, so every model works on one
+sparse user-item matrix and the mapping is done once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass
+class TrainingData:
+    user_ids: np.ndarray  # [n_users] str, index -> id
+    item_ids: np.ndarray  # [n_items] str
+    matrix: sp.csr_matrix  # [n_users, n_items] float32, 1.0 per positive interaction
+    items: pd.DataFrame  # aligned with item_ids: title, genres, year, description ("" if unknown)
+    item_last_seen: np.ndarray  # [n_items] latest interaction time (Unix s), 0 if unknown
+    train_end: float  # latest timestamp in training (0 if the data has none)
+    item_mean_time: np.ndarray | None = None  # [n_items] mean interaction time, NaN if unknown
+    user_mean_time: np.ndarray | None = None  # [n_users] mean interaction time, NaN if unknown
+    item_mean_rating: np.ndarray | None = None  # [n_items] NaN if unknown
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+def build_training_data(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    *,
+    positive_rating_threshold: float | None = None,
+) -> TrainingData:
+    """Index the interactions; the catalogue is every item seen in training plus described ones."""
+    df = interactions
+    if positive_rating_threshold is not None and "rating" in df.columns:
+        df = df[df["rating"] >= positive_rating_threshold]
+    user_ids, user_idx = np.unique(df["user_id"].to_numpy(dtype=str), return_inverse=True)
+    known = df["item_id"].to_numpy(dtype=str)
+    catalogue = known if items is None else np.concatenate([known, items["item_id"].to_numpy(str)])
+    item_ids = np.unique(catalogue)
+    item_idx = np.searchsorted(item_ids, known)
+    matrix = sp.csr_matrix(
+        (np.ones(len(df), dtype=np.float32), (user_idx, item_idx)),
+        shape=(len(user_ids), len(item_ids)),
+    )
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    meta = pd.DataFrame({"item_id": item_ids})
+    if items is not None:
+        meta = meta.merge(items, on="item_id", how="left")
+    for column in ("title", "genres", "description"):
+        meta[column] = meta[column].fillna("").astype(str) if column in meta else ""
+    meta["year"] = pd.to_numeric(meta["year"], errors="coerce") if "year" in meta else np.nan
+    last_seen = np.zeros(len(item_ids))
+    train_end = 0.0
+    item_time = np.full(len(item_ids), np.nan)
+    user_time = np.full(len(user_ids), np.nan)
+    if "timestamp" in df.columns and len(df):
+        ts = df["timestamp"].to_numpy(dtype=float)
+        np.maximum.at(last_seen, item_idx, ts)
+        train_end = float(ts.max())
+        item_time = _group_mean(item_idx, ts, len(item_ids))
+        user_time = _group_mean(user_idx, ts, len(user_ids))
+    item_rating = np.full(len(item_ids), np.nan)
+    if "rating" in df.columns and len(df):
+        item_rating = _group_mean(item_idx, df["rating"].to_numpy(dtype=float), len(item_ids))
+    return TrainingData(
+        user_ids, item_ids, matrix, meta, last_seen, train_end, item_time, user_time, item_rating
+    )
+
+
+def _group_mean(groups: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    counts = np.bincount(groups, minlength=size)
+    sums = np.bincount(groups, weights=values, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def history_matrix(
+    item_ids: np.ndarray, histories: list[list[str]], n_items: int
+) -> sp.csr_matrix:
+    """Rows of known-item indicators for callers that bring a history; unknown ids are ignored."""
+    rows, cols = [], []
+    for r, history in enumerate(histories):
+        idx = np.searchsorted(item_ids, np.asarray(history, dtype=str))
+        idx = np.clip(idx, 0, len(item_ids) - 1)
+        idx = idx[item_ids[idx] == np.asarray(history, dtype=str)] if len(history) else idx[:0]
+        rows.extend([r] * len(idx))
+        cols.extend(idx.tolist())
+    data = np.ones(len(rows), dtype=np.float32)
+    out = sp.csr_matrix((data, (rows, cols)), shape=(len(histories), n_items))
+    out.sum_duplicates()
+    out.data[:] = 1.0
+    return out
+
+
+class CandidateGenerator(Protocol):
+    """A first-stage model: scores every item for a batch of users."""
+
+    name: str
+
+    def fit(self, data: TrainingData) -> "CandidateGenerator": ...
+
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """[B, n_items] float32 scores; `users` holds indices (-1 for users unseen in
+        training) and `history` the matching rows of known items."""
+        ...

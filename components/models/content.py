@@ -1,0 +1,76 @@
+"""Content model: TF-IDF over item text (title words, genres, year, description).
+
+It answers "items similar to X", scores users by the similarity of items to their history
+profile, and so serves users with no interactions in training but a few known items.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import normalize
+
+from components.models.base import TrainingData
+
+
+def item_text(items: pd.DataFrame, title_weight: float = 1.0) -> list[str]:
+    """One document per item: genre and decade tokens stay whole, titles are split in words."""
+    genres = items["genres"].fillna("").str.replace(r"[^\w|]+", "", regex=True)
+    genre_tokens = genres.str.split("|").apply(lambda gs: " ".join(f"genre_{g}" for g in gs if g))
+    year = pd.to_numeric(items["year"], errors="coerce")
+    decade = np.where(year.notna(), "decade_" + (year // 10 * 10).fillna(0).astype(int).astype(str), "")
+    titles = items["title"].fillna("").str.replace(r"\(\d{4}\)\s*$", "", regex=True)
+    repeat = max(int(round(title_weight)), 0)
+    parts = [genre_tokens, pd.Series(decade, index=items.index), items["description"].fillna("")]
+    docs = (titles + " ") * repeat
+    for part in parts:
+        docs = docs + " " + part
+    return docs.str.lower().tolist()
+
+
+class ContentModel:
+    name = "content"
+
+    def __init__(self, max_features: int = 20_000, title_weight: float = 1.0):
+        self.max_features = max_features
+        self.title_weight = title_weight
+
+    def fit(self, data: TrainingData) -> "ContentModel":
+        docs = item_text(data.items, self.title_weight)
+        vectorizer = TfidfVectorizer(
+            max_features=self.max_features, token_pattern=r"(?u)\b\w\w+\b", sublinear_tf=True
+        )
+        try:
+            vectors = vectorizer.fit_transform(docs)
+        except ValueError:  # no text at all (e.g. interactions without an items file)
+            vectors = sp.csr_matrix((data.n_items, 1), dtype=np.float32)
+        self.item_vectors_ = normalize(vectors.astype(np.float32).tocsr())
+        self._prepare()
+        return self
+
+    def _prepare(self) -> None:
+        # The transpose is materialised once so scoring is one sparse product per request.
+        self.item_vectors_t_ = self.item_vectors_.T.tocsr()
+
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """Cosine between each item and the user's profile (the sum of their items' vectors)."""
+        # A dense profile makes the product sparse-matrix x dense, far cheaper than sparse x sparse.
+        profile = (history @ self.item_vectors_).toarray()
+        norms = np.linalg.norm(profile, axis=1, keepdims=True)
+        scores = np.asarray((self.item_vectors_ @ profile.T).T, dtype=np.float32)
+        return scores / np.maximum(norms, 1e-12).astype(np.float32)
+
+    def similar(self, items: np.ndarray) -> np.ndarray:
+        """[len(items), n_items] cosine similarity of the given item indices to every item."""
+        return (self.item_vectors_[items] @ self.item_vectors_t_).toarray().astype(np.float32)
+
+    def get_state(self) -> dict[str, sp.csr_matrix]:
+        return {"item_vectors": self.item_vectors_}
+
+    @classmethod
+    def from_state(cls, state: dict[str, sp.csr_matrix]) -> "ContentModel":
+        model = cls()
+        model.item_vectors_ = state["item_vectors"].tocsr()
+        model._prepare()
+        return model

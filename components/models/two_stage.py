@@ -1,0 +1,331 @@
+"""The two-stage recommender: candidate generators, then a LightGBM LambdaRank ranker.
+
+Training (`fit`) carves a validation slice out of the training interactions, fits the
+generators on the rest, builds candidates and features for the slice's users and trains the
+ranker to put their held-out items first (early stopping on a share of those users). The
+generators are then refitted on all training interactions, which is what serves.
+
+Scoring (`recommend_indices`) is vectorised over the batch: every generator scores the whole
+catalogue for the batch, the ranker scores the union of their top-N, and items outside the
+candidates follow in popularity order, so any k up to the catalogue size can be answered.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from components.config import ModelConfig, SplitConfig
+from components.features import ItemStats, build_candidates, feature_names, top_n
+from components.models.als import AlsModel
+from components.models.base import TrainingData, build_training_data, history_matrix
+from components.models.content import ContentModel
+from components.models.ease import EaseModel
+from components.models.popularity import PopularityModel
+from components.split import kfold_splits, split_interactions
+
+log = logging.getLogger(__name__)
+
+Generator = PopularityModel | EaseModel | AlsModel | ContentModel
+# Non-candidates rank below every candidate, in popularity order.
+_FALLBACK_OFFSET = -1e4
+_CHUNK = 1024
+
+
+@dataclass
+class Recommendations:
+    item_ids: np.ndarray  # [B, k] str
+    scores: np.ndarray  # [B, k] float32
+    cold_start: np.ndarray  # [B] bool: the user was not seen in training
+
+
+def make_generators(config: ModelConfig) -> dict[str, Generator]:
+    gens: dict[str, Generator] = {"popularity": PopularityModel()}
+    if config.ease.enabled:
+        gens["ease"] = EaseModel(config.ease.l2, config.ease.max_items, config.ease.min_item_support)
+    if config.als.enabled:
+        a = config.als
+        gens["als"] = AlsModel(a.factors, a.regularization, a.iterations, a.alpha, config.seed)
+    if config.content.enabled:
+        gens["content"] = ContentModel(config.content.max_features, config.content.title_weight)
+    return gens
+
+
+def fit_generators(data: TrainingData, config: ModelConfig, progress: Callable[[str], None]) -> dict[str, Generator]:
+    gens = make_generators(config)
+    for name, gen in gens.items():
+        progress(f"  fitting {name} on {data.matrix.nnz:,} interactions")
+        gen.fit(data)
+    return gens
+
+
+class TwoStageRecommender:
+    def __init__(self, config: ModelConfig | None = None, split: SplitConfig | None = None):
+        self.config = config or ModelConfig()
+        self.split = split or SplitConfig()
+
+    # ----------------------------------------------------------------- training
+    def fit(
+        self,
+        interactions: pd.DataFrame,
+        items: pd.DataFrame | None = None,
+        *,
+        progress: Callable[[str], None] = log.info,
+    ) -> "TwoStageRecommender":
+        cfg = self.config
+        self.ranker_ = None
+        if cfg.ranker.enabled:
+            folds = self._ranker_folds(interactions)
+            examples = [
+                self._ranker_examples(part.train, part.test, items, progress, f"{i + 1}/{len(folds)}")
+                for i, part in enumerate(folds)
+            ]
+            x = np.vstack([e[0] for e in examples])
+            y = np.concatenate([e[1] for e in examples])
+            groups = np.concatenate([e[2] for e in examples])
+            if len(groups) >= 2:
+                self.ranker_ = self._train_lightgbm(x, y, groups, progress)
+            else:
+                progress("ranker: too few users with held-out candidates; ranking by EASE alone")
+        progress(f"refitting generators on all {len(interactions):,} training interactions")
+        self._set_state(build_training_data(interactions, items, positive_rating_threshold=cfg.positive_rating_threshold))
+        self.generators_ = fit_generators(self.data_, cfg, progress)
+        return self
+
+    def _set_state(self, data: TrainingData) -> None:
+        self.data_ = data
+        self.stats_ = ItemStats.from_training(data)
+        self.user_time_ = np.asarray(data.user_mean_time, dtype=np.float64)
+
+    def _ranker_folds(self, interactions: pd.DataFrame) -> list:
+        """Where the ranker's labels come from. Cross-fitting (K folds of the training data)
+        keeps the generators that make its features close to the ones that serve (fitted on
+        (K-1)/K of the data rather than on a small remainder) and gives it K times the labels.
+        A temporal split keeps one slice of each user's most recent interactions: the ranker
+        must learn to predict the future, as it will serve."""
+        folds = self.config.ranker.folds
+        if self.split.method == "temporal" or folds == 1:
+            return [split_interactions(interactions, self.split, validation=True)]
+        return kfold_splits(
+            interactions, folds, self.split.min_user_interactions, seed=self.split.seed + 1
+        )
+
+    def _ranker_examples(
+        self,
+        fit_part: pd.DataFrame,
+        held_out: pd.DataFrame,
+        items: pd.DataFrame | None,
+        progress: Callable[[str], None],
+        fold: str,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of the held-out users, labelled by their held-out items."""
+        cfg = self.config
+        progress(
+            f"ranker fold {fold}: generators on {len(fit_part):,} interactions, "
+            f"labels from {len(held_out):,}"
+        )
+        data = build_training_data(fit_part, items, positive_rating_threshold=cfg.positive_rating_threshold)
+        self._set_state(data)
+        self.generators_ = fit_generators(data, cfg, lambda _: None)
+        users = np.searchsorted(data.user_ids, held_out["user_id"].to_numpy(str))
+        users = np.clip(users, 0, data.n_users - 1)
+        known = data.user_ids[users] == held_out["user_id"].to_numpy(str)
+        item_idx = np.searchsorted(data.item_ids, held_out["item_id"].to_numpy(str))
+        item_idx = np.clip(item_idx, 0, data.n_items - 1)
+        known &= data.item_ids[item_idx] == held_out["item_id"].to_numpy(str)
+        labels = sp.csr_matrix(
+            (np.ones(int(known.sum()), dtype=np.float32), (users[known], item_idx[known])),
+            shape=(data.n_users, data.n_items),
+        )
+        target_users = np.unique(users[known])
+        feats, label, groups = [], [], []
+        for start in range(0, len(target_users), _CHUNK):
+            batch = target_users[start : start + _CHUNK]
+            cand = self._candidates(batch, data.matrix[batch])
+            y = np.asarray(labels[batch[cand.rows], cand.items]).ravel()
+            counts = np.bincount(cand.rows, minlength=len(batch))
+            positive = np.bincount(cand.rows, weights=y, minlength=len(batch)) > 0
+            keep = positive[cand.rows]  # users with no held-out item among candidates teach nothing
+            feats.append(cand.features[keep])
+            label.append(y[keep])
+            groups.append(counts[positive])
+        n_features = len(feature_names(list(self.generators_)))
+        x = np.vstack(feats) if feats else np.zeros((0, n_features), np.float32)
+        y = np.concatenate(label) if label else np.zeros(0)
+        g = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        recall = y.sum() / max(labels.nnz, 1)
+        progress(f"  {len(g):,} users, {len(y):,} candidate pairs, candidate recall {recall:.3f}")
+        return x, y, g
+
+    def _train_lightgbm(
+        self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, progress: Callable[[str], None]
+    ) -> lgb.Booster:
+        r = self.config.ranker
+        rng = np.random.default_rng(self.config.seed)
+        n_valid = max(1, len(groups) // 5)
+        valid_groups = np.zeros(len(groups), dtype=bool)
+        valid_groups[rng.choice(len(groups), n_valid, replace=False)] = True
+        row_group = np.repeat(np.arange(len(groups)), groups)
+        in_valid = valid_groups[row_group]
+        params = {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [r.eval_at],
+            "learning_rate": r.learning_rate,
+            "num_leaves": r.num_leaves,
+            "min_child_samples": r.min_child_samples,
+            "lambdarank_truncation_level": max(r.eval_at * 2, 20),
+            "feature_fraction": 0.9,
+            "seed": self.config.seed,
+            "deterministic": True,
+            "force_col_wise": True,
+            "num_threads": 2,
+            "verbose": -1,
+        }
+        names = feature_names(list(self.generators_))
+        train = lgb.Dataset(x[~in_valid], y[~in_valid], group=groups[~valid_groups], feature_name=names)
+        valid = lgb.Dataset(x[in_valid], y[in_valid], group=groups[valid_groups], reference=train)
+        booster = lgb.train(
+            params,
+            train,
+            num_boost_round=r.n_estimators,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(r.early_stopping_rounds, verbose=False)],
+        )
+        best = booster.best_score["valid_0"][f"ndcg@{r.eval_at}"]
+        progress(f"ranker: {booster.best_iteration} trees, validation ndcg@{r.eval_at} {best:.4f}")
+        return booster
+
+    # ------------------------------------------------------------------ scoring
+    def _generator_scores(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
+        return {name: gen.score(users, history) for name, gen in self.generators_.items()}
+
+    def _candidates(self, users: np.ndarray, history: sp.csr_matrix):
+        scores = self._generator_scores(users, history)
+        user_time = self.stats_.history_time(history)
+        known = users >= 0
+        user_time[known] = self.user_time_[users[known]]
+        return build_candidates(
+            scores, history, self.stats_, self.config.ranker.candidates_per_generator, user_time
+        )
+
+    def recommend_indices(
+        self,
+        users: np.ndarray,
+        history: sp.csr_matrix,
+        k: int,
+        exclude: sp.csr_matrix | None = None,
+        generator: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores for index-space users (-1: unknown) with their history.
+
+        Items in `history` and `exclude` are never returned. `generator` ranks by one first-stage
+        model alone (for evaluation); by default the ranker decides.
+        """
+        banned = history if exclude is None else (history + exclude)
+        popularity = self.stats_.log_popularity
+        if generator is not None:
+            final = self.generators_[generator].score(users, history)
+        elif self.ranker_ is None:
+            final = self.generators_.get("ease", self.generators_["popularity"]).score(users, history)
+        else:
+            cand = self._candidates(users, history)
+            final = np.broadcast_to(_FALLBACK_OFFSET + popularity / (popularity.max() + 1), history.shape).copy()
+            final[cand.rows, cand.items] = self.ranker_.predict(cand.features)
+        cold = np.diff(history.indptr) == 0
+        if cold.any():  # nothing to personalise on: the popularity answer
+            final[cold] = popularity
+        final = np.where(banned.toarray() > 0, -np.inf, final).astype(np.float32)
+        k = min(k, final.shape[1])
+        top = top_n(final, k)
+        return top, np.take_along_axis(final, top, axis=1)
+
+    # --------------------------------------------------------------- id facing
+    def user_index(self, user_ids: Sequence[str]) -> np.ndarray:
+        ids = np.asarray(user_ids, dtype=str)
+        idx = np.clip(np.searchsorted(self.data_.user_ids, ids), 0, max(self.data_.n_users - 1, 0))
+        return np.where(self.data_.user_ids[idx] == ids, idx, -1)
+
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        *,
+        exclude_item_ids: Sequence[Sequence[str]] | None = None,
+        history_item_ids: Sequence[Sequence[str]] | None = None,
+    ) -> Recommendations:
+        """Top-k for users by id. Unknown users get the cold-start answer (popularity, or
+        content and collaborative scores from `history_item_ids` when given)."""
+        users = self.user_index(user_ids)
+        n_items = self.data_.n_items
+        # Known users bring their training history; unknown users start empty.
+        history = self.data_.matrix[np.maximum(users, 0)]
+        if (users < 0).any():
+            history = sp.csr_matrix(history.multiply((users >= 0)[:, None].astype(np.float32)))
+            history.eliminate_zeros()
+        if history_item_ids is not None:
+            extra = history_matrix(self.data_.item_ids, [list(h) for h in history_item_ids], n_items)
+            grew = np.asarray((extra - extra.multiply(history)).sum(axis=1)).ravel() > 0
+            history = (history + extra).tocsr()
+            history.data[:] = 1.0
+            users = np.where(grew, -1, users)  # a new history means new user factors
+        exclude = None
+        if exclude_item_ids is not None:
+            exclude = history_matrix(self.data_.item_ids, [list(e) for e in exclude_item_ids], n_items)
+        top, scores = self.recommend_indices(users, sp.csr_matrix(history), k, exclude)
+        cold = self.user_index(user_ids) < 0
+        return Recommendations(self.data_.item_ids[top], scores, cold)
+
+    def similar_items(self, item_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Items most like each given item by content, then co-occurrence when there is no text."""
+        if "content" in self.generators_:
+            sims = self.generators_["content"].similar(item_index)
+        else:
+            one_hot = sp.csr_matrix(
+                (np.ones(len(item_index), np.float32), (np.arange(len(item_index)), item_index)),
+                shape=(len(item_index), self.data_.n_items),
+            )
+            sims = self.generators_.get("ease", self.generators_["popularity"]).score(
+                np.full(len(item_index), -1), one_hot
+            )
+        sims = sims.astype(np.float32, copy=True)
+        sims[np.arange(len(item_index)), item_index] = -np.inf
+        top = top_n(sims, min(k, sims.shape[1] - 1))
+        return self.data_.item_ids[top], np.take_along_axis(sims, top, axis=1)
+
+    # ------------------------------------------------------------ item lookup
+    @property
+    def model_version(self) -> str:
+        return getattr(self, "manifest_", {}).get("model_version", "unsaved")
+
+    def resolve_items(self, queries: Sequence[str], min_score: float = 60.0) -> np.ndarray:
+        """Item index for each query: an exact id, else the best fuzzy title match (users type
+        partial and misspelt titles), else -1."""
+        from rapidfuzz import fuzz, process, utils
+
+        ids = self.data_.item_ids
+        if not hasattr(self, "_titles"):
+            titles = self.data_.items["title"].fillna("").astype(str)
+            self._titles = [utils.default_process(t) for t in titles]
+        out = np.full(len(queries), -1, dtype=np.int64)
+        for row, query in enumerate(queries):  # a loop over queries; the match itself is C
+            query = str(query)
+            pos = int(np.searchsorted(ids, query))
+            if pos < len(ids) and ids[pos] == query:
+                out[row] = pos
+                continue
+            match = process.extractOne(
+                utils.default_process(query),
+                self._titles,
+                scorer=fuzz.WRatio,
+                processor=None,
+                score_cutoff=min_score,
+            )
+            if match is not None:
+                out[row] = match[2]
+        return out

@@ -1,0 +1,180 @@
+"""Register: log a trained model to MLflow and decide, by the champion-challenger gate, which
+alias it earns.
+
+Default store: SQLite plus a local artifact directory under the run home (`runs/`), so a laptop
+needs no server; `MLFLOW_TRACKING_URI` points it anywhere else. Aliases, not the deprecated
+stages: the first model becomes `champion`; a later one becomes `challenger` only if it beats
+the champion by the configured margin on the primary metric without regressing any guardrail
+beyond its tolerance; otherwise it is registered with no alias and the refusal is tagged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from components.config import GateConfig, RegistryConfig
+from components.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def default_home() -> Path:
+    """Where local runs keep their MLflow store, pipeline root and reports."""
+    return Path(os.environ.get("RECSYS_HOME", "runs")).resolve()
+
+
+def default_tracking_uri(home: Path | None = None) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    home = home or default_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow names allow [A-Za-z0-9_./ -]: `ndcg@10` is logged as `ndcg_at_10`."""
+    return re.sub(r"[^A-Za-z0-9_./ -]", "_", name.replace("@", "_at_"))
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    accepted: bool
+    alias: str | None  # the alias the new version received
+    reason: str
+    champion_version: str | None
+    champion_metrics: dict[str, float] | None
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_name: str
+    version: str
+    run_id: str
+    alias: str | None
+    reason: str
+    tracking_uri: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def gate(
+    challenger: dict[str, float], champion: dict[str, float] | None, config: GateConfig
+) -> tuple[bool, str]:
+    """(accepted, reason) for a challenger against the champion's metrics on the same split."""
+    if champion is None:
+        return True, "no champion yet: the first registered model becomes champion"
+    from components.evaluate import compare_to_champion
+
+    decision = compare_to_champion(
+        challenger,
+        champion,
+        primary=config.primary_metric,
+        margin=config.min_relative_gain,
+        guardrails=config.guardrails,
+    )
+    return decision.accepted, decision.reason
+
+
+def _client(tracking_uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow, MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(mlflow, client, name: str, tracking_uri: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        # Keep artifacts beside the database, not in ./mlruns of whatever directory we run in.
+        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def current_champion(
+    tracking_uri: str, model_name: str
+) -> tuple[str, str] | None:
+    """(version, artifact uri of the model directory) of the `champion` alias, if any."""
+    from mlflow.exceptions import MlflowException
+
+    _, client = _client(tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+    return str(mv.version), mv.source
+
+
+def download_model(tracking_uri: str, source: str, destination: Path) -> Path:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination)))
+
+
+def register_model(
+    model_dir: Path,
+    *,
+    results: dict[str, dict[str, float]],
+    params: dict[str, Any],
+    data_fingerprint: str,
+    gate_config: GateConfig,
+    registry: RegistryConfig,
+    tracking_uri: str,
+    report_path: Path | None = None,
+) -> Registration:
+    """Log the run, create a model version, and apply the gate's alias.
+
+    `results` maps "two_stage" (the new model), each baseline and "champion" (when there is
+    one, evaluated on the same split) to their metrics; all are logged, prefixed by name."""
+    metrics = results["two_stage"]
+    champion_metrics = results.get("champion")
+    mlflow, client = _client(tracking_uri)
+    experiment_id = _experiment_id(mlflow, client, registry.experiment, tracking_uri)
+    champion = current_champion(tracking_uri, registry.model_name)
+    if champion is not None and champion_metrics is None:
+        raise RecsysError(
+            f"model '{registry.model_name}' has a champion (version {champion[0]}) but it was not "
+            "evaluated on this split; the gate cannot decide"
+        )
+    accepted, reason = gate(metrics, champion_metrics if champion else None, gate_config)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params({mlflow_metric_name(k): str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics({mlflow_metric_name(k): float(v) for k, v in metrics.items()})
+        for name, values in results.items():
+            if name != "two_stage":
+                mlflow.log_metrics({f"{name}.{mlflow_metric_name(k)}": float(v) for k, v in values.items()})
+        mlflow.set_tags(
+            {"data_fingerprint": data_fingerprint, "gate.accepted": str(accepted), "gate.reason": reason}
+        )
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        if report_path is not None and report_path.exists():
+            mlflow.log_artifact(str(report_path), artifact_path="report")
+        source = f"{run.info.artifact_uri}/model"
+    try:
+        client.create_registered_model(registry.model_name)
+    except Exception:  # already exists (the error type differs between stores)
+        pass
+    version = client.create_model_version(
+        registry.model_name, source, run_id=run.info.run_id, tags={"data_fingerprint": data_fingerprint}
+    ).version
+    alias = None
+    if accepted:
+        alias = CHAMPION if champion is None else CHALLENGER
+        client.set_registered_model_alias(registry.model_name, alias, version)
+    client.set_model_version_tag(registry.model_name, version, "gate", "accepted" if accepted else "refused")
+    client.set_model_version_tag(registry.model_name, version, "gate_reason", reason)
+    return Registration(registry.model_name, str(version), run.info.run_id, alias, reason, tracking_uri)

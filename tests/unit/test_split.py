@@ -1,0 +1,71 @@
+"""Splits: no held-out interaction in training, the right amount held out, temporal order."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.config import SplitConfig
+from components.errors import DataValidationError
+from components.split import kfold_splits, split_interactions, stratified_split, temporal_split
+
+
+def _pairs(df: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(df.user_id, df.item_id))
+
+
+@pytest.mark.parametrize("method", ["temporal", "stratified"])
+def test_no_leakage_and_nothing_lost(small_dataset, method):
+    df = small_dataset.interactions
+    parts = split_interactions(df, SplitConfig(method=method, test_fraction=0.25))
+    assert not _pairs(parts.train) & _pairs(parts.test)
+    assert len(parts.train) + len(parts.test) == len(df)
+    assert _pairs(parts.train) | _pairs(parts.test) == _pairs(df)
+
+
+def test_temporal_split_holds_out_each_users_most_recent(small_dataset):
+    parts = temporal_split(small_dataset.interactions, 0.2, 3)
+    last_train = parts.train.groupby("user_id").timestamp.max()
+    first_test = parts.test.groupby("user_id").timestamp.min()
+    common = first_test.index
+    assert (last_train[common] <= first_test[common]).all()
+
+
+def test_fraction_per_user_and_small_users_stay_in_training():
+    df = pd.DataFrame(
+        {"user_id": ["a"] * 8 + ["b"] * 2, "item_id": [str(i) for i in range(10)], "timestamp": range(10)}
+    )
+    parts = temporal_split(df, 0.25, min_user_interactions=3)
+    assert (parts.test.user_id == "a").sum() == 2
+    assert (parts.test.user_id == "b").sum() == 0
+    assert list(parts.test.item_id) == ["6", "7"]
+
+
+def test_stratified_split_is_seeded_and_random_within_users(small_dataset):
+    df = small_dataset.interactions
+    a = stratified_split(df, 0.25, seed=1)
+    b = stratified_split(df, 0.25, seed=1)
+    c = stratified_split(df, 0.25, seed=2)
+    assert _pairs(a.test) == _pairs(b.test) and _pairs(a.test) != _pairs(c.test)
+    ratio = len(a.test) / len(df)
+    assert 0.2 < ratio < 0.3
+
+
+def test_temporal_split_needs_timestamps():
+    df = pd.DataFrame({"user_id": ["a"] * 4, "item_id": list("wxyz")})
+    with pytest.raises(DataValidationError, match="timestamp"):
+        temporal_split(df)
+
+
+def test_kfolds_partition_every_users_interactions(small_dataset):
+    df = small_dataset.interactions
+    folds = kfold_splits(df, 4, seed=3)
+    held = pd.concat([f.test for f in folds])
+    assert len(held) == len(_pairs(held))  # each interaction held out at most once
+    for fold in folds:
+        assert not _pairs(fold.train) & _pairs(fold.test)
+        assert len(fold.train) + len(fold.test) == len(df)
+    sizes = df.groupby("user_id").size()
+    eligible = sizes[sizes >= 4].index
+    assert set(held.user_id) == set(eligible)
+    assert np.isclose(len(held), sizes[eligible].sum())
