@@ -26,7 +26,7 @@ test: install
 
 ## Speed, memory and quality targets (not part of `make test`).
 bench: install
-	$(BIN)/python -m pytest -m bench -s tests/benchmarks
+	$(BIN)/python -m pytest -m bench -s --timeout=5400 tests/benchmarks
 
 ## Rewrite the committed pipeline IR YAML from the code.
 compile: install

@@ -196,28 +196,33 @@ def synthetic_dataset(
     n_users: int, n_items: int, n_interactions: int, *, seed: int = 42, n_genres: int = 12
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Interactions with real structure: users and items share latent tastes (genres), item
-    popularity is long-tailed, and each user's activity varies, so models have signal to find."""
+    popularity is long-tailed, and each user's activity varies, so models have signal to find.
+    Draws repeat until `n_interactions` distinct (user, item) pairs exist (capped at 80% of
+    all pairs), so the requested size is the size trained on."""
     rng = np.random.default_rng(seed)
     item_genre = rng.integers(0, n_genres, n_items)
     user_taste = rng.dirichlet(np.full(n_genres, 0.3), n_users)
-    item_pop = rng.zipf(1.6, n_items).astype(float)
-    item_pop = np.minimum(item_pop, np.quantile(item_pop, 0.999))
+    # Zipf-like popularity with exponent < 1: a long tail without a few items taking everything.
+    item_pop = rng.permutation(1.0 / np.arange(1, n_items + 1) ** 0.8)
     activity = rng.lognormal(0.0, 0.8, n_users)
-    users = rng.choice(n_users, n_interactions, p=activity / activity.sum())
-    # Pick a genre from the user's taste, then an item of that genre by popularity.
-    genre = _sample_rows(user_taste[users], rng)
     order = np.argsort(item_genre, kind="stable")
     bounds = np.searchsorted(item_genre[order], np.arange(n_genres + 1))
-    items = np.empty(n_interactions, dtype=np.int64)
-    for g in range(n_genres):  # a loop over genres, not interactions
-        members = order[bounds[g] : bounds[g + 1]]
-        picked = genre == g
-        if members.size == 0:
-            members = order
-        weights = item_pop[members] / item_pop[members].sum()
-        items[picked] = rng.choice(members, picked.sum(), p=weights)
-    inter = pd.DataFrame({"user_id": users, "item_id": items})
-    inter = inter.drop_duplicates(["user_id", "item_id"]).reset_index(drop=True)
+    target = min(n_interactions, int(0.8 * n_users * n_items))
+    pairs = np.zeros(0, dtype=np.int64)
+    while len(pairs) < target:
+        draw = int((target - len(pairs)) * 1.2) + 16
+        users = rng.choice(n_users, draw, p=activity / activity.sum())
+        genre = _sample_rows(user_taste[users], rng)
+        items = np.empty(draw, dtype=np.int64)
+        for g in range(n_genres):  # a loop over genres, not interactions
+            members = order[bounds[g] : bounds[g + 1]]
+            if members.size == 0:
+                members = order
+            picked = genre == g
+            items[picked] = rng.choice(members, picked.sum(), p=item_pop[members] / item_pop[members].sum())
+        pairs = np.unique(np.concatenate([pairs, users * n_items + items]))
+    pairs = rng.permutation(pairs)[:target]
+    inter = pd.DataFrame({"user_id": pairs // n_items, "item_id": pairs % n_items})
     inter["rating"] = rng.integers(1, 6, len(inter)).astype(float)
     inter["timestamp"] = np.sort(rng.integers(1_500_000_000, 1_600_000_000, len(inter)))
     inter["user_id"] = "u" + inter["user_id"].astype(str)
