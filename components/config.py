@@ -44,8 +44,8 @@ class EaseConfig(_Strict):
 
 class AlsConfig(_Strict):
     enabled: bool = True
-    factors: int = Field(64, ge=1)
-    regularization: float = Field(0.05, ge=0.0)
+    factors: int = Field(20, ge=1)
+    regularization: float = Field(0.1, ge=0.0)
     iterations: int = Field(20, ge=1)
     alpha: float = Field(2.0, gt=0.0)
 
@@ -65,8 +65,8 @@ class RankerConfig(_Strict):
     folds: int = Field(5, ge=1, le=20)
     n_estimators: int = Field(150, ge=1)
     learning_rate: float = Field(0.05, gt=0.0)
-    num_leaves: int = Field(31, ge=2)
-    min_child_samples: int = Field(20, ge=1)
+    num_leaves: int = Field(15, ge=2)
+    min_child_samples: int = Field(50, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)
     # The relevance cut-off the LambdaRank objective optimises (NDCG@k).
     eval_at: int = Field(10, ge=1)
