@@ -31,17 +31,20 @@ class AlsModel:
 
     def fit(self, data: TrainingData) -> "AlsModel":
         from implicit.cpu.als import AlternatingLeastSquares  # heavy import, fit-time only
+        from threadpoolctl import threadpool_limits
 
-        model = AlternatingLeastSquares(
-            factors=self.factors,
-            regularization=self.regularization,
-            iterations=self.iterations,
-            alpha=self.alpha,
-            random_state=self.seed,
-            # One thread: implicit's multi-threaded CG is not bit-for-bit reproducible.
-            num_threads=1,
-        )
-        model.fit(data.matrix, show_progress=False)
+        # implicit's own solver is the parallel part; a threaded BLAS underneath only contends.
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.regularization,
+                iterations=self.iterations,
+                alpha=self.alpha,
+                random_state=self.seed,
+                # One thread: implicit's multi-threaded CG is not bit-for-bit reproducible.
+                num_threads=1,
+            )
+            model.fit(data.matrix, show_progress=False)
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self._prepare()
