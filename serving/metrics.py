@@ -1,0 +1,65 @@
+"""Prometheus metrics of the recommender, on the default registry that KServe's `/metrics` serves.
+
+Beside KServe's own latency histograms (`request_predict_seconds`, ...), the predictor counts
+what a recommender operator watches: answered rows, cold starts, errors by kind, and which
+model version serves (`recsys_model_info`, value 1, so dashboards can join on the version).
+
+With `--workers N > 1` each REST worker process keeps its own counters (no multiprocess
+registry is set up): a scrape sees one worker. Run one worker per pod and scale pods instead.
+"""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+RECOMMENDATIONS = Counter(
+    "recsys_recommendations",
+    "Recommendation rows answered (one per user or item in a request)",
+    ["model_name", "mode"],
+)
+COLD_START = Counter(
+    "recsys_cold_start",
+    "Rows answered for users unseen in training (popularity or history-based answer)",
+    ["model_name"],
+)
+UNRESOLVED_ITEMS = Counter(
+    "recsys_unresolved_items",
+    "Similar-item queries whose item id or title matched no item",
+    ["model_name"],
+)
+ERRORS = Counter(
+    "recsys_errors",
+    "Requests that failed, by kind (invalid_input: the client's fault; internal: a bug)",
+    ["model_name", "kind"],
+)
+REQUEST_LOG_DROPPED = Counter(
+    "recsys_request_log_dropped",
+    "Request-log records dropped because the writer fell behind",
+    ["model_name"],
+)
+MODEL_INFO = Gauge(
+    "recsys_model_info",
+    "The model being served (value 1); labels carry its version and training data fingerprint",
+    ["model_name", "model_version", "data_fingerprint"],
+)
+MODEL_READY = Gauge("recsys_model_ready", "1 when the model loaded and passed its warm-up", ["model_name"])
+
+
+class ModelMetrics:
+    """Label-bound children, resolved once at load time so the request path only increments."""
+
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+        self.user_rows = RECOMMENDATIONS.labels(model_name, "user")
+        self.item_rows = RECOMMENDATIONS.labels(model_name, "item")
+        self.cold_start = COLD_START.labels(model_name)
+        self.unresolved = UNRESOLVED_ITEMS.labels(model_name)
+        self.invalid_input = ERRORS.labels(model_name, "invalid_input")
+        self.internal = ERRORS.labels(model_name, "internal")
+        self.not_ready = ERRORS.labels(model_name, "not_ready")
+        self.log_dropped = REQUEST_LOG_DROPPED.labels(model_name)
+        self.ready = MODEL_READY.labels(model_name)
+        self.ready.set(0)
+
+    def set_model(self, model_version: str, data_fingerprint: str) -> None:
+        MODEL_INFO.labels(self.model_name, model_version, data_fingerprint).set(1)
+        self.ready.set(1)

@@ -1,0 +1,587 @@
+"""The KServe predictor: a `kserve.Model` that answers the serving contract (see README.md).
+
+`load()` does the heavy work once (load and verify the artifact, warm every code path up,
+precompute id and title arrays); `predict()` validates the request, makes one batched model
+call and shapes the answer, with no I/O (the request log is a queue hand-off) and no Python
+loop over catalogue items. Requests are validated here because KServe checks neither names
+nor shapes against data: whatever a client sends is either answered or refused with
+`InvalidInput` (HTTP 400, gRPC INVALID_ARGUMENT) naming the field at fault.
+
+The module is longer than most here because the contract lives in one place: both protocols'
+parsing, the model call (with the answer cache) and both protocols' responses.
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from kserve import Model
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.logging import logger as kserve_logger
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+
+from components.artifact import MANIFEST, load_model
+from components.errors import ArtifactError
+from serving.metrics import ModelMetrics
+from serving.request_log import DEFAULT_K, LogEntry, RequestLog
+
+log = kserve_logger.getChild("recsys")
+
+DEFAULT_MAX_BATCH_SIZE = 1000
+# Known users' answers (and the cold-start one) are precomputed at load up to this k...
+CACHE_K = 100
+# ...when the table stays small (users x k entries; 8 bytes each).
+CACHE_MAX_ENTRIES = 25_000_000
+_CACHE_CHUNK = 256
+MAX_LIST_LENGTH = 10_000  # per-row width of exclude_item_ids / history_item_ids
+USER_INPUTS = ("user_id", "k", "exclude_item_ids", "history_item_ids")
+ITEM_INPUTS = ("item_id", "k")
+_ID_TYPES = ("BYTES", "INT64", "INT32")
+_K_TYPES = ("INT32", "INT64")
+
+INPUT_TYPES = [
+    {"name": "user_id", "datatype": "BYTES", "shape": [-1]},
+    {"name": "item_id", "datatype": "BYTES", "shape": [-1]},
+    {"name": "k", "datatype": "INT32", "shape": [-1]},
+    {"name": "exclude_item_ids", "datatype": "BYTES", "shape": [-1, -1]},
+    {"name": "history_item_ids", "datatype": "BYTES", "shape": [-1, -1]},
+]
+OUTPUT_TYPES = [
+    {"name": "item_ids", "datatype": "BYTES", "shape": [-1, -1]},
+    {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+    {"name": "cold_start", "datatype": "BOOL", "shape": [-1]},
+    {"name": "resolved_item_ids", "datatype": "BYTES", "shape": [-1]},
+    {"name": "resolved_titles", "datatype": "BYTES", "shape": [-1]},
+]
+
+
+@dataclass
+class Query:
+    """A validated request, protocol-independent."""
+
+    by_item: bool
+    ids: np.ndarray  # [B] object (str): user ids, or item ids / titles
+    k: np.ndarray  # [B] int64
+    exclude: list[list[str]] | None = None
+    history: list[list[str]] | None = None
+
+
+@dataclass
+class Answer:
+    item_ids: np.ndarray  # [B, K] object (str), "" where a row has fewer than K answers
+    scores: np.ndarray  # [B, K] float32, NaN where item_ids is ""
+    cold_start: np.ndarray | None = None  # [B] bool (user rows)
+    resolved_ids: np.ndarray | None = None  # [B] object (str), "" = no match (item rows)
+    resolved_titles: np.ndarray | None = None
+
+
+def find_artifact(model_dir: str | Path) -> Path:
+    """The artifact directory: `model_dir` itself, or its only child holding a manifest (a
+    storage initializer or registry download may add one level, e.g. `/mnt/models/model`)."""
+    root = Path(model_dir)
+    if (root / MANIFEST).is_file() or not root.is_dir():
+        return root
+    found = [p for p in sorted(root.iterdir()) if (p / MANIFEST).is_file()]
+    return found[0] if len(found) == 1 else root
+
+
+# ------------------------------------------------------------------ request parsing
+def _declared_shape(name: str, shape: Any, ndim: int) -> tuple[int, ...]:
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape
+    ):
+        raise InvalidInput(f"{name}: shape must be a list of integers, got {shape!r}")
+    if len(shape) != ndim:
+        raise InvalidInput(f"{name}: shape must have {ndim} dimension(s), got {list(shape)}")
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{name}: shape must not be negative, got {list(shape)}")
+    return tuple(int(d) for d in shape)
+
+
+def _tensor(inp: InferInput, allowed: tuple[str, ...], ndim: int) -> np.ndarray:
+    """An input as a numpy array of its declared shape; strings for BYTES, int64 otherwise."""
+    name = inp.name
+    if inp.datatype not in allowed:
+        raise InvalidInput(f"{name}: datatype must be {' or '.join(allowed)}, got {inp.datatype}")
+    shape = _declared_shape(name, inp.shape, ndim)
+    size = math.prod(shape)
+    try:
+        if inp._raw_data is not None:  # gRPC raw_input_contents
+            array = inp.as_numpy()
+        elif inp.datatype == "BYTES":
+            array = np.asarray(inp.data if inp.data is not None else [], dtype=object)
+        else:
+            array = np.asarray(inp.data if inp.data is not None else [])
+            if array.size and array.dtype.kind not in "iu":
+                raise InvalidInput(f"{name}: data must be integers for datatype {inp.datatype}")
+            array = array.astype(np.int64)
+    except InvalidInput:
+        raise
+    except Exception as exc:
+        raise InvalidInput(f"{name}: data does not match datatype {inp.datatype}: {exc}") from None
+    if array.size != size:
+        raise InvalidInput(f"{name}: shape {list(shape)} needs {size} values, data has {array.size}")
+    array = array.reshape(shape)
+    if inp.datatype == "BYTES":
+        flat = array.reshape(-1).tolist()
+        try:
+            strings = [v.decode("utf-8") if isinstance(v, bytes) else v for v in flat]
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{name}: BYTES data must be UTF-8 text") from None
+        if not all(isinstance(v, str) for v in strings):
+            raise InvalidInput(f"{name}: BYTES data must be strings")
+        array = np.asarray(strings, dtype=object).reshape(shape)
+    return array
+
+
+def _ids(inp: InferInput, max_batch: int) -> np.ndarray:
+    array = _tensor(inp, _ID_TYPES, 1)
+    if len(array) == 0:
+        raise InvalidInput(f"{inp.name}: the batch is empty")
+    if len(array) > max_batch:
+        raise InvalidInput(f"{inp.name}: batch of {len(array)} exceeds the limit of {max_batch}")
+    if array.dtype != object:
+        array = array.astype(str).astype(object)
+    return array
+
+
+def _check_k(k: np.ndarray, batch: int, limit: int, what: str) -> np.ndarray:
+    if k.shape not in ((1,), (batch,)):
+        raise InvalidInput(f"k: shape must be [1] or [{batch}] (one per row), got {list(k.shape)}")
+    if (k <= 0).any():
+        raise InvalidInput(f"k: must be at least 1, got {int(k.min())}")
+    if (k > limit).any():
+        raise InvalidInput(f"k: {int(k.max())} exceeds {what} ({limit})")
+    return np.broadcast_to(k, (batch,)).astype(np.int64)
+
+
+def _id_lists(inp: InferInput, batch: int) -> list[list[str]]:
+    array = _tensor(inp, ("BYTES",), 2)
+    if array.shape[0] != batch:
+        raise InvalidInput(
+            f"{inp.name}: shape must be [{batch}, M] (one padded row per user), got {list(array.shape)}"
+        )
+    if array.shape[1] > MAX_LIST_LENGTH:
+        raise InvalidInput(f"{inp.name}: {array.shape[1]} ids per row exceeds {MAX_LIST_LENGTH}")
+    return array.tolist()  # "" padding matches no item and is ignored by the model
+
+
+class RecommenderModel(Model):
+    """Serves a `TwoStageRecommender` artifact over KServe v1 and v2 (REST and gRPC)."""
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: str | Path,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        request_log_dir: str | Path | None = None,
+    ):
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.max_batch_size = max_batch_size
+        self.request_log_dir = request_log_dir
+        self.load_error: str | None = None
+        self.model_version = ""
+        self._model = None
+        self._metrics = ModelMetrics(name)
+        self._request_log: RequestLog | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def load(self) -> bool:
+        """Load, verify and warm up the artifact. A bad artifact leaves the model not ready
+        (readiness answers false, the reason is logged) instead of killing the server; it is not
+        retried on every request (KServe calls load() again for a model that is not ready)."""
+        if self.ready or self.load_error is not None:
+            return self.ready
+        started = time.perf_counter()
+        path = find_artifact(self.model_dir)
+        try:
+            model = load_model(path)
+            self._prepare(model)
+        except ArtifactError as exc:
+            self.load_error = str(exc)
+        except Exception as exc:  # a warm-up failure: same outcome, with the traceback
+            log.exception("model %s failed its warm-up", self.name)
+            self.load_error = f"{path}: warm-up failed: {type(exc).__name__}: {exc}"
+        if self.load_error is not None:
+            log.error("model %s is NOT ready: %s", self.name, self.load_error)
+            self.ready = False
+            return False
+        manifest = model.manifest_
+        self.model_version = str(manifest.get("model_version", ""))
+        self._metrics.set_model(self.model_version, str(manifest.get("data_fingerprint", "")))
+        if self.request_log_dir is not None:
+            self._start_request_log()
+        self.ready = True
+        log.info(
+            "model %s version %s ready in %.2fs: %d users, %d items, from %s",
+            self.name, self.model_version, time.perf_counter() - started,
+            model.data_.n_users, model.data_.n_items, path,
+        )
+        return True
+
+    def _prepare(self, model) -> None:
+        data = model.data_
+        self.n_items = int(data.n_items)
+        self._item_ids = data.item_ids.astype(object)
+        titles = data.items["title"] if "title" in data.items else data.items["item_id"]
+        self._titles = titles.fillna("").astype(str).to_numpy(dtype=object)
+        self._model = model
+        # Warm every path once: first calls build caches (title index, BLAS, LightGBM).
+        k = min(DEFAULT_K, self.n_items)
+        known = [str(data.user_ids[0])] if data.n_users else []
+        users = np.asarray(known + ["\x00cold"], dtype=object)
+        self._recommend(Query(False, users, np.full(len(users), k)))
+        self._recommend(Query(False, np.asarray(["\x00cold"], dtype=object), np.asarray([k]),
+                              exclude=[[str(data.item_ids[0])]], history=[[str(data.item_ids[-1])]]))
+        if self.n_items > 1:
+            self._similar(Query(True, np.asarray([str(self._titles[0]), "\x00"], dtype=object),
+                                np.full(2, min(k, self.n_items - 1))))
+        self._build_cache(model)
+
+    def _build_cache(self, model) -> None:
+        """Every known user's top-CACHE_K, and the cold-start row, computed once in batches.
+        A user's answer depends only on the model and that user's training history (rows of a
+        batch are scored independently), so a plain request (no exclude/history, k within the
+        cache) is a table lookup instead of a model call of a few milliseconds."""
+        self._cache_top = self._cache_scores = None
+        n_users, width = int(model.data_.n_users), min(CACHE_K, self.n_items)
+        if (n_users + 1) * width > CACHE_MAX_ENTRIES:
+            log.info("answer cache off: %d users x k=%d is above %d entries",
+                     n_users, width, CACHE_MAX_ENTRIES)
+            return
+        started = time.perf_counter()
+        users = np.append(model.data_.user_ids.astype(object), "\x00cold")  # last row: cold start
+        top = np.empty((len(users), width), dtype=np.int32)
+        scores = np.empty((len(users), width), dtype=np.float32)
+        for start in range(0, len(users), _CACHE_CHUNK):
+            rec = model.recommend(users[start : start + _CACHE_CHUNK].tolist(), width)
+            top[start : start + len(rec.item_ids)] = np.searchsorted(model.data_.item_ids, rec.item_ids)
+            scores[start : start + len(rec.item_ids)] = rec.scores
+        self._cache_top, self._cache_scores, self._cache_width = top, scores, width
+        log.info("answer cache: %d users x k=%d in %.1fs", n_users, width, time.perf_counter() - started)
+
+    def _start_request_log(self) -> None:
+        self._request_log = RequestLog(
+            self.request_log_dir, self.name, on_drop=self._metrics.log_dropped.inc
+        ).start()
+
+    def start(self) -> None:
+        """KServe's default start() marks the model ready; readiness here comes from load()."""
+        if self.ready and self.request_log_dir is not None and self._request_log is None:
+            self._start_request_log()
+
+    def stop(self) -> None:
+        if self._request_log is not None:
+            self._request_log.close()
+        self.ready = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # REST workers (--workers > 1) are spawned with a pickled copy; each opens its own log.
+        # Metrics hold locks; the worker re-binds its own (in its own registry).
+        state = self.__dict__.copy()
+        state["_request_log"] = None
+        state["_metrics"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._metrics = ModelMetrics(self.name)
+        if self.ready:
+            manifest = self._model.manifest_
+            self._metrics.set_model(self.model_version, str(manifest.get("data_fingerprint", "")))
+            if self.request_log_dir is not None:
+                self._start_request_log()
+
+    # ------------------------------------------------------------------ metadata
+    def get_input_types(self) -> list[dict]:
+        return [dict(t) for t in INPUT_TYPES]
+
+    def get_output_types(self) -> list[dict]:
+        return [dict(t) for t in OUTPUT_TYPES]
+
+    # ------------------------------------------------------------------ inference
+    def predict(
+        self,
+        payload: InferRequest | dict,
+        headers: Mapping[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse | dict:
+        if not self.ready:
+            self._metrics.not_ready.inc()
+            error = ModelNotReady(self.name, self.load_error or "")
+            error.reason = str(error)  # KServe's gRPC interceptor reads .reason (else: UNKNOWN)
+            raise error
+        is_v2 = isinstance(payload, InferRequest)
+        try:
+            query = self._parse_v2(payload) if is_v2 else self._parse_v1(payload)
+        except InvalidInput:
+            self._metrics.invalid_input.inc()
+            raise
+        except Exception as exc:  # whatever a client sends is a 400, but say where it broke
+            self._metrics.invalid_input.inc()
+            log.warning("unexpected error parsing a request (%s: %s)", type(exc).__name__, exc, exc_info=True)
+            raise InvalidInput(f"malformed request: {type(exc).__name__}: {exc}") from None
+        try:
+            answer = self._similar(query) if query.by_item else self._recommend(query)
+        except Exception:
+            self._metrics.internal.inc()
+            raise
+        request_id = self._request_id(payload if is_v2 else None, headers)
+        self._count_and_log(query, answer, request_id)
+        return self._v2_response(payload, answer, request_id) if is_v2 else self._v1_response(query, answer)
+
+    @staticmethod
+    def _request_id(payload: InferRequest | None, headers: Mapping[str, str] | None) -> str:
+        # tritonclient sends no id, and KServe refuses a v2 response without one.
+        if payload is not None and payload.id:
+            return str(payload.id)
+        if headers and headers.get("x-request-id"):
+            return str(headers["x-request-id"])
+        return uuid.uuid4().hex
+
+    def _parse_v2(self, request: InferRequest) -> Query:
+        inputs: dict[str, InferInput] = {}
+        for inp in request.inputs or []:
+            if inp.name in inputs:
+                raise InvalidInput(f"{inp.name}: input given twice")
+            inputs[inp.name] = inp
+        if "user_id" in inputs and "item_id" in inputs:
+            raise InvalidInput("give either user_id (recommendations) or item_id (similar items), not both")
+        if "user_id" not in inputs and "item_id" not in inputs:
+            raise InvalidInput("missing input: user_id (BYTES or INT64 [B]) or item_id (BYTES [B])")
+        by_item = "item_id" in inputs
+        expected = ITEM_INPUTS if by_item else USER_INPUTS
+        unknown = sorted(set(inputs) - set(expected))
+        if unknown:
+            raise InvalidInput(
+                f"unknown input(s) {', '.join(unknown)} for a {'item_id' if by_item else 'user_id'} "
+                f"request (accepted: {', '.join(expected)})"
+            )
+        ids = _ids(inputs[expected[0]], self.max_batch_size)
+        batch = len(ids)
+        limit, what = (
+            (self.n_items - 1, "the number of other items") if by_item
+            else (self.n_items, "the catalogue size")
+        )
+        if "k" in inputs:
+            k = _check_k(_tensor(inputs["k"], _K_TYPES, 1), batch, limit, what)
+        else:
+            k = np.full(batch, min(DEFAULT_K, limit), dtype=np.int64)
+        query = Query(by_item, ids, k)
+        if "exclude_item_ids" in inputs:
+            query.exclude = _id_lists(inputs["exclude_item_ids"], batch)
+        if "history_item_ids" in inputs:
+            query.history = _id_lists(inputs["history_item_ids"], batch)
+        return query
+
+    def _parse_v1(self, body: Any) -> Query:
+        if isinstance(body, (bytes, str)):  # KServe passes the body through for a non-JSON content type
+            try:
+                body = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise InvalidInput("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidInput('the body must be a JSON object {"instances": [...]}')
+        extra = sorted(set(body) - {"instances"})
+        if extra:
+            raise InvalidInput(f"unknown field(s) {', '.join(map(str, extra))}: expected only \"instances\"")
+        instances = body.get("instances")
+        if not isinstance(instances, list):
+            raise InvalidInput('"instances" must be a list of {"user_id": ..., "k": ...} objects')
+        if not instances:
+            raise InvalidInput('"instances" is empty')
+        if len(instances) > self.max_batch_size:
+            raise InvalidInput(
+                f'"instances": batch of {len(instances)} exceeds the limit of {self.max_batch_size}'
+            )
+        if not all(isinstance(i, dict) for i in instances):
+            raise InvalidInput('"instances" must hold objects such as {"user_id": "42", "k": 10}')
+        by_item = "item_id" in instances[0]
+        key, expected = ("item_id", ITEM_INPUTS) if by_item else ("user_id", USER_INPUTS)
+        limit = self.n_items - 1 if by_item else self.n_items
+        ids, ks, exclude, history = [], [], [], []
+        for row, inst in enumerate(instances):
+            where = f"instances[{row}]"
+            unknown = sorted(set(inst) - set(expected))
+            if unknown:
+                raise InvalidInput(
+                    f"{where}: unknown field(s) {', '.join(unknown)} (accepted: {', '.join(expected)})"
+                )
+            if key not in inst:
+                other = "user_id" if by_item else "item_id"
+                raise InvalidInput(
+                    f"{where}: missing {key} (every instance of one request asks the same thing)"
+                    if other not in inst
+                    else f"{where}: mixes {other} and {key} requests; send them separately"
+                )
+            value = inst[key]
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise InvalidInput(f"{where}.{key}: must be a string or an integer")
+            ids.append(str(value))
+            k = inst.get("k", min(DEFAULT_K, limit))
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise InvalidInput(f"{where}.k: must be an integer, got {k!r}")
+            if not 1 <= k <= limit:
+                raise InvalidInput(f"{where}.k: must be between 1 and {limit}, got {k}")
+            ks.append(k)
+            for name, lists in (("exclude_item_ids", exclude), ("history_item_ids", history)):
+                value = inst.get(name, [])
+                if not isinstance(value, list) or not all(
+                    isinstance(v, (str, int)) and not isinstance(v, bool) for v in value
+                ):
+                    raise InvalidInput(f"{where}.{name}: must be a list of item ids")
+                if len(value) > MAX_LIST_LENGTH:
+                    raise InvalidInput(f"{where}.{name}: more than {MAX_LIST_LENGTH} ids")
+                lists.append([str(v) for v in value])
+        query = Query(by_item, np.asarray(ids, dtype=object), np.asarray(ks, dtype=np.int64))
+        if any(exclude):
+            query.exclude = exclude
+        if any(history):
+            query.history = history
+        return query
+
+    # ------------------------------------------------------------------ the model call
+    def _recommend(self, query: Query) -> Answer:
+        width = int(query.k.max())
+        cached = (
+            getattr(self, "_cache_top", None) is not None
+            and query.exclude is None and query.history is None and width <= self._cache_width
+        )
+        if cached:
+            users = self._model.user_index(query.ids.tolist())
+            cold = users < 0
+            rows = np.where(cold, len(self._cache_top) - 1, users)
+            item_ids = self._item_ids[self._cache_top[rows, :width]]
+            scores = self._cache_scores[rows, :width].copy()
+        else:
+            rec = self._model.recommend(
+                query.ids.tolist(), width, exclude_item_ids=query.exclude, history_item_ids=query.history
+            )
+            item_ids, scores = rec.item_ids.astype(object), rec.scores.astype(np.float32, copy=True)
+            cold = np.asarray(rec.cold_start, dtype=bool)
+        # Past a row's own k, or where only excluded items were left (score -inf): padding.
+        pad = (np.arange(item_ids.shape[1])[None, :] >= query.k[:, None]) | ~np.isfinite(scores)
+        item_ids[pad] = ""
+        scores[pad] = np.nan
+        return Answer(item_ids, scores, cold_start=cold)
+
+    def _similar(self, query: Query) -> Answer:
+        batch, width = len(query.ids), int(query.k.max())
+        index = self._model.resolve_items(query.ids.tolist())
+        found = index >= 0
+        item_ids = np.full((batch, width), "", dtype=object)
+        scores = np.full((batch, width), np.nan, dtype=np.float32)
+        if found.any():
+            ids, sims = self._model.similar_items(index[found], width)
+            item_ids[found, : ids.shape[1]] = ids
+            scores[found, : sims.shape[1]] = sims
+        pad = (np.arange(width)[None, :] >= query.k[:, None]) | ~np.isfinite(scores)
+        item_ids[pad] = ""
+        scores[pad] = np.nan
+        safe = np.where(found, index, 0)
+        return Answer(
+            item_ids,
+            scores,
+            resolved_ids=np.where(found, self._item_ids[safe], ""),
+            resolved_titles=np.where(found, self._titles[safe], ""),
+        )
+
+    def _count_and_log(self, query: Query, answer: Answer, request_id: str) -> None:
+        m = self._metrics
+        if query.by_item:
+            m.item_rows.inc(len(query.ids))
+            unresolved = int((answer.resolved_ids == "").sum())
+            if unresolved:
+                m.unresolved.inc(unresolved)
+        else:
+            m.user_rows.inc(len(query.ids))
+            cold = int(answer.cold_start.sum())
+            if cold:
+                m.cold_start.inc(cold)
+        if self._request_log is not None:
+            self._request_log.log(
+                LogEntry(
+                    time.time(), request_id, self.model_version, query.ids, query.k,
+                    answer.item_ids, answer.scores, answer.cold_start, answer.resolved_ids,
+                )
+            )
+
+    # ------------------------------------------------------------------ responses
+    def _v2_response(self, request: InferRequest, answer: Answer, request_id: str) -> InferResponse:
+        shape = list(answer.item_ids.shape)
+        outputs = [
+            InferOutput("item_ids", shape, "BYTES", answer.item_ids),
+            InferOutput("scores", shape, "FP32", answer.scores),
+        ]
+        if answer.cold_start is not None:
+            outputs.append(InferOutput("cold_start", [shape[0]], "BOOL", answer.cold_start))
+        else:
+            outputs.append(InferOutput("resolved_item_ids", [shape[0]], "BYTES", answer.resolved_ids))
+            outputs.append(InferOutput("resolved_titles", [shape[0]], "BYTES", answer.resolved_titles))
+        if request.from_grpc:
+            # Encode now: KServe's to_grpc() tests numpy data for truth (ValueError) when the
+            # request came as raw contents, which is how tritonclient.grpc sends it.
+            for out in outputs:
+                data, out.data = out.data, None
+                out.set_data_from_numpy(data, binary_data=True)
+        return InferResponse(
+            response_id=request_id,
+            model_name=self.name,
+            model_version=self.model_version,
+            infer_outputs=outputs,
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
+
+    def _v1_response(self, query: Query, answer: Answer) -> dict:
+        keep = answer.item_ids != ""
+        ids_rows, score_rows = answer.item_ids.tolist(), answer.scores.tolist()
+        predictions = []
+        for row, query_id in enumerate(query.ids.tolist()):
+            n = int(keep[row].sum())  # padding is always at the end of a row
+            pred: dict[str, Any] = (
+                {"item_id": query_id, "resolved_item_id": answer.resolved_ids[row] or None,
+                 "resolved_title": answer.resolved_titles[row] or None}
+                if query.by_item else {"user_id": query_id, "cold_start": bool(answer.cold_start[row])}
+            )
+            pred["item_ids"] = ids_rows[row][:n]
+            pred["scores"] = score_rows[row][:n]
+            predictions.append(pred)
+        return {"predictions": predictions, "model_name": self.name, "model_version": self.model_version}
+
+
+class RecsysDataPlane(DataPlane):
+    """KServe's data plane with two corrections (module level: REST workers get it pickled).
+
+    - Server readiness (`/v2/health/ready`, gRPC ServerReady) is false while a registered model
+      is not ready; KServe answers true as soon as the process is up.
+    - A body KServe itself cannot decode (say, a binary request whose JSON header has no
+      `inputs`) is a 400, not a 500.
+    """
+
+    async def ready(self) -> bool:
+        models = self.model_registry.get_models()
+        if not models or not await super().ready():
+            return False
+        for model in models.values():
+            if not await model.healthy():
+                return False
+        return True
+
+    def decode(self, body, headers, *args, **kwargs):
+        try:
+            return super().decode(body, headers, *args, **kwargs)
+        except InvalidInput:
+            raise
+        except Exception as exc:
+            raise InvalidInput(f"malformed request body: {type(exc).__name__}: {exc}") from None

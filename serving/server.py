@@ -1,0 +1,120 @@
+"""Starting the model server: the options shared by `python -m serving` and `recsys serve`.
+
+Importing this module is cheap (kserve is imported only when a server starts), so the `recsys`
+CLI can add the `serve` options without paying for it. Every option also takes KServe's
+underscore spelling (`--model_dir`, `--http_port`, ...) so KServe-style container args work.
+
+Two adjustments to KServe's server (`RecsysDataPlane`, in predictor.py), small subclasses, no patches:
+- readiness (`/v2/health/ready`, gRPC ServerReady) is false while the model is not ready
+  (KServe answers true as soon as the process is up), and a model that failed to load is still
+  registered, so the server starts, stays live, and tells the truth about readiness;
+- a body KServe itself cannot decode (say, a binary request whose JSON header lacks `inputs`)
+  is a 400, not a 500.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "recsys"
+KSERVE_MODEL_MOUNT = "/mnt/models"
+
+
+def default_model_dir() -> str:
+    return os.environ.get("MODEL_DIR") or KSERVE_MODEL_MOUNT
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: str | None) -> None:
+    """The server options; `model_dir_default=None` makes --model-dir optional with no default."""
+    help_dir = (
+        "model artifact directory (default: $MODEL_DIR, else %(default)s, where KServe's storage "
+        "initializer mounts the model)" if model_dir_default else
+        "model artifact directory (default: the model the last local deploy recorded)"
+    )
+    parser.add_argument("--model-dir", "--model_dir", dest="model_dir", default=model_dir_default,
+                        help=help_dir)
+    parser.add_argument("--model-name", "--model_name", dest="model_name", default=DEFAULT_MODEL_NAME,
+                        help="name on the endpoint path, /v2/models/NAME (default: %(default)s)")
+    parser.add_argument("--http-port", "--http_port", dest="http_port", type=int, default=8080,
+                        help="REST port: v1, v2, /metrics (default: %(default)s)")
+    parser.add_argument("--grpc-port", "--grpc_port", dest="grpc_port", type=int, default=8081,
+                        help="gRPC (v2) port (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="REST worker processes, each with its own copy of the model and its "
+                        "own metrics (default: %(default)s; prefer more pods)")
+    parser.add_argument("--max-batch-size", "--max_batch_size", dest="max_batch_size", type=int, default=1000,
+                        help="largest batch (rows) a request may carry; larger ones are refused "
+                        "with 400 (default: %(default)s)")
+    parser.add_argument("--request-log", "--request_log", dest="request_log", default=None, metavar="DIR",
+                        help="append every answered row to size-rotated JSON-lines files in DIR")
+    # (no underscore alias here: KServe's own --enable_latency_logging takes a value)
+    parser.add_argument("--enable-latency-logging", dest="latency_logging",
+                        action=argparse.BooleanOptionalAction, default=False,
+                        help="KServe's per-request latency log line (default: off)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Serve a recommender model artifact with the KServe model server "
+        "(v1 and v2 REST on --http-port, v2 gRPC on --grpc-port).",
+    )
+    add_server_arguments(parser, model_dir_default=default_model_dir())
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from components.errors import RecsysError
+
+    for name in ("http_port", "grpc_port"):
+        if not 0 < getattr(args, name) < 65536:
+            raise RecsysError(f"--{name.replace('_', '-')} must be a port number, got {getattr(args, name)}")
+    if args.workers < 1:
+        raise RecsysError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_batch_size < 1:
+        raise RecsysError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    if not Path(args.model_dir).exists():
+        raise RecsysError(f"--model-dir {args.model_dir}: no such directory")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the model and run the server until it is stopped (SIGTERM/SIGINT)."""
+    _validate(args)
+    import kserve
+    from kserve.logging import configure_logging
+
+    from serving.predictor import RecommenderModel, RecsysDataPlane
+
+    configure_logging()  # before load(), so its outcome is logged in KServe's format
+    try:  # `recsys serve` imported numpy before the entry point could set OPENBLAS_NUM_THREADS
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except ImportError:  # pragma: no cover (scikit-learn brings threadpoolctl)
+        pass
+
+    model = RecommenderModel(
+        args.model_name,
+        args.model_dir,
+        max_batch_size=args.max_batch_size,
+        request_log_dir=args.request_log,
+    )
+    model.load()
+    atexit.register(model.stop)  # flush the request log however the server ends
+    server = kserve.ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        enable_latency_logging=args.latency_logging,
+    )
+    server.dataplane = RecsysDataPlane(model_registry=server.registered_models)
+    if model.ready:
+        server.start([model])
+    else:
+        # KServe refuses to start without a ready model; register it anyway so liveness is
+        # true and readiness reports false (with the reason in the log) until it is replaced.
+        server.register_model(model)
+        server.start([])
+    return 0
