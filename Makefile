@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov pins dependencies (boto3, networkx, pydantic...) that clash with the project's: it
+# gets a virtualenv of its own, used only by the tests that scan terraform/ and manifests/.
+TOOLS_VENV ?= .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: install run test test-fast bench compile lock clean
+.PHONY: install tools run test bench compile lock clean
 
 install: $(STAMP)
 
@@ -16,12 +20,19 @@ $(STAMP): pyproject.toml requirements.lock
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
 	touch $(STAMP)
 
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): tools/requirements-scan.lock | $(STAMP)
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	VIRTUAL_ENV=$(TOOLS_VENV) $(BIN)/uv pip install -q -r tools/requirements-scan.lock
+	touch $(TOOLS_STAMP)
+
 ## The main job: the KFP pipeline run locally on the built-in default data.
 run: install
 	$(BIN)/recsys run
 
 ## The test suite (what CI runs).
-test: install
+test: install tools
 	$(BIN)/python -m pytest -m "not bench" tests
 
 ## Speed, memory and quality targets (not part of `make test`).
@@ -35,6 +46,7 @@ compile: install
 ## Re-resolve the pinned dependency set after changing pyproject.toml.
 lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements.lock
+	$(BIN)/uv pip compile tools/requirements-scan.txt --python-version 3.11 -q -o tools/requirements-scan.lock
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(TOOLS_VENV) runs build *.egg-info

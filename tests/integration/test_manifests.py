@@ -1,0 +1,579 @@
+"""The Kubernetes manifests (`manifests/`), checked offline with the real tools.
+
+There is no Kubernetes cluster here, so nothing is applied. Instead:
+
+- every kustomization (base, dev, prod, and the prod-canary example) is rendered with the real
+  `kubectl kustomize`;
+- the core objects of each rendering are validated against the Kubernetes 1.32 OpenAPI schemas
+  shipped by `kubernetes-validate` (strict: unknown fields fail). CRDs (InferenceService,
+  PodMonitor, PrometheusRule) have no schema there;
+- the InferenceService is checked field by field against KServe's own Python models (the
+  `kserve` SDK's V1beta1* classes and the Kubernetes client's V1* classes they embed): unknown
+  fields and wrong types fail, and the objects are built so the models' required-field checks run;
+- the documented rollback and promotion commands are run with `kubectl patch --local` on the
+  rendered InferenceService, exactly as an operator would type them (minus the cluster);
+- security properties, RBAC scope, Secret handling, alert expressions (parsed with a PromQL
+  parser) and the Grafana dashboard JSON are asserted on the rendered objects.
+
+The checkov scan of the rendered manifests lives in test_terraform.py, beside the Terraform scan.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+KUSTOMIZATIONS = {
+    "base": MANIFESTS / "base",
+    "dev": MANIFESTS / "overlays" / "dev",
+    "prod": MANIFESTS / "overlays" / "prod",
+    "prod-canary": MANIFESTS / "overlays" / "prod-canary",
+}
+NAMESPACE = "recsys"
+# Kubernetes version whose schemas validate the core objects (kubernetes-validate ships it).
+K8S_VERSION = "1.32.0"
+CRD_KINDS = {"InferenceService", "PodMonitor", "PrometheusRule"}
+# The Secrets the base references and never defines (created by the dev overlay or externally).
+SECRETS = {
+    "recsys-postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
+    "recsys-minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
+    "recsys-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+}
+# The operator commands documented in manifests/README.md (the tests check they are there).
+ROLLBACK_PATCH = '{"spec":{"predictor":{"canaryTrafficPercent":0}}}'
+PROMOTE_PATCH = '{"spec":{"predictor":{"canaryTrafficPercent":null}}}'
+ROLLBACK_CMD = f"kubectl patch isvc recsys -n recsys --type merge -p '{ROLLBACK_PATCH}'"
+PROMOTE_CMD = f"kubectl patch isvc recsys -n recsys --type merge -p '{PROMOTE_PATCH}'"
+IMAGE = "ghcr.io/recsys-mlops/recsys"
+
+
+def _require(tool: str, why: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        message = f"`{tool}` is not on PATH ({why})"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must install it")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    return _require("kubectl", "needed for `kubectl kustomize` and `kubectl patch --local`")
+
+
+def _kustomize(kubectl: str, path: Path) -> str:
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def rendered_dir(kubectl, tmp_path_factory) -> Path:
+    """Each kustomization rendered once into <name>.yaml (what checkov and kubectl read)."""
+    out = tmp_path_factory.mktemp("rendered")
+    for name, path in KUSTOMIZATIONS.items():
+        (out / f"{name}.yaml").write_text(_kustomize(kubectl, path))
+    return out
+
+
+@pytest.fixture(scope="session")
+def rendered(rendered_dir) -> dict[str, list[dict]]:
+    return {
+        name: [doc for doc in yaml.safe_load_all((rendered_dir / f"{name}.yaml").read_text()) if doc]
+        for name in KUSTOMIZATIONS
+    }
+
+
+def _one(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _isvc(docs: list[dict]) -> dict:
+    return _one(docs, "InferenceService", "recsys")
+
+
+def _pod_specs(docs: list[dict]):
+    """(object label, pod spec) for every object that runs pods, the InferenceService included."""
+    for doc in docs:
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        if kind in {"Deployment", "StatefulSet", "Job"}:
+            yield f"{kind}/{name}", doc["spec"]["template"]["spec"]
+        elif kind == "InferenceService":
+            yield f"{kind}/{name}", doc["spec"]["predictor"]
+
+
+# --- rendering and schemas -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_kustomization_renders_into_the_namespace(rendered, name):
+    docs = rendered[name]
+    kinds = {d["kind"] for d in docs}
+    assert {"InferenceService", "Deployment", "StatefulSet", "Service", "Role", "RoleBinding",
+            "ServiceAccount", "NetworkPolicy", "PrometheusRule", "ConfigMap"} <= kinds
+    for doc in docs:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == NAMESPACE
+        else:
+            assert doc["metadata"].get("namespace") == NAMESPACE, (
+                f"{doc['kind']}/{doc['metadata']['name']} is not in namespace {NAMESPACE}"
+            )
+
+
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_core_objects_match_the_kubernetes_schemas(rendered, name):
+    import kubernetes_validate
+
+    schemaless = set()
+    for doc in rendered[name]:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            schemaless.add(doc["kind"])
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} ({name}): {exc}")
+    # Only the CRDs may go unchecked here (the InferenceService is checked by KServe's models).
+    assert schemaless <= CRD_KINDS, schemaless - CRD_KINDS
+
+
+def test_schema_validation_catches_a_misspelt_field():
+    import kubernetes_validate
+
+    bad = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "i", "resource": {}}]},
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+# --- the InferenceService against KServe's models --------------------------------------------
+
+
+def _model_class(name: str):
+    import kserve.models
+    import kubernetes.client.models
+
+    for module in (kserve.models, kubernetes.client.models):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AssertionError(f"no model class {name}")
+
+
+def _build(data, type_name: str, path: str, errors: list[str]):
+    """Build the SDK object for `data` as `type_name`, recording every unknown field or wrong type.
+
+    The generated SDK deserialisers silently drop unknown fields and coerce types (int("10")),
+    so this walks the models' own `openapi_types`/`attribute_map` and is strict; building the
+    objects then runs the models' client-side checks (required fields).
+    """
+    if data is None:
+        return None
+    if type_name.startswith("list["):
+        if not isinstance(data, list):
+            errors.append(f"{path}: expected a list, got {type(data).__name__}")
+            return None
+        return [_build(v, type_name[5:-1], f"{path}[{i}]", errors) for i, v in enumerate(data)]
+    if type_name.startswith("dict("):
+        if not isinstance(data, dict):
+            errors.append(f"{path}: expected a map, got {type(data).__name__}")
+            return None
+        value_type = re.match(r"dict\(([^,]*), (.*)\)", type_name).group(2)
+        # Quantities (resources) are strings in the SDK but the API also takes plain numbers.
+        if path.endswith((".limits", ".requests")) and value_type == "str":
+            value_type = "quantity"
+        return {k: _build(v, value_type, f"{path}.{k}", errors) for k, v in data.items()}
+    primitive = {
+        "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+        "quantity": (str, int, float), "datetime": (str,), "date": (str,),
+    }
+    if type_name in primitive:
+        if not isinstance(data, primitive[type_name]) or (
+            type_name in {"int", "float"} and isinstance(data, bool)
+        ):
+            errors.append(f"{path}: expected {type_name}, got {type(data).__name__} {data!r}")
+        return data
+    if type_name == "object":  # IntOrString and free-form fields
+        return data
+    klass = _model_class(type_name)
+    if not isinstance(data, dict):
+        errors.append(f"{path}: expected a {type_name} object, got {type(data).__name__}")
+        return None
+    by_json_name = {json_name: attr for attr, json_name in klass.attribute_map.items()}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in by_json_name:
+            errors.append(f"{path}.{key}: unknown field of {type_name}")
+            continue
+        attr = by_json_name[key]
+        kwargs[attr] = _build(value, klass.openapi_types[attr], f"{path}.{key}", errors)
+    try:
+        return klass(**kwargs)
+    except ValueError as exc:  # the models' required-field / allowed-value checks
+        errors.append(f"{path}: {exc}")
+        return None
+
+
+def kserve_errors(isvc: dict) -> list[str]:
+    errors: list[str] = []
+    obj = _build(isvc, "V1beta1InferenceService", "InferenceService", errors)
+    if obj is not None and not errors:
+        predictor = obj.spec.predictor
+        # Rules KServe's admission webhook enforces that the generated models do not encode.
+        if predictor.logger is not None and predictor.logger.mode not in {"all", "request", "response"}:
+            errors.append(f"logger.mode {predictor.logger.mode!r} is not all/request/response")
+        if predictor.scale_metric not in {None, "cpu", "memory", "concurrency", "rps"}:
+            errors.append(f"scaleMetric {predictor.scale_metric!r} is not cpu/memory/concurrency/rps")
+        if predictor.canary_traffic_percent is not None and not 0 <= predictor.canary_traffic_percent <= 100:
+            errors.append("canaryTrafficPercent must be within 0..100")
+        if (predictor.min_replicas or 0) > (predictor.max_replicas or 1 << 30):
+            errors.append("minReplicas exceeds maxReplicas")
+        for env in predictor.containers[0].env or []:
+            if env.name == "PROTOCOL" and env.value not in {"v1", "v2"}:
+                errors.append(f"PROTOCOL env {env.value!r} is not v1/v2")
+    return errors
+
+
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_inferenceservice_matches_kserve_models(rendered, name):
+    isvc = _isvc(rendered[name])
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert kserve_errors(isvc) == []
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda p: p.__setitem__("minReplica", 1), "minReplica: unknown field"),
+        (lambda p: p.__setitem__("minReplicas", "two"), "expected int"),
+        (lambda p: p.__setitem__("canaryTrafficPercent", True), "expected int"),
+        (lambda p: p["containers"][0].__setitem__("imagee", "x"), "imagee: unknown field"),
+        (lambda p: p["containers"][0].pop("name"), "must not be `None`"),
+        (lambda p: p["logger"].__setitem__("mode", "sometimes"), "logger.mode"),
+        (lambda p: p.__setitem__("scaleMetric", "qps"), "scaleMetric"),
+        (lambda p: p["containers"][0]["env"][1].__setitem__("value", "v3"), "PROTOCOL"),
+    ],
+    ids=["unknown-field", "wrong-type", "bool-for-int", "container-typo", "missing-name",
+         "logger-mode", "scale-metric", "protocol"],
+)
+def test_kserve_validation_rejects_broken_inferenceservices(rendered, mutate, expected):
+    isvc = json.loads(json.dumps(_isvc(rendered["base"])))
+    mutate(isvc["spec"]["predictor"])
+    errors = kserve_errors(isvc)
+    assert any(expected in e for e in errors), errors
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_inferenceservice_runs_the_project_predictor(rendered):
+    isvc = _isvc(rendered["base"])
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == "recsys-predictor"
+    assert "canaryTrafficPercent" not in predictor
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"] == f"{IMAGE}:0.1.0"
+    assert container["command"] + container["args"] == [
+        "python", "-m", "serving", "--model-dir", "/mnt/models", "--model-name", "recsys",
+        "--http-port", "8080",
+    ]
+    env = _env(container)
+    assert env["PROTOCOL"] == "v2"
+    assert env["STORAGE_URI"].startswith("s3://")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+    assert predictor["logger"] == {"mode": "all", "url": "http://recsys-events.recsys.svc.cluster.local"}
+    assert predictor["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics",
+    }
+    assert {"minReplicas", "maxReplicas"} <= predictor.keys()
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_payload_logger_reaches_the_events_sink(rendered):
+    docs = rendered["base"]
+    url = _isvc(docs)["spec"]["predictor"]["logger"]["url"]
+    host = url.removeprefix("http://").split("/")[0]
+    service_name, namespace = host.split(".")[:2]
+    assert namespace == NAMESPACE
+    service = _one(docs, "Service", service_name)
+    assert [p["port"] for p in service["spec"]["ports"]] == [80]
+    deployment = _one(docs, "Deployment", service_name)
+    assert deployment["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items()
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "serving.events"]
+
+
+def test_overlays_size_the_predictor(rendered):
+    dev = _isvc(rendered["dev"])["spec"]["predictor"]
+    prod = _isvc(rendered["prod"])["spec"]["predictor"]
+    assert dev["minReplicas"] == dev["maxReplicas"] == 1
+    assert "canaryTrafficPercent" not in dev and "canaryTrafficPercent" not in prod
+    assert prod["minReplicas"] >= 2 and prod["maxReplicas"] > prod["minReplicas"]
+    assert prod["scaleMetric"] == "rps" and prod["scaleTarget"] > 0
+    # The JSON patches changed resources without dropping the rest of the container.
+    for predictor in (dev, prod):
+        (container,) = predictor["containers"]
+        assert container["image"].startswith(IMAGE) and container["readinessProbe"]
+    canary = _isvc(rendered["prod-canary"])["spec"]["predictor"]
+    assert canary["canaryTrafficPercent"] == 10
+    assert _env(canary["containers"][0])["STORAGE_URI"] != _env(prod["containers"][0])["STORAGE_URI"]
+
+
+def test_image_is_overridable_with_kustomize_images(kubectl, tmp_path):
+    overlay = tmp_path / "release"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(KUSTOMIZATIONS["prod"], overlay)],
+        "images": [{"name": IMAGE, "newTag": "9.9.9"}],
+    }))
+    docs = [d for d in yaml.safe_load_all(_kustomize(kubectl, overlay)) if d]
+    assert _isvc(docs)["spec"]["predictor"]["containers"][0]["image"] == f"{IMAGE}:9.9.9"
+    events = _one(docs, "Deployment", "recsys-events")
+    assert events["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE}:9.9.9"
+
+
+# --- rollout commands --------------------------------------------------------------------------
+
+
+def _patch_local(kubectl: str, path: Path, patch: str) -> dict:
+    proc = subprocess.run(
+        [kubectl, "patch", "--local", "-f", str(path), "--type", "merge", "-p", patch, "-o", "yaml"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+@pytest.fixture
+def canary_isvc_file(rendered, tmp_path) -> Path:
+    path = tmp_path / "isvc.yaml"
+    path.write_text(yaml.safe_dump(_isvc(rendered["prod-canary"])))
+    return path
+
+
+def test_readme_documents_the_exact_rollout_commands():
+    readme = (MANIFESTS / "README.md").read_text()
+    assert ROLLBACK_CMD in readme
+    assert PROMOTE_CMD in readme
+    for column in ("URL", "READY", "PREV", "LATEST", "PREVROLLEDOUTREVISION", "LATESTREADYREVISION"):
+        assert column in readme
+
+
+def test_rollback_patch_pins_all_traffic_to_the_champion(kubectl, canary_isvc_file):
+    patched = _patch_local(kubectl, canary_isvc_file, ROLLBACK_PATCH)
+    predictor = patched["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 0
+    # Nothing else changes: the canary revision stays deployed (for inspection) with no traffic.
+    original = yaml.safe_load(canary_isvc_file.read_text())["spec"]["predictor"]
+    assert {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"} == {
+        k: v for k, v in original.items() if k != "canaryTrafficPercent"
+    }
+    assert kserve_errors(patched) == []
+
+
+def test_promotion_patch_removes_the_canary_split(kubectl, canary_isvc_file):
+    patched = _patch_local(kubectl, canary_isvc_file, PROMOTE_PATCH)
+    predictor = patched["spec"]["predictor"]
+    # A merge patch with null deletes the field: KServe then routes 100% to the latest revision.
+    assert "canaryTrafficPercent" not in predictor
+    assert _env(predictor["containers"][0])["STORAGE_URI"].endswith("/candidate")
+    assert kserve_errors(patched) == []
+
+
+# --- security ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_every_container_is_locked_down_and_bounded(rendered, name):
+    checked = 0
+    for label, spec in _pod_specs(rendered[name]):
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, f"{label}: pod runAsNonRoot"
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", label
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{label}/{container['name']}"
+            resources = container.get("resources", {})
+            assert {"cpu", "memory"} <= resources.get("limits", {}).keys(), f"{where}: limits"
+            assert {"cpu", "memory"} <= resources.get("requests", {}).keys(), f"{where}: requests"
+            sc = container.get("securityContext", {})
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+            assert (sc.get("runAsUser", pod_sc.get("runAsUser")) or 0) > 0, f"{where}: runs as root"
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not sc.get("privileged", False), where
+            checked += 1
+    assert checked >= 6
+
+
+def test_predictor_security_context_is_as_specified(rendered):
+    (container,) = _isvc(rendered["base"])["spec"]["predictor"]["containers"]
+    assert container["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def test_deployer_role_grants_only_inferenceservice_verbs(rendered):
+    docs = rendered["base"]
+    assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert [r["metadata"]["name"] for r in roles] == ["recsys-deployer"]
+    assert roles[0]["rules"] == [{
+        "apiGroups": ["serving.kserve.io"],
+        "resources": ["inferenceservices"],
+        "verbs": ["get", "list", "watch", "create", "patch", "update"],
+    }]
+    binding = _one(docs, "RoleBinding", "recsys-deployer")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "recsys-deployer"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "recsys-deployer", "namespace": NAMESPACE}]
+    _one(docs, "ServiceAccount", "recsys-deployer")
+
+
+def _secret_references(docs: list[dict]) -> dict[str, set[str]]:
+    """Secret name -> keys referenced (empty set for whole-Secret references)."""
+    refs: dict[str, set[str]] = {}
+    for _, spec in _pod_specs(docs):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    refs.setdefault(source["secretRef"]["name"], set())
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    refs.setdefault(ref["name"], set()).add(ref["key"])
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                keys = {item["key"] for item in volume["secret"].get("items", [])}
+                refs.setdefault(volume["secret"]["secretName"], set()).update(keys)
+    for doc in docs:
+        if doc["kind"] == "ServiceAccount":
+            for secret in doc.get("secrets", []):
+                refs.setdefault(secret["name"], set())
+    return refs
+
+
+@pytest.mark.parametrize("name", ["base", "prod"])
+def test_base_and_prod_define_no_secret_values(rendered, name):
+    docs = rendered[name]
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            assert not doc.get("data") and not doc.get("stringData"), doc["metadata"]["name"]
+    refs = _secret_references(docs)
+    assert refs.keys() == SECRETS.keys()
+    for secret, keys in refs.items():
+        assert keys <= SECRETS[secret], (secret, keys - SECRETS[secret])
+
+
+def test_dev_generates_every_referenced_secret_with_fake_values(rendered):
+    docs = rendered["dev"]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    assert secrets.keys() == SECRETS.keys()
+    for name, keys in SECRETS.items():
+        data = {k: base64.b64decode(v).decode() for k, v in secrets[name]["data"].items()}
+        assert data.keys() == keys
+    passwords = [
+        base64.b64decode(v).decode()
+        for s in secrets.values() for k, v in s["data"].items() if "PASSWORD" in k or "SECRET" in k
+    ]
+    assert passwords and all("dev-only" in p for p in passwords)
+    s3 = secrets["recsys-s3"]["metadata"]["annotations"]
+    assert s3["serving.kserve.io/s3-endpoint"].startswith("recsys-minio.recsys.svc")
+
+
+def test_network_policies_deny_by_default_and_cover_every_workload(rendered):
+    docs = rendered["base"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    default = _one(docs, "NetworkPolicy", "default-deny-ingress")
+    assert default["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    selected = [p["spec"]["podSelector"].get("matchLabels", {}) for p in policies if p is not default]
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet"}:
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert any(sel and labels.items() >= sel.items() for sel in selected), doc["metadata"]["name"]
+    assert {"serving.kserve.io/inferenceservice": "recsys"} in selected
+
+
+# --- monitoring --------------------------------------------------------------------------------
+
+
+def _metric_names_in(expr: str) -> set[str]:
+    return set(re.findall(r"\b(recsys_[a-z_]+|request_predict_seconds_[a-z]+)\b", expr))
+
+
+def test_alert_rules_parse_and_cover_the_required_alerts(rendered):
+    import promql_parser
+
+    rule = _one(rendered["base"], "PrometheusRule", "recsys")
+    rules = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    for r in rules:
+        promql_parser.parse(r["expr"])  # raises on a syntax error
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    assert {"RecsysPredictorErrorRateHigh", "RecsysPredictorLatencyP99High",
+            "RecsysCanaryErrorRateAboveChampion"} <= alerts.keys()
+    assert "serving_knative_dev_revision" in alerts["RecsysCanaryErrorRateAboveChampion"]["expr"] or any(
+        "serving_knative_dev_revision" in r["expr"] for r in rules if "record" in r
+    )
+    for alert in alerts.values():
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+        assert alert["annotations"]["summary"]
+
+
+def test_alerts_use_metrics_the_predictor_exports(rendered):
+    """The recsys_* names in the rules must be counters/gauges that serving.metrics defines."""
+    from prometheus_client import Counter, Gauge
+
+    import serving.metrics
+
+    exported = set()
+    for value in vars(serving.metrics).values():
+        if isinstance(value, Counter):
+            exported.add(f"{value._name}_total")
+        elif isinstance(value, Gauge):
+            exported.add(value._name)
+    rule = _one(rendered["base"], "PrometheusRule", "recsys")
+    used = set()
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            used |= {m for m in _metric_names_in(r["expr"]) if m.startswith("recsys_")}
+    assert used and used <= exported, used - exported
+
+
+def test_grafana_dashboard_is_valid_json_with_parsable_queries(rendered):
+    import promql_parser
+
+    config_map = _one(rendered["base"], "ConfigMap", "recsys-grafana-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (content,) = config_map["data"].values()
+    dashboard = json.loads(content)
+    assert dashboard["uid"] and dashboard["panels"]
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            promql_parser.parse(target["expr"].replace("$namespace", NAMESPACE))
+
+
+def test_podmonitor_selects_the_predictor_and_keeps_the_revision_label(rendered):
+    monitor = _one(rendered["base"], "PodMonitor", "recsys-predictor")
+    assert monitor["spec"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "recsys"}
+    assert "serving.knative.dev/revision" in monitor["spec"]["podTargetLabels"]
