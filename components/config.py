@@ -40,6 +40,8 @@ class EaseConfig(_Strict):
     # Items with fewer training interactions than this get no EASE weights (0 score): they
     # carry almost no co-occurrence signal, and dropping them shrinks the O(n^3) inverse.
     min_item_support: int = Field(3, ge=1)
+    # Denoising dropout rate p: adds p/(1-p)·count to each item's diagonal (0: plain EASE).
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class AlsConfig(_Strict):
@@ -59,6 +61,10 @@ class ContentConfig(_Strict):
 
 class RankerConfig(_Strict):
     enabled: bool = True
+    # LightGBM's listwise ranking objectives. rank_xendcg (cross-entropy NDCG, Bruch 2021) is
+    # the default: with labels as noisy as held-out interactions it beat lambdarank on
+    # MovieLens 100K (NDCG@10 0.490 against 0.485, mean of three splits).
+    objective: Literal["rank_xendcg", "lambdarank"] = "rank_xendcg"
     candidates_per_generator: int = Field(50, ge=1)
     # Cross-fitting folds for the ranker's training labels (stratified splits; temporal splits
     # use one most-recent slice).

@@ -89,7 +89,7 @@ class Candidates:
 
 
 def feature_names(generators: list[str]) -> list[str]:
-    per_generator = [f"{g}_{kind}" for g in generators for kind in ("score", "rank", "relative")]
+    per_generator = [f"{g}_{kind}" for g in generators for kind in ("z", "rank", "relative")]
     return per_generator + list(ITEM_FEATURES) + list(USER_FEATURES)
 
 
@@ -125,12 +125,20 @@ def build_candidates(
     mask &= ~seen
     rows, items = np.nonzero(mask)
     columns = []
+    unseen = ~seen
+    n_unseen = np.maximum(unseen.sum(axis=1), 1)
     for name, s in scores.items():
         picked = s[rows, items]
-        # Scores relative to the user's best: comparable across users and across refits.
+        # Scores relative to the user's best, and standardised over the user's unseen items:
+        # comparable across users and between the cross-fitted and the final generators, whose
+        # raw scales differ (more history, larger scores).
         top = best[name][rows]
         relative = np.where(np.abs(top) > 1e-12, picked / np.where(top == 0, 1, top), 0.0)
-        columns += [picked, ranks[name][rows, items], relative]
+        masked = np.where(unseen, s, 0.0)
+        mean = masked.sum(axis=1) / n_unseen
+        std = np.sqrt(np.maximum((np.where(unseen, s, 0.0) ** 2).sum(axis=1) / n_unseen - mean**2, 0.0))
+        z = (picked - mean[rows]) / np.maximum(std[rows], 1e-12)
+        columns += [z, ranks[name][rows, items], relative]
     activity = np.diff(history.indptr).astype(np.float32)
     # Share of the user's history in the item's genres.
     profile = np.asarray(history @ stats.genres, dtype=np.float32)

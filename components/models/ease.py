@@ -35,10 +35,17 @@ def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
 class EaseModel:
     name = "ease"
 
-    def __init__(self, l2: float = 400.0, max_items: int = 25_000, min_item_support: int = 1):
+    def __init__(
+        self,
+        l2: float = 400.0,
+        max_items: int = 25_000,
+        min_item_support: int = 1,
+        dropout: float = 0.0,
+    ):
         self.l2 = l2
         self.max_items = max_items
         self.min_item_support = min_item_support
+        self.dropout = dropout
 
     def fit(self, data: TrainingData) -> "EaseModel":
         support = np.asarray(data.matrix.sum(axis=0)).ravel()
@@ -52,7 +59,9 @@ class EaseModel:
             )
         x = data.matrix[:, self.items_]
         gram = (x.T @ x).toarray().astype(np.float64)
-        gram[np.diag_indices(n)] += self.l2
+        # Dropout-style emphasis (Steck, "Autoencoders that don't overfit towards the identity",
+        # 2020): popular items get a penalty in proportion to their own count.
+        gram[np.diag_indices(n)] += self.l2 + self.dropout / (1.0 - self.dropout) * np.diag(gram)
         p = _spd_inverse(gram)
         b = p / (-np.diag(p))
         b[np.diag_indices(n)] = 0.0

@@ -1,4 +1,4 @@
-"""The two-stage recommender: candidate generators, then a LightGBM LambdaRank ranker.
+"""The two-stage recommender: candidate generators, then a LightGBM learning-to-rank ranker.
 
 Training (`fit`) carves a validation slice out of the training interactions, fits the
 generators on the rest, builds candidates and features for the slice's users and trains the
@@ -47,7 +47,8 @@ class Recommendations:
 def make_generators(config: ModelConfig) -> dict[str, Generator]:
     gens: dict[str, Generator] = {"popularity": PopularityModel()}
     if config.ease.enabled:
-        gens["ease"] = EaseModel(config.ease.l2, config.ease.max_items, config.ease.min_item_support)
+        e = config.ease
+        gens["ease"] = EaseModel(e.l2, e.max_items, e.min_item_support, e.dropout)
     if config.als.enabled:
         a = config.als
         gens["als"] = AlsModel(a.factors, a.regularization, a.iterations, a.alpha, config.seed)
@@ -88,8 +89,9 @@ class TwoStageRecommender:
             x = np.vstack([e[0] for e in examples])
             y = np.concatenate([e[1] for e in examples])
             groups = np.concatenate([e[2] for e in examples])
-            if len(groups) >= 2:
-                self.ranker_ = self._train_lightgbm(x, y, groups, progress)
+            group_users = np.concatenate([e[3] for e in examples])
+            if len(np.unique(group_users)) >= 2:
+                self.ranker_ = self._train_lightgbm(x, y, groups, group_users, progress)
             else:
                 progress("ranker: too few users with held-out candidates; ranking by EASE alone")
         progress(f"refitting generators on all {len(interactions):,} training interactions")
@@ -122,8 +124,9 @@ class TwoStageRecommender:
         items: pd.DataFrame | None,
         progress: Callable[[str], None],
         fold: str,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates of the held-out users, labelled by their held-out items."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of the held-out users, labelled by their held-out items: features, labels,
+        group sizes (one group per user) and each group's user id."""
         cfg = self.config
         progress(
             f"ranker fold {fold}: generators on {len(fit_part):,} interactions, "
@@ -143,7 +146,7 @@ class TwoStageRecommender:
             shape=(data.n_users, data.n_items),
         )
         target_users = np.unique(users[known])
-        feats, label, groups = [], [], []
+        feats, label, groups, group_users = [], [], [], []
         for start in range(0, len(target_users), _CHUNK):
             batch = target_users[start : start + _CHUNK]
             cand = self._candidates(batch, data.matrix[batch])
@@ -154,26 +157,35 @@ class TwoStageRecommender:
             feats.append(cand.features[keep])
             label.append(y[keep])
             groups.append(counts[positive])
+            group_users.append(data.user_ids[batch[positive]])
         n_features = len(feature_names(list(self.generators_)))
         x = np.vstack(feats) if feats else np.zeros((0, n_features), np.float32)
         y = np.concatenate(label) if label else np.zeros(0)
         g = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        who = np.concatenate(group_users) if group_users else np.zeros(0, dtype=str)
         recall = y.sum() / max(labels.nnz, 1)
         progress(f"  {len(g):,} users, {len(y):,} candidate pairs, candidate recall {recall:.3f}")
-        return x, y, g
+        return x, y, g, who
 
     def _train_lightgbm(
-        self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, progress: Callable[[str], None]
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        groups: np.ndarray,
+        group_users: np.ndarray,
+        progress: Callable[[str], None],
     ) -> lgb.Booster:
         r = self.config.ranker
         rng = np.random.default_rng(self.config.seed)
-        n_valid = max(1, len(groups) // 5)
-        valid_groups = np.zeros(len(groups), dtype=bool)
-        valid_groups[rng.choice(len(groups), n_valid, replace=False)] = True
+        # Early stopping on users the ranker never trains on: every user has a group in every
+        # fold, so a split by group would validate on near-copies of training groups.
+        users = np.unique(group_users)
+        valid_users = rng.choice(users, max(1, len(users) // 5), replace=False)
+        valid_groups = np.isin(group_users, valid_users)
         row_group = np.repeat(np.arange(len(groups)), groups)
         in_valid = valid_groups[row_group]
         params = {
-            "objective": "lambdarank",
+            "objective": r.objective,
             "metric": "ndcg",
             "eval_at": [r.eval_at],
             "learning_rate": r.learning_rate,
