@@ -118,7 +118,8 @@ class _JsonLinesFormatter(logging.Formatter):
         # RotatingFileHandler formats twice (to size the rollover, then to write): cache it.
         cached = getattr(record, "_jsonl", None)
         if cached is None:
-            cached = "\n".join(_dumps(r) for r in entry_records(record.msg, self.model_name))
+            records = record.msg if isinstance(record.msg, list) else entry_records(record.msg, self.model_name)
+            cached = "\n".join(_dumps(r) for r in records)
             record._jsonl = cached
         return cached
 
@@ -164,8 +165,9 @@ class RequestLog:
         self._listener.start()
         return self
 
-    def log(self, entry: LogEntry) -> bool:
-        """Hand one answered request to the writer; False (and counted) when the queue is full."""
+    def log(self, entry: LogEntry | list[dict[str, Any]]) -> bool:
+        """Hand one answered request (or its ready-made records) to the writer; False (and
+        counted) when the queue is full."""
         if self._queue is None:
             return False
         record = logging.LogRecord("recsys.requests", logging.INFO, "", 0, entry, None, None)
