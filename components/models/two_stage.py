@@ -316,28 +316,11 @@ class TwoStageRecommender:
         return getattr(self, "manifest_", {}).get("model_version", "unsaved")
 
     def resolve_items(self, queries: Sequence[str], min_score: float = 60.0) -> np.ndarray:
-        """Item index for each query: an exact id, else the best fuzzy title match (users type
-        partial and misspelt titles), else -1."""
-        from rapidfuzz import fuzz, process, utils
+        """Item index for each query: an exact id, else the closest title (see `titles`)."""
+        index = getattr(self, "_title_index", None)
+        if index is None:
+            from components.titles import TitleIndex
 
-        ids = self.data_.item_ids
-        if not hasattr(self, "_titles"):
-            titles = self.data_.items["title"].fillna("").astype(str)
-            self._titles = [utils.default_process(t) for t in titles]
-        out = np.full(len(queries), -1, dtype=np.int64)
-        for row, query in enumerate(queries):  # a loop over queries; the match itself is C
-            query = str(query)
-            pos = int(np.searchsorted(ids, query))
-            if pos < len(ids) and ids[pos] == query:
-                out[row] = pos
-                continue
-            match = process.extractOne(
-                utils.default_process(query),
-                self._titles,
-                scorer=fuzz.WRatio,
-                processor=None,
-                score_cutoff=min_score,
-            )
-            if match is not None:
-                out[row] = match[2]
-        return out
+            titles = self.data_.items["title"].fillna("").astype(str).tolist()
+            index = self._title_index = TitleIndex(self.data_.item_ids, titles, self.stats_.log_popularity)
+        return index.resolve(queries, min_score)
