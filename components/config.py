@@ -74,7 +74,7 @@ class RankerConfig(_Strict):
     num_leaves: int = Field(15, ge=2)
     min_child_samples: int = Field(50, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)
-    # The relevance cut-off the LambdaRank objective optimises (NDCG@k).
+    # The cut-off of the NDCG@k the ranker is early-stopped on (and LambdaRank optimises).
     eval_at: int = Field(10, ge=1)
 
 
