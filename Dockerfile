@@ -14,9 +14,10 @@ RUN apt-get update \
 
 WORKDIR /opt/recsys
 
-# Dependencies first (the pinned set), so code changes do not re-install them.
-COPY requirements.lock ./
-RUN pip install -r requirements.lock
+# Dependencies first (the pinned runtime set: requirements.lock without the test tools), so
+# code changes do not re-install them.
+COPY requirements-runtime.lock ./
+RUN pip install -r requirements-runtime.lock
 
 COPY pyproject.toml README.md ./
 COPY components ./components

@@ -46,6 +46,7 @@ compile: install
 ## Re-resolve the pinned dependency set after changing pyproject.toml.
 lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml -c requirements.lock --python-version 3.11 -q -o requirements-runtime.lock
 	$(BIN)/uv pip compile tools/requirements-scan.txt --python-version 3.11 -q -o tools/requirements-scan.lock
 
 clean:

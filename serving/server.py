@@ -34,7 +34,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
         "model artifact directory (default: the model the last local deploy recorded)"
     )
     parser.add_argument("--model-dir", "--model_dir", dest="model_dir", default=model_dir_default,
-                        help=help_dir)
+                        help=help_dir + "; an MLflow URI (models:/recsys@champion, runs:/ID/model) "
+                        "or artifact URI (s3://..., file://...) is downloaded first, from the "
+                        "registry at $MLFLOW_TRACKING_URI (default: the local store)")
     parser.add_argument("--model-name", "--model_name", dest="model_name", default=DEFAULT_MODEL_NAME,
                         help="name on the endpoint path, /v2/models/NAME (default: %(default)s)")
     parser.add_argument("--http-port", "--http_port", dest="http_port", type=int, default=8080,
@@ -75,8 +77,30 @@ def _validate(args: argparse.Namespace) -> None:
         raise RecsysError(f"--workers must be at least 1, got {args.workers}")
     if args.max_batch_size < 1:
         raise RecsysError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
-    if not Path(args.model_dir).exists():
+    if not is_remote(args.model_dir) and not Path(args.model_dir).exists():
         raise RecsysError(f"--model-dir {args.model_dir}: no such directory")
+
+
+# What MLflow can download: registry and run URIs, and the artifact stores it supports.
+_REMOTE_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://",
+                    "abfss://", "hdfs://", "http://", "https://", "file://")
+
+
+def is_remote(model_dir: str) -> bool:
+    return model_dir.startswith(_REMOTE_PREFIXES)
+
+
+def fetch_model(uri: str, destination: Path) -> Path:
+    """Download a model artifact named by an MLflow or object-store URI into `destination`."""
+    from components.errors import RecsysError
+    from components.registry import default_tracking_uri, download_model
+
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    try:
+        return download_model(tracking_uri, uri, destination)
+    except Exception as exc:  # MLflow raises many kinds; the user needs the one line
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecsysError(f"--model-dir {uri}: cannot download from {tracking_uri}: {message}") from None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -95,9 +119,14 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover (scikit-learn brings threadpoolctl)
         pass
 
+    model_dir = args.model_dir
+    if is_remote(model_dir):
+        import tempfile
+
+        model_dir = str(fetch_model(model_dir, Path(tempfile.mkdtemp(prefix="recsys-model-"))))
     model = RecommenderModel(
         args.model_name,
-        args.model_dir,
+        model_dir,
         max_batch_size=args.max_batch_size,
         request_log_dir=args.request_log,
     )

@@ -70,3 +70,29 @@ def test_registered_artifact_loads_back(store, small_model_dir, tmp_path):
     version, source = current_champion(store, "recsys-test")
     model = load_model(download_model(store, source, tmp_path / "dl"))
     assert model.recommend(["u1"], 3).item_ids.shape == (1, 3)
+
+
+def test_the_server_fetches_a_model_by_registry_uri(store, small_model_dir, monkeypatch, tmp_path):
+    """`python -m serving --model-dir models:/NAME@champion` downloads what the alias points to."""
+    import subprocess
+    import sys
+
+    from components.artifact import load_model
+    from components.errors import RecsysError
+    from serving.predictor import find_artifact
+    from serving.server import fetch_model, is_remote
+
+    _register(small_model_dir, store, 0.30, 0.20)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    uri = "models:/recsys-test@champion"
+    assert is_remote(uri) and not is_remote(str(small_model_dir))
+    model = load_model(find_artifact(fetch_model(uri, tmp_path / "fetched")))
+    assert model.data_.n_items == load_model(small_model_dir).data_.n_items
+    with pytest.raises(RecsysError, match="models:/recsys-test@nobody: cannot download"):
+        fetch_model("models:/recsys-test@nobody", tmp_path / "none")
+    failed = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-dir", "models:/no-such-model@champion"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith("serving: error: --model-dir models:/no-such-model")

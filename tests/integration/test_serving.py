@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import signal
 import socket
@@ -658,7 +659,12 @@ def test_dockerfile_runs_the_serving_module_as_non_root():
     entry = [line for line in lines if line.startswith("ENTRYPOINT")]
     assert entry and json.loads(entry[-1][len("ENTRYPOINT"):]) == ["python", "-m", "serving"]
     assert any(line.startswith("EXPOSE") and {"8080", "8081"} <= set(line.split()[1:]) for line in lines)
-    assert "requirements.lock" in text and "--no-deps" in text
+    assert "pip install -r requirements-runtime.lock" in text and "--no-deps" in text
+    # The image's pins are the tested ones, minus the test tools.
+    pins = lambda name: dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / name).read_text(), re.M))  # noqa: E731
+    runtime, tested = pins("requirements-runtime.lock"), pins("requirements.lock")
+    assert runtime and all(tested.get(k) == v for k, v in runtime.items())
+    assert "kserve" in runtime and "pytest" not in runtime
     assert not any(word in text.upper() for word in ("PASSWORD", "SECRET", "TOKEN", "AWS_"))
     assert (REPO / "serving" / "__main__.py").is_file()
     ignored = (REPO / ".dockerignore").read_text().split()
