@@ -15,6 +15,22 @@ from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 DEFAULT_IMAGE = "ghcr.io/recsys-mlops/recsys:0.1.0"
 
 
+def fingerprint_op(
+    source: str,
+    items: str,
+    synthetic_users: int,
+    synthetic_items: int,
+    synthetic_interactions: int,
+    seed: int,
+) -> str:
+    from components.steps import fingerprint_source
+
+    return fingerprint_source(
+        source, items, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
+        synthetic_interactions=synthetic_interactions, seed=seed,
+    )
+
+
 def ingest_op(
     source: str,
     items: str,
@@ -22,6 +38,7 @@ def ingest_op(
     synthetic_items: int,
     synthetic_interactions: int,
     seed: int,
+    source_fingerprint: str,
     interactions: Output[Dataset],
     item_table: Output[Dataset],
 ) -> NamedTuple("IngestOutputs", [("name", str), ("origin", str), ("items_origin", str)]):
@@ -29,6 +46,7 @@ def ingest_op(
 
     from components.steps import ingest
 
+    # source_fingerprint is an input only so that a cached ingest follows the data's content.
     info = ingest(
         source, items, interactions.path, item_table.path,
         synthetic_users=synthetic_users, synthetic_items=synthetic_items,
@@ -126,7 +144,7 @@ def deploy_op(
     })
 
 
-_STEPS = (ingest_op, validate_op, split_op, train_op, evaluate_op, register_op, deploy_op)
+_STEPS = (fingerprint_op, ingest_op, validate_op, split_op, train_op, evaluate_op, register_op, deploy_op)
 
 
 def make_components(image: str = DEFAULT_IMAGE) -> dict:

@@ -42,6 +42,26 @@ def _read_items(path: str | Path) -> pd.DataFrame | None:
     return None if frame.empty else frame
 
 
+def fingerprint_source(
+    source: str,
+    items: str,
+    *,
+    synthetic_users: int = 1_000,
+    synthetic_items: int = 500,
+    synthetic_interactions: int = 50_000,
+    seed: int = 42,
+) -> str:
+    """The source's content hash (see `data.source_fingerprint`); a missing source fails here."""
+    from components.data import source_fingerprint
+
+    digest = source_fingerprint(
+        source, items or None, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
+        synthetic_interactions=synthetic_interactions, seed=seed,
+    )
+    log.info("source %s fingerprint %s", source, digest)
+    return digest
+
+
 def ingest(
     source: str,
     items: str,

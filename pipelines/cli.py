@@ -22,7 +22,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run the KFP training pipeline locally (no cluster)",
-        description="Run ingest → validate → split → train → evaluate → register → deploy with "
+        description="Run fingerprint → ingest → validate → split → train → evaluate → register → deploy with "
         "kfp.local on this machine; MLflow is a SQLite store under --home.",
     )
     p.add_argument("--data", default="movielens-dslabs",

@@ -1,10 +1,14 @@
-"""The training pipeline: ingest → validate → split → train → evaluate → register → deploy.
+"""The training pipeline: fingerprint → ingest → validate → split → train → evaluate → register
+→ deploy.
 
 One `@dsl.pipeline`, built for a given image. Resources, retries and caching are set here, where
-the operator looks for them: steps that only read inputs and write outputs retry and cache
-(keyed by the data fingerprint, so a changed file is never served from cache); evaluate reads
-the registry's champion, register and deploy change the world, so none of those is cached and
-register is not retried (a retry could register twice).
+the operator looks for them. Kubeflow keys its cache on parameter values and on the identity of
+input artifacts, never on file content, and a step downstream of an uncached one can never hit
+the cache. So a small uncached first step hashes the source (file bytes, dataset version), and
+ingest, validate, split and train are cached on that hash: unchanged data and config re-use
+them, a file changed under the same path runs them again. Evaluate reads the registry's
+champion, register and deploy change the world: none of those is cached, and register is not
+retried (a retry could register twice).
 """
 
 from pathlib import Path
@@ -18,6 +22,7 @@ COMPILED_PATH = Path(__file__).parent / "compiled" / "recsys_pipeline.yaml"
 
 # (cpu request, cpu limit, memory request, memory limit) per step.
 _RESOURCES = {
+    "fingerprint": ("100m", "500m", "256Mi", "512Mi"),
     "ingest": ("500m", "1", "1Gi", "2Gi"),
     "validate": ("500m", "1", "1Gi", "2Gi"),
     "split": ("500m", "1", "1Gi", "2Gi"),
@@ -62,13 +67,15 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         synthetic_interactions: int = 50000,
         seed: int = 42,
     ) -> str:
+        source_args = dict(
+            source=source, items=items, synthetic_users=synthetic_users,
+            synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions, seed=seed,
+        )
+        # Never cached: it is what tells whether the content behind a path changed.
+        fingerprint = _configure(ops["fingerprint_op"](**source_args), "fingerprint", retries=2, cache=False)
         ingest = _configure(
-            ops["ingest_op"](
-                source=source, items=items, synthetic_users=synthetic_users,
-                synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions,
-                seed=seed,
-            ),
-            "ingest", retries=2, cache=False,  # a path's content may change under the same name
+            ops["ingest_op"](**source_args, source_fingerprint=fingerprint.output),
+            "ingest", retries=2, cache=True,
         )
         validate = _configure(
             ops["validate_op"](
@@ -76,7 +83,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 name=ingest.outputs["name"], origin=ingest.outputs["origin"],
                 items_origin=ingest.outputs["items_origin"],
             ),
-            "validate", retries=0, cache=False,  # bad data fails the same way every time
+            "validate", retries=0, cache=True,  # bad data fails the same way: no retry
         )
         fingerprint = validate.outputs["Output"]
         split = _configure(

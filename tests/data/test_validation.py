@@ -127,3 +127,23 @@ def test_fingerprint_ignores_row_order_but_not_content(small_dataset):
     changed = df.copy()
     changed.loc[0, "item_id"] = "something-else"
     assert fingerprint(changed) != fingerprint(df)
+
+
+def test_source_fingerprint_follows_content_not_path(tmp_path):
+    from components.data import source_fingerprint
+
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,item_id\n1,10\n2,11\n")
+    first = source_fingerprint(str(path))
+    assert source_fingerprint(str(path)) == first
+    path.write_text("user_id,item_id\n1,10\n2,12\n")  # same path, new content
+    assert source_fingerprint(str(path)) != first
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "events.csv").write_text(path.read_text())
+    assert source_fingerprint(str(copy / "events.csv")) == source_fingerprint(str(path))
+    assert source_fingerprint("movielens-dslabs") == source_fingerprint("movielens-dslabs")
+    synthetic = source_fingerprint("synthetic", seed=1)
+    assert synthetic != source_fingerprint("synthetic", seed=2)
+    with pytest.raises(DataValidationError, match="no such file"):
+        source_fingerprint(str(tmp_path / "missing.csv"))

@@ -26,7 +26,7 @@ def test_committed_pipeline_is_in_sync_with_the_code(tmp_path):
 def test_compiled_pipeline_sets_image_resources_retries_and_caching(tmp_path):
     spec = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", image="registry.example/recsys:9").read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 7
+    assert len(executors) == 8
     for executor in executors.values():
         container = executor["container"]
         assert container["image"] == "registry.example/recsys:9"
@@ -37,9 +37,14 @@ def test_compiled_pipeline_sets_image_resources_retries_and_caching(tmp_path):
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["train-op"]["retryPolicy"]["maxRetryCount"] == 1
     assert "retryPolicy" not in tasks["register-op"]
-    assert tasks["train-op"]["cachingOptions"].get("enableCache") is True
-    for step in ("ingest-op", "evaluate-op", "register-op", "deploy-op"):
-        assert not tasks[step]["cachingOptions"].get("enableCache")
+    # Kubeflow caches by parameter values and artifact identity: the uncached fingerprint step
+    # feeds a content hash to ingest, so the cached chain below it follows the data.
+    for step in ("ingest-op", "validate-op", "split-op", "train-op"):
+        assert tasks[step]["cachingOptions"].get("enableCache") is True, step
+    for step in ("fingerprint-op", "evaluate-op", "register-op", "deploy-op"):
+        assert not tasks[step]["cachingOptions"].get("enableCache"), step
+    ingest_inputs = tasks["ingest-op"]["inputs"]["parameters"]
+    assert ingest_inputs["source_fingerprint"]["taskOutputParameter"]["producerTask"] == "fingerprint-op"
 
 
 def _recsys(*args: str, home: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
