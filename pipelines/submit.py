@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,19 @@ def _client(host: str, namespace: str | None, client: Any = None) -> Any:
     import kfp
 
     kwargs = {"namespace": namespace} if namespace else {}
+    # The client warns that it needs KFP >= 2.0.0-beta.2 on every use, and urllib3 logs each
+    # retry of an unreachable host: the one-line error below says what matters.
+    retry_log = logging.getLogger("urllib3.connectionpool")
+    level = retry_log.level
+    retry_log.setLevel(logging.ERROR)
     try:
-        return kfp.Client(host=host, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+            return kfp.Client(host=host, **kwargs)
     except Exception as exc:  # the client probes the host (healthz) while it is built
         raise _kfp_error(exc, f"connect to {host}") from None
+    finally:
+        retry_log.setLevel(level)
 
 
 def _kfp_error(exc: Exception, doing: str) -> ClusterError:
