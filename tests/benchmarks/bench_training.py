@@ -6,7 +6,6 @@ table; ratios are against a baseline measured in the same run.
 """
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import time
