@@ -272,7 +272,7 @@ def test_memory_on_default_dataset(tmp_path):
     try:
         rss_loaded = _rss_mb(server.process.pid)
         users = ds.interactions["user_id"].astype(str).unique().tolist()
-        r = _httpx_load(server.url, "/v2/models/recsys/infer", v2_bodies(users, 10, n=50), seconds=3)
+        r = load(server.url, "/v2/models/recsys/infer", v2_bodies(users, 10, n=50), seconds=3)
         rss_after = _rss_mb(server.process.pid)
     finally:
         server.stop()
@@ -281,4 +281,4 @@ def test_memory_on_default_dataset(tmp_path):
     print(f"default dataset ({ds.interactions['user_id'].nunique()} users, "
           f"{ds.interactions['item_id'].nunique()} items): artifact {size:.0f} MB, server RSS "
           f"{rss_loaded:.0f} MB loaded, {rss_after:.0f} MB after {r['requests']} batch-10 requests "
-          f"({r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, asyncio+httpx)")
+          f"({r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, {'wrk' if shutil.which('wrk') else 'asyncio+httpx'})")
