@@ -28,6 +28,10 @@ def _add_kfp_options(p: argparse.ArgumentParser) -> None:
                    "(e.g. --param source=movielens-dslabs --param seed=7)")
     p.add_argument("--kfp-namespace", default=None,
                    help="user namespace of a multi-user Kubeflow (default: the client's)")
+    p.add_argument("--service-account", default=None,
+                   help="ServiceAccount the run's pods use; the deploy step needs it bound to the "
+                   "recsys-deployer Role (manifests/base/rbac.yaml binds kubeflow/pipeline-runner, "
+                   "KFP's default) (default: KFP's)")
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -41,7 +45,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     params = _params(args)  # bad parameters fail before anything is sent
     run_id = submit_run(args.host, args.package, experiment=args.experiment, params=params,
-                        run_name=args.run_name, namespace=args.kfp_namespace)
+                        run_name=args.run_name, namespace=args.kfp_namespace,
+                        service_account=args.service_account)
     print(f"submitted run {run_id} (experiment {args.experiment}) to {args.host}")
     return 0
 
@@ -51,7 +56,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
     params = _params(args)
     job_id = schedule_run(args.host, args.package, experiment=args.experiment, cron=args.cron,
-                          params=params, name=args.name, namespace=args.kfp_namespace)
+                          params=params, name=args.name, namespace=args.kfp_namespace,
+                          service_account=args.service_account)
     print(f"scheduled recurring run {args.name!r} ({job_id}) on {args.cron!r} at {args.host}")
     return 0
 

@@ -139,13 +139,14 @@ def _api_errors() -> tuple[type[BaseException], ...]:
 
 
 def submit_run(host: str, package_path: str | Path, *, experiment: str, params: dict[str, Any],
-               run_name: str | None = None, namespace: str | None = None, client: Any = None) -> str:
+               run_name: str | None = None, namespace: str | None = None,
+               service_account: str | None = None, client: Any = None) -> str:
     """Start one run of the pipeline package in `experiment`; returns the run id."""
     kfp_client = _client(host, namespace, client)
     try:
         result = kfp_client.create_run_from_pipeline_package(
             str(package_path), arguments=params, run_name=run_name,
-            experiment_name=experiment, namespace=namespace,
+            experiment_name=experiment, namespace=namespace, service_account=service_account,
         )
     except _api_errors() as exc:
         raise _kfp_error(exc, f"start a run of {Path(package_path).name}") from None
@@ -155,7 +156,7 @@ def submit_run(host: str, package_path: str | Path, *, experiment: str, params: 
 
 def schedule_run(host: str, package_path: str | Path, *, experiment: str, cron: str,
                  params: dict[str, Any], name: str, namespace: str | None = None,
-                 client: Any = None) -> str:
+                 service_account: str | None = None, client: Any = None) -> str:
     """Create a recurring run on a cron schedule; returns the recurring run id.
 
     KFP's cron has six fields, seconds first; a classic five-field expression ("0 3 * * *")
@@ -172,6 +173,7 @@ def schedule_run(host: str, package_path: str | Path, *, experiment: str, cron: 
             experiment_id=found.experiment_id, job_name=name, cron_expression=cron,
             pipeline_package_path=str(package_path), params=params, max_concurrency=1,
             no_catchup=True,  # a cluster that was down should not replay every missed night
+            service_account=service_account,
         )
     except _api_errors() as exc:
         raise _kfp_error(exc, f"schedule {name!r}") from None

@@ -447,7 +447,11 @@ def test_deployer_role_grants_only_inferenceservice_verbs(rendered):
     }]
     binding = _one(docs, "RoleBinding", "recsys-deployer")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "recsys-deployer"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "recsys-deployer", "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "recsys-deployer", "namespace": NAMESPACE},
+        # The deploy step runs in KFP's pods, as KFP's default runner account.
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"},
+    ]
     _one(docs, "ServiceAccount", "recsys-deployer")
 
 

@@ -154,10 +154,13 @@ def test_cli_submit_and_schedule(kfp_api, capsys):
     parser = argparse.ArgumentParser(prog="recsys")
     register(parser.add_subparsers(dest="command", required=True))
 
-    args = parser.parse_args(["submit", "--host", kfp_api.host, "--param", "seed=3", "--run-name", "cli"])
+    args = parser.parse_args(["submit", "--host", kfp_api.host, "--param", "seed=3", "--run-name", "cli",
+                              "--service-account", "recsys-deployer"])
     assert args.func(args) == 0
     assert "submitted run run-123" in capsys.readouterr().out
-    assert kfp_api.posts("/apis/v2beta1/runs")[0]["runtime_config"]["parameters"] == {"seed": 3}
+    [run] = kfp_api.posts("/apis/v2beta1/runs")
+    assert run["runtime_config"]["parameters"] == {"seed": 3}
+    assert run["service_account"] == "recsys-deployer"
 
     args = parser.parse_args(["schedule", "--host", kfp_api.host, "--cron", "30 2 * * 1", "--name", "weekly"])
     assert args.func(args) == 0
