@@ -127,7 +127,7 @@ def register_op(
 
 def deploy_op(
     registration: str, results: Input[Dataset], report: Input[HTML], target: str, image: str,
-    namespace: str, service_name: str, canary_traffic_percent: int,
+    namespace: str, service_name: str, canary_traffic_percent: int, mlflow_artifacts_destination: str,
 ) -> str:
     import json
 
@@ -136,6 +136,7 @@ def deploy_op(
     outcome = deploy(
         json.loads(registration), target=target, image=image, namespace=namespace,
         service_name=service_name, canary_traffic_percent=canary_traffic_percent,
+        artifacts_destination=mlflow_artifacts_destination,
     )
     # The run's summary: what was registered and deployed, and where metrics and report are.
     return json.dumps({

@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlparse
 
 from components.errors import ClusterError, ConfigError
 
@@ -42,7 +43,7 @@ PREVIOUS_VERSION_ANNOTATION = "recsys.mlops/previous-model-version"
 CANARY_STARTED_ANNOTATION = "recsys.mlops/canary-started-at"
 
 # URI schemes KServe's default storage initializer (and PVC mounts / modelcars) can fetch. An
-# MLflow `mlflow-artifacts:` or `file:` URI cannot be read from inside the cluster.
+# MLflow `file:` URI cannot be read from inside the cluster; `mlflow-artifacts:` is mapped first.
 SUPPORTED_URI_PREFIXES = (
     "s3://", "gs://", "pvc://", "hdfs://", "webhdfs://", "https://", "http://", "hf://", "oci://",
 )
@@ -190,13 +191,30 @@ def _never_served(isvc: dict[str, Any]) -> bool:
     return MODEL_VERSION_ANNOTATION not in annotations(isvc) and not component.get("latestRolledoutRevision")
 
 
+def object_store_uri(uri: str, artifacts_destination: str) -> str:
+    """The object-store URI behind an MLflow-proxied artifact URI, else `uri` as it is.
+
+    An MLflow server run with `--serve-artifacts --artifacts-destination D` (as in
+    manifests/base/mlflow.yaml) hands out `mlflow-artifacts:/P` (or `mlflow-artifacts://host/P`)
+    and stores the files at `D/P`; the storage initializer can read only the latter."""
+    if not uri.startswith("mlflow-artifacts:"):
+        return uri
+    if not artifacts_destination:
+        raise ConfigError(
+            f"{uri} is served through the MLflow server; pass its --artifacts-destination "
+            "(pipeline parameter mlflow_artifacts_destination) so KServe can read the files"
+        )
+    path = urlparse(uri).path.lstrip("/")
+    return f"{artifacts_destination.rstrip('/')}/{path}"
+
+
 def check_storage_uri(storage_uri: str) -> None:
     """Refuse a model location the cluster's storage initializer cannot download."""
     if not storage_uri.startswith(SUPPORTED_URI_PREFIXES):
         raise ConfigError(
             f"storage URI {storage_uri!r} cannot be fetched by KServe's storage initializer "
-            f"(supported: {', '.join(SUPPORTED_URI_PREFIXES)}); give MLflow an object-store "
-            "artifact root (e.g. s3://...) and serve artifacts directly, not via mlflow-artifacts:"
+            f"(supported: {', '.join(SUPPORTED_URI_PREFIXES)}); an mlflow-artifacts: URI must first "
+            "be mapped to the MLflow server's artifacts destination (object_store_uri)"
         )
 
 

@@ -242,8 +242,12 @@ def deploy(
     namespace: str = "recsys",
     service_name: str = "recsys",
     canary_traffic_percent: int = 10,
+    artifacts_destination: str = "",
 ) -> dict[str, Any]:
-    """Put what the gate accepted where it serves. A refused model changes nothing."""
+    """Put what the gate accepted where it serves. A refused model changes nothing.
+
+    `artifacts_destination` is the MLflow server's --artifacts-destination, to turn its proxied
+    `mlflow-artifacts:` URIs into object-store URIs the cluster can download."""
     if target not in {"local", "kserve"}:
         from components.errors import ConfigError
 
@@ -260,10 +264,13 @@ def deploy(
         return {"action": "local", **record}
     from mlflow import MlflowClient
 
-    from components.kube_deploy import deploy_inference_service
+    from components.kube_deploy import deploy_inference_service, object_store_uri
 
     client = MlflowClient(tracking_uri=registration["tracking_uri"])
-    storage_uri = client.get_model_version_download_uri(registration["model_name"], registration["version"])
+    storage_uri = object_store_uri(
+        client.get_model_version_download_uri(registration["model_name"], registration["version"]),
+        artifacts_destination,
+    )
     result = deploy_inference_service(
         name=service_name,
         namespace=namespace,

@@ -58,6 +58,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         items: str = "",
         config_yaml: str = "",
         mlflow_tracking_uri: str = "",
+        # The MLflow server's --artifacts-destination (manifests/base/mlflow.yaml): where its
+        # proxied mlflow-artifacts: URIs live for KServe's storage initializer.
+        mlflow_artifacts_destination: str = "s3://mlflow/artifacts",
         deploy_target: str = "kserve",
         namespace: str = "recsys",
         service_name: str = "recsys",
@@ -121,6 +124,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 report=evaluate.outputs["report"], target=deploy_target, image=image,
                 namespace=namespace, service_name=service_name,
                 canary_traffic_percent=canary_traffic_percent,
+                mlflow_artifacts_destination=mlflow_artifacts_destination,
             ),
             "deploy", retries=1, cache=False,  # deploying is idempotent, never cached
         )

@@ -175,3 +175,65 @@ def test_the_manifests_placeholder_service_is_taken_over_whole():
 
         # From there on, a new version is a canary beside it.
         assert _deploy(k8s, "2", "s3://mlflow/2/model").action == "canary"
+
+
+def test_proxied_mlflow_uris_map_to_the_object_store():
+    from components.kube_deploy import object_store_uri
+
+    dest = "s3://mlflow/artifacts"
+    assert object_store_uri("mlflow-artifacts:/1/abc/artifacts/model", dest) == "s3://mlflow/artifacts/1/abc/artifacts/model"
+    assert object_store_uri("mlflow-artifacts://mlflow:5000/1/abc/artifacts/model", dest + "/") == (
+        "s3://mlflow/artifacts/1/abc/artifacts/model")
+    assert object_store_uri("s3://other/x", dest) == "s3://other/x"
+    with pytest.raises(ConfigError, match="mlflow_artifacts_destination"):
+        object_store_uri("mlflow-artifacts:/1/abc", "")
+
+
+def test_pipeline_deploy_step_reads_the_registry_and_patches_the_cluster(k8s, tmp_path, monkeypatch):
+    """The KFP deploy step's function (`steps.deploy`, cluster target) end to end: the registered
+    version's location comes from a real MLflow store as the proxying server hands it out
+    (mlflow-artifacts:), and the step reaches the API double through a kubeconfig, as a pod
+    outside the cluster would."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from components.steps import deploy
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store)
+    client.create_registered_model("recsys")
+    for run in ("aaa", "bbb"):
+        client.create_model_version("recsys", f"mlflow-artifacts:/1/{run}/artifacts/model")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "double",
+        "clusters": [{"name": "double", "cluster": {"server": k8s.host}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "double", "context": {"cluster": "double", "user": "u"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setattr("kubernetes.config.load_incluster_config", _not_in_cluster)
+
+    def registration(version: str, alias: str | None) -> dict:
+        return {"model_name": "recsys", "version": version, "alias": alias, "tracking_uri": store}
+
+    first = deploy(registration("1", "champion"), target="kserve", image=IMAGE,
+                   artifacts_destination="s3://mlflow/artifacts")
+    assert first["action"] == "created"
+    assert first["storage_uri"] == "s3://mlflow/artifacts/1/aaa/artifacts/model"
+    refused = deploy(registration("2", None), target="kserve", image=IMAGE,
+                     artifacts_destination="s3://mlflow/artifacts")
+    assert refused["action"] == "none" and len(k8s.writes()) == 1
+    second = deploy(registration("2", "challenger"), target="kserve", image=IMAGE,
+                    canary_traffic_percent=20, artifacts_destination="s3://mlflow/artifacts")
+    assert second["action"] == "canary"
+    isvc = k8s.get("recsys", "recsys")
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    env = isvc["spec"]["predictor"]["containers"][0]["env"]
+    assert {"name": "STORAGE_URI", "value": "s3://mlflow/artifacts/1/bbb/artifacts/model"} in env
+
+
+def _not_in_cluster():
+    from kubernetes.config import ConfigException
+
+    raise ConfigException("not in a cluster")
