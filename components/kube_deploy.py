@@ -329,7 +329,8 @@ def deploy_inference_service(
     """Create the InferenceService, or start a canary of `model_version` beside the champion.
 
     Idempotent: a re-run for the version already in the spec (or already the champion) writes
-    nothing and answers "unchanged"."""
+    nothing and answers "unchanged", except for a version that was rolled back, whose canary
+    resumes at `canary_traffic_percent`."""
     if not 0 < canary_traffic_percent < 100:
         raise ConfigError(f"canary traffic percent must be between 1 and 99, not {canary_traffic_percent}")
     check_storage_uri(storage_uri)
@@ -363,6 +364,18 @@ def deploy_inference_service(
 
     champion, canary = served_versions(existing)
     in_spec = annotations(existing).get(MODEL_VERSION_ANNOTATION)
+    if model_version == in_spec and rollout_phase(existing) == "rolled-back":
+        # Its revision still exists at 0%: giving it traffic again resumes the canary without a
+        # new revision (the spec's container and annotations stay as they are).
+        patch: dict[str, Any] = {"spec": {"predictor": {"canaryTrafficPercent": canary_traffic_percent}}}
+        version_guard = (existing.get("metadata") or {}).get("resourceVersion")
+        if version_guard:
+            patch["metadata"] = {"resourceVersion": version_guard}
+        patch_inference_service(api, name, namespace, patch, f"resume the canary on InferenceService {where}")
+        log.info("canary of rolled-back model version %s on %s resumed at %d%%",
+                 model_version, where, canary_traffic_percent)
+        return DeployResult("canary", name, namespace, model_version,
+                            current_storage_uri(existing) or storage_uri, canary_traffic_percent, champion)
     if model_version in {in_spec, champion}:
         log.info("InferenceService %s already has model version %s: nothing to do", where, model_version)
         return DeployResult(

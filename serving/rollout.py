@@ -246,7 +246,7 @@ def promote(api: Any, mlflow_client: Any, *, name: str, namespace: str,
     elif phase == "rolled-back":
         raise NoCanaryError(
             f"no canary to promote on {where}: version {canary} was rolled back and version "
-            f"{champion} serves 100%; deploy it again to start a new canary"
+            f"{champion} serves 100%; deploying version {canary} again resumes its canary"
         )
     else:
         raise NoCanaryError(f"no canary in progress on {where}: version {champion} serves 100%")

@@ -177,9 +177,22 @@ def test_rollback_pins_the_champion_and_drops_the_challenger(canary, registry):
 
     with pytest.raises(NoCanaryError, match="already rolled back"):
         rollback(canary.api(), registry, **WHERE)
-    with pytest.raises(NoCanaryError, match="version 2 was rolled back"):
+    with pytest.raises(NoCanaryError, match="version 2 was rolled back.*deploying version 2 again"):
         promote(canary.api(), registry, **WHERE)
     assert len(_patches(canary)) == 1
+
+
+def test_deploying_a_rolled_back_version_again_resumes_its_canary(canary, registry):
+    rollback(canary.api(), registry, **WHERE)
+    revisions = canary.get("recsys", "recsys")["status"]["components"]["predictor"]
+    _deploy(canary, "2", canary_traffic_percent=25)
+    resume = _patches(canary)[-1]
+    assert resume.body["spec"] == {"predictor": {"canaryTrafficPercent": 25}}  # no new revision
+    status = rollout_status(canary.api(), registry, **WHERE)
+    assert (status.phase, status.canary_version, status.canary_percent) == ("canary", "2", 25)
+    assert status.canary_revision == revisions["latestCreatedRevision"]
+    promote(canary.api(), registry, **WHERE)
+    assert _aliases(registry) == {"champion": "2"}
 
 
 @pytest.mark.parametrize("operation, failing, final", [
