@@ -230,7 +230,9 @@ def build_inference_service(
     min_replicas: int = 1,
     max_replicas: int = 3,
 ) -> dict[str, Any]:
-    """The complete InferenceService for a first deploy: one revision, 100% of traffic."""
+    """The complete InferenceService for a first deploy: one revision, 100% of traffic, with
+    the hardening and wiring of manifests/base/inferenceservice.yaml (non-root, read-only root
+    filesystem, probes, payload logger, Prometheus annotations); a test keeps the two alike."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "InferenceService",
@@ -251,6 +253,13 @@ def build_inference_service(
                 "serviceAccountName": service_account,
                 "minReplicas": min_replicas,
                 "maxReplicas": max_replicas,
+                "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+                                "prometheus.io/path": "/metrics"},
+                # Every request and response, as CloudEvents, to the sink (serving.events).
+                "logger": {"mode": "all", "url": f"http://recsys-events.{namespace}.svc.cluster.local"},
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+                                    "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
                 "containers": [
                     {
                         "name": CONTAINER_NAME,
@@ -263,11 +272,21 @@ def build_inference_service(
                             {"name": STORAGE_URI_ENV, "value": storage_uri},
                             # Custom containers have no protocolVersion field: this tells KServe.
                             {"name": "PROTOCOL", "value": "v2"},
+                            {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+                            {"name": "HOME", "value": "/tmp"},
                         ],
                         "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
                         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080},
                                            "initialDelaySeconds": 5, "periodSeconds": 10},
+                        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": 8080},
+                                          "initialDelaySeconds": 15, "periodSeconds": 20},
                         "resources": resources or DEFAULT_RESOURCES,
+                        "securityContext": {
+                            "runAsNonRoot": True, "runAsUser": 1000, "readOnlyRootFilesystem": True,
+                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                     }
                 ],
             }

@@ -99,7 +99,8 @@ def test_new_version_is_one_canary_patch_leaving_the_champion_alone(k8s):
     # Only the storage URI differs in the container; the rest of the predictor is as it was.
     assert {**new_container, "env": None} == {**old_container, "env": None}
     assert new_container["env"] == [{"name": "STORAGE_URI", "value": "s3://mlflow/2/model"},
-                                    {"name": "PROTOCOL", "value": "v2"}]
+                                    *old_container["env"][1:]]
+    assert old_container["env"][0] == {"name": "STORAGE_URI", "value": "s3://mlflow/1/model"}
     untouched = {k: v for k, v in before["spec"]["predictor"].items() if k != "containers"}
     assert {k: after["spec"]["predictor"][k] for k in untouched} == untouched
     # KServe keeps the champion's revision and splits the traffic.
@@ -237,3 +238,24 @@ def _not_in_cluster():
     from kubernetes.config import ConfigException
 
     raise ConfigException("not in a cluster")
+
+
+def test_a_created_service_is_as_hardened_and_wired_as_the_manifests_one():
+    """When the deploy step creates the InferenceService itself (no `kubectl apply -k` before),
+    it must not be a weaker object than manifests/base/inferenceservice.yaml."""
+    import yaml
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests" / "base" /
+                               "inferenceservice.yaml").read_text())["spec"]["predictor"]
+    built = build_inference_service(name="recsys", namespace="recsys", image=IMAGE,
+                                    storage_uri="s3://m/1", model_version="1")["spec"]["predictor"]
+    for key in ("securityContext", "logger", "annotations", "volumes", "serviceAccountName"):
+        assert built[key] == manifest[key], key
+    mine, theirs = built["containers"][0], manifest["containers"][0]
+    assert mine["securityContext"] == theirs["securityContext"]
+    assert mine["volumeMounts"] == theirs["volumeMounts"]
+    assert mine["command"] == theirs["command"] and mine["args"] == theirs["args"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert mine[probe]["httpGet"] == theirs[probe]["httpGet"], probe
+    assert {e["name"] for e in mine["env"]} == {e["name"] for e in theirs["env"]}
+    assert set(mine["resources"]) == {"requests", "limits"}

@@ -581,3 +581,13 @@ def test_podmonitor_selects_the_predictor_and_keeps_the_revision_label(rendered)
     monitor = _one(rendered["base"], "PodMonitor", "recsys-predictor")
     assert monitor["spec"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "recsys"}
     assert "serving.knative.dev/revision" in monitor["spec"]["podTargetLabels"]
+
+
+def test_the_deploy_steps_own_inferenceservice_matches_kserve_models():
+    """The object the pipeline's deploy step creates when none exists passes the same check."""
+    from components.kube_deploy import build_inference_service
+
+    isvc = build_inference_service(name="recsys", namespace=NAMESPACE, image=IMAGE + ":0.1.0",
+                                   storage_uri="s3://mlflow/artifacts/1/abc/artifacts/model",
+                                   model_version="1")
+    assert kserve_errors(isvc) == []
