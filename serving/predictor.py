@@ -296,6 +296,9 @@ class RecommenderModel(Model):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        from serving.server import install_request_error_handler
+
+        install_request_error_handler()  # a REST worker re-imports KServe's app without it
         self.__dict__.update(state)
         self._metrics = ModelMetrics(self.name)
         if self.ready:

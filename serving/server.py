@@ -57,6 +57,35 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         help="KServe's per-request latency log line (default: off)")
 
 
+def install_request_error_handler() -> None:
+    """Answer a body FastAPI cannot parse (not JSON, or not a v2 request's shape) with 400 and
+    {"error": ...}, like every other malformed request, instead of FastAPI's 422. KServe builds
+    its REST app at import time (`kserve.model_server.app`), so the handler goes there; REST
+    workers (--workers > 1) re-import it, and RecommenderModel installs it again in each."""
+    from fastapi.exceptions import RequestValidationError
+    from kserve.model_server import app
+
+    app.add_exception_handler(RequestValidationError, _unparsable_request)
+
+
+async def _unparsable_request(request, exc):
+    from fastapi.responses import JSONResponse
+
+    from serving.metrics import ERRORS
+
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        where, what = "", "the body is not valid JSON"
+    else:
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        what = first.get("msg", "the request body is not a valid inference request")
+    model = request.path_params.get("model_name")
+    if model:
+        ERRORS.labels(model, "invalid_input").inc()
+    return JSONResponse(status_code=400, content={"error": f"{where}: {what}" if where else what})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving",
@@ -139,6 +168,7 @@ def serve(args: argparse.Namespace) -> int:
         enable_latency_logging=args.latency_logging,
     )
     server.dataplane = RecsysDataPlane(model_registry=server.registered_models)
+    install_request_error_handler()
     if model.ready:
         server.start([model])
     else:
