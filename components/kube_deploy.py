@@ -63,6 +63,8 @@ class DeployResult:
     storage_uri: str
     canary_traffic_percent: int | None
     previous_model_version: str | None
+    # The Knative revision serving `model_version` (None: KServe had not reported it in time).
+    revision: str | None = None
 
 
 # --- talking to the API server -------------------------------------------------------------
@@ -180,6 +182,30 @@ def served_versions(isvc: dict[str, Any]) -> tuple[str | None, str | None]:
     if rollout_phase(isvc) == "stable":
         return latest, None
     return notes.get(PREVIOUS_VERSION_ANNOTATION), latest
+
+
+def latest_created_revision(isvc: dict[str, Any] | None) -> str | None:
+    component = (((isvc or {}).get("status") or {}).get("components") or {}).get("predictor") or {}
+    return component.get("latestCreatedRevision")
+
+
+def wait_for_new_revision(
+    api: Any, name: str, namespace: str, before: str | None, timeout: float, interval: float = 2.0
+) -> str | None:
+    """The revision KServe creates for a write, once its status names one other than `before`.
+    None after `timeout` seconds: the write stands, only the record of its revision is missing."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        revision = latest_created_revision(get_inference_service(api, name, namespace))
+        if revision and revision != before:
+            return revision
+        if time.monotonic() >= deadline:
+            log.warning("InferenceService %s/%s: no new revision reported within %.0fs "
+                        "(check `kubectl get isvc %s -n %s`)", namespace, name, timeout, name, namespace)
+            return None
+        time.sleep(interval)
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -344,6 +370,7 @@ def deploy_inference_service(
     model_version: str,
     canary_traffic_percent: int = 10,
     api: Any = None,
+    revision_timeout: float = 120.0,
 ) -> DeployResult:
     """Create the InferenceService, or start a canary of `model_version` beside the champion.
 
@@ -365,8 +392,10 @@ def deploy_inference_service(
                              started_at=datetime.now(timezone.utc))
         patch["metadata"]["annotations"][CANARY_STARTED_ANNOTATION] = None
         patch_inference_service(api, name, namespace, patch, f"set the first model of InferenceService {where}")
-        log.info("InferenceService %s (from the manifests) now serves model version %s", where, model_version)
-        return DeployResult("created", name, namespace, model_version, storage_uri, None, None)
+        revision = wait_for_new_revision(api, name, namespace, latest_created_revision(existing), revision_timeout)
+        log.info("InferenceService %s (from the manifests) now serves model version %s (revision %s)",
+                 where, model_version, revision)
+        return DeployResult("created", name, namespace, model_version, storage_uri, None, None, revision)
 
     if existing is None:
         if not image:
@@ -378,8 +407,10 @@ def deploy_inference_service(
             api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         except _api_errors() as exc:
             raise cluster_error(exc, f"create InferenceService {where}") from None
-        log.info("created InferenceService %s serving model version %s", where, model_version)
-        return DeployResult("created", name, namespace, model_version, storage_uri, None, None)
+        revision = wait_for_new_revision(api, name, namespace, None, revision_timeout)
+        log.info("created InferenceService %s serving model version %s (revision %s)",
+                 where, model_version, revision)
+        return DeployResult("created", name, namespace, model_version, storage_uri, None, None, revision)
 
     champion, canary = served_versions(existing)
     in_spec = annotations(existing).get(MODEL_VERSION_ANNOTATION)
@@ -394,12 +425,14 @@ def deploy_inference_service(
         log.info("canary of rolled-back model version %s on %s resumed at %d%%",
                  model_version, where, canary_traffic_percent)
         return DeployResult("canary", name, namespace, model_version,
-                            current_storage_uri(existing) or storage_uri, canary_traffic_percent, champion)
+                            current_storage_uri(existing) or storage_uri, canary_traffic_percent, champion,
+                            latest_created_revision(existing))
     if model_version in {in_spec, champion}:
         log.info("InferenceService %s already has model version %s: nothing to do", where, model_version)
         return DeployResult(
             "unchanged", name, namespace, model_version, current_storage_uri(existing) or storage_uri,
             spec_canary_percent(existing), champion if canary else None,
+            latest_created_revision(existing),
         )
 
     current_image = predictor_container(existing).get("image")
@@ -414,7 +447,9 @@ def deploy_inference_service(
         percent=canary_traffic_percent, started_at=datetime.now(timezone.utc),
     )
     patch_inference_service(api, name, namespace, patch, f"start a canary on InferenceService {where}")
-    log.info("canary of model version %s on %s at %d%% (champion: version %s)",
-             model_version, where, canary_traffic_percent, champion)
-    return DeployResult("canary", name, namespace, model_version, storage_uri, canary_traffic_percent, champion)
+    revision = wait_for_new_revision(api, name, namespace, latest_created_revision(existing), revision_timeout)
+    log.info("canary of model version %s on %s at %d%% in revision %s (champion: version %s)",
+             model_version, where, canary_traffic_percent, revision, champion)
+    return DeployResult("canary", name, namespace, model_version, storage_uri, canary_traffic_percent,
+                        champion, revision)
 

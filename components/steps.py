@@ -279,4 +279,5 @@ def deploy(
         model_version=registration["version"],
         canary_traffic_percent=canary_traffic_percent,
     )
-    return {"action": result.action, "storage_uri": storage_uri, "model_version": registration["version"]}
+    return {"action": result.action, "storage_uri": storage_uri, "model_version": registration["version"],
+            "revision": result.revision, "canary_traffic_percent": result.canary_traffic_percent}

@@ -44,6 +44,7 @@ def test_first_deploy_creates_the_service_with_all_traffic(k8s):
 
     assert result.action == "created" and result.canary_traffic_percent is None
     assert result.previous_model_version is None
+    assert result.revision == "recsys-predictor-00001"  # read back from KServe's status
     [post] = k8s.writes()
     assert post.method == "POST" and post.path == PATH
     expected = build_inference_service(name="recsys", namespace="recsys", image=IMAGE,
@@ -82,6 +83,7 @@ def test_new_version_is_one_canary_patch_leaving_the_champion_alone(k8s):
     result = _deploy(k8s, "2", "s3://mlflow/2/model", canary_traffic_percent=20)
 
     assert (result.action, result.canary_traffic_percent, result.previous_model_version) == ("canary", 20, "1")
+    assert result.revision == "recsys-predictor-00002"
     [patch] = k8s.writes()[writes_before:]
     assert patch.method == "PATCH" and patch.path == f"{PATH}/recsys"
     assert patch.content_type == "application/merge-patch+json"
@@ -227,7 +229,7 @@ def test_pipeline_deploy_step_reads_the_registry_and_patches_the_cluster(k8s, tm
     assert refused["action"] == "none" and len(k8s.writes()) == 1
     second = deploy(registration("2", "challenger"), target="kserve", image=IMAGE,
                     canary_traffic_percent=20, artifacts_destination="s3://mlflow/artifacts")
-    assert second["action"] == "canary"
+    assert second["action"] == "canary" and second["revision"] == "recsys-predictor-00002"
     isvc = k8s.get("recsys", "recsys")
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20
     env = isvc["spec"]["predictor"]["containers"][0]["env"]
@@ -259,3 +261,10 @@ def test_a_created_service_is_as_hardened_and_wired_as_the_manifests_one():
         assert mine[probe]["httpGet"] == theirs[probe]["httpGet"], probe
     assert {e["name"] for e in mine["env"]} == {e["name"] for e in theirs["env"]}
     assert set(mine["resources"]) == {"requests", "limits"}
+
+
+def test_a_revision_kserve_never_reports_is_recorded_as_unknown(k8s, monkeypatch):
+    monkeypatch.setattr(k8s, "_reconcile", lambda *args: None)  # a controller that is down
+    result = _deploy(k8s, "1", "s3://mlflow/1/model", revision_timeout=0)
+    assert result.action == "created" and result.revision is None
+    assert len(k8s.writes()) == 1  # the write stands
