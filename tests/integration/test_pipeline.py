@@ -95,3 +95,24 @@ def test_bad_data_stops_the_run_and_registers_nothing(tmp_path):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     assert client.search_registered_models() == []
+
+
+def test_serve_without_a_model_dir_finds_what_the_run_deployed(first_run, tmp_path):
+    """`recsys serve` with no --model-dir: the deployment record, else the registry's champion."""
+    import shutil
+
+    from components.artifact import load_model
+    from components.deploy import RECORD, resolve_served_model
+
+    home, _ = first_run
+    served = resolve_served_model(home)
+    assert served == Path(json.loads((home / RECORD).read_text())["model_dir"])
+    assert load_model(served).model_version
+    # Another home with the same registry but no record: the champion is downloaded into it
+    # (the store's artifacts stay where the run wrote them).
+    copy = tmp_path / "home"
+    copy.mkdir()
+    shutil.copy(home / "mlflow.db", copy / "mlflow.db")
+    fetched = resolve_served_model(copy)
+    assert fetched.is_relative_to(copy) and (copy / RECORD).exists()
+    assert load_model(fetched).model_version == load_model(served).model_version
