@@ -46,7 +46,7 @@ _GRPC_WORKER = r"""
 import json, sys
 import numpy as np
 import tritonclient.grpc as g
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 client = g.InferenceServerClient(sys.argv[1])
 for line in sys.stdin:
@@ -55,7 +55,7 @@ for line in sys.stdin:
         if req["op"] == "infer":
             inputs = []
             for name, dtype, values, shape in req["inputs"]:
-                array = np.asarray(values, dtype=object if dtype == "BYTES" else dtype.lower())
+                array = np.asarray(values, dtype=triton_to_np_dtype(dtype))
                 inp = g.InferInput(name, list(array.shape), dtype)
                 inp.set_data_from_numpy(array)
                 if shape is not None:  # lie about the shape (raw contents stay as they are)
@@ -504,6 +504,9 @@ def test_grpc_malformed_is_invalid_argument(grpc_client):
         "user_id": [("k", "INT32", [3])],
         "colour": [("user_id", "BYTES", ["u1"]), ("colour", "BYTES", ["x"])],
         "shape": [("user_id", "BYTES", ["u1", "u2"], [5])],  # raw contents of 2, a shape of 5
+        "datatype": [("user_id", "FP32", [1.5])],
+        "empty": [("user_id", "BYTES", [], [0])],
+        "limit": [("user_id", "BYTES", ["u"] * (MAX_BATCH + 1))],
     }
     for field, inputs in cases.items():
         with pytest.raises(GrpcError) as err:
