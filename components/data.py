@@ -102,10 +102,7 @@ def read_raw(
             f"{path}: directory has neither u.data (MovieLens 100K) nor ratings.csv (MovieLens CSV)"
         )
     if not path.exists():
-        raise DataValidationError(
-            f"{source}: no such file or directory, and not a built-in dataset "
-            f"({', '.join(BUILTIN_DATASETS)})"
-        )
+        raise _no_such_source(source)
     item_frame = read_table(Path(items)) if items else None
     return RawDataset(read_table(path), item_frame, path.stem, str(path), items)
 
@@ -140,10 +137,7 @@ def source_fingerprint(
         elif path.exists():
             files = [path]
         else:
-            raise DataValidationError(
-                f"{source}: no such file or directory, and not a built-in dataset "
-                f"({', '.join(BUILTIN_DATASETS)})"
-            )
+            raise _no_such_source(source)
         if items:
             if not Path(items).is_file():
                 raise DataValidationError(f"{items}: no such items file")
@@ -154,6 +148,12 @@ def source_fingerprint(
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def _no_such_source(source: str) -> DataValidationError:
+    return DataValidationError(
+        f"{source}: no such file or directory, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})"
+    )
 
 
 def validate_raw(raw: RawDataset) -> Dataset:

@@ -136,7 +136,7 @@ def build_candidates(
         relative = np.where(np.abs(top) > 1e-12, picked / np.where(top == 0, 1, top), 0.0)
         masked = np.where(unseen, s, 0.0)
         mean = masked.sum(axis=1) / n_unseen
-        std = np.sqrt(np.maximum((np.where(unseen, s, 0.0) ** 2).sum(axis=1) / n_unseen - mean**2, 0.0))
+        std = np.sqrt(np.maximum((masked**2).sum(axis=1) / n_unseen - mean**2, 0.0))
         z = (picked - mean[rows]) / np.maximum(std[rows], 1e-12)
         columns += [z, ranks[name][rows, items], relative]
     activity = np.diff(history.indptr).astype(np.float32)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -132,6 +133,19 @@ def patch_inference_service(
         raise cluster_error(exc, doing) from None
 
 
+def set_canary_percent(
+    api: Any, name: str, namespace: str, isvc: dict[str, Any], percent: int | None, doing: str
+) -> dict[str, Any]:
+    """Patch only `canaryTrafficPercent` (None removes it: the latest revision takes all),
+    conditional on the object as read (`resourceVersion`: a concurrent edit is a 409). Neither
+    the container nor the annotations change, so KServe creates no new revision."""
+    meta = isvc.get("metadata") or {}
+    patch: dict[str, Any] = {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
+    if meta.get("resourceVersion"):
+        patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+    return patch_inference_service(api, name, namespace, patch, doing)
+
+
 # --- reading an InferenceService -----------------------------------------------------------
 
 
@@ -194,8 +208,6 @@ def wait_for_new_revision(
 ) -> str | None:
     """The revision KServe creates for a write, once its status names one other than `before`.
     None after `timeout` seconds: the write stands, only the record of its revision is missing."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         revision = latest_created_revision(get_inference_service(api, name, namespace))
@@ -417,11 +429,8 @@ def deploy_inference_service(
     if model_version == in_spec and rollout_phase(existing) == "rolled-back":
         # Its revision still exists at 0%: giving it traffic again resumes the canary without a
         # new revision (the spec's container and annotations stay as they are).
-        patch: dict[str, Any] = {"spec": {"predictor": {"canaryTrafficPercent": canary_traffic_percent}}}
-        version_guard = (existing.get("metadata") or {}).get("resourceVersion")
-        if version_guard:
-            patch["metadata"] = {"resourceVersion": version_guard}
-        patch_inference_service(api, name, namespace, patch, f"resume the canary on InferenceService {where}")
+        set_canary_percent(api, name, namespace, existing, canary_traffic_percent,
+                           f"resume the canary on InferenceService {where}")
         log.info("canary of rolled-back model version %s on %s resumed at %d%%",
                  model_version, where, canary_traffic_percent)
         return DeployResult("canary", name, namespace, model_version,

@@ -41,11 +41,11 @@ class TitleIndex:
         pop = np.asarray(popularity, dtype=np.float64)
         self.popularity = pop / pop.max() if len(pop) and pop.max() > 0 else np.zeros(len(pop))
 
-    def scores(self, query: str) -> np.ndarray:
-        """[n_items] match score of one query against every title, 0-100 (0: no title)."""
+    def scores(self, q: str) -> np.ndarray:
+        """[n_items] match score of one normalised query against every title, 0-100 (0: no
+        title)."""
         from rapidfuzz import fuzz, process
 
-        q = normalise(query)
         if not q:
             return np.zeros(len(self.titles))
         whole = process.cdist([q], self.titles, scorer=fuzz.ratio, workers=1)[0]
@@ -63,11 +63,12 @@ class TitleIndex:
             if pos < len(self.item_ids) and self.item_ids[pos] == query:
                 out[row] = pos
                 continue
-            score = self.scores(query)
+            q = normalise(query)
+            score = self.scores(q)
             best = float(score.max(initial=0.0))
             if best < min_score:
                 continue
             tied = np.flatnonzero(score >= best - 1e-9)
-            closeness = -np.abs(self.lengths[tied] - len(normalise(query)))
+            closeness = -np.abs(self.lengths[tied] - len(q))
             out[row] = tied[np.lexsort((-closeness, -self.popularity[tied]))[0]]
         return out

@@ -174,6 +174,14 @@ def _id_lists(inp: InferInput, batch: int) -> list[list[str]]:
     return array.tolist()  # "" padding matches no item and is ignored by the model
 
 
+def _pad(item_ids: np.ndarray, scores: np.ndarray, k: np.ndarray) -> None:
+    """Blank, in place, what lies past each row's own k and what has no finite score (nothing
+    left but excluded items, or no match): "" ids and NaN scores, always at a row's end."""
+    pad = (np.arange(item_ids.shape[1])[None, :] >= k[:, None]) | ~np.isfinite(scores)
+    item_ids[pad] = ""
+    scores[pad] = np.nan
+
+
 class RecommenderModel(Model):
     """Serves a `TwoStageRecommender` artifact over KServe v1 and v2 (REST and gRPC)."""
 
@@ -236,8 +244,6 @@ class RecommenderModel(Model):
         titles = data.items["title"] if "title" in data.items else data.items["item_id"]
         self._titles = titles.fillna("").astype(str).to_numpy(dtype=object)
         self._model = model
-        # A dict answers a handful of ids faster than a numpy search over all of them.
-        self._user_rows = {uid: row for row, uid in enumerate(data.user_ids.tolist())}
         # Warm every path once: first calls build caches (title index, BLAS, LightGBM).
         k = min(DEFAULT_K, self.n_items)
         known = [str(data.user_ids[0])] if data.n_users else []
@@ -298,7 +304,7 @@ class RecommenderModel(Model):
     def __setstate__(self, state: dict[str, Any]) -> None:
         from serving.server import install_request_error_handler
 
-        install_request_error_handler()  # a REST worker re-imports KServe's app without it
+        install_request_error_handler()  # a spawned REST worker imports KServe's app afresh
         self.__dict__.update(state)
         self._metrics = ModelMetrics(self.name)
         if self.ready:
@@ -463,8 +469,7 @@ class RecommenderModel(Model):
             and query.exclude is None and query.history is None and width <= self._cache_width
         )
         if cached:
-            rows_of = self._user_rows
-            users = np.fromiter((rows_of.get(u, -1) for u in query.ids.tolist()), np.int64, len(query.ids))
+            users = self._model.user_index(query.ids.tolist())
             cold = users < 0
             rows = np.where(cold, len(self._cache_top) - 1, users)
             item_ids = self._item_ids[self._cache_top[rows, :width]]
@@ -475,10 +480,7 @@ class RecommenderModel(Model):
             )
             item_ids, scores = rec.item_ids.astype(object), rec.scores.astype(np.float32, copy=True)
             cold = np.asarray(rec.cold_start, dtype=bool)
-        # Past a row's own k, or where only excluded items were left (score -inf): padding.
-        pad = (np.arange(item_ids.shape[1])[None, :] >= query.k[:, None]) | ~np.isfinite(scores)
-        item_ids[pad] = ""
-        scores[pad] = np.nan
+        _pad(item_ids, scores, query.k)
         return Answer(item_ids, scores, cold_start=cold)
 
     def _similar(self, query: Query) -> Answer:
@@ -491,9 +493,7 @@ class RecommenderModel(Model):
             ids, sims = self._model.similar_items(index[found], width)
             item_ids[found, : ids.shape[1]] = ids
             scores[found, : sims.shape[1]] = sims
-        pad = (np.arange(width)[None, :] >= query.k[:, None]) | ~np.isfinite(scores)
-        item_ids[pad] = ""
-        scores[pad] = np.nan
+        _pad(item_ids, scores, query.k)
         safe = np.where(found, index, 0)
         return Answer(
             item_ids,

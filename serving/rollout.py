@@ -27,9 +27,9 @@ from components.kube_deploy import (
     MODEL_VERSION_ANNOTATION,
     annotations,
     get_inference_service,
-    patch_inference_service,
     rollout_phase,
     served_versions,
+    set_canary_percent,
     spec_canary_percent,
 )
 
@@ -234,11 +234,8 @@ def promote(api: Any, mlflow_client: Any, *, name: str, namespace: str,
                 f"({current.ready_message or 'no status yet'}); promoting now would leave version "
                 f"{champion} serving while the registry names {canary}"
             )
-        rv = (isvc.get("metadata") or {}).get("resourceVersion")
-        patch: dict[str, Any] = {"spec": {"predictor": {"canaryTrafficPercent": None}}}
-        if rv:
-            patch["metadata"] = {"resourceVersion": rv}
-        patch_inference_service(api, name, namespace, patch, f"promote the canary of InferenceService {where}")
+        set_canary_percent(api, name, namespace, isvc, None,
+                           f"promote the canary of InferenceService {where}")
         actions.append(f"cluster: canary revision {current.canary_revision} (version {canary}) now takes 100%")
         promoted = canary
     elif phase == "stable" and _registry_behind(phase, champion, canary, aliases):
@@ -270,12 +267,8 @@ def rollback(api: Any, mlflow_client: Any, *, name: str, namespace: str,
     champion, canary = served_versions(isvc)
     actions: list[str] = []
     if phase == "canary":
-        rv = (isvc.get("metadata") or {}).get("resourceVersion")
-        patch: dict[str, Any] = {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
-        if rv:
-            patch["metadata"] = {"resourceVersion": rv}
-        patch_inference_service(api, name, namespace, patch,
-                                f"roll back the canary of InferenceService {where}")
+        set_canary_percent(api, name, namespace, isvc, 0,
+                           f"roll back the canary of InferenceService {where}")
         actions.append(f"cluster: canary (version {canary}) pinned to 0%, version {champion} takes 100%")
     elif not (phase == "rolled-back" and _registry_behind(phase, champion, canary, aliases)):
         if phase == "rolled-back":

@@ -61,7 +61,8 @@ def install_request_error_handler() -> None:
     """Answer a body FastAPI cannot parse (not JSON, or not a v2 request's shape) with 400 and
     {"error": ...}, like every other malformed request, instead of FastAPI's 422. KServe builds
     its REST app at import time (`kserve.model_server.app`), so the handler goes there; REST
-    workers (--workers > 1) re-import it, and RecommenderModel installs it again in each."""
+    workers (--workers > 1) are spawned and import it afresh, so RecommenderModel, which each
+    worker unpickles, installs it there too (a test checks every worker)."""
     from fastapi.exceptions import RequestValidationError
     from kserve.model_server import app
 

@@ -103,6 +103,7 @@ class TwoStageRecommender:
         self.data_ = data
         self.stats_ = ItemStats.from_training(data)
         self.user_time_ = np.asarray(data.user_mean_time, dtype=np.float64)
+        self._user_rows = self._title_index = None  # lookups of the previous data, if any
 
     def _ranker_folds(self, interactions: pd.DataFrame) -> list:
         """Where the ranker's labels come from. Cross-fitting (K folds of the training data)
@@ -259,9 +260,12 @@ class TwoStageRecommender:
 
     # --------------------------------------------------------------- id facing
     def user_index(self, user_ids: Sequence[str]) -> np.ndarray:
-        ids = np.asarray(user_ids, dtype=str)
-        idx = np.clip(np.searchsorted(self.data_.user_ids, ids), 0, max(self.data_.n_users - 1, 0))
-        return np.where(self.data_.user_ids[idx] == ids, idx, -1)
+        """Row of each user id in the training data, -1 for users it does not know. A dict: a
+        serving request asks for one or a few ids, where numpy's per-call overhead dominates."""
+        rows = getattr(self, "_user_rows", None)
+        if rows is None:
+            rows = self._user_rows = {uid: row for row, uid in enumerate(self.data_.user_ids.tolist())}
+        return np.fromiter((rows.get(str(u), -1) for u in user_ids), np.int64, len(user_ids))
 
     def recommend(
         self,
@@ -274,11 +278,12 @@ class TwoStageRecommender:
         """Top-k for users by id. Unknown users get the cold-start answer (popularity, or
         content and collaborative scores from `history_item_ids` when given)."""
         users = self.user_index(user_ids)
+        cold = users < 0
         n_items = self.data_.n_items
         # Known users bring their training history; unknown users start empty.
         history = self.data_.matrix[np.maximum(users, 0)]
-        if (users < 0).any():
-            history = sp.csr_matrix(history.multiply((users >= 0)[:, None].astype(np.float32)))
+        if cold.any():
+            history = sp.csr_matrix(history.multiply((~cold)[:, None].astype(np.float32)))
             history.eliminate_zeros()
         if history_item_ids is not None:
             extra = history_matrix(self.data_.item_ids, [list(h) for h in history_item_ids], n_items)
@@ -290,7 +295,6 @@ class TwoStageRecommender:
         if exclude_item_ids is not None:
             exclude = history_matrix(self.data_.item_ids, [list(e) for e in exclude_item_ids], n_items)
         top, scores = self.recommend_indices(users, sp.csr_matrix(history), k, exclude)
-        cold = self.user_index(user_ids) < 0
         return Recommendations(self.data_.item_ids[top], scores, cold)
 
     def similar_items(self, item_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:

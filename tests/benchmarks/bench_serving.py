@@ -214,6 +214,20 @@ def test_model_cost_in_process(ml100k):
     for title in titles[:50]:
         model.resolve_items([title.lower()[:-3]])  # a partial, lower-cased title: fuzzy path
     rows.append(("resolve_items, 1 fuzzy title", (time.perf_counter() - started) * 20, float("nan"), float("nan")))
+    # The predictor's whole predict() for a plain single-user v2 request (parse, cached answer,
+    # metrics, response object), as the server calls it, minus HTTP.
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from serving.predictor import RecommenderModel
+
+    predictor = RecommenderModel("recsys", model_dir)
+    predictor.load()
+    requests = [InferRequest(model_name="recsys", request_id=None, infer_inputs=[
+        InferInput("user_id", [1], "BYTES", [rng.choice(users)])]) for _ in range(5000)]
+    started = time.perf_counter()
+    for request in requests:
+        predictor.predict(request)
+    rows.append(("predictor.predict, 1 user (v2)", (time.perf_counter() - started) / 5, float("nan"), float("nan")))
     print()
     print(f"{'in-process call (ML-100K)':34} {'mean ms':>9} {'p50 ms':>9} {'p99 ms':>9}")
     for label, mean, p50, p99 in rows:

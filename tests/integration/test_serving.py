@@ -10,6 +10,7 @@ both are imported in one process, and other test modules of the suite import kse
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -141,17 +142,20 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(model_dir: Path, work: Path) -> Server:
+def start_server(model_dir: Path, work: Path, *extra: str) -> Server:
     http_port, grpc_port = free_port(), free_port()
     log_path = work / "server.log"
     request_log = work / "requests"
     cmd = [
         sys.executable, "-m", "serving", "--model-dir", str(model_dir),
         "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--max-batch-size", str(MAX_BATCH), "--request-log", str(request_log),
+        "--max-batch-size", str(MAX_BATCH), "--request-log", str(request_log), *extra,
     ]
     with log_path.open("wb") as out:  # a file, not a pipe: a full pipe would block the server
-        process = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        # A session of its own: REST workers (--workers N) outlive a SIGTERM to the parent
+        # alone, so stop() signals the whole group.
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     return Server(process, f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path, request_log)
 
 
@@ -177,6 +181,10 @@ def stop(server: Server) -> int:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait(5)
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)  # what is left of the group: workers
+    except ProcessLookupError:
+        pass
     return server.process.returncode
 
 
@@ -496,6 +504,38 @@ def test_unparsable_bodies_are_client_errors(server):
         f"{server.url}/v1/models/{MODEL}:predict", content=b"{oops", headers={"content-type": "text/plain"}
     )
     assert response.status_code == 400, response.text
+
+
+def test_every_rest_worker_answers_and_refuses_alike(small_model_dir, tmp_path):
+    """With --workers 2, KServe spawns REST worker processes: each must serve the model and
+    answer an unparsable body 400, not FastAPI's 422."""
+    server = start_server(small_model_dir, tmp_path, "--workers", "2")
+    try:
+        wait_live(server)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{server.url}/v2/models/{MODEL}/ready").status_code != 200:
+            assert time.monotonic() < deadline, server.output()[-3000:]
+            time.sleep(0.2)
+        from concurrent.futures import ThreadPoolExecutor
+
+        good = v2_body(("user_id", "BYTES", [1], ["u1"]))
+
+        def both(_):  # a new connection each: the workers share the listening socket
+            return post_v2(server, good), post_v2(server, b"{not json")
+
+        pids: set[str] = set()
+        deadline = time.monotonic() + 90  # the second worker starts seconds after the first
+        with ThreadPoolExecutor(8) as pool:  # concurrent, so that both workers accept some
+            while len(pids) < 2 and time.monotonic() < deadline:
+                for ok, bad in pool.map(both, range(40)):
+                    assert ok.status_code == 200, ok.text
+                    assert bad.status_code == 400, bad.text
+                    assert bad.json() == {"error": "the body is not valid JSON"}
+                # Which processes answered, from the access log ("127.0.0.1:PORT PID - ..."):
+                pids = set(re.findall(r"uvicorn\.access INFO:\s+\S+ (\d+) - \"POST", server.output()))
+        assert len(pids) == 2, f"one worker answered everything: {pids}"
+    finally:
+        stop(server)
 
 
 def test_grpc_malformed_is_invalid_argument(grpc_client):
