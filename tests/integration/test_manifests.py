@@ -23,12 +23,16 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tooling import require_tool  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -56,19 +60,9 @@ PROMOTE_CMD = f"kubectl patch isvc recsys -n recsys --type merge -p '{PROMOTE_PA
 IMAGE = "ghcr.io/recsys-mlops/recsys"
 
 
-def _require(tool: str, why: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"`{tool}` is not on PATH ({why})"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must install it")
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture(scope="session")
 def kubectl() -> str:
-    return _require("kubectl", "needed for `kubectl kustomize` and `kubectl patch --local`")
+    return require_tool("kubectl", "needed for `kubectl kustomize` and `kubectl patch --local`")
 
 
 def _kustomize(kubectl: str, path: Path) -> str:

@@ -24,9 +24,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tooling import require_tool  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "terraform"
@@ -236,25 +241,9 @@ def test_terraform_validate(terraform, tmp_path):
 # --- checkov ---------------------------------------------------------------------------------------
 
 
-def _required_tool(name: str, local: Path | None, why: str) -> str:
-    """A tool from the given path or PATH; missing fails in CI (CI=true) and skips elsewhere."""
-    if local is not None and local.exists():
-        return str(local)
-    path = shutil.which(name)
-    if path is None:
-        message = f"`{name}` not found ({why})"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must install it")
-        pytest.skip(message)
-    return path
-
-
 def checkov_binary() -> str:
     # checkov lives in its own venv (.venv-tools): its pinned dependencies clash with ours.
-    return _required_tool(
-        "checkov", REPO / ".venv-tools" / "bin" / "checkov",
-        "install it: python3 -m venv .venv-tools && .venv-tools/bin/pip install -r tools/requirements-scan.txt",
-    )
+    return require_tool("checkov", "`make tools` installs it", REPO / ".venv-tools" / "bin" / "checkov")
 
 
 def checkov_findings(directory: Path, framework: str) -> tuple[list[dict], list[dict]]:
@@ -294,7 +283,7 @@ def test_checkov_finds_nothing_unexplained_in_terraform():
 
 
 def test_checkov_finds_nothing_unexplained_in_the_rendered_manifests(tmp_path):
-    kubectl = _required_tool("kubectl", None, "needed to render the manifests with `kubectl kustomize`")
+    kubectl = require_tool("kubectl", "needed to render the manifests with `kubectl kustomize`")
     for path in KUSTOMIZATIONS:
         proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
