@@ -184,6 +184,11 @@ class TwoStageRecommender:
         valid_users = rng.choice(users, max(1, len(users) // 5), replace=False)
         valid_groups = np.isin(group_users, valid_users)
         row_group = np.repeat(np.arange(len(groups)), groups)
+        # Candidates arrive in item order. LightGBM's NDCG keeps that order among equal scores,
+        # so a model of a few trees (few distinct scores) would be judged partly on item order
+        # and early stopping could keep one tree. Shuffled within each group, ties are random.
+        shuffled = np.lexsort((rng.random(len(y)), row_group))
+        x, y = x[shuffled], y[shuffled]
         in_valid = valid_groups[row_group]
         params = {
             "objective": r.objective,
