@@ -36,7 +36,7 @@ from components.features import ItemStats
 from components.models.als import AlsModel
 from components.models.base import TrainingData
 from components.models.content import ContentModel
-from components.models.ease import EaseModel
+from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.popularity import PopularityModel
 from components.models.two_stage import TwoStageRecommender
 
@@ -45,6 +45,7 @@ MANIFEST = "manifest.json"
 _GENERATOR_TYPES = {
     "popularity": PopularityModel,
     "ease": EaseModel,
+    "seq_ease": SequenceEaseModel,
     "als": AlsModel,
     "content": ContentModel,
 }

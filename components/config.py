@@ -44,6 +44,19 @@ class EaseConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+class SeqEaseConfig(_Strict):
+    """EASE on co-occurrence weighted by closeness in each user's time-ordered history."""
+
+    enabled: bool = True
+    l2: float = Field(200.0, gt=0.0)
+    # A pair of items d interactions apart in a user's history counts exp(-d / length_scale).
+    length_scale: float = Field(30.0, gt=0.0)
+    # Pairs further apart than this count nothing; fitting costs O(interactions x window).
+    window: int = Field(60, ge=1)
+    max_items: int = Field(25_000, ge=1)
+    min_item_support: int = Field(3, ge=1)
+
+
 class AlsConfig(_Strict):
     enabled: bool = True
     factors: int = Field(20, ge=1)
@@ -80,6 +93,7 @@ class RankerConfig(_Strict):
 
 class ModelConfig(_Strict):
     ease: EaseConfig = EaseConfig()
+    seq_ease: SeqEaseConfig = SeqEaseConfig()
     als: AlsConfig = AlsConfig()
     content: ContentConfig = ContentConfig()
     ranker: RankerConfig = RankerConfig()

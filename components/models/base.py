@@ -24,6 +24,9 @@ class TrainingData:
     item_mean_time: np.ndarray | None = None  # [n_items] mean interaction time, NaN if unknown
     user_mean_time: np.ndarray | None = None  # [n_users] mean interaction time, NaN if unknown
     item_mean_rating: np.ndarray | None = None  # [n_items] NaN if unknown
+    # [n_users, n_items]: each interaction's 1-based place in its user's history ordered by
+    # time (ties keep input order); None when the data has no timestamps.
+    positions: sp.csr_matrix | None = None
 
     @property
     def n_users(self) -> int:
@@ -74,9 +77,27 @@ def build_training_data(
     item_rating = np.full(len(item_ids), np.nan)
     if "rating" in df.columns and len(df):
         item_rating = _group_mean(item_idx, df["rating"].to_numpy(dtype=float), len(item_ids))
+    positions = None
+    if "timestamp" in df.columns:
+        positions = _positions(user_idx, item_idx, df["timestamp"].to_numpy(dtype=float), matrix.shape)
     return TrainingData(
-        user_ids, item_ids, matrix, meta, last_seen, train_end, item_time, user_time, item_rating
+        user_ids, item_ids, matrix, meta, last_seen, train_end, item_time, user_time, item_rating, positions
     )
+
+
+def _positions(users: np.ndarray, items: np.ndarray, times: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Place (1-based) of each (user, item) in the user's time-ordered history; a repeated pair
+    keeps its latest place."""
+    order = np.lexsort((times, users))
+    starts = np.searchsorted(users[order], users[order], side="left")
+    place = np.empty(len(order), dtype=np.float32)
+    place[order] = np.arange(len(order)) - starts + 1
+    keys = users.astype(np.int64) * shape[1] + items
+    if len(np.unique(keys)) < len(keys):  # repeated pairs (validated data has none): keep the max
+        frame = pd.DataFrame({"key": keys, "place": place}).groupby("key", sort=False)["place"].max()
+        keys, place = frame.index.to_numpy(), frame.to_numpy(np.float32)
+        users, items = keys // shape[1], keys % shape[1]
+    return sp.csr_matrix((place, (users, items)), shape=shape)
 
 
 def _group_mean(groups: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:

