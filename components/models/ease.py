@@ -147,18 +147,19 @@ def sequence_gram(
     coo = positions.tocoo()
     order = np.lexsort((coo.data, coo.row))
     users, places, items = coo.row[order], coo.data[order].astype(np.float64), column[coo.col[order]]
-    later = np.zeros((n, n))  # later[i, j]: weight of i coming before j
+    gram = np.zeros((n, n))
     for offset in range(1, window + 1):
         same = users[offset:] == users[:-offset]
         if not same.any():  # no user has this many interactions
             break
         distance = places[offset:] - places[:-offset]
         keep = same & (distance <= window) & (items[offset:] >= 0) & (items[:-offset] >= 0)
-        _add_pairs(later, items[:-offset][keep], items[offset:][keep], np.exp(-distance[keep] / length_scale))
+        first, second = items[:-offset][keep], items[offset:][keep]
+        weight = np.exp(-distance[keep] / length_scale)
+        _add_pairs(gram, first, second, weight)
+        _add_pairs(gram, second, first, weight)  # symmetric, without a second n x n array
     kept = items[items >= 0]
-    diagonal = np.bincount(kept, minlength=n).astype(np.float64)  # an item with itself: distance 0
-    gram = later + later.T
-    gram[np.diag_indices(n)] += diagonal
+    gram[np.diag_indices(n)] += np.bincount(kept, minlength=n)  # an item with itself: distance 0
     return gram
 
 

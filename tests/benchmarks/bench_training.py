@@ -42,8 +42,17 @@ def test_quality_on_ml100k_recommenders_protocol(ml100k_dir):
     assert results["two_stage"]["ndcg@10"] > results["popularity"]["ndcg@10"]
 
 
-_FIT_SNIPPET = """
-import resource, sys, time
+# Peak resident memory of the child itself. Not ru_maxrss: Linux carries it over from the parent
+# through fork and exec, so a child of a large pytest process would report the parent's peak.
+_PEAK_MB = """
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+
+_FIT_SNIPPET = _PEAK_MB + """
+import sys, time
 from components.data import synthetic_dataset
 from components.validate import validate_interactions
 from components.models.two_stage import TwoStageRecommender
@@ -52,8 +61,7 @@ inter, items = synthetic_dataset(max(n // 100, 100), max(int(n ** 0.5) * 4, 200)
 inter = validate_interactions(inter, source="synthetic")
 t = time.perf_counter()
 TwoStageRecommender().fit(inter, items, progress=lambda _: None)
-print(len(inter), inter.user_id.nunique(), inter.item_id.nunique(), time.perf_counter() - t,
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(len(inter), inter.user_id.nunique(), inter.item_id.nunique(), time.perf_counter() - t, peak_mb())
 """
 
 
@@ -77,15 +85,15 @@ def test_fit_scaling_on_synthetic_data(sizes):
     assert all(r[4] > 0 for r in rows)
 
 
-_CLI_FIT = """
-import resource, runpy, sys, time
+_CLI_FIT = _PEAK_MB + """
+import runpy, sys, time
 sys.argv = ["recsys", "-q", "fit", "--interactions", sys.argv[1], "--output", sys.argv[2]]
 t = time.perf_counter()
 try:
     runpy.run_module("pipelines.cli", run_name="__main__")
 except SystemExit as exit:
     assert not exit.code, exit.code
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(time.perf_counter() - t, peak_mb())
 """
 
 
