@@ -31,30 +31,32 @@ class SplitConfig(_Strict):
     seed: int = 42
 
 
-class EaseConfig(_Strict):
+class _ItemItemConfig(_Strict):
+    """What both EASE models share: a dense item-item matrix and its limits."""
+
     enabled: bool = True
     l2: float = Field(400.0, gt=0.0)
     # A dense item-item Gram matrix costs 8*n^2 bytes and O(n^3) time to invert: beyond this
-    # catalogue size EASE is skipped with a message rather than exhausting memory.
+    # catalogue size the model is skipped with a message rather than exhausting memory.
     max_items: int = Field(25_000, ge=1)
-    # Items with fewer training interactions than this get no EASE weights (0 score): they
-    # carry almost no co-occurrence signal, and dropping them shrinks the O(n^3) inverse.
+    # Items with fewer training interactions than this get no weights (0 score): they carry
+    # almost no co-occurrence signal, and dropping them shrinks the O(n^3) inverse.
     min_item_support: int = Field(3, ge=1)
+
+
+class EaseConfig(_ItemItemConfig):
     # Denoising dropout rate p: adds p/(1-p)·count to each item's diagonal (0: plain EASE).
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class SeqEaseConfig(_Strict):
+class SeqEaseConfig(_ItemItemConfig):
     """EASE on co-occurrence weighted by closeness in each user's time-ordered history."""
 
-    enabled: bool = True
     l2: float = Field(200.0, gt=0.0)
     # A pair of items d interactions apart in a user's history counts exp(-d / length_scale).
     length_scale: float = Field(30.0, gt=0.0)
     # Pairs further apart than this count nothing; fitting costs O(interactions x window).
     window: int = Field(60, ge=1)
-    max_items: int = Field(25_000, ge=1)
-    min_item_support: int = Field(3, ge=1)
 
 
 class AlsConfig(_Strict):
