@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,15 +93,9 @@ def read_raw(
         return RawDataset(inter, item_frame, f"synthetic-{len(inter)}", "synthetic")
     path = Path(source)
     if path.is_dir():
-        if (path / "u.data").exists():
-            inter, item_frame = _load_ml100k(path)
-            return RawDataset(inter, item_frame, path.name, str(path / "u.data"), str(path / "u.item"))
-        if (path / "ratings.csv").exists():
-            inter, item_frame = _load_movielens_csv(path)
-            return RawDataset(inter, item_frame, path.name, str(path / "ratings.csv"), str(path / "movies.csv"))
-        raise DataValidationError(
-            f"{path}: directory has neither u.data (MovieLens 100K) nor ratings.csv (MovieLens CSV)"
-        )
+        interactions_file, items_file, loader = _directory_layout(path)
+        inter, item_frame = loader(path)
+        return RawDataset(inter, item_frame, path.name, str(interactions_file), str(items_file))
     if not path.exists():
         raise _no_such_source(source)
     item_frame = read_table(Path(items)) if items else None
@@ -133,7 +128,7 @@ def source_fingerprint(
     else:
         path = Path(source)
         if path.is_dir():
-            files = [path / n for n in ("u.data", "u.item", "ratings.csv", "movies.csv") if (path / n).exists()]
+            files = [f for f in _directory_layout(path)[:2] if f.exists()]
         elif path.exists():
             files = [path]
         else:
@@ -148,6 +143,18 @@ def source_fingerprint(
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def _directory_layout(path: Path) -> tuple[Path, Path, Callable[[Path], tuple[pd.DataFrame, pd.DataFrame | None]]]:
+    """A dataset directory's interactions file, its items file (which may be missing) and the
+    loader that reads both: the one place that knows the directory layouts."""
+    if (path / "u.data").exists():
+        return path / "u.data", path / "u.item", _load_ml100k
+    if (path / "ratings.csv").exists():
+        return path / "ratings.csv", path / "movies.csv", _load_movielens_csv
+    raise DataValidationError(
+        f"{path}: directory has neither u.data (MovieLens 100K) nor ratings.csv (MovieLens CSV)"
+    )
 
 
 def _no_such_source(source: str) -> DataValidationError:

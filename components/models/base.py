@@ -79,21 +79,24 @@ def build_training_data(
         item_rating = _group_mean(item_idx, df["rating"].to_numpy(dtype=float), len(item_ids))
     positions = None
     if "timestamp" in df.columns:
-        positions = _positions(user_idx, item_idx, df["timestamp"].to_numpy(dtype=float), matrix.shape)
+        repeated = matrix.nnz < len(df)  # (user, item) pairs given more than once
+        positions = _positions(user_idx, item_idx, df["timestamp"].to_numpy(dtype=float), matrix.shape, repeated)
     return TrainingData(
         user_ids, item_ids, matrix, meta, last_seen, train_end, item_time, user_time, item_rating, positions
     )
 
 
-def _positions(users: np.ndarray, items: np.ndarray, times: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+def _positions(
+    users: np.ndarray, items: np.ndarray, times: np.ndarray, shape: tuple[int, int], repeated: bool
+) -> sp.csr_matrix:
     """Place (1-based) of each (user, item) in the user's time-ordered history; a repeated pair
     keeps its latest place."""
     order = np.lexsort((times, users))
     starts = np.searchsorted(users[order], users[order], side="left")
     place = np.empty(len(order), dtype=np.float32)
     place[order] = np.arange(len(order)) - starts + 1
-    keys = users.astype(np.int64) * shape[1] + items
-    if len(np.unique(keys)) < len(keys):  # repeated pairs (validated data has none): keep the max
+    if repeated:  # validated data has none; keep each pair's latest place
+        keys = users.astype(np.int64) * shape[1] + items
         frame = pd.DataFrame({"key": keys, "place": place}).groupby("key", sort=False)["place"].max()
         keys, place = frame.index.to_numpy(), frame.to_numpy(np.float32)
         users, items = keys // shape[1], keys % shape[1]

@@ -13,7 +13,6 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
-from scipy.sparse._sparsetools import coo_todense
 
 from components.errors import ConfigError
 from components.models.base import TrainingData
@@ -147,31 +146,18 @@ def sequence_gram(
     coo = positions.tocoo()
     order = np.lexsort((coo.data, coo.row))
     users, places, items = coo.row[order], coo.data[order].astype(np.float64), column[coo.col[order]]
+    kept = items >= 0  # left-out items still count in the distances between the others
     gram = np.zeros((n, n))
+    flat = gram.reshape(-1)  # a view: adding into it adds into gram
     for offset in range(1, window + 1):
         same = users[offset:] == users[:-offset]
         if not same.any():  # no user has this many interactions
             break
         distance = places[offset:] - places[:-offset]
-        keep = same & (distance <= window) & (items[offset:] >= 0) & (items[:-offset] >= 0)
+        keep = same & (distance <= window) & kept[offset:] & kept[:-offset]
         first, second = items[:-offset][keep], items[offset:][keep]
         weight = np.exp(-distance[keep] / length_scale)
-        _add_pairs(gram, first, second, weight)
-        _add_pairs(gram, second, first, weight)  # symmetric, without a second n x n array
-    kept = items[items >= 0]
-    gram[np.diag_indices(n)] += np.bincount(kept, minlength=n)  # an item with itself: distance 0
+        np.add.at(flat, first * n + second, weight)  # repeated pairs are summed
+        np.add.at(flat, second * n + first, weight)  # symmetric, without a second n x n array
+    gram[np.diag_indices(n)] += np.bincount(items[kept], minlength=n)  # an item with itself: distance 0
     return gram
-
-
-def _add_pairs(out: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> None:
-    """out[rows[k], cols[k]] += weights[k], repeated pairs summed.
-
-    scipy's COO-to-dense kernel adds every entry, duplicates included, in one C loop. Its
-    public face (`coo_matrix.toarray`) zeroes and allocates a whole n x n array per call, and
-    `np.add.at` is about ten times slower, so the kernel is called directly (covered by the
-    hand-summed test in tests/unit/test_ease.py)."""
-    assert out.flags.c_contiguous  # ravel() must be a view for the sums to land in `out`
-    if len(rows):
-        n_rows, n_cols = out.shape
-        coo_todense(n_rows, n_cols, len(rows), rows.astype(np.int64), cols.astype(np.int64),
-                    weights.astype(out.dtype), out.ravel(), 0)

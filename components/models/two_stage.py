@@ -85,8 +85,9 @@ class TwoStageRecommender:
         self.ranker_ = None
         if cfg.ranker.enabled:
             folds = self._ranker_folds(interactions)
+            rng = np.random.default_rng(cfg.seed)
             examples = [
-                self._ranker_examples(part.train, part.test, items, progress, f"{i + 1}/{len(folds)}")
+                self._ranker_examples(part.train, part.test, items, rng, progress, f"{i + 1}/{len(folds)}")
                 for i, part in enumerate(folds)
             ]
             x = np.vstack([e[0] for e in examples])
@@ -126,6 +127,7 @@ class TwoStageRecommender:
         fit_part: pd.DataFrame,
         held_out: pd.DataFrame,
         items: pd.DataFrame | None,
+        rng: np.random.Generator,
         progress: Callable[[str], None],
         fold: str,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -157,7 +159,12 @@ class TwoStageRecommender:
             y = np.asarray(labels[batch[cand.rows], cand.items]).ravel()
             counts = np.bincount(cand.rows, minlength=len(batch))
             positive = np.bincount(cand.rows, weights=y, minlength=len(batch)) > 0
-            keep = positive[cand.rows]  # users with no held-out item among candidates teach nothing
+            # Users with no held-out item among their candidates teach nothing. The rest are
+            # shuffled within each user: candidates come in item order, and LightGBM's NDCG keeps
+            # input order among equal scores, so a model of a few trees (few distinct scores)
+            # would be judged partly on item order and early stopping could keep one tree.
+            keep = np.flatnonzero(positive[cand.rows])
+            keep = keep[np.lexsort((rng.random(len(keep)), cand.rows[keep]))]
             feats.append(cand.features[keep])
             label.append(y[keep])
             groups.append(counts[positive])
@@ -187,11 +194,6 @@ class TwoStageRecommender:
         valid_users = rng.choice(users, max(1, len(users) // 5), replace=False)
         valid_groups = np.isin(group_users, valid_users)
         row_group = np.repeat(np.arange(len(groups)), groups)
-        # Candidates arrive in item order. LightGBM's NDCG keeps that order among equal scores,
-        # so a model of a few trees (few distinct scores) would be judged partly on item order
-        # and early stopping could keep one tree. Shuffled within each group, ties are random.
-        shuffled = np.lexsort((rng.random(len(y)), row_group))
-        x, y = x[shuffled], y[shuffled]
         in_valid = valid_groups[row_group]
         params = {
             "objective": r.objective,

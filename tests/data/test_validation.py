@@ -147,3 +147,21 @@ def test_source_fingerprint_follows_content_not_path(tmp_path):
     assert synthetic != source_fingerprint("synthetic", seed=2)
     with pytest.raises(DataValidationError, match="no such file"):
         source_fingerprint(str(tmp_path / "missing.csv"))
+
+
+def test_source_fingerprint_of_a_directory_hashes_the_files_read_raw_reads(tmp_path):
+    from components.data import read_raw, source_fingerprint
+
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4,1\n")
+    first = source_fingerprint(str(tmp_path))
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n10,A (1999),Drama\n")
+    with_items = source_fingerprint(str(tmp_path))
+    assert with_items != first  # the items file is part of what is read
+    (tmp_path / "notes.txt").write_text("not data")
+    assert source_fingerprint(str(tmp_path)) == with_items  # other files are not
+    assert read_raw(str(tmp_path)).items_origin == str(tmp_path / "movies.csv")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for call in (source_fingerprint, read_raw):
+        with pytest.raises(DataValidationError, match="neither u.data"):
+            call(str(empty))
