@@ -5,6 +5,12 @@ model predicts the future from the past, and a random split would let it peek. `
 holds out a random fraction of each user's interactions, the protocol of the Microsoft
 Recommenders benchmark, used for comparable figures. Users with too few interactions stay whole
 in training. Both are vectorised (a rank within each user, no loop over users).
+
+Both follow the benchmark's `python_stratified_split` / `python_chrono_split` to the row: a user
+keeps in training the interactions whose rank within the user, divided by the user's count, is
+at most 1 - test_fraction (so 25 % of 21 holds out 6, not 5), and the random draw is
+`numpy.random.RandomState(seed).rand` over the rows in input order. With the same rows in the
+same order and the same seed, the held-out set is the benchmark's, and so are its figures.
 """
 from __future__ import annotations
 
@@ -28,9 +34,9 @@ def _holdout_mask(
 ) -> np.ndarray:
     """True for the last `test_fraction` of each user's interactions in `order_key` order."""
     position, size = _user_positions(df, order_key)
-    # At least one interaction on each side for every user that is split at all.
-    n_test = np.clip(np.rint(size * test_fraction), 1, size - 1)
-    return (position >= size - n_test) & (size >= min_user_interactions)
+    held_out = (position + 1) / size > 1.0 - test_fraction  # the benchmark's rule, float for float
+    # At least one interaction in training for every user that is split at all.
+    return held_out & (position > 0) & (size >= min_user_interactions)
 
 
 def temporal_split(
@@ -50,7 +56,8 @@ def temporal_split(
 def stratified_split(
     df: pd.DataFrame, test_fraction: float = 0.25, min_user_interactions: int = 2, seed: int = 42
 ) -> Split:
-    key = np.random.default_rng(seed).random(len(df))
+    # The legacy generator on purpose: it is the benchmark's draw (see the module docstring).
+    key = np.random.RandomState(seed).rand(len(df))
     mask = _holdout_mask(df, key, test_fraction, min_user_interactions)
     return Split(df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True))
 

@@ -105,10 +105,13 @@ def validate_interactions(
 
 
 def _one_row_per_pair(df: pd.DataFrame) -> pd.DataFrame:
-    """Repeated (user, item) pairs (re-watches, re-rates) keep their latest row."""
+    """Repeated (user, item) pairs (re-watches, re-rates) keep their latest row. Rows stay in
+    input order: the stratified split draws one random number per row in that order, as the
+    benchmark it reproduces does."""
+    df = df.reset_index(drop=True)
     if "timestamp" in df.columns:
         df = df.sort_values("timestamp", kind="stable")
-    df = df.drop_duplicates(["user_id", "item_id"], keep="last")
+    df = df.drop_duplicates(["user_id", "item_id"], keep="last").sort_index()
     return df.reset_index(drop=True)
 
 

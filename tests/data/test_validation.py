@@ -77,6 +77,13 @@ def test_repeated_pairs_keep_the_latest_and_ids_become_strings(tmp_path):
     assert row.rating == 5 and row.timestamp == 200 and isinstance(row.item_id, str)
 
 
+def test_rows_keep_input_order(tmp_path):
+    """The stratified split draws per row in input order, so validation must not reorder."""
+    path = _write(tmp_path, "user_id,item_id,timestamp\n1,10,300\n2,11,100\n1,12,50\n1,10,400\n")
+    ds = load_dataset(str(path))
+    assert list(ds.interactions.item_id) == ["11", "12", "10"]  # the repeated (1, 10) at its latest row
+
+
 def test_float_ids_from_parquet_become_integer_strings(tmp_path):
     path = tmp_path / "inter.parquet"
     pd.DataFrame({"user_id": [1.0, 2.0], "item_id": [3.0, 4.0]}).to_parquet(path)

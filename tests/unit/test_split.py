@@ -51,6 +51,27 @@ def test_stratified_split_is_seeded_and_random_within_users(small_dataset):
     assert 0.2 < ratio < 0.3
 
 
+@pytest.mark.parametrize(("size", "held_out"), [(2, 1), (3, 1), (4, 1), (5, 2), (20, 5), (21, 6), (22, 6)])
+def test_stratified_split_follows_the_benchmark_rule(size, held_out):
+    """Microsoft Recommenders keeps rank/count <= 0.75 in training: 25 % of 21 holds out 6."""
+    df = pd.DataFrame({"user_id": ["u"] * size, "item_id": [f"i{n}" for n in range(size)]})
+    parts = stratified_split(df, 0.25, seed=7)
+    assert len(parts.test) == held_out
+
+
+def test_stratified_split_draws_like_the_benchmark():
+    """One legacy RandomState(seed).rand draw per row in input order; each user's rows with the
+    largest draws are held out. Users are interleaved to show the draw follows rows, not users."""
+    users = ["a", "b", "c"] * 8
+    df = pd.DataFrame({"user_id": users, "item_id": [f"i{n}" for n in range(len(users))]})
+    key = np.random.RandomState(5).rand(len(df))
+    expected = set()
+    for user in "abc":
+        rows = np.flatnonzero(df.user_id.to_numpy() == user)
+        expected |= set(df.item_id.to_numpy()[rows[np.argsort(key[rows])[-2:]]])  # 8 - floor(6)
+    assert set(stratified_split(df, 0.25, seed=5).test.item_id) == expected
+
+
 def test_temporal_split_needs_timestamps():
     df = pd.DataFrame({"user_id": ["a"] * 4, "item_id": list("wxyz")})
     with pytest.raises(DataValidationError, match="timestamp"):
