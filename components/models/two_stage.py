@@ -2,8 +2,9 @@
 
 Training (`fit`) carves a validation slice out of the training interactions, fits the
 generators on the rest, builds candidates and features for the slice's users and trains the
-ranker to put their held-out items first (early stopping on a share of those users). The
-generators are then refitted on all training interactions, which is what serves.
+ranker to put their held-out items first: early stopping on a share of those users chooses the
+number of trees, and that many are then trained on all of them. The generators are then
+refitted on all training interactions, which is what serves.
 
 Scoring (`recommend_indices`) is vectorised over the batch: every generator scores the whole
 catalogue for the batch, the ranker scores the union of their top-N, and items outside the
@@ -220,9 +221,14 @@ class TwoStageRecommender:
             valid_sets=[valid],
             callbacks=[lgb.early_stopping(r.early_stopping_rounds, verbose=False)],
         )
+        trees = booster.best_iteration
         best = booster.best_score["valid_0"][f"ndcg@{r.eval_at}"]
-        progress(f"ranker: {booster.best_iteration} trees, validation ndcg@{r.eval_at} {best:.4f}")
-        return booster
+        progress(f"ranker: {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
+        if not r.refit_on_all_users:
+            return booster
+        progress(f"ranker: {trees} trees again on all {len(groups):,} groups, validation users included")
+        full = lgb.Dataset(x, y, group=groups, feature_name=names)
+        return lgb.train({**params, "metric": "none"}, full, num_boost_round=trees)
 
     # ------------------------------------------------------------------ scoring
     def _generator_scores(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
