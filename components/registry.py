@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from components.config import GateConfig, RegistryConfig
-from components.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +145,15 @@ def register_model(
     experiment_id = _experiment_id(mlflow, client, registry.experiment, tracking_uri)
     champion = current_champion(tracking_uri, registry.model_name)
     if champion is not None and champion_metrics is None:
-        raise RecsysError(
-            f"model '{registry.model_name}' has a champion (version {champion[0]}) but it was not "
-            "evaluated on this split; the gate cannot decide"
+        # E.g. a champion this code cannot load. Keep the new version, but let no model take an
+        # alias the gate did not compare.
+        accepted, reason = False, (
+            f"model '{registry.model_name}' has a champion (version {champion[0]}) that was not "
+            "evaluated on this split (see the evaluate step), so the gate cannot compare: this "
+            "version is registered without an alias; set one by hand once checked"
         )
-    accepted, reason = gate(metrics, champion_metrics if champion else None, gate_config)
+    else:
+        accepted, reason = gate(metrics, champion_metrics if champion else None, gate_config)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params({mlflow_metric_name(k): str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics({mlflow_metric_name(k): float(v) for k, v in metrics.items()})

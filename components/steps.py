@@ -151,6 +151,7 @@ def evaluate(
     import tempfile
 
     from components.artifact import load_model
+    from components.errors import ArtifactError
     from components.offline_eval import evaluate_model
     from components.registry import current_champion, default_tracking_uri, download_model
     from components.report import render_html_report
@@ -162,7 +163,13 @@ def evaluate(
     champion = None
     if champion_info is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            champion = load_model(download_model(tracking_uri, champion_info[1], Path(tmp)))
+            try:
+                champion = load_model(download_model(tracking_uri, champion_info[1], Path(tmp)))
+            except ArtifactError as exc:  # e.g. made by a version that computed other features
+                log.warning(
+                    "the champion (version %s) cannot be evaluated by this code, so the gate will "
+                    "give the new model no alias: %s", champion_info[0], exc
+                )
     results = evaluate_model(
         model,
         pd.read_parquet(test_in),

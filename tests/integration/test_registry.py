@@ -55,11 +55,15 @@ def test_first_model_becomes_champion_then_gate_decides(store, small_model_dir):
 
 
 def test_a_champion_must_be_evaluated_before_the_gate(store, small_model_dir):
-    from components.errors import RecsysError
+    """No champion metrics (e.g. this code cannot load the champion): kept, but no alias."""
+    from mlflow import MlflowClient
 
     _register(small_model_dir, store, 0.30, 0.20)
-    with pytest.raises(RecsysError, match="not evaluated"):
-        _register(small_model_dir, store, 0.35, 0.20)
+    unchecked = _register(small_model_dir, store, 0.35, 0.20)
+    assert unchecked.alias is None and "not evaluated" in unchecked.reason
+    client = MlflowClient(tracking_uri=store)
+    assert client.get_model_version("recsys-test", unchecked.version).tags["gate"] == "refused"
+    assert str(client.get_model_version_by_alias("recsys-test", CHAMPION).version) == "1"
 
 
 def test_registered_artifact_loads_back(store, small_model_dir, tmp_path):
