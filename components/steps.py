@@ -32,8 +32,9 @@ def parse_config(config_yaml: str) -> Config:
 
 def _write_frame(frame: pd.DataFrame | None, path: str | Path) -> None:
     frame = frame if frame is not None else pd.DataFrame({"item_id": pd.Series([], dtype=str)})
-    # Raw columns can mix types; strings keep every value as the file had it.
-    frame = frame.apply(lambda c: c.astype(str) if c.dtype == object else c)
+    # Raw columns can mix types; strings keep every value as the file had it, and a missing value
+    # stays missing (not the text "nan", which validation would take for an id or a title).
+    frame = frame.apply(lambda c: c.where(c.isna(), c.astype(str)) if c.dtype == object else c)
     frame.to_parquet(path, index=False)
 
 

@@ -172,3 +172,25 @@ def test_source_fingerprint_of_a_directory_hashes_the_files_read_raw_reads(tmp_p
     for call in (source_fingerprint, read_raw):
         with pytest.raises(DataValidationError, match="neither u.data"):
             call(str(empty))
+
+
+def _through_the_pipeline_steps(tmp_path, inter, items):
+    """ingest then validate, the way the pipeline runs them: through Parquet files."""
+    from components.steps import ingest, validate
+
+    out = {n: str(tmp_path / n) for n in ("raw_i", "raw_t", "i", "t")}
+    where = ingest(str(inter), str(items), out["raw_i"], out["raw_t"])
+    validate(out["raw_i"], out["raw_t"], out["i"], out["t"], **where)
+    return pd.read_parquet(out["i"]), pd.read_parquet(out["t"])
+
+
+def test_a_missing_value_survives_the_steps_as_missing(tmp_path):
+    """Ingest writes raw columns as text; an empty cell must not become the text "nan"."""
+    items = _write(tmp_path, "item_id,title,genres\n10,,Drama\n11,A film,\n", "items.csv")
+    good = _write(tmp_path, "user_id,item_id\n1,10\n2,11\n")
+    _, validated_items = _through_the_pipeline_steps(tmp_path, good, items)
+    assert validated_items.set_index("item_id").loc["10", "title"] == ""
+    assert validated_items.set_index("item_id").loc["11", "genres"] == ""
+    bad = _write(tmp_path, "user_id,item_id\n1,10\n,11\n", "bad.csv")
+    with pytest.raises(DataValidationError, match="user_id.*empty id"):
+        _through_the_pipeline_steps(tmp_path, bad, items)
