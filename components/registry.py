@@ -66,11 +66,21 @@ class Registration:
 
 
 def gate(
-    challenger: dict[str, float], champion: dict[str, float] | None, config: GateConfig
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    config: GateConfig,
+    champion_version: str | None,
 ) -> tuple[bool, str]:
-    """(accepted, reason) for a challenger against the champion's metrics on the same split."""
-    if champion is None:
+    """(accepted, reason) for a challenger against the champion's metrics on the same split.
+    A champion with no metrics (e.g. one this code cannot load) cannot be compared: refused."""
+    if champion_version is None:
         return True, "no champion yet: the first registered model becomes champion"
+    if champion is None:
+        return False, (
+            f"the champion (version {champion_version}) was not evaluated on this split (see the "
+            "evaluate step), so the gate cannot compare: this version is registered without an "
+            "alias; set one by hand once checked"
+        )
     from components.evaluate import compare_to_champion
 
     decision = compare_to_champion(
@@ -144,16 +154,7 @@ def register_model(
     mlflow, client = _client(tracking_uri)
     experiment_id = _experiment_id(mlflow, client, registry.experiment, tracking_uri)
     champion = current_champion(tracking_uri, registry.model_name)
-    if champion is not None and champion_metrics is None:
-        # E.g. a champion this code cannot load. Keep the new version, but let no model take an
-        # alias the gate did not compare.
-        accepted, reason = False, (
-            f"model '{registry.model_name}' has a champion (version {champion[0]}) that was not "
-            "evaluated on this split (see the evaluate step), so the gate cannot compare: this "
-            "version is registered without an alias; set one by hand once checked"
-        )
-    else:
-        accepted, reason = gate(metrics, champion_metrics if champion else None, gate_config)
+    accepted, reason = gate(metrics, champion_metrics, gate_config, champion[0] if champion else None)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params({mlflow_metric_name(k): str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics({mlflow_metric_name(k): float(v) for k, v in metrics.items()})

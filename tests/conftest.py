@@ -46,3 +46,22 @@ def small_model_dir(tmp_path_factory, small_dataset) -> Path:
     return save_model(
         model, tmp_path_factory.mktemp("model") / "artifact", data_fingerprint=small_dataset.fingerprint
     )
+
+
+@pytest.fixture()
+def older_model_dir(tmp_path, small_model_dir) -> Path:
+    """`small_model_dir` as a version whose ranker learned on a feature this code no longer
+    computes (`item_log_popularity`): consistent checksums, only older."""
+    import json
+    import shutil
+
+    from components.artifact import _sha256
+
+    older = tmp_path / "older-model"
+    shutil.copytree(small_model_dir, older)
+    ranker = older / "ranker.txt"
+    ranker.write_text(ranker.read_text().replace("item_log_share", "item_log_popularity"))
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["files"]["ranker.txt"] = _sha256(ranker)
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    return older

@@ -26,30 +26,29 @@ OTHER_SEEDS = (1, 2, 3, 4)
 PUBLISHED = {"BiVAE": (0.475, 0.412), "BPR": (0.442, None), "LightGCN": (0.420, None), "SAR": (0.382, None)}
 
 
+def _fit_and_score(ds, seed: int) -> tuple[dict[str, dict[str, float]], int, float]:
+    """Metrics of every stage on split `seed`, the training size and the fit's seconds."""
+    parts = stratified_split(ds.interactions, 0.25, seed=seed)
+    started = time.perf_counter()
+    model = TwoStageRecommender(ModelConfig(), SplitConfig(method="stratified", seed=seed)).fit(
+        parts.train, ds.items, progress=lambda _: None
+    )
+    fit_seconds = time.perf_counter() - started
+    return evaluate_model(model, parts.test, k_values=(10,)), len(parts.train), fit_seconds
+
+
 def test_quality_on_ml100k_recommenders_protocol(ml100k_dir):
     """Per-user stratified random 75/25 split (seed 42), top-10, training items excluded,
     binary relevance: every stage alone, then the ranker on top."""
     ds = load_dataset(str(ml100k_dir))
-    parts = stratified_split(ds.interactions, 0.25, seed=42)
-    started = time.perf_counter()
-    model = TwoStageRecommender(ModelConfig(), SplitConfig(method="stratified")).fit(
-        parts.train, ds.items, progress=lambda _: None
-    )
-    fit_seconds = time.perf_counter() - started
-    results = evaluate_model(model, parts.test, k_values=(10,))
+    results, n_train, fit_seconds = _fit_and_score(ds, 42)
     print()
     print(metrics_table(results, ("ndcg@10", "precision@10", "recall@10", "map@10", "coverage@10")))
     print("published (same protocol): " + ", ".join(f"{k} NDCG@10 {v[0]}" for k, v in PUBLISHED.items()))
-    print(f"two-stage fit on {len(parts.train):,} interactions: {fit_seconds:.1f}s")
+    print(f"two-stage fit on {n_train:,} interactions: {fit_seconds:.1f}s")
     assert results["two_stage"]["ndcg@10"] > results["popularity"]["ndcg@10"]
     # One draw of the split moves NDCG@10 by about 0.005: the same protocol over more seeds.
-    runs = [results]
-    for seed in OTHER_SEEDS:
-        other = stratified_split(ds.interactions, 0.25, seed=seed)
-        model = TwoStageRecommender(ModelConfig(), SplitConfig(method="stratified", seed=seed)).fit(
-            other.train, ds.items, progress=lambda _: None
-        )
-        runs.append(evaluate_model(model, other.test, k_values=(10,)))
+    runs = [results] + [_fit_and_score(ds, seed)[0] for seed in OTHER_SEEDS]
     mean = {name: {m: float(np.mean([r[name][m] for r in runs])) for m in runs[0][name]} for name in results}
     print(f"mean over split seeds 42, {', '.join(map(str, OTHER_SEEDS))}:")
     print(metrics_table(mean, ("ndcg@10", "precision@10", "recall@10", "map@10")))

@@ -68,7 +68,7 @@ def test_stratified_split_draws_like_the_benchmark():
     expected = set()
     for user in "abc":
         rows = np.flatnonzero(df.user_id.to_numpy() == user)
-        expected |= set(df.item_id.to_numpy()[rows[np.argsort(key[rows])[-2:]]])  # 8 - floor(6)
+        expected |= set(df.item_id.to_numpy()[rows[np.argsort(key[rows])[-2:]]])  # 8 rows: 6 kept, 2 out
     assert set(stratified_split(df, 0.25, seed=5).test.item_id) == expected
 
 
