@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,14 +95,15 @@ def gate(
 
 
 def _client(tracking_uri: str):
-    import mlflow
+    """A client bound to `tracking_uri`. Not `mlflow.set_tracking_uri`: it writes
+    MLFLOW_TRACKING_URI into the process environment, and every later `default_tracking_uri`
+    in the process would then follow the last store used instead of its own home."""
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow, MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
-def _experiment_id(mlflow, client, name: str, tracking_uri: str) -> str:
+def _experiment_id(client, name: str, tracking_uri: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -118,7 +120,7 @@ def current_champion(
     """(version, artifact uri of the model directory) of the `champion` alias, if any."""
     from mlflow.exceptions import MlflowException
 
-    _, client = _client(tracking_uri)
+    client = _client(tracking_uri)
     try:
         mv = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
@@ -129,9 +131,24 @@ def current_champion(
 def download_model(tracking_uri: str, source: str, destination: Path) -> Path:
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
     destination.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination)))
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination), tracking_uri=tracking_uri)
+    )
+
+
+def _log_run(client, run_id: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Params and metrics in batches within MLflow's per-request limits (100 params, 1000
+    metrics)."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    param_list = [Param(mlflow_metric_name(k), str(v)[:500]) for k, v in params.items()]
+    metric_list = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    for start in range(0, len(param_list), 100):
+        client.log_batch(run_id, params=param_list[start : start + 100])
+    for start in range(0, len(metric_list), 1000):
+        client.log_batch(run_id, metrics=metric_list[start : start + 1000])
 
 
 def register_model(
@@ -151,23 +168,28 @@ def register_model(
     one, evaluated on the same split) to their metrics; all are logged, prefixed by name."""
     metrics = results["two_stage"]
     champion_metrics = results.get("champion")
-    mlflow, client = _client(tracking_uri)
-    experiment_id = _experiment_id(mlflow, client, registry.experiment, tracking_uri)
+    client = _client(tracking_uri)
+    experiment_id = _experiment_id(client, registry.experiment, tracking_uri)
     champion = current_champion(tracking_uri, registry.model_name)
     accepted, reason = gate(metrics, champion_metrics, gate_config, champion[0] if champion else None)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_params({mlflow_metric_name(k): str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics({mlflow_metric_name(k): float(v) for k, v in metrics.items()})
-        for name, values in results.items():
-            if name != "two_stage":
-                mlflow.log_metrics({f"{name}.{mlflow_metric_name(k)}": float(v) for k, v in values.items()})
-        mlflow.set_tags(
-            {"data_fingerprint": data_fingerprint, "gate.accepted": str(accepted), "gate.reason": reason}
-        )
-        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    logged = {mlflow_metric_name(k): float(v) for k, v in metrics.items()}
+    for name, values in results.items():
+        if name != "two_stage":
+            logged.update({f"{name}.{mlflow_metric_name(k)}": float(v) for k, v in values.items()})
+    run = client.create_run(
+        experiment_id,
+        tags={"data_fingerprint": data_fingerprint, "gate.accepted": str(accepted), "gate.reason": reason},
+    )
+    try:
+        _log_run(client, run.info.run_id, params, logged)
+        client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
         if report_path is not None and report_path.exists():
-            mlflow.log_artifact(str(report_path), artifact_path="report")
-        source = f"{run.info.artifact_uri}/model"
+            client.log_artifact(run.info.run_id, str(report_path), artifact_path="report")
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+    source = f"{run.info.artifact_uri}/model"
     try:
         client.create_registered_model(registry.model_name)
     except Exception:  # already exists (the error type differs between stores)

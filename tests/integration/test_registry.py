@@ -1,6 +1,8 @@
 """The MLflow champion-challenger gate on a real MLflow store (SQLite + local artifacts)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from components.config import GateConfig, RegistryConfig
@@ -123,3 +125,16 @@ def test_a_champion_this_code_cannot_load_is_left_out_not_fatal(
     assert "champion (version 1) cannot be evaluated" in caplog.text and "item_log_popularity" in caplog.text
     unchecked = _register(small_model_dir, store, 0.35, 0.20)
     assert unchecked.alias is None and "not evaluated" in unchecked.reason
+
+
+def test_using_a_store_leaves_the_process_default_alone(store, small_model_dir, tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ; the registry must not,
+    or a later default_tracking_uri(home) in the same process would follow this store."""
+    from components.registry import default_tracking_uri, download_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _register(small_model_dir, store, 0.30, 0.20)
+    version, source = current_champion(store, "recsys-test")
+    download_model(store, source, tmp_path / "dl")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert default_tracking_uri(tmp_path / "home") == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"

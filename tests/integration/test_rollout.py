@@ -28,21 +28,20 @@ WHERE = dict(name="recsys", namespace="recsys", model_name=MODEL)
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory):
     """A real MLflow store with two versions of the model, each with a tiny artifact."""
-    import mlflow
     from mlflow import MlflowClient
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)  # not mlflow.set_tracking_uri: it leaks into os.environ
     experiment = client.create_experiment("rollout", artifact_location=(root / "artifacts").as_uri())
     client.create_registered_model(MODEL)
     for version in ("1", "2"):
         model_dir = root / f"model-{version}"
         model_dir.mkdir()
         (model_dir / "manifest.json").write_text(f'{{"model_version": "{version}"}}')
-        with mlflow.start_run(experiment_id=experiment) as run:
-            mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        run = client.create_run(experiment)
+        client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
+        client.set_terminated(run.info.run_id)
         created = client.create_model_version(MODEL, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
         assert created.version == int(version)
     return uri
