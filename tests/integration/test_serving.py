@@ -709,6 +709,12 @@ def test_dockerfile_runs_the_serving_module_as_non_root():
     runtime, tested = pins("requirements-runtime.lock"), pins("requirements.lock")
     assert runtime and all(tested.get(k) == v for k, v in runtime.items())
     assert "kserve" in runtime and "pytest" not in runtime
+    # The serving image leaves out what only the pipeline steps use (alibi-detect: ~650 MB).
+    assert "alibi-detect" not in runtime and "dvc" not in runtime and "distributed" not in runtime
+    pipeline = pins("requirements-pipeline.lock")
+    assert "pip install -r requirements-pipeline.lock" in text
+    assert all(tested.get(k) == v for k, v in pipeline.items())
+    assert {"alibi-detect", "dvc", "distributed"} <= set(pipeline) and "pytest" not in pipeline
     assert not any(word in text.upper() for word in ("PASSWORD", "SECRET", "TOKEN", "AWS_"))
     assert (REPO / "serving" / "__main__.py").is_file()
     ignored = (REPO / ".dockerignore").read_text().split()
