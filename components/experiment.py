@@ -96,7 +96,7 @@ def version_metrics(labelled: pd.DataFrame, k: int, by: str = "model_version") -
     if top.empty:
         return pd.DataFrame(columns=["requests", "users", "impressions", "clicks", "ctr", "likes",
                                      "like_rate", "dislikes", "ratings", "mean_rating"])
-    grouped = top.groupby(by)
+    grouped = top.groupby(by, observed=True)
     out = pd.DataFrame({
         "requests": grouped["request_id"].nunique(),
         "users": grouped["user_id"].nunique(),
@@ -164,9 +164,16 @@ class SequentialResult:
 def _running_cluster_sums(user_key: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     """Running sums over rows of n_g^2, c_g^2 and c_g n_g, where n_g and c_g are the impressions
     and successes of each row's cluster so far (updated incrementally, vectorised)."""
-    frame = pd.DataFrame({"g": user_key, "y": y})
-    n_after = frame.groupby("g", sort=False).cumcount().to_numpy() + 1.0
-    c_after = frame.groupby("g", sort=False)["y"].cumsum().to_numpy().astype(float)
+    codes = pd.factorize(user_key)[0]
+    order = np.argsort(codes, kind="stable")  # rows of each cluster together, in time order
+    sorted_codes, sorted_y = codes[order], y[order]
+    starts = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    c_cum = np.cumsum(sorted_y)
+    c_before_group = np.where(group_start > 0, c_cum[group_start - 1], 0.0)
+    n_after, c_after = np.empty(len(order)), np.empty(len(order))
+    n_after[order] = np.arange(len(order)) - group_start + 1.0
+    c_after[order] = c_cum - c_before_group
     n_before, c_before = n_after - 1.0, c_after - y
     s_nn = np.cumsum(n_after**2 - n_before**2)
     s_cc = np.cumsum(c_after**2 - c_before**2)
@@ -397,7 +404,7 @@ def experiment_rows(labelled: pd.DataFrame, champion: str, challenger: str, k: i
     """A/B impressions at positions < k answered by either version (interleaved answers
     excluded), in time order, with `arm` 0 (champion) or 1 (challenger)."""
     rows = labelled[(labelled["position"] < k)
-                    & (labelled["variant"].fillna("") != INTERLEAVED)
+                    & ~labelled["variant"].eq(INTERLEAVED)
                     & labelled["model_version"].isin([champion, challenger])]
     if mixed_users == "drop" and len(rows):
         versions = rows.groupby("user_id")["model_version"].nunique()
@@ -420,10 +427,17 @@ def analyze(impressions: pd.DataFrame, events: pd.DataFrame, *, champion: str, c
 
     `health` maps model versions to what serving measured (requests, errors, p99 latency);
     without it the serving guardrails are "not measured" and do not block a decision."""
+    return analyze_labelled(label_impressions(impressions, events), champion=champion,
+                            challenger=challenger, config=config, health=health)
+
+
+def analyze_labelled(labelled: pd.DataFrame, *, champion: str, challenger: str,
+                     config: ExperimentConfig | None = None,
+                     health: Mapping[str, VersionHealth] | None = None) -> Analysis:
+    """`analyze` on impressions already labelled with what users did (`label_impressions`)."""
     from components.interleaving import interleaving_analysis
 
     config = config or ExperimentConfig()
-    labelled = label_impressions(impressions, events)
     start = experiment_start(labelled, challenger)
     notes: list[str] = []
     if start is not None:
@@ -431,9 +445,10 @@ def analyze(impressions: pd.DataFrame, events: pd.DataFrame, *, champion: str, c
     else:
         notes.append(f"the challenger (version {challenger}) has no impressions yet")
     until = float(labelled["timestamp"].max()) if len(labelled) else None
-    ab = labelled[labelled["variant"].fillna("") != INTERLEAVED]
+    is_interleaved = labelled["variant"].eq(INTERLEAVED).to_numpy()
+    ab = labelled[~is_interleaved]
     metrics = {str(v): _record(row) for v, row in version_metrics(ab, config.k).iterrows()}
-    interleaved = labelled[labelled["variant"].fillna("") == INTERLEAVED]
+    interleaved = labelled[is_interleaved]
     if len(interleaved):
         by_source = version_metrics(interleaved, config.k, by="source_version")
         for version, row in by_source.iterrows():
