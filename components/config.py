@@ -112,7 +112,7 @@ class EvaluationConfig(_Strict):
     k_values: tuple[int, ...] = (5, 10, 20)
 
     @model_validator(mode="after")
-    def _positive_k(self) -> "EvaluationConfig":
+    def _positive_k(self) -> EvaluationConfig:
         if not self.k_values or min(self.k_values) < 1:
             raise ValueError("k_values must be a non-empty list of positive integers")
         return self
@@ -133,12 +133,69 @@ class RegistryConfig(_Strict):
     experiment: str = "recsys"
 
 
+class OnlineGuardrailConfig(_Strict):
+    """What the challenger may not make worse while it serves, whatever its primary metric."""
+
+    # Largest tolerated rise of the share of failed requests (absolute: 0.01 = one point).
+    max_error_rate_increase: float = Field(0.01, ge=0.0)
+    # The challenger's p99 latency may be at most this multiple of the champion's, plus
+    # `latency_slack_ms` (sub-millisecond p99s differ by more than their ratio suggests).
+    max_p99_latency_ratio: float = Field(1.5, ge=1.0)
+    latency_slack_ms: float = Field(5.0, ge=0.0)
+    # The like rate is breached when its always-valid interval lies wholly below this relative
+    # drop (0.1: the challenger's like rate is surely more than 10% under the champion's).
+    max_like_rate_drop: float = Field(0.1, ge=0.0, lt=1.0)
+    # Serving guardrails are judged once each version answered this many requests.
+    min_requests: int = Field(200, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    """The online champion-challenger experiment (`recsys rollout analyze`, `recsys serve`)."""
+
+    # ctr: clicks per impression at positions < k; like_rate: likes per impression.
+    primary_metric: Literal["ctr", "like_rate"] = "ctr"
+    k: int = Field(10, ge=1)
+    # "ab": the champion's users against the challenger's; "interleaving": team-draft credit
+    # within interleaved answers.
+    method: Literal["ab", "interleaving"] = "ab"
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    power: float = Field(0.8, gt=0.0, lt=1.0)
+    # Relative lift of the primary metric that the minimum sample size is powered to detect.
+    min_detectable_effect: float = Field(0.10, gt=0.0)
+    # Standard deviation of the mSPRT's normal mixture over the effect (absolute difference of
+    # rates); None: min_detectable_effect x the champion's rate.
+    mixture_sd: float | None = Field(None, gt=0.0)
+    # With no significant difference once each arm holds this many times the minimum sample
+    # size, the experiment stops and the champion stays.
+    max_sample_factor: float = Field(4.0, ge=1.0)
+    # Interleaving: the challenger's share of decided requests (wins / (wins + losses)) the
+    # minimum sample size is powered for, and the spread of the test's Beta mixture around 1/2.
+    interleaving_min_win_rate: float = Field(0.55, gt=0.5, lt=1.0)
+    interleaving_mixture_sd: float = Field(0.05, gt=0.0, lt=0.5)
+    # Local serving: share of users (by a hash of the user id) answered by the challenger, and
+    # share whose answers interleave both models.
+    challenger_percent: float = Field(10.0, ge=0.0, le=100.0)
+    interleave_percent: float = Field(0.0, ge=0.0, le=100.0)
+    # keep: every impression counts for the version that answered it (KServe splits requests,
+    # so a user may see both); drop: only users who saw one version (biased when the split is
+    # uneven, see components/experiment.py).
+    mixed_users: Literal["keep", "drop"] = "keep"
+    guardrails: OnlineGuardrailConfig = OnlineGuardrailConfig()
+
+    @model_validator(mode="after")
+    def _shares(self) -> ExperimentConfig:
+        if self.challenger_percent + self.interleave_percent > 100.0:
+            raise ValueError("challenger_percent + interleave_percent must not exceed 100")
+        return self
+
+
 class Config(_Strict):
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
 
 
 def load_config(path: str | Path | None = None) -> Config:

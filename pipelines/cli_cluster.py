@@ -1,4 +1,5 @@
-"""Cluster subcommands of `recsys`: submit, schedule, rollout status|promote|rollback.
+"""Cluster subcommands of `recsys`: submit, schedule, rollout status|promote|rollback|analyze
+(`analyze` lives in pipelines/rollout_analyze.py; it also works locally).
 
 `register(subparsers)` adds them to the main parser; each sets `func`, which returns the exit
 code. Failures the user can act on are RecsysError (one line, exit 1, printed by the main CLI),
@@ -121,3 +122,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         q.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""),
                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
         q.set_defaults(func=cmd_rollout)
+    from pipelines.rollout_analyze import add_analyze
+
+    add_analyze(actions)

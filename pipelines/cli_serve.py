@@ -25,13 +25,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handler(args: argparse.Namespace) -> int:
     if args.model_dir is None:
         try:
-            from components.deploy import resolve_served_model
+            from components.deploy import RECORD, resolve_deployment
+            from components.registry import default_home
         except ImportError as exc:
             raise RecsysError(
                 f"no --model-dir given and the deployed model cannot be looked up ({exc}); "
                 "pass --model-dir DIR"
             ) from None
-        args.model_dir = str(resolve_served_model())
+        record = resolve_deployment()
+        args.model_dir = record["model_dir"]
+        # Serve what the record names, and follow it: a promotion or rollback by
+        # `recsys rollout analyze --auto` applies without a restart.
+        args.deployment_record = str(default_home() / RECORD)
+        challenger = record.get("challenger")
+        if challenger and not args.no_challenger and args.challenger_dir is None:
+            args.challenger_dir = challenger["model_dir"]
+            args.record_challenger_percent = float(challenger.get("percent", 0.0))
+            args.record_interleave_percent = float(challenger.get("interleave_percent", 0.0))
     from serving.server import serve
 
     return serve(args)

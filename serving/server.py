@@ -51,6 +51,22 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         "with 400 (default: %(default)s)")
     parser.add_argument("--request-log", "--request_log", dest="request_log", default=None, metavar="DIR",
                         help="append every answered row to size-rotated JSON-lines files in DIR")
+    experiment = parser.add_argument_group(
+        "champion and challenger",
+        "serve a second model to a share of users (sticky: by a hash of the user id), and/or "
+        "interleave both models' answers for another share; every answer says which version "
+        "made it. Without --model-dir, `recsys serve` takes both from the local deployment "
+        "record and follows it (promote and rollback apply without a restart).")
+    experiment.add_argument("--challenger-dir", default=None, metavar="DIR",
+                            help="the challenger's artifact directory (or MLflow/artifact URI)")
+    experiment.add_argument("--challenger-percent", type=float, default=None, metavar="P",
+                            help="share of users the challenger answers, 0-100 (default: the "
+                            "deployment record's, else the experiment config's 10)")
+    experiment.add_argument("--interleave-percent", type=float, default=None, metavar="Q",
+                            help="share of users whose answers interleave both models "
+                            "(team-draft), 0-100 (default: the record's, else 0)")
+    experiment.add_argument("--no-challenger", action="store_true",
+                            help="serve the champion alone even if the record names a challenger")
     # (no underscore alias here: KServe's own --enable_latency_logging takes a value)
     parser.add_argument("--enable-latency-logging", dest="latency_logging",
                         action=argparse.BooleanOptionalAction, default=False,
@@ -109,6 +125,15 @@ def _validate(args: argparse.Namespace) -> None:
         raise RecsysError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
     if not is_remote(args.model_dir) and not Path(args.model_dir).exists():
         raise RecsysError(f"--model-dir {args.model_dir}: no such directory")
+    challenger = getattr(args, "challenger_dir", None)
+    if challenger and not is_remote(challenger) and not Path(challenger).exists():
+        raise RecsysError(f"--challenger-dir {challenger}: no such directory")
+    shares = [getattr(args, n, None) for n in ("challenger_percent", "interleave_percent")]
+    for name, value in zip(("--challenger-percent", "--interleave-percent"), shares):
+        if value is not None and not 0.0 <= value <= 100.0:
+            raise RecsysError(f"{name} must be between 0 and 100, got {value:g}")
+    if sum(v or 0.0 for v in shares) > 100.0:
+        raise RecsysError("--challenger-percent and --interleave-percent add up to more than 100")
 
 
 # What MLflow can download: registry and run URIs, and the artifact stores it supports.
@@ -149,17 +174,16 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover (scikit-learn brings threadpoolctl)
         pass
 
-    model_dir = args.model_dir
-    if is_remote(model_dir):
-        import tempfile
-
-        model_dir = str(fetch_model(model_dir, Path(tempfile.mkdtemp(prefix="recsys-model-"))))
+    model_dir = _local(args.model_dir)
+    routed = getattr(args, "challenger_dir", None) or getattr(args, "deployment_record", None)
     model = RecommenderModel(
         args.model_name,
         model_dir,
         max_batch_size=args.max_batch_size,
-        request_log_dir=args.request_log,
+        request_log_dir=None if routed else args.request_log,
     )
+    if routed:
+        model = _router(args, model)
     model.load()
     atexit.register(model.stop)  # flush the request log however the server ends
     server = kserve.ModelServer(
@@ -178,3 +202,52 @@ def serve(args: argparse.Namespace) -> int:
         server.register_model(model)
         server.start([])
     return 0
+
+
+def _local(model_dir: str) -> str:
+    if is_remote(model_dir):
+        import tempfile
+
+        return str(fetch_model(model_dir, Path(tempfile.mkdtemp(prefix="recsys-model-"))))
+    return model_dir
+
+
+def _router(args: argparse.Namespace, champion):
+    """The champion, the challenger (if any) and, when serving from the local deployment
+    record, the means to follow it."""
+    from functools import partial
+
+    from components.config import ExperimentConfig
+    from serving.router import ExperimentRouter
+
+    loader = partial(_loaded_model, args.model_name, args.max_batch_size)
+    challenger = None
+    if args.challenger_dir and not args.no_challenger:
+        challenger = loader(_local(args.challenger_dir), load=False)
+    record = getattr(args, "deployment_record", None)
+    override = (args.challenger_percent, args.interleave_percent)
+    percent = args.challenger_percent
+    if percent is None:
+        percent = getattr(args, "record_challenger_percent", None)
+    if percent is None:
+        percent = ExperimentConfig().challenger_percent
+    interleave = args.interleave_percent
+    if interleave is None:
+        interleave = getattr(args, "record_interleave_percent", None) or 0.0
+    return ExperimentRouter(
+        args.model_name, champion, challenger, challenger_percent=percent,
+        interleave_percent=interleave, request_log_dir=args.request_log,
+        impressions=getattr(args, "impressions_factory", None),
+        record=Path(record) if record else None, loader=loader,
+        split_override=override, without_challenger=args.no_challenger,
+    )
+
+
+def _loaded_model(name: str, max_batch_size: int, model_dir: str, load: bool = True):
+    """A RecommenderModel for the router (module level: REST workers get the router pickled)."""
+    from serving.predictor import RecommenderModel
+
+    model = RecommenderModel(name, model_dir, max_batch_size=max_batch_size)
+    if load:
+        model.load()
+    return model
