@@ -42,7 +42,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from components.config import load_config
     from components.registry import default_home
-    from components.report import metrics_table  # noqa: F401 (checked before the long run)
+    from components.report import metrics_table  # fail fast, before the long run
     from pipelines.local import run_local
 
     load_config(args.config)  # fail fast, before any step starts
@@ -148,7 +148,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 # Modules that add their own subcommands (serving, cluster operations).
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cluster")
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cluster",
+                                         "pipelines.cli_console")
 
 
 def build_parser() -> argparse.ArgumentParser:

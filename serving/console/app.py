@@ -1,0 +1,344 @@
+"""The console's web application: routes, the page frame, health, metrics and error pages.
+
+Each page handler gathers its data through the modules beside this one and renders a template;
+whatever a page depends on that is not there (the MLflow store, the feedback store, the
+predictor, the events service) is shown as a sentence in the page (`Unavailable`), and an
+unexpected failure is a short error page naming the exception, never a stack trace (the trace
+goes to the log).
+
+Handlers are plain `def`: FastAPI runs them in its thread pool, so MLflow's and SQLAlchemy's
+blocking calls never stall the event loop. Work per request is bounded: outgoing calls have
+timeouts, store reads have time windows and row limits.
+
+POSTs that change something (feedback, promote, rollback) are refused when the browser says
+they come from another site (`Origin` / `Sec-Fetch-Site`): a page elsewhere cannot drive a
+console on localhost.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.console import formatting, tryit
+from serving.console.clients import EventsClient, PredictorClient, Refused, Unavailable
+from serving.console.config import ConsoleConfig
+from serving.console.registry_view import Registry
+
+log = logging.getLogger("recsys.console")
+
+HERE = Path(__file__).resolve().parent
+PAGES = (("try", "Try it", "/try"), ("experiments", "Experiments", "/experiments"),
+         ("monitoring", "Monitoring", "/monitoring"), ("models", "Models", "/models"))
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# The model report is a self-contained page of its own (inline style, base64 PNG plots).
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
+
+
+class ConsoleMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("recsys_console_requests", "Requests answered, by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.seconds = Histogram("recsys_console_request_seconds", "Time to answer, by route",
+                                 ["route"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.unavailable = Counter("recsys_console_unavailable",
+                                   "Pages or sections shown without a dependency, by dependency",
+                                   ["dependency"], registry=self.registry)
+        self.feedback = Counter("recsys_console_feedback_events",
+                                "Feedback events sent through the events API, by type and outcome",
+                                ["type", "outcome"], registry=self.registry)
+
+
+@dataclass
+class Console:
+    """What the handlers share: the configuration and one client per dependency."""
+
+    config: ConsoleConfig
+    registry: Registry
+    predictor: PredictorClient
+    events: EventsClient
+    catalogue: tryit.Catalogue
+    metrics: ConsoleMetrics
+    # Set by the caller that wires the experiment analysis in (see serving.console.experiments).
+    experiments: Any = None
+    monitoring: Any = None
+    hooks: dict[str, Callable] = field(default_factory=dict)
+
+    def warm(self) -> None:
+        """Import MLflow and open its store once, off the request path (the first import
+        costs seconds)."""
+        try:
+            self.registry.aliases()
+        except Unavailable:
+            pass
+
+    def answered_by(self, model_version: str) -> str:
+        """"MLflow version 3, champion" for an artifact version, as far as it can be told."""
+        parts = []
+        for version in model_version.split("+"):
+            mlflow_version = self.catalogue.registered_version(version)
+            if mlflow_version is None:
+                continue
+            try:
+                aliases = [a for a, v in self.registry.aliases().items() if v == mlflow_version]
+            except Unavailable:
+                aliases = []
+            parts.append(f"MLflow version {mlflow_version}"
+                         + (f", {' and '.join(sorted(aliases))}" if aliases else ""))
+        return "; ".join(parts)
+
+    def close(self) -> None:
+        self.predictor.close()
+        self.events.close()
+
+    def unavailable(self, dependency: str, exc: Exception) -> str:
+        self.metrics.unavailable.labels(dependency).inc()
+        return str(exc)
+
+
+def build_console(config: ConsoleConfig) -> Console:
+    registry = Registry(config.tracking_uri, config.model_name)
+    return Console(
+        config=config,
+        registry=registry,
+        predictor=PredictorClient(config.predictor, config.model_name, config.timeout),
+        events=EventsClient(config.events, config.timeout),
+        catalogue=tryit.Catalogue(config.home, tryit.registry_items_lookup(registry)),
+        metrics=ConsoleMetrics(),
+    )
+
+
+def _same_origin(request: Request) -> bool:
+    site = request.headers.get("sec-fetch-site")
+    if site and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        return urlsplit(origin).netloc == request.headers.get("host", "")
+    return True
+
+
+def create_app(console: Console) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        log.info("console ready: MLflow %s, feedback store %s, predictor %s, events %s",
+                 console.config.tracking_uri, console.config.store_url,
+                 console.config.predictor, console.config.events)
+        threading.Thread(target=console.warm, name="console-warm", daemon=True).start()
+        yield
+        console.close()
+        log.info("console stopped")
+
+    app = FastAPI(title="recsys console", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.console = console
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    formatting.install(templates.env)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    def page(request: Request, name: str, active: str, status_code: int = 200,
+             **context: Any) -> HTMLResponse:
+        context.update(pages=PAGES, active=active, config=console.config,
+                       answered_by=console.answered_by)
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        if request.method == "POST" and not _same_origin(request):
+            response: Response = JSONResponse(
+                {"error": "refused: this form was posted from another site"}, status_code=403)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", None) or ("/static" if request.url.path.startswith(
+            "/static/") else "unmatched")
+        console.metrics.requests.labels(label, str(response.status_code)).inc()
+        console.metrics.seconds.labels(label).observe(time.perf_counter() - started)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"There is no page at {request.url.path}."
+        elif exc.status_code == 405:
+            message = f"{request.method} is not how {request.url.path} is used."
+        else:
+            message = str(exc.detail)
+        return page(request, "error.html", "", status_code=exc.status_code, message=message)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return page(request, "error.html", "", status_code=500,
+                    message=f"This page failed: {type(exc).__name__}: {first}. The console's log "
+                    "has the details.")
+
+    # ------------------------------------------------------------------ plumbing
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(console.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/try", status_code=303)
+
+    # ------------------------------------------------------------------ Models
+    @app.get("/models", response_class=HTMLResponse)
+    def models(request: Request):
+        rows, problem, runs = [], None, []
+        try:
+            rows = console.registry.versions()
+        except Unavailable as exc:
+            problem = console.unavailable("mlflow", exc)
+        return page(request, "models.html", "models", rows=rows, problem=problem,
+                    metric_names=[name for name, _ in _metric_columns(rows)], runs=runs)
+
+    @app.get("/models/{version}/report", response_class=HTMLResponse)
+    def model_report(request: Request, version: str):
+        try:
+            html = console.registry.report_html(version)
+        except Unavailable as exc:
+            return page(request, "error.html", "models", status_code=404,
+                        message=console.unavailable("mlflow", exc))
+        return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_CSP})
+
+    # ------------------------------------------------------------------ Try it
+    def try_context(user: str | None, k_text: str | None, like: str | None,
+                    before: list[str] | None = None) -> dict[str, Any]:
+        context: dict[str, Any] = {"user": user or "", "k": k_text or tryit.DEFAULT_K,
+                                   "like": like or "", "shown": None, "similar": None,
+                                   "error": None, "problem": None, "notice": None}
+        try:
+            context["k"] = k = tryit.check_k(k_text)
+        except Refused as exc:
+            context["error"] = str(exc)
+            return context
+        context["events_problem"] = console.events.ready()
+        if context["events_problem"]:
+            console.metrics.unavailable.labels("events").inc()
+        if user is not None:
+            try:
+                user_id = tryit.check_user_id(user)
+                answer = console.predictor.recommend(user_id, k)
+                context["shown"] = tryit.compare(answer, console.catalogue, before)
+            except Refused as exc:
+                context["error"] = str(exc)
+            except Unavailable as exc:
+                context["problem"] = console.unavailable("predictor", exc)
+        if like:
+            try:
+                answer = console.predictor.similar(like.strip()[:tryit.MAX_ID_CHARS], k)
+                context["similar"] = tryit.compare(answer, console.catalogue, None)
+            except Refused as exc:
+                context["error"] = str(exc)
+            except Unavailable as exc:
+                context["problem"] = console.unavailable("predictor", exc)
+        return context
+
+    def sample_users() -> list[str]:
+        try:
+            return console.catalogue.users(None)
+        except Exception:  # a broken served copy: the text box still works
+            log.warning("cannot list sample users", exc_info=True)
+            return []
+
+    @app.get("/try", response_class=HTMLResponse)
+    def try_it(request: Request, user: str | None = None, k: str | None = None,
+               like: str | None = None):
+        context = try_context(user, k, like)
+        status = 400 if context["error"] else 200
+        return page(request, "try.html", "try", status_code=status, users=sample_users(),
+                    **context)
+
+    @app.post("/try/feedback", response_class=HTMLResponse)
+    def feedback(request: Request, user: str = Form(""), item: str = Form(""),
+                 action: str = Form(""), value: str | None = Form(None),
+                 request_id: str | None = Form(None), model_version: str | None = Form(None),
+                 position: str | None = Form(None), k: str | None = Form(None),
+                 shown: str = Form("")):
+        before = [i for i in shown.split(",") if i] or None
+        fragment = request.headers.get("x-console-fragment") == "1"
+        notice = error = problem = None
+        event_type = tryit.ACTIONS.get(action, action)
+        try:
+            user_id = tryit.check_user_id(user)
+            event = tryit.feedback_event(action, user_id=user_id, item_id=item.strip(),
+                                         value=value, request_id=request_id,
+                                         model_version=model_version, position=position)
+            console.events.send(event)
+            console.metrics.feedback.labels(event_type, "stored").inc()
+        except Refused as exc:
+            console.metrics.feedback.labels(event_type, "refused").inc()
+            error = f"The event was not stored: {exc}"
+        except Unavailable as exc:
+            console.metrics.feedback.labels(event_type, "unavailable").inc()
+            problem = console.unavailable("events", exc)
+        context = try_context(user, k, None, before)
+        if error is None and problem is None and context.get("shown") is not None:
+            k_value = context["k"]
+            try:
+                answer, changed = tryit.ask_until_changed(
+                    lambda: console.predictor.recommend(user.strip(), k_value), before or [],
+                    item.strip(), event_type)
+                context["shown"] = tryit.compare(answer, console.catalogue, before)
+                title = next((i.item.title for i in context["shown"].items
+                              if i.item.item_id == item), None) or next(
+                    (i.title for i in context["shown"].dropped if i.item_id == item), item)
+                verb = {"view": "Viewed", "like": "Liked", "dislike": "Disliked",
+                        "rate": f"Rated {value}"}[action]
+                notice = (f"{verb} “{title}”: stored by the events service. "
+                          + (f"The next answer changed: {context['shown'].summary()}." if changed
+                             else f"The predictor's answer did not change within "
+                             f"{tryit.FRESH_WITHIN_SECONDS:g} s: it takes new events into "
+                             "account only when it reads the online store (see `recsys serve "
+                             "--help`)."))
+            except Unavailable as exc:
+                problem = console.unavailable("predictor", exc)
+        context.update(notice=notice, error=error or context["error"],
+                       problem=problem or context["problem"])
+        status = 400 if error else 200
+        if fragment:
+            return templates.TemplateResponse(request, "_results.html", {
+                **context, "config": console.config, "answered_by": console.answered_by},
+                status_code=status)
+        return page(request, "try.html", "try", status_code=status, users=sample_users(),
+                    **context)
+
+    return app
+
+
+def _metric_columns(rows) -> list[tuple[str, str]]:
+    from serving.console.registry_view import METRICS
+
+    return [(name, key) for name, key in METRICS if any(name in r.metrics for r in rows)]

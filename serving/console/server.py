@@ -1,0 +1,34 @@
+"""Running the console: uvicorn on the FastAPI app, stopped cleanly by SIGTERM or Ctrl-C
+(uvicorn stops accepting, lets requests in flight finish for up to `GRACE_SECONDS`, then the
+app's lifespan closes its clients)."""
+from __future__ import annotations
+
+import logging
+
+from components.errors import RecsysError
+from serving.console.config import ConsoleConfig
+
+GRACE_SECONDS = 5
+
+
+def serve(config: ConsoleConfig, host: str, port: int, *, log_level: str = "info") -> int:
+    import socket
+
+    import uvicorn
+
+    from serving.console.app import build_console, create_app
+
+    if not 0 < port < 65536:
+        raise RecsysError(f"--port must be a port number, got {port}")
+    # Fail with one line if the port is taken, before uvicorn logs a traceback about it.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RecsysError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    app = create_app(build_console(config))
+    logging.getLogger("recsys.console").info("console on http://%s:%d/", host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=GRACE_SECONDS, server_header=False)
+    return 0

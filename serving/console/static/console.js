@@ -1,0 +1,48 @@
+// recsys console: the one script. Pages work without it; it only keeps the Try it page in place
+// when feedback is sent (the server renders the new answer; this swaps it in and moves focus
+// to the message) and asks before promote or rollback forms are sent.
+"use strict";
+
+function enhanceFeedback(root) {
+  root.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (!form.matches("form[data-fragment]")) return;
+    event.preventDefault();
+    const submitter = event.submitter;
+    const body = new URLSearchParams(new FormData(form, submitter));
+    const buttons = form.querySelectorAll("button, select");
+    buttons.forEach((b) => { b.disabled = true; });
+    if (submitter) submitter.textContent = "Sending…";
+    try {
+      const response = await fetch(form.action, {
+        method: "POST", body, headers: { "x-console-fragment": "1" }, credentials: "same-origin",
+      });
+      root.innerHTML = await response.text();
+      root.querySelectorAll(".rec.change-new, .rec.change-up, .rec.change-down")
+        .forEach((li) => li.classList.add("flash"));
+      const message = root.querySelector("#message");
+      if (message) message.focus();
+    } catch (error) {
+      const p = document.createElement("p");
+      p.className = "error";
+      p.setAttribute("role", "alert");
+      p.textContent = "The console did not answer (" + error + "): is it still running?";
+      root.prepend(p);
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  });
+}
+
+function confirmRollout() {
+  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const results = document.getElementById("results");
+  if (results) enhanceFeedback(results);
+  confirmRollout();
+});
