@@ -1,9 +1,49 @@
-"""`recsys console`: the web console over the run home's stores and the running services."""
+"""`recsys console`: the web console over the run home's stores and the running services.
+
+The console lives in `serving.console`; what `recsys rollout` knows about experiments (which
+versions are compared, where their serving health is measured, how promote and rollback are
+carried out) lives here in `pipelines`, above it. `RolloutBackend` hands that code to the
+console, so its buttons do exactly what `recsys rollout analyze --auto` does.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from typing import Any
+
+
+class RolloutBackend:
+    """The console's `ExperimentBackend`, made of `pipelines.rollout_analyze`'s functions."""
+
+    def __init__(self, home: Path, *, kind: str, tracking_uri: str, name: str, namespace: str,
+                 model_name: str, metrics_url: str, prometheus: str):
+        self.home = home
+        self.kind = kind
+        self.args = argparse.Namespace(
+            tracking_uri=tracking_uri, name=name, namespace=namespace, model_name=model_name,
+            metrics_url=metrics_url, prometheus=prometheus)
+
+    def target(self) -> Any:
+        from pipelines import rollout_analyze
+
+        if self.kind == "local":
+            return rollout_analyze.local_target(self.home)
+        from components.kube_deploy import kube_api
+
+        a = self.args
+        return rollout_analyze.cluster_target(kube_api(), a.tracking_uri, name=a.name,
+                                              namespace=a.namespace, model_name=a.model_name)
+
+    def health(self, target: Any) -> tuple[dict, list[str]]:
+        from pipelines.rollout_analyze import serving_health
+
+        return serving_health(self.args, target)
+
+    def apply(self, action: str, target: Any) -> list[str]:
+        from pipelines.rollout_analyze import apply_decision
+
+        return apply_decision(action, target, self.args, self.home)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +83,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--read-only", action="store_true",
                    help="no promote or rollback from the Experiments page (the manifests set "
                    "it: the console's cluster role only reads)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML config; its `experiment` section is the analysis' (metric, alpha, "
+                   "power, minimum detectable effect, guardrails), as for `recsys rollout analyze`")
+    p.add_argument("--target", choices=("auto", "local", "cluster"), default="auto",
+                   help="where the experiment runs: the run home's deployment record or the "
+                   "KServe canary (default: cluster inside a pod, else local)")
+    p.add_argument("--name", default="recsys", help="cluster: InferenceService name (default: "
+                   "%(default)s)")
+    p.add_argument("--namespace", default="recsys",
+                   help="cluster: Kubernetes namespace (default: %(default)s)")
+    p.add_argument("--prometheus", default=os.environ.get("PROMETHEUS_URL", ""),
+                   help="cluster: Prometheus' URL for the serving guardrails (default: "
+                   "$PROMETHEUS_URL, else recsys rollout analyze's)")
     p.add_argument("--timeout", type=float, default=3.0,
                    help="seconds to wait for the predictor or the events service "
                    "(default: %(default)s)")
@@ -50,13 +103,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
+    from components.config import load_config
+    from pipelines.rollout_analyze import DEFAULT_PROMETHEUS
     from serving.console.config import console_config
     from serving.console.server import serve
 
+    experiment = load_config(args.config).experiment  # a bad config fails before serving
+    kind = args.target
+    if kind == "auto":
+        kind = "cluster" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
     config = console_config(
         args.home, tracking_uri=args.tracking_uri, store_url=args.store,
         request_log=args.request_log, predictor_url=args.predictor_url,
         events_url=args.events_url, model_name=args.model_name, read_only=args.read_only,
-        timeout=args.timeout,
+        timeout=args.timeout, target=kind, namespace=args.namespace,
+        inference_service=args.name,
     )
-    return serve(config, args.host, args.port, log_level="warning" if args.quiet else "info")
+    backend = RolloutBackend(
+        config.home, kind=kind, tracking_uri=config.tracking_uri, name=args.name,
+        namespace=args.namespace, model_name=args.model_name,
+        metrics_url=f"{config.predictor}/metrics", prometheus=args.prometheus or DEFAULT_PROMETHEUS)
+    return serve(config, args.host, args.port, log_level="warning" if args.quiet else "info",
+                 experiment_config=experiment, experiments=backend)

@@ -19,9 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +38,7 @@ from prometheus_client import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.console import formatting, tryit
+from serving.console import charts, experiments, formatting, monitoring, tryit
 from serving.console.clients import EventsClient, PredictorClient, Refused, Unavailable
 from serving.console.config import ConsoleConfig
 from serving.console.registry_view import Registry
@@ -81,10 +80,11 @@ class Console:
     events: EventsClient
     catalogue: tryit.Catalogue
     metrics: ConsoleMetrics
-    # Set by the caller that wires the experiment analysis in (see serving.console.experiments).
+    request_log: monitoring.RequestLogReader
+    experiment_config: Any  # components.config.ExperimentConfig
+    # How `recsys rollout` finds, measures and acts on the experiment (an ExperimentBackend,
+    # handed over by the command line; None: the Experiments page says it is not wired in).
     experiments: Any = None
-    monitoring: Any = None
-    hooks: dict[str, Callable] = field(default_factory=dict)
 
     def warm(self) -> None:
         """Import MLflow and open its store once, off the request path (the first import
@@ -109,6 +109,14 @@ class Console:
                          + (f", {' and '.join(sorted(aliases))}" if aliases else ""))
         return "; ".join(parts)
 
+    def drift_decisions(self) -> tuple[list[dict], str | None]:
+        from components.config import RegistryConfig
+
+        found, problem = monitoring.drift_decisions(self.registry, RegistryConfig().experiment)
+        if problem and not found:
+            self.metrics.unavailable.labels("drift").inc()
+        return found, problem
+
     def close(self) -> None:
         self.predictor.close()
         self.events.close()
@@ -118,7 +126,10 @@ class Console:
         return str(exc)
 
 
-def build_console(config: ConsoleConfig) -> Console:
+def build_console(config: ConsoleConfig, *, experiment_config: Any = None,
+                  experiments: Any = None) -> Console:
+    from components.config import ExperimentConfig
+
     registry = Registry(config.tracking_uri, config.model_name)
     return Console(
         config=config,
@@ -127,6 +138,9 @@ def build_console(config: ConsoleConfig) -> Console:
         events=EventsClient(config.events, config.timeout),
         catalogue=tryit.Catalogue(config.home, tryit.registry_items_lookup(registry)),
         metrics=ConsoleMetrics(),
+        request_log=monitoring.RequestLogReader(config.request_log),
+        experiment_config=experiment_config or ExperimentConfig(),
+        experiments=experiments,
     )
 
 
@@ -335,7 +349,79 @@ def create_app(console: Console) -> FastAPI:
         return page(request, "try.html", "try", status_code=status, users=sample_users(),
                     **context)
 
+    # ------------------------------------------------------------------ Monitoring
+    @app.get("/monitoring", response_class=HTMLResponse)
+    def monitoring_page(request: Request, window: str | None = None):
+        data = monitoring.gather(console, window)
+        return page(request, "monitoring.html", "monitoring", m=data,
+                    windows=list(monitoring.WINDOWS), charts=_monitoring_charts(data))
+
+    @app.get("/monitoring/drift/{run_id}/report", response_class=HTMLResponse)
+    def drift_report(request: Request, run_id: str):
+        try:
+            html = console.registry.run_artifact(run_id, "check/drift-report.html")
+        except Unavailable as exc:
+            return page(request, "error.html", "monitoring", status_code=404,
+                        message=console.unavailable("mlflow", exc))
+        return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_CSP})
+
+    # ------------------------------------------------------------------ Experiments
+    @app.get("/experiments", response_class=HTMLResponse)
+    def experiments_page(request: Request):
+        view = experiments.gather(console)
+        return page(request, "experiments.html", "experiments", view=view,
+                    charts=experiments.charts(view) if view.analysis else {},
+                    confirm=None, done=None, refused=None)
+
+    @app.post("/experiments/{action}", response_class=HTMLResponse)
+    def experiments_action(request: Request, action: str, challenger: str = Form(""),
+                           confirmed: str = Form("")):
+        if action not in ("promote", "rollback"):
+            raise StarletteHTTPException(404)
+        view = experiments.gather(console)
+        if confirmed != "yes":  # the first press asks; the page's second form confirms
+            target = view.target
+            confirm = None if target is None else {
+                "action": action, "challenger": target.challenger,
+                "text": experiments.confirm_text(action, target)}
+            return page(request, "experiments.html", "experiments", view=view,
+                        charts=experiments.charts(view) if view.analysis else {},
+                        confirm=confirm, done=None, refused=None)
+        done, refused = experiments.act(console, action, challenger)
+        if done:
+            log.info("experiments: %s by the console: %s", action, "; ".join(done))
+        view = experiments.gather(console)
+        return page(request, "experiments.html", "experiments",
+                    status_code=409 if refused else 200, view=view,
+                    charts=experiments.charts(view) if view.analysis else {},
+                    confirm=None, done=done, refused=refused)
+
     return app
+
+
+def _monitoring_charts(data) -> dict[str, Any]:
+    out = {}
+    if data.events_by_type:
+        series = [charts.Series(k, v, EVENT_COLORS.get(k)) for k, v in data.events_by_type.items()]
+        out["events"] = charts.stacked_bars("Feedback events over time, by type", data.starts,
+                                            data.step, series, unit="events")
+        out["events_legend"] = charts.legend(series)
+    if data.requests_by_version:
+        series = [charts.Series(k, v) for k, v in data.requests_by_version.items()]
+        out["requests"] = charts.stacked_bars("Answered requests over time, by model version",
+                                              data.starts, data.step, series, unit="requests")
+        out["requests_legend"] = charts.legend(series)
+    if data.cold_by_bucket and any(v is not None for v in data.cold_by_bucket):
+        out["cold"] = charts.lines(
+            "Share of cold-start answers", [s + data.step / 2 for s in data.starts],
+            [charts.Series("cold-start share", data.cold_by_bucket, "#228833")],
+            y_range=(0.0, 1.0), summary=f"cold-start share over time, overall "
+            f"{formatting.share(data.cold_share)}")
+    return out
+
+
+EVENT_COLORS = {"click": "#4477aa", "like": "#228833", "dislike": "#ee6677",
+                "rating": "#ccbb44", "consume": "#aa3377", "impression": "#bbbbbb"}
 
 
 def _metric_columns(rows) -> list[tuple[str, str]]:

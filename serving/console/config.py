@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8088
@@ -29,7 +29,6 @@ class ConsoleConfig:
     target: str = "local"
     namespace: str = "recsys"
     inference_service: str = "recsys"
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def predictor(self) -> str:

@@ -146,6 +146,21 @@ class Registry:
         html = [a.path for a in listed if a.path.endswith(".html")]
         return html[0] if html else None
 
+    def run_artifact(self, run_id: str, path: str) -> bytes:
+        """One file logged with a run (a drift report, say)."""
+        import mlflow
+
+        self.client()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=tmp,
+                    tracking_uri=self.tracking_uri)
+                return Path(local).read_bytes()
+        except Exception as exc:  # noqa: BLE001 (no such run or file, a store out of reach)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise Unavailable(f"run {run_id} has no {path} ({first[:200]})") from None
+
     def report_html(self, version: str) -> bytes:
         """The HTML report logged with a version's run."""
         client = self.client()
@@ -188,6 +203,7 @@ class Registry:
                                     if i == info.experiment_id), info.experiment_id),
                 "tags": {k: v for k, v in data.tags.items() if not k.startswith("mlflow.")},
                 "ndcg": data.metrics.get(mlflow_metric_name("ndcg@10")),
+                "metrics": dict(data.metrics),
             })
         return out
 

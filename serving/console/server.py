@@ -11,7 +11,8 @@ from serving.console.config import ConsoleConfig
 GRACE_SECONDS = 5
 
 
-def serve(config: ConsoleConfig, host: str, port: int, *, log_level: str = "info") -> int:
+def serve(config: ConsoleConfig, host: str, port: int, *, log_level: str = "info",
+          experiment_config=None, experiments=None) -> int:
     import socket
 
     import uvicorn
@@ -27,7 +28,8 @@ def serve(config: ConsoleConfig, host: str, port: int, *, log_level: str = "info
             probe.bind((host, port))
         except OSError as exc:
             raise RecsysError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    app = create_app(build_console(config))
+    app = create_app(build_console(config, experiment_config=experiment_config,
+                                  experiments=experiments))
     logging.getLogger("recsys.console").info("console on http://%s:%d/", host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=GRACE_SECONDS, server_header=False)

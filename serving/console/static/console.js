@@ -1,6 +1,6 @@
 // recsys console: the one script. Pages work without it; it only keeps the Try it page in place
-// when feedback is sent (the server renders the new answer; this swaps it in and moves focus
-// to the message) and asks before promote or rollback forms are sent.
+// when feedback is sent: the server renders the new answer, this swaps it in, marks what
+// changed and moves focus to the message.
 "use strict";
 
 function enhanceFeedback(root) {
@@ -33,16 +33,7 @@ function enhanceFeedback(root) {
   });
 }
 
-function confirmRollout() {
-  document.querySelectorAll("form[data-confirm]").forEach((form) => {
-    form.addEventListener("submit", (event) => {
-      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
-    });
-  });
-}
-
 document.addEventListener("DOMContentLoaded", () => {
   const results = document.getElementById("results");
   if (results) enhanceFeedback(results);
-  confirmRollout();
 });
