@@ -185,10 +185,18 @@ def create_app(console: Console) -> FastAPI:
             response: Response = JSONResponse(
                 {"error": "refused: this form was posted from another site"}, status_code=403)
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as exc:  # a page never shows a stack trace: the log has it
+                log.exception("unexpected error on %s", request.url.path)
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                response = page(request, "error.html", "", status_code=500,
+                                message=f"This page failed: {type(exc).__name__}: {first}. "
+                                "The console's log has the details.")
         route = request.scope.get("route")
-        label = getattr(route, "path", None) or ("/static" if request.url.path.startswith(
-            "/static/") else "unmatched")
+        label = getattr(route, "path", None) or (
+            "cross-site" if response.status_code == 403 else
+            "/static" if request.url.path.startswith("/static/") else "unmatched")
         console.metrics.requests.labels(label, str(response.status_code)).inc()
         console.metrics.seconds.labels(label).observe(time.perf_counter() - started)
         response.headers.setdefault("Content-Security-Policy", CSP)
@@ -205,14 +213,6 @@ def create_app(console: Console) -> FastAPI:
         else:
             message = str(exc.detail)
         return page(request, "error.html", "", status_code=exc.status_code, message=message)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        return page(request, "error.html", "", status_code=500,
-                    message=f"This page failed: {type(exc).__name__}: {first}. The console's log "
-                    "has the details.")
 
     # ------------------------------------------------------------------ plumbing
     @app.get("/healthz", include_in_schema=False)

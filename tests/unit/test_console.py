@@ -1,0 +1,254 @@
+"""The console's parts that need no running service: what changed between two answers, input
+checks, the SVG charts, the monitoring aggregates (on real SQLite and PostgreSQL stores), and the
+app itself in-process (FastAPI's TestClient) on a run home where nothing runs yet: every page
+must say in words what is missing."""
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from serving.console import charts, monitoring, tryit
+from serving.console.clients import Answer, Refused
+
+
+class _Catalogue(tryit.Catalogue):
+    """The real catalogue class on an items table given in memory."""
+
+    def __init__(self, titles: dict[str, str]):
+        super().__init__(home=None)
+        import pandas as pd
+
+        frame = pd.DataFrame({"item_id": list(titles), "title": list(titles.values()),
+                              "genres": ["Drama|Comedy"] * len(titles), "year": [1999] * len(titles)})
+        self._tables["v1"] = frame.set_index("item_id")
+
+    def _served_dirs(self):
+        return {}
+
+
+def _answer(ids: list[str]) -> Answer:
+    return Answer("u1", ids, [1.0 - i / 10 for i in range(len(ids))], "v1", "req", 1.0, False)
+
+
+def test_compare_marks_new_moved_and_dropped_items():
+    catalogue = _Catalogue({i: f"Title {i}" for i in "abcdef"})
+    shown = tryit.compare(_answer(["b", "e", "c", "a"]), catalogue, before=["a", "b", "c", "d"])
+    changes = {s.item.item_id: (s.change, s.moved) for s in shown.items}
+    assert changes == {"b": ("up", 1), "e": ("new", 0), "c": ("same", 0), "a": ("down", -3)}
+    assert [i.item_id for i in shown.dropped] == ["d"]
+    assert shown.items[0].item.title == "Title b" and shown.items[0].item.genres == ["Drama", "Comedy"]
+    assert shown.summary() == "1 new, 2 moved, 1 left the list"
+    first = tryit.compare(_answer(["a"]), catalogue, before=None)
+    assert not first.compared and first.items[0].change == "same"
+
+
+def test_unknown_items_keep_their_ids():
+    shown = tryit.compare(_answer(["zz"]), _Catalogue({"a": "A"}), before=None)
+    assert shown.items[0].item.title == "item zz"
+
+
+def test_ask_until_changed_waits_for_the_event_to_show():
+    answers = iter([["a", "b", "c"], ["a", "b", "c"], ["b", "c", "d"]])
+    slept = []
+    answer, changed = tryit.ask_until_changed(lambda: _answer(next(answers)), ["a", "b", "c"], "a",
+                                              "like", within=5, sleep=slept.append)
+    assert changed and answer.item_ids == ["b", "c", "d"] and len(slept) == 2
+    # A dislike does not remove the item: any change ends the wait; none is reported as none.
+    same = tryit.ask_until_changed(lambda: _answer(["a", "b"]), ["a", "b"], "a", "dislike",
+                                   within=0.0, sleep=lambda _: None)
+    assert same[1] is False
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "user id: type one"), ("  ", "user id: type one"),
+    ("x" * 257, "257 characters, the limit is 256"), ("a\x00b", "control characters"),
+])
+def test_check_user_id_refuses_with_a_reason(text, message):
+    with pytest.raises(Refused, match=message):
+        tryit.check_user_id(text)
+    assert tryit.check_user_id("  42 ") == "42"
+
+
+def test_check_k_and_feedback_events():
+    assert tryit.check_k(None) == 10 and tryit.check_k("5") == 5
+    for bad in ("0", "51", "ten"):
+        with pytest.raises(Refused, match="k: "):
+            tryit.check_k(bad)
+    event = tryit.feedback_event("rate", user_id="u", item_id="i", value="4", request_id="r",
+                                 model_version="v", position="2")
+    assert event == {"type": "rating", "user_id": "u", "item_id": "i", "value": 4.0,
+                     "request_id": "r", "model_version": "v", "position": 2}
+    assert tryit.feedback_event("view", user_id="u", item_id="i", value="5", request_id=None,
+                                model_version=None, position=None) == {
+        "type": "click", "user_id": "u", "item_id": "i"}
+    for action, value, message in (("rate", "9", "outside"), ("rate", "", "choose a value"),
+                                   ("shout", None, "is not one of")):
+        with pytest.raises(Refused, match=message):
+            tryit.feedback_event(action, user_id="u", item_id="i", value=value, request_id=None,
+                                 model_version=None, position=None)
+
+
+# ---------------------------------------------------------------------------- charts
+def _svg(markup) -> ET.Element:
+    root = ET.fromstring(str(markup))
+    assert root.tag.endswith("svg") and root.get("role") == "img"
+    return root
+
+
+def test_stacked_bars_are_well_formed_and_proportional():
+    starts = [0.0, 60.0, 120.0]
+    svg = _svg(charts.stacked_bars("Events <by type>", starts, 60.0, [
+        charts.Series("click", [1, 0, 4]), charts.Series("like", [1, 2, 0])], unit="events"))
+    title = svg.find("{*}title")
+    assert title.text == "Events <by type>"  # escaped in the markup, intact once parsed
+    assert "8 events in 3 intervals" in svg.find("{*}desc").text
+    rects = svg.findall("{*}rect")
+    assert len(rects) == 4  # zero-height parts are not drawn
+    heights = {r.find("{*}title").text: float(r.get("height")) for r in rects}
+    assert heights["click: 4"] == pytest.approx(4 * heights["click: 1"], rel=0.01)
+
+
+def test_lines_with_band_threshold_and_log_scale():
+    svg = _svg(charts.lines("p", [0, 1, 2], [charts.Series("p", [1.0, 0.1, 0.001])],
+                            threshold=0.05, log_scale=True, summary="now 0.001"))
+    assert svg.find("{*}polyline") is not None and svg.find("{*}desc").text == "now 0.001"
+    labels = [t.text for t in svg.findall("{*}text")]
+    assert "0.001" in labels and "1" in labels
+    band = _svg(charts.lines("e", [0, 1], [charts.Series("e", [0.1, 0.2])],
+                             band=([0.0, 0.1], [0.2, 0.3]), zero=True))
+    assert band.find("{*}polygon") is not None
+    assert "no data" in str(charts.lines("empty", [], []))
+    legend = ET.fromstring(str(charts.legend([charts.Series("a", []), charts.Series("b", [])])))
+    assert ["".join(li.itertext()).strip() for li in legend] == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------- monitoring
+def test_buckets_and_counts():
+    starts, step = monitoring.buckets(1_000_000.0, 1_000_000.0 + 86_400)
+    assert step == 1800 and starts[0] <= 1_000_000 and starts[-1] < 1_000_000 + 86_400
+    import pandas as pd
+
+    times = pd.Series([starts[0] + 1, starts[0] + 2, starts[3] + 5, starts[0] - 10])
+    kinds = pd.Series(["click", "like", "click", "click"])
+    counted = monitoring.counts_by(times, kinds, starts, step)
+    assert counted["click"][0] == 1 and counted["click"][3] == 1 and counted["like"][0] == 1
+    assert sum(v.sum() for v in counted.values()) == 3  # the one before the window is out
+
+
+def test_latency_percentiles_from_prometheus_text():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    model = Histogram("recsys_experiment_model_seconds", "", ["model_name", "model_version"],
+                      registry=registry, buckets=(0.001, 0.002, 0.005, 0.01))
+    kserve = Histogram("request_predict_seconds", "", ["model_name"], registry=registry)
+    for value in np.linspace(0.0001, 0.0099, 1000):
+        model.labels("recsys", "v7").observe(value)
+        kserve.labels("recsys").observe(value)
+    found = monitoring.latency_from_metrics(generate_latest(registry).decode(), "recsys")
+    by_source = {f.source: f for f in found}
+    call = by_source["model call"]
+    assert call.version == "v7" and call.count == 1000
+    assert call.p50 == pytest.approx(0.005, rel=0.05) and 0.009 <= call.p99 <= 0.01
+    assert by_source["predict (KServe)"].count == 1000
+    assert monitoring.latency_from_metrics(generate_latest(registry).decode(), "other") == []
+
+
+def test_pipeline_runs_from_the_local_pipeline_root(tmp_path):
+    run = tmp_path / "recsys-training-2026-01-01-00-00-00-000001"
+    for step in ("fingerprint-op", "ingest-op", "register-op"):
+        (run / step).mkdir(parents=True)
+        body = {"parameterValues": {"Output": json.dumps(
+            {"version": "3", "alias": None, "reason": "no gain"})}} if step == "register-op" else {}
+        (run / step / "executor_output.json").write_text(json.dumps(body))
+        time.sleep(0.01)
+    (run / "split-op").mkdir()  # started, never finished
+    found = monitoring.pipeline_runs(tmp_path)
+    assert len(found) == 1
+    assert found[0]["registration"] == {"version": "3", "alias": None, "reason": "no gain"}
+    assert found[0]["last_step"] == "register" and len(found[0]["steps"]) == 3
+    assert monitoring.pipeline_runs(tmp_path / "absent") == []
+
+
+def test_event_and_request_counts_are_grouped_by_the_database(store_url):
+    from components.feedback_store import FeedbackStore
+
+    now = time.time()
+    starts, step = monitoring.buckets(now - 3_600, now)
+    with FeedbackStore(store_url) as store:
+        store.add_events([
+            {"event_id": f"e{i}", "type": kind, "user_id": "u", "item_id": "i",
+             "timestamp": starts[0] + offset}
+            for i, (kind, offset) in enumerate([("click", 1), ("click", 2), ("like", 3),
+                                                ("click", step + 1), ("like", -5)])])
+        store.add_impressions([
+            {"request_id": f"r{n}", "user_id": "u", "item_id": str(p), "position": p,
+             "model_version": "v1" if n < 2 else "v2", "timestamp": starts[1] + n}
+            for n in range(3) for p in range(2)])
+    events = monitoring.event_counts(store_url, starts, step, now)
+    assert events["click"][0] == 2 and events["click"][1] == 1 and events["like"][0] == 1
+    assert sum(v.sum() for v in events.values()) == 4
+    requests = monitoring.request_counts(store_url, starts, step, now)
+    assert requests["v1"][1] == 2 and requests["v2"][1] == 1
+
+
+# ---------------------------------------------------------------------------- the app, nothing running
+@pytest.fixture()
+def client(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from pipelines.cli_console import RolloutBackend
+    from serving.console.app import build_console, create_app
+    from serving.console.config import console_config
+
+    closed = "http://127.0.0.1:9"  # the discard port: nothing answers there
+    config = console_config(tmp_path / "home", tracking_uri=None, predictor_url=closed,
+                            events_url=closed, timeout=1.0)
+    backend = RolloutBackend(config.home, kind="local", tracking_uri=config.tracking_uri,
+                             name="recsys", namespace="recsys", model_name="recsys",
+                             metrics_url=f"{closed}/metrics", prometheus=closed)
+    with TestClient(create_app(build_console(config, experiments=backend))) as test_client:
+        yield test_client, config
+
+
+def test_every_page_says_what_is_missing(client):
+    test_client, config = client
+    expected = {
+        "/try?user=1": "no predictor answering at http://127.0.0.1:9",
+        "/try?like=star": "no predictor answering at",
+        "/experiments": f"no local deployment under {config.home}",
+        "/monitoring": f"no feedback store at {config.home / 'feedback.db'}",
+        "/models": f"no MLflow store at {config.home / 'mlflow.db'}",
+    }
+    for path, sentence in expected.items():
+        response = test_client.get(path)
+        assert response.status_code == 200, path
+        assert sentence in response.text, (path, response.text[-2000:])
+        assert "Traceback" not in response.text
+    assert "no request log at" in test_client.get("/monitoring").text
+    assert not (config.home / "mlflow.db").exists()  # reading never creates a store
+    assert test_client.get("/", follow_redirects=False).headers["location"] == "/try"
+
+
+def test_health_metrics_errors_and_security_headers(client):
+    test_client, _ = client
+    assert test_client.get("/healthz").json() == {"status": "ok"}
+    missing = test_client.get("/nowhere")
+    assert missing.status_code == 404 and "There is no page at /nowhere" in missing.text
+    page = test_client.get("/try")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    refused = test_client.post("/try/feedback", data={"user": "u", "item": "i", "action": "like"},
+                               headers={"origin": "https://evil.example"})
+    assert refused.status_code == 403
+    down = test_client.post("/try/feedback", data={"user": "u", "item": "i", "action": "like"})
+    assert down.status_code == 200 and "no events service answering at" in down.text
+    bad = test_client.post("/try/feedback", data={"user": "", "item": "i", "action": "like"})
+    assert bad.status_code == 400 and "user id: type one" in bad.text
+    metrics = test_client.get("/metrics").text
+    assert 'recsys_console_requests_total{route="cross-site",status="403"} 1.0' in metrics
+    assert 'recsys_console_unavailable_total{dependency="events"}' in metrics
+    assert test_client.post("/experiments/explode").status_code == 404
