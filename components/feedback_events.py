@@ -60,6 +60,8 @@ def _identifier(raw: Mapping[str, Any], field: str, *, required: bool) -> str | 
     text = str(value).strip()
     if not text:
         raise InvalidEvent(field, "must not be empty")
+    if "\x00" in text:  # PostgreSQL text cannot hold it
+        raise InvalidEvent(field, "must not contain a NUL character")
     if len(text) > MAX_ID_CHARS:
         raise InvalidEvent(field, f"longer than {MAX_ID_CHARS} characters")
     return text
