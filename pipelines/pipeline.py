@@ -18,8 +18,7 @@ built-in dataset or a public source starts without it.
 
 from pathlib import Path
 
-from kfp import compiler, dsl
-from kfp import kubernetes
+from kfp import compiler, dsl, kubernetes
 
 from components.kfp_components import DEFAULT_IMAGE, make_components
 

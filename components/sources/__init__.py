@@ -88,8 +88,9 @@ def is_table_file(path: str) -> bool:
     return not base.startswith(("_", ".")) and base.lower().endswith(TABLE_SUFFIXES)
 
 
-def read_table_bytes(data: bytes, path: str) -> pd.DataFrame:
-    """One Parquet or CSV object's bytes as a frame; a failure names the object."""
+def read_table_bytes(data: bytes, path: str, label: str | None = None) -> pd.DataFrame:
+    """One Parquet or CSV object's bytes as a frame (the format from `path`'s suffix); a
+    failure names the object (`label`, else `path`)."""
     lower = path.lower()
     try:
         if lower.endswith((".parquet", ".pq")):
@@ -102,7 +103,7 @@ def read_table_bytes(data: bytes, path: str) -> pd.DataFrame:
         )
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataSourceError(f"{path}: cannot be read as a table: {first}") from None
+        raise DataSourceError(f"{label or path}: cannot be read as a table: {first}") from None
 
 
 def concat_parts(frames: list[pd.DataFrame], where: str) -> pd.DataFrame:

@@ -91,20 +91,16 @@ class DvcSource:
 
     def read(self) -> pd.DataFrame:
         info = self._info()
-        frames = []
-        for part in self._parts(info):
-            with self._errors():
-                try:
-                    data = self._fs.read_bytes(part)
-                except Exception as exc:  # DVC and its filesystems raise many kinds here
-                    if isinstance(exc, DataSourceError):
-                        raise
-                    raise DataSourceError(
-                        f"{self.url}: {part} is tracked but its data cannot be fetched from the "
-                        f"DVC remote (was it pushed? are the remote's credentials set?): "
-                        f"{_first_line(exc)}"
-                    ) from None
-            frames.append(read_table_bytes(data, f"{self.url} ({part})"))
+        try:
+            blobs = [(part, self._fs.read_bytes(part)) for part in self._parts(info)]
+        except DataSourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - DVC and its filesystems raise many kinds
+            raise DataSourceError(
+                f"{self.url}: tracked, but its data cannot be fetched from the DVC remote (was "
+                f"it pushed? are the remote's credentials set?): {_first_line(exc)}"
+            ) from None
+        frames = [read_table_bytes(data, part, f"{self.url} ({part})") for part, data in blobs]
         return concat_parts(frames, self.url)
 
     def _parts(self, info: dict) -> list[str]:
