@@ -106,8 +106,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                        "model artifact directory.")
     p.add_argument("--interactions", required=True,
                    help="interactions CSV/Parquet (user_id, item_id[, rating, timestamp]), a "
-                   "MovieLens directory or a built-in dataset name")
-    p.add_argument("--items", help="items CSV/Parquet (item_id[, title, genres, year, description])")
+                   "MovieLens directory, a built-in dataset name, or an s3://, SQL or dvc:// URL "
+                   "(as `recsys run --data`)")
+    p.add_argument("--items", help="items CSV/Parquet (item_id[, title, genres, year, description]) "
+                   "or URL")
     p.add_argument("--config", type=Path, help="YAML config")
     p.add_argument("--output", type=Path, required=True, help="artifact directory to write")
     p.set_defaults(func=cmd_fit)

@@ -239,15 +239,18 @@ def test_sql_reads_the_feedback_events_table(pg_url):
     _execute(pg_url, """CREATE TABLE events (
         event_id text PRIMARY KEY, type text, user_id text, item_id text, "timestamp" float,
         value float, request_id text, model_version text, position int, received_at float)""")
-    rows = [("e1", "rating", "u1", "i1", 1.7e9, 4.0), ("e2", "click", "u1", "i2", 1.7e9 + 1, None),
-            ("e3", "impression", "u2", "i1", 1.7e9 + 2, None), ("e4", "like", "u2", "i3", 1.7e9 + 3, None)]
+    rows = [("e1", "rating", "u1", "i1", 1.7e9 + 0.25, 4.0), ("e2", "click", "u1", "i2", 1.7e9 + 1.5, None),
+            ("e3", "impression", "u2", "i1", 1.7e9 + 2, None), ("e4", "like", "u2", "i3", 1.7e9 + 3.75, None)]
     for row in rows:
         _execute(pg_url, "INSERT INTO events (event_id, type, user_id, item_id, \"timestamp\", value) "
                  "VALUES (%s, %s, %s, %s, %s, %s)", params=row)
-    query = ("SELECT user_id, item_id, value AS rating, timestamp FROM events "
+    # The store keeps float seconds; the data contract wants whole ones. Clicks and likes have
+    # no value: implicit feedback, so no rating column.
+    query = ("SELECT user_id, item_id, CAST(timestamp AS BIGINT) AS timestamp FROM events "
              "WHERE type IN ('rating', 'consume', 'click', 'like')")
     raw = read_raw(f"{pg_url}?query={query}")
     assert sorted(raw.interactions["item_id"]) == ["i1", "i2", "i3"]
+    assert len(validate_raw(raw).interactions) == 3
     before = fingerprint_source(f"{pg_url}?query={query}", "")
     _execute(pg_url, "INSERT INTO events (event_id, type, user_id, item_id, \"timestamp\") "
              "VALUES ('e5', 'impression', 'u3', 'i9', 1.8e9)")
@@ -382,9 +385,11 @@ def test_pipeline_runs_on_s3_interactions_with_dvc_items(s3, s3_endpoint, dvc_re
 def test_pipeline_runs_on_the_sql_events_table(pg_url, tmp_path):
     inter, _ = _frames()
     events = inter.rename(columns={"rating": "value"}).assign(
-        event_id=[f"e{i}" for i in range(len(inter))], type="rating")
+        event_id=[f"e{i}" for i in range(len(inter))], type="rating",
+        timestamp=inter["timestamp"] + 0.25)  # the feedback store's float seconds
     _load_interactions(pg_url, events, table="events")
-    query = "SELECT user_id, item_id, value AS rating, timestamp FROM events WHERE type = 'rating'"
+    query = ("SELECT user_id, item_id, value AS rating, CAST(timestamp AS BIGINT) AS timestamp "
+             "FROM events WHERE type = 'rating'")
     home = tmp_path / "home"
     result = _recsys("--data", f"{pg_url}?query={query}", home=home, env={})
     assert result.returncode == 0, result.stderr[-3000:]
