@@ -16,6 +16,7 @@ as a parameter. Any password in a URL is masked in every message and in MLflow.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,12 @@ class SqlSource:
 
     def read(self) -> pd.DataFrame:
         engine = self._engine()
+        select = f"SELECT * FROM {self._relation(engine)} t"
         with self._errors(), engine.connect() as conn:
-            frame = pd.read_sql_query(f"SELECT * FROM {self._relation(engine)} t", conn)
+            if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+                frame = _copy_out(conn, select)
+            else:
+                frame = pd.read_sql_query(select, conn)
         for column in ("user_id", "item_id"):
             if column in frame:  # ids are strings inside, whatever the column type
                 frame[column] = frame[column].astype("string").astype(object)
@@ -141,6 +146,18 @@ class SqlSource:
         return _SqlErrors(self)
 
 
+def _copy_out(conn, select: str) -> pd.DataFrame:
+    """PostgreSQL's COPY ... TO STDOUT as CSV, parsed by pandas: 1M rows in 4.1 s where
+    fetching them as Python rows took 9.8 s (tests/benchmarks/bench_sources.py, two runs)."""
+    buffer = io.BytesIO()
+    command = f"COPY ({select}) TO STDOUT (FORMAT CSV, HEADER)"
+    with conn.connection.driver_connection.cursor() as cursor, cursor.copy(command) as copy:
+        for block in copy:
+            buffer.write(block)
+    buffer.seek(0)
+    return pd.read_csv(buffer, dtype={"user_id": str, "item_id": str})
+
+
 class _SqlErrors:
     """Database errors as one line: unreachable server, access denied (naming where the
     password came from, never the password), no such database, table or column."""
@@ -154,12 +171,15 @@ class _SqlErrors:
     def __exit__(self, kind, exc, tb) -> bool:
         from sqlalchemy.exc import DBAPIError
 
-        if exc is None or isinstance(exc, DataSourceError) or not isinstance(exc, DBAPIError):
+        if exc is None or isinstance(exc, DataSourceError):
+            return False
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        if not (isinstance(exc, DBAPIError) or _is_driver_error(exc)):
             return False
         where = self.source.url
-        text = str(exc.orig).strip()
+        text = str(orig).strip()
         lower = text.lower()
-        state = getattr(exc.orig, "sqlstate", None)
+        state = getattr(orig, "sqlstate", None)
         reason = _reason(text)
         if state == "3D000" or "database" in lower and "does not exist" in lower:
             raise DataSourceError(f"{where}: no such database ({reason})") from None
@@ -176,6 +196,15 @@ class _SqlErrors:
                 f"{where}: cannot reach the database server {_server(self.source)} ({reason})"
             ) from None
         raise DataSourceError(f"{where}: {reason}") from None
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """An error from psycopg itself (COPY runs on the driver's connection, below SQLAlchemy)."""
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.Error)
 
 
 def _reason(text: str) -> str:
