@@ -345,7 +345,7 @@ def create_app(console: Console) -> FastAPI:
         if fragment:
             return templates.TemplateResponse(request, "_results.html", {
                 **context, "config": console.config, "answered_by": console.answered_by},
-                status_code=status)
+                status_code=status, headers={"x-console-fragment": "1"})
         return page(request, "try.html", "try", status_code=status, users=sample_users(),
                     **context)
 

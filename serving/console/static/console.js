@@ -14,9 +14,13 @@ function enhanceFeedback(root) {
     buttons.forEach((b) => { b.disabled = true; });
     if (submitter) submitter.textContent = "Sending…";
     try {
-      const response = await fetch(form.action, {
+      // getAttribute: the buttons are named "action", which shadows form.action.
+      const response = await fetch(form.getAttribute("action"), {
         method: "POST", body, headers: { "x-console-fragment": "1" }, credentials: "same-origin",
       });
+      if (response.headers.get("x-console-fragment") !== "1") {
+        throw new Error("HTTP " + response.status);
+      }
       root.innerHTML = await response.text();
       root.querySelectorAll(".rec.change-new, .rec.change-up, .rec.change-down")
         .forEach((li) => li.classList.add("flash"));
@@ -26,7 +30,7 @@ function enhanceFeedback(root) {
       const p = document.createElement("p");
       p.className = "error";
       p.setAttribute("role", "alert");
-      p.textContent = "The console did not answer (" + error + "): is it still running?";
+      p.textContent = "The feedback was not sent (" + error.message + "): reload the page and try again.";
       root.prepend(p);
       buttons.forEach((b) => { b.disabled = false; });
     }
