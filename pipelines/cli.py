@@ -79,6 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"HTML report: {report}")
     db = summary["tracking_uri"]
     print(f"MLflow UI:   mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
+    from serving.console.config import DEFAULT_PORT
+
+    print(f"Console:     recsys console --home {home.resolve()}   (then open "
+          f"http://127.0.0.1:{DEFAULT_PORT}; `recsys serve` and `recsys events serve` beside it "
+          "for Try it)")
     return 0
 
 

@@ -82,6 +82,7 @@ def test_local_run_trains_registers_and_deploys(first_run):
     assert "two_stage" in out and "popularity" in out and "ndcg@10" in out
     assert "version 1: alias champion" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out
+    assert f"recsys console --home {home.resolve()}" in out.splitlines()[-1]
     report = Path(out.split("HTML report: ")[1].split()[0])
     assert report.exists() and "<html" in report.read_text().lower()
     record = json.loads((home / "deployment.json").read_text())
