@@ -32,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tooling import require_tool  # noqa: E402
+from tooling import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -67,7 +67,7 @@ def kubectl() -> str:
 
 def _kustomize(kubectl: str, path: Path) -> str:
     proc = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60
+        [kubectl, "kustomize", str(path)], check=False, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
     return proc.stdout
@@ -352,7 +352,7 @@ def test_image_is_overridable_with_kustomize_images(kubectl, tmp_path):
 def _patch_local(kubectl: str, path: Path, patch: str) -> dict:
     proc = subprocess.run(
         [kubectl, "patch", "--local", "-f", str(path), "--type", "merge", "-p", patch, "-o", "yaml"],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)
@@ -432,9 +432,9 @@ def test_predictor_security_context_is_as_specified(rendered):
 def test_deployer_role_grants_only_inferenceservice_verbs(rendered):
     docs = rendered["base"]
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
-    roles = [d for d in docs if d["kind"] == "Role"]
-    assert [r["metadata"]["name"] for r in roles] == ["recsys-deployer"]
-    assert roles[0]["rules"] == [{
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    assert sorted(roles) == ["recsys-console", "recsys-deployer"]
+    assert roles["recsys-deployer"]["rules"] == [{
         "apiGroups": ["serving.kserve.io"],
         "resources": ["inferenceservices"],
         "verbs": ["get", "list", "watch", "create", "patch", "update"],
@@ -447,6 +447,33 @@ def test_deployer_role_grants_only_inferenceservice_verbs(rendered):
         {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"},
     ]
     _one(docs, "ServiceAccount", "recsys-deployer")
+
+
+def test_console_reads_the_inferenceservice_and_changes_nothing(rendered):
+    docs = rendered["base"]
+    assert _one(docs, "Role", "recsys-console")["rules"] == [{
+        "apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+        "verbs": ["get", "list", "watch"]}]
+    binding = _one(docs, "RoleBinding", "recsys-console")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "recsys-console", "namespace": NAMESPACE}]
+    deployment = _one(docs, "Deployment", "recsys-console")
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "recsys-console"
+    (container,) = spec["containers"]
+    assert container["command"] == ["recsys", "console"]
+    assert {"--read-only", "--target=cluster", "--host=0.0.0.0", "--port=8088"} <= set(container["args"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    service = _one(docs, "Service", "recsys-console")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    # The paths it needs are open: to the events service and to PostgreSQL (feedback store).
+    for name, target in (("recsys-events-from-console", "recsys-events"),
+                         ("recsys-postgres-from-console", "recsys-postgres")):
+        policy = _one(docs, "NetworkPolicy", name)["spec"]
+        assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": target}
+        assert policy["ingress"][0]["from"] == [
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "recsys-console"}}}]
 
 
 def _secret_references(docs: list[dict]) -> dict[str, set[str]]:
