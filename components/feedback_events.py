@@ -60,6 +60,8 @@ def _identifier(raw: Mapping[str, Any], field: str, *, required: bool) -> str | 
     text = str(value).strip()
     if not text:
         raise InvalidEvent(field, "must not be empty")
+    if "\x00" in text:  # PostgreSQL text cannot hold it
+        raise InvalidEvent(field, "must not contain a NUL character")
     if len(text) > MAX_ID_CHARS:
         raise InvalidEvent(field, f"longer than {MAX_ID_CHARS} characters")
     return text
@@ -71,7 +73,10 @@ def _number(raw: Mapping[str, Any], field: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEvent(field, f"must be a number, not {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     if not math.isfinite(number):
         raise InvalidEvent(field, "must be a finite number")
     return number

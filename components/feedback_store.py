@@ -52,6 +52,8 @@ IMPRESSION_COLUMNS = (
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 STORE_FILE = "feedback.db"
 _SQLITE_BUSY_SECONDS = 30
+# A PostgreSQL transaction may commit this long after it stamped received_at and still be seen.
+_PG_OVERLAP_SECONDS = 5.0
 
 metadata = sa.MetaData()
 events_table = sa.Table(
@@ -188,25 +190,40 @@ class FeedbackStore:
                 rows.append(normalize_event(_event_fields(event), received_at))
             except InvalidEvent as exc:
                 raise exc.at(index) from None
-        if not rows:
-            return 0, []
-        # One row per key, in key order: PostgreSQL writers that insert overlapping batches in
-        # different orders would otherwise wait on each other's rows (a deadlock).
-        first = {}
-        for row in rows:
-            first.setdefault(row["event_id"], row)
+        return self.add_normalized_batches([rows])[0]
+
+    def add_normalized_batches(
+        self, batches: Sequence[Sequence[Mapping[str, Any]]]
+    ) -> list[tuple[int, list[str]]]:
+        """Store several batches of events that already passed `normalize_event` in ONE
+        transaction (a group commit: the events service gathers concurrent requests into one);
+        returns `add_events`' answer for each batch. An event_id repeated across batches is
+        stored for the first batch that has it and is a duplicate for the later ones."""
+        first: dict[str, Mapping[str, Any]] = {}
+        for batch in batches:
+            for row in batch:
+                first.setdefault(row["event_id"], row)
+        if not first:
+            return [(0, []) for _ in batches]
+        # Rows in key order: PostgreSQL writers that insert overlapping batches in different
+        # orders would otherwise wait on each other's rows (a deadlock).
         unique = [first[key] for key in sorted(first)]
         statement = (self._insert(events_table).on_conflict_do_nothing(
             index_elements=["event_id"]).returning(events_table.c.event_id))
         with self.engine.begin() as conn:
             inserted = set(conn.execute(statement, unique).scalars())
-        duplicates, seen = [], set()
-        for row in rows:
-            event_id = row["event_id"]
-            if event_id not in inserted or event_id in seen:
-                duplicates.append(event_id)
-            seen.add(event_id)
-        return len(inserted), duplicates
+        answers, claimed = [], set()
+        for batch in batches:
+            accepted, duplicates = 0, []
+            for row in batch:
+                event_id = row["event_id"]
+                if event_id in inserted and event_id not in claimed:
+                    accepted += 1
+                    claimed.add(event_id)
+                else:
+                    duplicates.append(event_id)
+            answers.append((accepted, duplicates))
+        return answers
 
     def add_impressions(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Store shown items (see IMPRESSION_COLUMNS; `source_version` defaults to
@@ -249,7 +266,7 @@ class FeedbackStore:
 
     def read_impressions(self, since: float | None = None,
                          until: float | None = None) -> pd.DataFrame:
-        """Impressions with since <= timestamp < until, in answer order."""
+        """Impressions with since <= timestamp < until, by time, request, user, position."""
         table = impressions_table
         query = sa.select(*(table.c[c] for c in IMPRESSION_COLUMNS)).order_by(
             table.c.timestamp, table.c.request_id, table.c.user_id, table.c.position)
@@ -271,15 +288,35 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def positive_events_received(self, after: float, *, limit: int = 10_000) -> pd.DataFrame:
-        """Positive events received after `after` (received_at, not event time), oldest
-        first, at most `limit`: what a cache of recent history tails."""
+    def positive_events_since(self, cursor: float | None = None, *,
+                              since_timestamp: float | None = None,
+                              limit: int = 10_000) -> tuple[pd.DataFrame, float]:
+        """Positive events committed after `cursor` (None: from the start), in commit order,
+        at most `limit`: `user_id, item_id` and the cursor to pass next time. What a cache of
+        recent history tails. `since_timestamp` keeps events at or after that event time.
+
+        On SQLite the cursor is the rowid: writers are serialised, so rowids grow in commit
+        order and nothing committed later can land behind the cursor. PostgreSQL has no such
+        order (a transaction that started earlier may commit later), so there the cursor is
+        `received_at` and every call re-reads the last `_PG_OVERLAP_SECONDS` too: the caller
+        must apply events idempotently."""
         table = events_table
-        query = (sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
-                           table.c.received_at)
-                 .where(table.c.received_at > after).where(table.c.type.in_(POSITIVE_TYPES))
-                 .order_by(table.c.received_at).limit(int(limit)))
-        return self._frame(query, ("user_id", "item_id", "timestamp", "received_at"))
+        sqlite_order = self.engine.dialect.name == "sqlite"
+        order = sa.literal_column("rowid") if sqlite_order else table.c.received_at
+        query = (sa.select(table.c.user_id, table.c.item_id, order.label("cursor"))
+                 .where(table.c.type.in_(POSITIVE_TYPES)).order_by(order).limit(int(limit)))
+        if cursor is not None:
+            bound = int(cursor) if sqlite_order else float(cursor) - _PG_OVERLAP_SECONDS
+            query = query.where(order > bound)
+        if since_timestamp is not None:
+            query = query.where(table.c.timestamp >= float(since_timestamp))
+        frame = self._frame(query, ("user_id", "item_id", "cursor"))
+        if frame.empty:
+            return frame[["user_id", "item_id"]], (-1 if cursor is None else cursor)
+        next_cursor = frame["cursor"].iloc[-1].item()  # a Python number: drivers bind those
+        if cursor is not None:
+            next_cursor = max(next_cursor, cursor)
+        return frame[["user_id", "item_id"]], next_cursor
 
     def interactions(self, since: float | None = None, *,
                      implicit_rating: float | None = None) -> pd.DataFrame:
