@@ -51,11 +51,17 @@ def models(small_model_dir, challenger_dir):
 
 
 @pytest.fixture(scope="module")
-def routed(small_model_dir, challenger_dir, tmp_path_factory):
+def feedback_url(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('feedback') / 'feedback.db'}"
+
+
+@pytest.fixture(scope="module")
+def routed(small_model_dir, challenger_dir, tmp_path_factory, feedback_url):
     server = start_server(small_model_dir, tmp_path_factory.mktemp("routed"),
                           "--challenger-dir", str(challenger_dir),
                           "--challenger-percent", str(CHALLENGER_PERCENT),
-                          "--interleave-percent", str(INTERLEAVE_PERCENT))
+                          "--interleave-percent", str(INTERLEAVE_PERCENT),
+                          "--feedback-store", feedback_url)
     try:
         wait_live(server)
         _wait_ready(server)
@@ -153,6 +159,38 @@ def test_metrics_and_request_log_are_per_version(routed, models):
         time.sleep(0.2)
     rows = log[log["request_id"] == "metrics-check"]
     assert len(rows) == 40 and set(rows["model_version"]) >= {champion.model_version}
+
+
+def test_impressions_record_each_positions_version_and_the_variant(routed, models, feedback_url):
+    from components.feedback_store import FeedbackStore
+
+    champion, challenger = models
+    users = [str(u) for u in range(50)]  # the server's batch limit
+    answer = _v1(routed, users, k=4, request_id="impressions-check")
+    deadline = time.monotonic() + 15
+    while True:
+        with FeedbackStore(feedback_url) as store:
+            shown = store.read_impressions()
+        shown = shown[shown["request_id"] == "impressions-check"]
+        if len(shown) == sum(len(p["item_ids"]) for p in answer["predictions"]):
+            break
+        assert time.monotonic() < deadline, f"{len(shown)} impressions stored"
+        time.sleep(0.3)
+    both = interleaved_version(champion.model_version, challenger.model_version)
+    for user, prediction in zip(users, answer["predictions"]):
+        rows = shown[shown["user_id"] == user].sort_values("position")
+        assert rows["item_id"].tolist() == prediction["item_ids"]
+        assert set(rows["model_version"]) == {prediction["model_version"]}
+        variant = assign_variant(user_bucket(user, challenger.model_version), CHALLENGER_PERCENT,
+                                 INTERLEAVE_PERCENT)
+        assert set(rows["variant"]) == {variant}
+        if variant == "interleaved":
+            assert prediction["model_version"] == both
+            assert set(rows["source_version"]) <= {champion.model_version, challenger.model_version}
+        else:
+            assert (rows["source_version"] == rows["model_version"]).all()
+    interleaved = shown[shown["variant"] == "interleaved"]
+    assert interleaved["source_version"].nunique() == 2  # both models placed items
 
 
 @pytest.fixture()
