@@ -410,6 +410,8 @@ def experiment_rows(labelled: pd.DataFrame, champion: str, challenger: str, k: i
         versions = rows.groupby("user_id")["model_version"].nunique()
         rows = rows[rows["user_id"].isin(versions.index[versions == 1])]
     rows = rows.assign(arm=(rows["model_version"] == challenger).astype(np.int8))
+    if rows["timestamp"].is_monotonic_increasing:  # the store reads them in this order already
+        return rows
     return rows.sort_values(["timestamp", "request_id", "position"], kind="stable")
 
 
@@ -464,7 +466,9 @@ def analyze_labelled(labelled: pd.DataFrame, *, champion: str, challenger: str,
         notes.append("users who saw both versions are left out (mixed_users: drop)")
     outcome = "clicked" if config.primary_metric == "ctr" else "liked"
     test, minimum, maximum = _ab_test(rows, outcome, config)
-    like_test = test if outcome == "liked" else _ab_test(rows, "liked", config)[0]
+    like_test = test
+    if outcome != "liked" and test is not None and min(test.n_a, test.n_b) >= minimum:
+        like_test = _ab_test(rows, "liked", config)[0]  # judged from the minimum sample on
     guardrails = [*serving, like_rate_guardrail(like_test, minimum or BURN_IN, config.guardrails)]
     decision = decide(test, minimum, maximum, guardrails, alpha=config.alpha,
                       metric=f"{config.primary_metric}@{config.k}")

@@ -110,64 +110,73 @@ class ExperimentRun:
     basis: str = "waiting"
     impressions: int = 0  # impressions the analysis rested on when it decided
     sessions: int = 0
+    # Impressions at the first look where the always-valid p-value was below alpha, before any
+    # minimum sample size (the evidence alone; None: never).
+    first_significant: int | None = None
 
 
 def run_experiment(rankings: dict[str, np.ndarray], futures: UserFutures, *, champion: str,
                    challenger: str, config: ExperimentConfig, click_model: ClickModel,
                    seed: int, population: int | None = None, sessions_per_round: int = 500,
-                   max_rounds: int = 60) -> ExperimentRun:
+                   max_rounds: int = 60, look_growth: float = 1.0) -> ExperimentRun:
     """One experiment: rounds of sessions by random users, the analysis after each round, until
     it decides or `max_rounds` pass. `rankings` maps both versions to [U, depth] indices.
     `challenger` may be a second name for the champion's rankings (an A/A experiment).
 
     `population` simulated users each replay one real user drawn with replacement (all of them,
     once each, when None): independent draws from the real users, so more users than the data
-    has can take part, each with its own consumed items and its own sticky bucket."""
+    has can take part, each with its own consumed items and its own sticky bucket.
+
+    The analysis runs after every round, or, with `look_growth` > 1, once the sessions have
+    grown by that factor since the last look (fewer looks on long runs: the always-valid
+    p-value is evaluated after every impression either way, so looks only decide when a
+    decision is noticed)."""
     from components.experiment import analyze_labelled
 
     rng = np.random.default_rng(seed)
     n_real = len(futures.user_ids)
     real = np.arange(n_real) if population is None else rng.integers(0, n_real, population)
     salt = f"run-{seed}"
-    variants = np.array([assign_variant(user_bucket(str(u), salt), config.challenger_percent,
-                                        config.interleave_percent) for u in range(len(real))])
+    variant_codes = np.array([VARIANTS.index(assign_variant(
+        user_bucket(str(u), salt), config.challenger_percent, config.interleave_percent))
+        for u in range(len(real))], dtype=np.int8)
     consumed = np.zeros((len(real), futures.ratings.shape[1]), dtype=bool)
     dense_future = futures.ratings.astype(np.float32).toarray()
-    k = config.k
-    versions = sorted({champion, challenger, interleaved_version(champion, challenger)})
-    parts: list[pd.DataFrame] = []
+    examination = click_model.examination(config.k)
+    # Version codes: 0 champion, 1 challenger, 2 both (an interleaved answer).
+    versions = [champion, challenger, interleaved_version(champion, challenger)]
+    columns: dict[str, list[np.ndarray]] = {}
     run = ExperimentRun()
+    next_look = 0.0
     for round_ in range(max_rounds):
         users = rng.integers(0, len(real), sessions_per_round)
-        rows = _serve(users, real, variants, rankings, consumed, champion, challenger, k, round_)
-        shown = rows["item"].to_numpy()
-        user_of = rows["user"].to_numpy()
+        rows = _serve(users, real, variant_codes, rankings, consumed, champion, challenger,
+                      config.k, round_)
+        shown, user_of = rows["item"], rows["user"]
         rating = dense_future[real[user_of], shown]
-        probability = click_model.examination(k)[rows["position"].to_numpy()] * np.where(
+        probability = examination[rows["position"]] * np.where(
             rating > 0, click_model.relevant_click, click_model.background_click)
-        clicked = rng.random(len(rows)) < probability
+        clicked = rng.random(len(shown)) < probability
         consumed[user_of[clicked], shown[clicked]] = True
-        parts.append(pd.DataFrame({
-            "request_id": rows["request"].to_numpy(), "user_id": user_of,
-            "item_id": shown, "position": rows["position"].to_numpy(),
-            # Categoricals: the analysis compares these columns often, and strings are slow.
-            "model_version": pd.Categorical(rows["model_version"], categories=versions),
-            "source_version": pd.Categorical(rows["source_version"], categories=versions),
-            "variant": pd.Categorical(rows["variant"], categories=VARIANTS),
-            "timestamp": round_ + rows["session"].to_numpy() / sessions_per_round,
-            "clicked": clicked.astype(np.int8),
-            "liked": (clicked & (rating >= click_model.like_threshold)).astype(np.int8),
-            "disliked": np.zeros(len(rows), dtype=np.int8),
-            "rating": np.where(clicked & (rating > 0), rating, np.nan),
-        }))
+        rows.update(timestamp=round_ + rows["session"] / sessions_per_round,
+                    clicked=clicked.astype(np.int8),
+                    liked=(clicked & (rating >= click_model.like_threshold)).astype(np.int8),
+                    rating=np.where(clicked & (rating > 0), rating, np.nan))
+        for name, values in rows.items():
+            columns.setdefault(name, []).append(values)
         run.sessions += sessions_per_round
-        analysis = analyze_labelled(pd.concat(parts, ignore_index=True), champion=champion,
+        if run.sessions < next_look and round_ < max_rounds - 1:
+            continue
+        next_look = max(run.sessions * look_growth, run.sessions + 1)
+        analysis = analyze_labelled(_labelled(columns, versions), champion=champion,
                                     challenger=challenger, config=config)
         test = analysis.test
         p_value = test["p_value"] if isinstance(test, dict) else getattr(test, "p_value", None)
         run.trail.append({"round": round_ + 1, "sessions": run.sessions,
                           "impressions": analysis.impressions,
                           "decision": analysis.decision.action, "p_value": p_value})
+        if run.first_significant is None and p_value is not None and p_value <= config.alpha:
+            run.first_significant = analysis.impressions
         if analysis.decision.action != "continue":
             run.decision, run.basis = analysis.decision.action, analysis.decision.basis
             run.impressions = analysis.impressions
@@ -175,39 +184,58 @@ def run_experiment(rankings: dict[str, np.ndarray], futures: UserFutures, *, cha
     return run
 
 
-def _serve(users: np.ndarray, real: np.ndarray, variants: np.ndarray,
+def _labelled(columns: dict[str, list[np.ndarray]], versions: list[str]) -> pd.DataFrame:
+    """The impressions so far as `label_impressions` would give them. Categoricals: the
+    analysis compares the version columns often, and strings are slow."""
+    whole = {name: np.concatenate(parts) for name, parts in columns.items()}
+    n = len(whole["item"])
+    return pd.DataFrame({
+        "request_id": whole["request"], "user_id": whole["user"], "item_id": whole["item"],
+        "position": whole["position"],
+        "model_version": pd.Categorical.from_codes(whole["version"], categories=versions),
+        "source_version": pd.Categorical.from_codes(whole["source"], categories=versions),
+        "variant": pd.Categorical.from_codes(whole["variant"], categories=list(VARIANTS)),
+        "timestamp": whole["timestamp"], "clicked": whole["clicked"], "liked": whole["liked"],
+        "disliked": np.zeros(n, dtype=np.int8), "rating": whole["rating"],
+    })
+
+
+def _serve(users: np.ndarray, real: np.ndarray, variant_codes: np.ndarray,
            rankings: dict[str, np.ndarray], consumed: np.ndarray, champion: str, challenger: str,
-           k: int, round_: int) -> pd.DataFrame:
+           k: int, round_: int) -> dict[str, np.ndarray]:
     """The answers of one round's sessions (simulated `users`, who replay the real users
-    `real[users]`), one row per shown item."""
-    frames = []
+    `real[users]`), one entry per shown item, as columns: session, user, item, position,
+    version and source (codes: 0 champion, 1 challenger, 2 both), variant (code)."""
+    parts: list[dict[str, np.ndarray]] = []
     session_ids = np.arange(len(users))
-    for variant, version in (("champion", champion), ("challenger", challenger)):
-        mine = variants[users] == variant
+    for code, version in enumerate((champion, challenger)):
+        mine = variant_codes[users] == code
         if not mine.any():
             continue
         ranking = rankings[version][real[users[mine]]]
         seen = consumed[users[mine][:, None], np.maximum(ranking, 0)]
         top = first_unconsumed(ranking, seen, k)
         s, p = np.nonzero(top >= 0)
-        frames.append(pd.DataFrame({
-            "session": session_ids[mine][s], "user": users[mine][s], "item": top[s, p],
-            "position": p, "model_version": version, "source_version": version,
-            "variant": variant}))
-    for s in np.flatnonzero(variants[users] == "interleaved"):
+        parts.append({"session": session_ids[mine][s], "user": users[mine][s], "item": top[s, p],
+                      "position": p, "version": np.full(len(s), code, np.int8),
+                      "source": np.full(len(s), code, np.int8),
+                      "variant": np.full(len(s), code, np.int8)})
+    for s in np.flatnonzero(variant_codes[users] == VARIANTS.index("interleaved")):
         user = users[s]
         lists = []
         for version in (champion, challenger):
             ranking = rankings[version][real[user]]
-            lists.append([int(i) for i in ranking[(ranking >= 0) & ~consumed[user, np.maximum(ranking, 0)]][:k]])
-        request = f"{round_}-{s}"
-        merged, teams = team_draft(lists[0], lists[1], k, request_seed(request))
-        frames.append(pd.DataFrame({
-            "session": s, "user": user, "item": np.asarray(merged, dtype=np.int64),
-            "position": np.arange(len(merged)), "model_version": interleaved_version(champion, challenger),
-            "source_version": np.where(np.asarray(teams) == 1, challenger, champion),
-            "variant": "interleaved"}))
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["session", "user", "item", "position", "model_version", "source_version", "variant"])
-    rows["request"] = round_ * 1_000_000 + rows["session"].to_numpy()
-    return rows.sort_values(["session", "position"], kind="stable").reset_index(drop=True)
+            usable = (ranking >= 0) & ~consumed[user, np.maximum(ranking, 0)]
+            lists.append(ranking[usable][:k].tolist())
+        merged, teams = team_draft(lists[0], lists[1], k, request_seed(f"{round_}-{s}"))
+        n = len(merged)
+        parts.append({"session": np.full(n, s), "user": np.full(n, user),
+                      "item": np.asarray(merged, dtype=np.int64), "position": np.arange(n),
+                      "version": np.full(n, 2, np.int8), "source": np.asarray(teams, np.int8),
+                      "variant": np.full(n, 2, np.int8)})
+    rows = {name: np.concatenate([part[name] for part in parts]) for name in
+            ("session", "user", "item", "position", "version", "source", "variant")}
+    order = np.lexsort((rows["position"], rows["session"]))
+    rows = {name: values[order] for name, values in rows.items()}
+    rows["request"] = round_ * 1_000_000 + rows["session"]
+    return rows

@@ -37,6 +37,9 @@ def handler(args: argparse.Namespace) -> int:
         # Serve what the record names, and follow it: a promotion or rollback by
         # `recsys rollout analyze --auto` applies without a restart.
         args.deployment_record = str(default_home() / RECORD)
+        from components.feedback_store import default_store_url
+
+        args.default_feedback_store = default_store_url(default_home())
         challenger = record.get("challenger")
         if challenger and not args.no_challenger and args.challenger_dir is None:
             args.challenger_dir = challenger["model_dir"]

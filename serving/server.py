@@ -67,6 +67,10 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                             "(team-draft), 0-100 (default: the record's, else 0)")
     experiment.add_argument("--no-challenger", action="store_true",
                             help="serve the champion alone even if the record names a challenger")
+    experiment.add_argument("--feedback-store", default=None, metavar="URL",
+                            help="write what each answer showed (its impressions, with the version "
+                            "and variant) to this feedback store (default: the run home's when "
+                            "serving the deployment record; `none` turns it off)")
     # (no underscore alias here: KServe's own --enable_latency_logging takes a value)
     parser.add_argument("--enable-latency-logging", dest="latency_logging",
                         action=argparse.BooleanOptionalAction, default=False,
@@ -234,13 +238,23 @@ def _router(args: argparse.Namespace, champion):
     interleave = args.interleave_percent
     if interleave is None:
         interleave = getattr(args, "record_interleave_percent", None) or 0.0
+    store = args.feedback_store or getattr(args, "default_feedback_store", None)
+    impressions = partial(impression_writer, store) if store and store != "none" else None
     return ExperimentRouter(
         args.model_name, champion, challenger, challenger_percent=percent,
         interleave_percent=interleave, request_log_dir=args.request_log,
-        impressions=getattr(args, "impressions_factory", None),
+        impressions=impressions,
         record=Path(record) if record else None, loader=loader,
         split_override=override, without_challenger=args.no_challenger,
     )
+
+
+def impression_writer(store_url: str):
+    """The feedback store's impression writer (module level: REST workers get it pickled)."""
+    from components.feedback_store import FeedbackStore
+    from serving.impressions import ImpressionWriter
+
+    return ImpressionWriter(FeedbackStore(store_url))
 
 
 def _loaded_model(name: str, max_batch_size: int, model_dir: str, load: bool = True):

@@ -106,6 +106,8 @@ def _pod_specs(docs: list[dict]):
         kind, name = doc["kind"], doc["metadata"]["name"]
         if kind in {"Deployment", "StatefulSet", "Job"}:
             yield f"{kind}/{name}", doc["spec"]["template"]["spec"]
+        elif kind == "CronJob":
+            yield f"{kind}/{name}", doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         elif kind == "InferenceService":
             yield f"{kind}/{name}", doc["spec"]["predictor"]
 
@@ -639,3 +641,38 @@ def test_the_deploy_steps_own_inferenceservice_matches_kserve_models():
                                    storage_uri="s3://mlflow/artifacts/1/abc/artifacts/model",
                                    model_version="1")
     assert kserve_errors(isvc) == []
+
+
+def test_the_rollout_cronjob_runs_the_analysis_as_the_deployer(rendered, monkeypatch):
+    """Every few minutes, `recsys rollout analyze --auto` on the cluster, with the deployer's
+    rights (which are what promote and rollback need), reaching what the command reads."""
+    from pipelines.cli import build_parser
+
+    docs = rendered["base"]
+    cron = _one(docs, "CronJob", "recsys-rollout-analyze")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    minutes = cron["spec"]["schedule"].split()[0]
+    assert minutes.startswith("*/") and int(minutes[2:]) <= 10
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "recsys-deployer"
+    binding = _one(docs, "RoleBinding", "recsys-deployer")
+    assert {"kind": "ServiceAccount", "name": "recsys-deployer", "namespace": NAMESPACE} in binding["subjects"]
+    rule = _one(docs, "Role", "recsys-deployer")["rules"][0]
+    assert {"get", "patch"} <= set(rule["verbs"]) and rule["resources"] == ["inferenceservices"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    for name in ("RECSYS_FEEDBACK_STORE", "MLFLOW_TRACKING_URI", "PROMETHEUS_URL"):
+        monkeypatch.setenv(name, env[name])
+    # The command line parses with the real CLI; its defaults come from that environment.
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert (args.rollout_command, args.auto, args.target) == ("analyze", True, "cluster")
+    assert args.tracking_uri == env["MLFLOW_TRACKING_URI"] and args.prometheus == env["PROMETHEUS_URL"]
+    assert env["RECSYS_FEEDBACK_STORE"].startswith("postgresql+psycopg://$(DB_USER):$(DB_PASSWORD)@")
+    host = env["MLFLOW_TRACKING_URI"].split("//")[1].split(".")[0]
+    assert _one(docs, "Service", host)
+    # PostgreSQL's ingress admits the job (the default policy denies everything else).
+    admitted = [p for p in docs if p["kind"] == "NetworkPolicy"
+                and p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "recsys-postgres"
+                and any(f.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "recsys-rollout-analyze"}
+                        for rule in p["spec"].get("ingress", []) for f in rule.get("from", []))]
+    assert admitted
