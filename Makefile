@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: install tools run test bench compile lock clean
+.PHONY: install tools run test bench screenshots compile lock clean
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ test: install tools
 ## Speed, memory and quality targets (not part of `make test`).
 bench: install
 	$(BIN)/python -m pytest -m bench -s --timeout=5400 tests/benchmarks
+
+## Retake the console's screenshots (docs/console/) on a demo home built from the default data;
+## also prints each page's load time and download size. Needs chromium (.ci/run installs it).
+screenshots: install
+	$(BIN)/python tools/console_screenshots.py
 
 ## Rewrite the committed pipeline IR YAML from the code.
 compile: install

@@ -53,7 +53,7 @@ def _label(value: float) -> str:
 
 
 def _time_label(unix: float, span: float) -> str:
-    pattern = "%H:%M" if span <= 2 * 86_400 else "%m-%d"
+    pattern = "%H:%M:%S" if span < 600 else "%H:%M" if span <= 2 * 86_400 else "%m-%d"
     return time.strftime(pattern, time.gmtime(unix))
 
 
@@ -71,7 +71,10 @@ def _frame(title: str, summary: str, body: list[str], y_ticks: list[tuple[float,
                      f'y2="{y:.1f}"/>')
         parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(text)}</text>')
     for x, text in x_ticks:
-        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle">{escape(text)}</text>')
+        # Labels at the edges lean inwards, so none is cut off.
+        anchor = ("start" if x < LEFT + 30 else "end" if x > WIDTH - RIGHT - 30 else "middle")
+        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">'
+                     f'{escape(text)}</text>')
     parts += body
     parts.append("</svg>")
     return Markup("".join(parts))
@@ -169,9 +172,14 @@ def lines(title: str, x: Sequence[float], series: Sequence[Series], *,
         color = s.color or PALETTE[k % len(PALETTE)]
         points = [f"{px(t):.1f},{py(v):.1f}" for t, v in zip(x, s.values)
                   if v is not None and math.isfinite(v)]
-        if points:
+        if len(points) > 1:
             body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" '
                         f'points="{" ".join(points)}"><title>{escape(s.name)}</title></polyline>')
+        if len(points) <= 12:  # sparse: a dot per value, so a single one shows too
+            for point in points:
+                cx, cy = point.split(",")
+                body.append(f'<circle class="dot" cx="{cx}" cy="{cy}" r="3" fill="{color}">'
+                            f'<title>{escape(s.name)}</title></circle>')
     if log_scale:
         ticks = [10.0 ** e for e in range(math.floor(low), math.ceil(high) + 1)
                  if low <= e <= high]

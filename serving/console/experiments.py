@@ -77,26 +77,32 @@ def read_feedback(store_url: str, since: float | None):
 
 def trajectory(labelled, *, champion: str, challenger: str, config,
                points: int = CHART_POINTS) -> Trajectory:
-    """The analysis at `points` moments from the challenger's first answer to the last event:
-    what it would have said then (p-value, effect and always-valid interval)."""
-    from components.experiment import analyze_labelled, experiment_start
+    """The A/B test at `points` moments from the challenger's first answer to the last
+    impression: what the analysis would have said then (p-value, effect and always-valid
+    interval). The rows are selected once (`experiment_rows`, as `analyze` selects them) and
+    the test is rerun on growing prefixes of them, with `analyze`'s own test function."""
+    from components.experiment import _ab_test, experiment_rows, experiment_start
 
-    start = experiment_start(labelled, challenger)
     out = Trajectory()
+    start = experiment_start(labelled, challenger)
     if start is None or labelled.empty:
         return out
-    end = float(labelled["timestamp"].max())
-    times = np.linspace(start, end, points + 1)[1:] if end > start else np.asarray([end])
-    stamps = labelled["timestamp"].to_numpy()
-    for moment in times:
-        analysis = analyze_labelled(labelled[stamps <= moment], champion=champion,
-                                    challenger=challenger, config=config)
-        test = analysis.to_dict()["test"] or {}
+    labelled = labelled[labelled["timestamp"] >= start]
+    rows = experiment_rows(labelled, champion, challenger, config.k, config.mixed_users)
+    if rows.empty:
+        return out
+    outcome = "clicked" if config.primary_metric == "ctr" else "liked"  # as `analyze` picks it
+    stamps = rows["timestamp"].to_numpy()
+    end = float(stamps[-1])
+    moments = np.linspace(start, end, points + 1)[1:] if end > start else np.asarray([end])
+    for moment in moments:
+        test = _ab_test(rows.iloc[: int(np.searchsorted(stamps, moment, side="right"))],
+                        outcome, config)[0]
         out.times.append(float(moment))
-        out.p_value.append(test.get("p_value"))
-        out.effect.append(test.get("effect"))
-        out.ci_low.append(test.get("ci_low"))
-        out.ci_high.append(test.get("ci_high"))
+        out.p_value.append(finite(test.p_value) if test else None)
+        out.effect.append(finite(test.effect) if test else None)
+        out.ci_low.append(finite(test.ci_low) if test else None)
+        out.ci_high.append(finite(test.ci_high) if test else None)
     return out
 
 

@@ -56,6 +56,23 @@ def seconds(value: Any) -> str:
     return f"{value / 60:.0f} min"
 
 
+def where(value: Any) -> str:
+    """A path, or a sqlite:/// URI, relative to the working directory when it lies under it
+    (`runs/mlflow.db`, as a user typed it), else as it is."""
+    import os
+
+    text = str(value)
+    prefix = "sqlite:///" if text.startswith("sqlite:///") else ""
+    path = text.removeprefix(prefix)
+    if not os.path.isabs(path):
+        return text
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return text
+    return text if relative.startswith("..") else prefix + relative
+
+
 def short(value: Any, size: int = 12) -> str:
     text = "" if value is None else str(value)
     return text if len(text) <= size else text[:size] + "…"
@@ -63,4 +80,4 @@ def short(value: Any, size: int = 12) -> str:
 
 def install(env) -> None:
     env.filters.update(when=when, ago=ago, number=number, metric=metric, share=share,
-                       signed=signed, seconds=seconds, short=short)
+                       signed=signed, seconds=seconds, short=short, where=where)

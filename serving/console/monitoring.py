@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from serving.console.clients import Unavailable
+from serving.console.formatting import where
 
 WINDOWS = {"1h": 3_600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 DEFAULT_WINDOW = "24h"
@@ -281,7 +282,7 @@ def gather(console, window_name: str | None, now: float | None = None) -> Monito
 
     try:
         log = console.request_log.read(since)
-        page.requests_source = f"request log {config.request_log}"
+        page.requests_source = f"request log {where(config.request_log)}"
         _requests_from_log(page, log, starts, step)
     except Unavailable as exc:
         try:  # the impressions table knows requests and versions, not cold starts

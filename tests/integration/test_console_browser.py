@@ -309,3 +309,31 @@ def test_promote_asks_then_runs_the_rollout_code(stack, page):
     aliases = client.get_registered_model("recsys").aliases
     assert str(aliases["champion"]) == "2" and "challenger" not in aliases
     assert "no challenger is being tried" in page.locator("p.problem").inner_text()
+
+
+# ---------------------------------------------------------------------------- fuzz
+def test_fuzzed_forms_and_queries_never_fail_the_console(stack):
+    """Whatever a browser (or anyone) sends to the pages that take input, the answer is a page
+    or a refusal in words: never a 5xx, never a stack trace."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    url = stack["console"].url
+    text = st.one_of(st.text(max_size=300), st.sampled_from(["", " ", "1", "u3", "-1", "0",
+                                                             "51", "1e9", "NaN", "\x00"]))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(user=text, k=text, like=text, action=st.one_of(text, st.sampled_from(
+        ["view", "like", "dislike", "rate"])), value=text, position=text, shown=text, item=text)
+    def check(user, k, like, action, value, position, shown, item):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            page = client.get("/try", params={"user": user, "k": k, "like": like})
+            posted = client.post("/try/feedback", data={
+                "user": user, "item": item, "action": action, "value": value, "k": k,
+                "position": position, "shown": shown, "request_id": item, "model_version": item})
+            window = client.get("/monitoring", params={"window": like})
+        for response in (page, posted, window):
+            assert response.status_code < 500, (response.status_code, response.text[-500:])
+            assert "Traceback" not in response.text
+
+    check()

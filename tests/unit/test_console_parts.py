@@ -4,6 +4,7 @@ app itself in-process (FastAPI's TestClient) on a run home where nothing runs ye
 must say in words what is missing."""
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import xml.etree.ElementTree as ET
@@ -252,3 +253,46 @@ def test_health_metrics_errors_and_security_headers(client):
     assert 'recsys_console_requests_total{route="cross-site",status="403"} 1.0' in metrics
     assert 'recsys_console_unavailable_total{dependency="events"}' in metrics
     assert test_client.post("/experiments/explode").status_code == 404
+
+
+def test_trajectory_ends_where_the_analysis_stands(tmp_path):
+    """The chart's last point is the analysis itself; earlier points are wider intervals."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from experiment_data import experiment_feedback
+
+    from components.config import ExperimentConfig
+    from components.experiment import analyze_labelled, label_impressions
+    from components.feedback_store import FeedbackStore
+    from serving.console.experiments import trajectory
+
+    impressions, events = experiment_feedback("a", "b", rate_a=0.04, rate_b=0.08, users=1_000,
+                                              sessions=3_000, start=time.time() - 7_200)
+    with FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}") as store:
+        store.add_impressions(impressions)
+        store.add_events(events)
+        labelled = label_impressions(store.read_impressions(), store.read_events())
+    config = ExperimentConfig(min_detectable_effect=0.3)
+    analysis = analyze_labelled(labelled, champion="a", challenger="b", config=config)
+    path = trajectory(labelled, champion="a", challenger="b", config=config, points=8)
+    assert len(path.times) == 8 and path.times == sorted(path.times)
+    assert path.p_value[-1] == pytest.approx(analysis.test.p_value)
+    assert (path.ci_low[-1], path.ci_high[-1]) == pytest.approx(
+        (analysis.test.ci_low, analysis.test.ci_high))
+    widths = [h - lo for lo, h in zip(path.ci_low, path.ci_high) if lo is not None]
+    assert widths[0] > widths[-1]
+    # The always-valid p-value never rises (a running minimum).
+    values = [p for p in path.p_value if p is not None]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(values))
+
+
+def test_paths_are_shown_relative_to_where_the_console_runs(tmp_path, monkeypatch):
+    from serving.console.formatting import where
+
+    monkeypatch.chdir(tmp_path)
+    assert where(tmp_path / "runs" / "mlflow.db") == "runs/mlflow.db"
+    assert where(f"sqlite:///{tmp_path}/runs/feedback.db") == "sqlite:///runs/feedback.db"
+    assert where("/elsewhere/x") == "/elsewhere/x"
+    assert where("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
