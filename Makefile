@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: install tools run test bench screenshots compile lock clean
+.PHONY: install tools run test bench simulate screenshots compile lock clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ test: install tools
 ## Speed, memory and quality targets (not part of `make test`).
 bench: install
 	$(BIN)/python -m pytest -m bench -s --timeout=5400 tests/benchmarks
+
+## The closed loop locally: simulated users, the events service and the model server, decisions.
+simulate: install
+	$(BIN)/recsys simulate
 
 ## Retake the console's screenshots (docs/console/) on a demo home built from the default data;
 ## also prints each page's load time and download size. Needs chromium (.ci/run installs it).

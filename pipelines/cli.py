@@ -163,7 +163,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 # Modules that add their own subcommands (serving, cluster operations).
 _SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cluster",
-                                         "pipelines.cli_events", "pipelines.cli_console")
+                                         "pipelines.cli_events", "pipelines.simulate",
+                                         "pipelines.cli_console")
 
 
 def build_parser() -> argparse.ArgumentParser:

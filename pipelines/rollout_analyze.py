@@ -250,7 +250,27 @@ def format_analysis(analysis: Any, target: Target, actions: list[str], notes: li
     return "\n".join(lines)
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
+@dataclass
+class Outcome:
+    """One run of the analysis: the result, what was compared, what was done."""
+
+    analysis: Any
+    target: Target
+    actions: list[str]
+    notes: list[str]
+    mlflow_run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.analysis.to_dict(), "target": self.target.kind,
+                "registry_champion": self.target.registry_champion,
+                "registry_challenger": self.target.registry_challenger,
+                "applied": bool(self.actions), "actions": self.actions,
+                "mlflow_run_id": self.mlflow_run_id,
+                "notes": [*self.analysis.notes, *self.notes]}
+
+
+def run_analysis(args: argparse.Namespace) -> Outcome:
+    """Everything `recsys rollout analyze` does but printing (`recsys simulate` calls it too)."""
     from components.config import load_config
     from components.experiment import analyze
     from components.feedback_store import default_store_url
@@ -286,23 +306,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     health, notes = serving_health(args, target)
     analysis = analyze(impressions, events, champion=target.champion,
                        challenger=target.challenger, config=experiment, health=health)
-    actions: list[str] = []
-    run_id = None
+    outcome = Outcome(analysis, target, [], notes)
     if args.auto and analysis.decision.action != "continue":
-        actions = apply_decision(analysis.decision.action, target, args, home)
+        outcome.actions = apply_decision(analysis.decision.action, target, args, home)
         tracking_uri = target.tracking_uri or args.tracking_uri
         if tracking_uri:
-            run_id = record_decision(tracking_uri, f"{config.registry.experiment}-online",
-                                     analysis, target, actions)
-            actions.append(f"MLflow: decision and evidence recorded in run {run_id}")
+            outcome.mlflow_run_id = record_decision(
+                tracking_uri, f"{config.registry.experiment}-online", analysis, target,
+                outcome.actions)
+            outcome.actions.append(f"MLflow: decision and evidence recorded in run "
+                                   f"{outcome.mlflow_run_id}")
+    return outcome
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    outcome = run_analysis(args)
     if args.json:
-        print(json.dumps({**analysis.to_dict(), "target": target.kind,
-                          "registry_champion": target.registry_champion,
-                          "registry_challenger": target.registry_challenger,
-                          "applied": bool(actions), "actions": actions, "mlflow_run_id": run_id,
-                          "notes": [*analysis.notes, *notes]}, indent=2))
+        print(json.dumps(outcome.to_dict(), indent=2))
     else:
-        print(format_analysis(analysis, target, actions, notes))
+        print(format_analysis(outcome.analysis, outcome.target, outcome.actions, outcome.notes))
     return 0
 
 
