@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.console import charts, experiments, formatting, monitoring, tryit
 from serving.console.clients import EventsClient, PredictorClient, Refused, Unavailable
 from serving.console.config import ConsoleConfig
+from serving.console.recent import Recent
 from serving.console.registry_view import Registry
 
 log = logging.getLogger("recsys.console")
@@ -85,6 +86,8 @@ class Console:
     # How `recsys rollout` finds, measures and acts on the experiment (an ExperimentBackend,
     # handed over by the command line; None: the Experiments page says it is not wired in).
     experiments: Any = None
+    # The slow pages' data, reused for a few seconds (see serving.console.recent).
+    recent: Recent = field(default_factory=lambda: Recent(5.0))
 
     def warm(self) -> None:
         """Import MLflow and open its store once, off the request path (the first import
@@ -354,7 +357,8 @@ def create_app(console: Console) -> FastAPI:
     # ------------------------------------------------------------------ Monitoring
     @app.get("/monitoring", response_class=HTMLResponse)
     def monitoring_page(request: Request, window: str | None = None):
-        data = monitoring.gather(console, window)
+        data = console.recent.get(("monitoring", window),
+                                  lambda: monitoring.gather(console, window))
         return page(request, "monitoring.html", "monitoring", m=data,
                     windows=list(monitoring.WINDOWS), charts=_monitoring_charts(data))
 
@@ -368,9 +372,12 @@ def create_app(console: Console) -> FastAPI:
         return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_CSP})
 
     # ------------------------------------------------------------------ Experiments
+    def experiment_view():
+        return console.recent.get("experiments", lambda: experiments.gather(console))
+
     @app.get("/experiments", response_class=HTMLResponse)
     def experiments_page(request: Request):
-        view = experiments.gather(console)
+        view = experiment_view()
         return page(request, "experiments.html", "experiments", view=view,
                     charts=experiments.charts(view) if view.analysis else {},
                     confirm=None, done=None, refused=None)
@@ -380,7 +387,7 @@ def create_app(console: Console) -> FastAPI:
                            confirmed: str = Form("")):
         if action not in ("promote", "rollback"):
             raise StarletteHTTPException(404)
-        view = experiments.gather(console)
+        view = experiment_view()
         if confirmed != "yes":  # the first press asks; the page's second form confirms
             target = view.target
             confirm = None if target is None else {
@@ -392,7 +399,9 @@ def create_app(console: Console) -> FastAPI:
         done, refused = experiments.act(console, action, challenger)
         if done:
             log.info("experiments: %s by the console: %s", action, "; ".join(done))
-        view = experiments.gather(console)
+        console.recent.clear()
+        console.registry.recent.clear()
+        view = experiment_view()
         return page(request, "experiments.html", "experiments",
                     status_code=409 if refused else 200, view=view,
                     charts=experiments.charts(view) if view.analysis else {},

@@ -17,10 +17,12 @@ from typing import Any
 from components.registry import mlflow_metric_name
 from components.report import DEFAULT_COLUMNS
 from serving.console.clients import Unavailable
+from serving.console.recent import Recent
 
 # The offline metrics shown side by side (the report's own columns), as MLflow names them.
 METRICS = tuple((name, mlflow_metric_name(name)) for name in DEFAULT_COLUMNS)
 MAX_VERSIONS = 50  # the newest; older ones stay in MLflow
+RECENT_SECONDS = 5.0  # how long a read of the registry is reused (see serving.console.recent)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Registry:
         self._client = None
         self._lock = threading.Lock()
         self._manifests: dict[str, dict[str, Any]] = {}  # MLflow version -> artifact manifest
+        self.recent = Recent(RECENT_SECONDS)
 
     def client(self):
         path = sqlite_path(self.tracking_uri)
@@ -85,6 +88,9 @@ class Registry:
 
     def aliases(self) -> dict[str, str]:
         """alias -> MLflow version."""
+        return self.recent.get("aliases", self._aliases)
+
+    def _aliases(self) -> dict[str, str]:
         client = self.client()
         model = self._call("read the registered model", client.get_registered_model, self.model_name)
         return {k: str(v) for k, v in ((model.aliases if model else None) or {}).items()}
@@ -107,6 +113,9 @@ class Registry:
         return manifest
 
     def versions(self) -> list[VersionRow]:
+        return self.recent.get("versions", self._versions)
+
+    def _versions(self) -> list[VersionRow]:
         client = self.client()
         found = self._call("list model versions", client.search_model_versions,
                            f"name = '{self.model_name}'", max_results=MAX_VERSIONS,
@@ -181,6 +190,10 @@ class Registry:
 
     def runs(self, experiment_names: list[str], limit: int = 10) -> list[dict[str, Any]]:
         """The newest runs of the named experiments (pipeline runs, online decisions)."""
+        return self.recent.get(("runs", tuple(experiment_names), limit),
+                               lambda: self._runs(experiment_names, limit))
+
+    def _runs(self, experiment_names: list[str], limit: int) -> list[dict[str, Any]]:
         client = self.client()
         ids = []
         for name in experiment_names:

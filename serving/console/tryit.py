@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from serving.console.clients import Answer, Refused, Unavailable
+from serving.console.recent import Recent
 
 MAX_ID_CHARS = 256  # the events contract's limit on ids
 MAX_K = 50
@@ -105,9 +106,14 @@ class Catalogue:
         self.registry_lookup = registry_lookup
         self._tables: dict[str, pd.DataFrame] = {}
         self._lock = threading.Lock()
+        self._recent = Recent(10.0)
+        self._users: dict[Path, list[str]] = {}
 
     def _served_dirs(self) -> dict[str, Path]:
         """artifact model_version -> directory, for the artifacts the local deploy downloaded."""
+        return self._recent.get("served", self._find_served_dirs)
+
+    def _find_served_dirs(self) -> dict[str, Path]:
         found = {}
         for manifest in sorted(self.home.glob("served/*/*/model/manifest.json")):
             try:
@@ -146,10 +152,11 @@ class Catalogue:
         directory = dirs.get(model_version or "") or next(iter(dirs.values()), None)
         if directory is None or not (directory / "users.parquet").exists():
             return []
-        ids = pd.read_parquet(directory / "users.parquet", columns=["user_id"])["user_id"]
-        ids = sorted(ids.astype(str), key=lambda u: (len(u), u))
-        step = max(1, len(ids) // count)
-        return ids[::step][:count]
+        if directory not in self._users:
+            ids = pd.read_parquet(directory / "users.parquet", columns=["user_id"])["user_id"]
+            ids = sorted(ids.astype(str), key=lambda u: (len(u), u))
+            self._users[directory] = ids[:: max(1, len(ids) // count)][:count]
+        return self._users[directory]
 
     def describe(self, item_ids: list[str], model_version: str) -> list[Item]:
         table = self.table(model_version)

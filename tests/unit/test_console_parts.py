@@ -296,3 +296,28 @@ def test_paths_are_shown_relative_to_where_the_console_runs(tmp_path, monkeypatc
     assert where(f"sqlite:///{tmp_path}/runs/feedback.db") == "sqlite:///runs/feedback.db"
     assert where("/elsewhere/x") == "/elsewhere/x"
     assert where("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+def test_recent_reuses_a_read_for_its_seconds_and_never_keeps_failures():
+    from serving.console.recent import Recent
+
+    now = [0.0]
+    recent = Recent(5.0, clock=lambda: now[0])
+    calls = []
+
+    def read():
+        calls.append(now[0])
+        return len(calls)
+
+    assert recent.get("k", read) == 1 and recent.get("k", read) == 1
+    now[0] = 5.1
+    assert recent.get("k", read) == 2 and recent.get("other", read) == 3
+
+    def fail():
+        raise RuntimeError("store gone")
+
+    with pytest.raises(RuntimeError):
+        recent.get("f", fail)
+    assert recent.get("f", read) == 4  # the failure was not kept
+    recent.clear()
+    assert recent.get("k", read) == 5
