@@ -139,9 +139,12 @@ class OnlineGuardrailConfig(_Strict):
     # Largest tolerated rise of the share of failed requests (absolute: 0.01 = one point).
     max_error_rate_increase: float = Field(0.01, ge=0.0)
     # The challenger's p99 latency may be at most this multiple of the champion's, plus
-    # `latency_slack_ms` (sub-millisecond p99s differ by more than their ratio suggests).
+    # `latency_slack_ms` (a model that does more work than a popularity list may take some
+    # milliseconds more; that is not what this guardrail is for), and never above
+    # `max_p99_latency_ms` (the p99 the serving alerts fire on).
     max_p99_latency_ratio: float = Field(1.5, ge=1.0)
-    latency_slack_ms: float = Field(5.0, ge=0.0)
+    latency_slack_ms: float = Field(50.0, ge=0.0)
+    max_p99_latency_ms: float = Field(250.0, gt=0.0)
     # The like rate is breached when its always-valid interval lies wholly below this relative
     # drop (0.1: the challenger's like rate is surely more than 10% under the champion's).
     max_like_rate_drop: float = Field(0.1, ge=0.0, lt=1.0)

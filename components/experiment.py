@@ -285,14 +285,16 @@ def serving_guardrails(champion: VersionHealth | None, challenger: VersionHealth
         checks.append(GuardrailCheck("p99_latency", "not measured", champion.p99_seconds,
                                      challenger.p99_seconds, "no latency histogram"))
     else:
-        limit_s = champion.p99_seconds * config.max_p99_latency_ratio + config.latency_slack_ms / 1e3
+        relative = champion.p99_seconds * config.max_p99_latency_ratio + config.latency_slack_ms / 1e3
+        limit_s = min(relative, config.max_p99_latency_ms / 1e3)
         breached = challenger.p99_seconds > limit_s
         checks.append(GuardrailCheck(
             "p99_latency", "breached" if breached else "ok", champion.p99_seconds,
             challenger.p99_seconds,
             f"challenger {challenger.p99_seconds * 1e3:.1f} ms {'>' if breached else '<='} limit "
-            f"{limit_s * 1e3:.1f} ms ({config.max_p99_latency_ratio:g} x champion "
-            f"{champion.p99_seconds * 1e3:.1f} ms + {config.latency_slack_ms:g} ms)"))
+            f"{limit_s * 1e3:.1f} ms (the lower of {config.max_p99_latency_ratio:g} x champion "
+            f"{champion.p99_seconds * 1e3:.1f} ms + {config.latency_slack_ms:g} ms, and "
+            f"{config.max_p99_latency_ms:g} ms)"))
     return checks
 
 

@@ -89,7 +89,6 @@ class ExperimentRouter(Model):
     def __init__(self, name: str, champion: RecommenderModel,
                  challenger: RecommenderModel | None = None, *, challenger_percent: float = 0.0,
                  interleave_percent: float = 0.0,
-                 impressions: Callable[[], Any] | None = None,
                  request_log_dir: str | Path | None = None,
                  record: Path | None = None,
                  loader: Callable[[str], RecommenderModel] | None = None,
@@ -98,10 +97,6 @@ class ExperimentRouter(Model):
                  without_challenger: bool = False):
         super().__init__(name)
         self._arms = Arms(champion, challenger, challenger_percent, interleave_percent)
-        self._impressions_factory = impressions
-        # The feedback store's impression writer (`serving.impressions.ImpressionWriter`):
-        # `put(rows)` queues, a thread stores. Made per process (REST workers are spawned).
-        self._impressions: Any = None
         self.request_log_dir = request_log_dir
         self._request_log: RequestLog | None = None
         self.record = record
@@ -112,6 +107,7 @@ class ExperimentRouter(Model):
         self.split_override = split_override
         self.without_challenger = without_challenger
         self._record_mtime: float | None = None
+        self._retired: list[RecommenderModel] = []  # no longer served; stopped at the end
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -135,8 +131,6 @@ class ExperimentRouter(Model):
         return self.ready
 
     def _start_writers(self) -> None:
-        if self._impressions_factory is not None and self._impressions is None:
-            self._impressions = self._impressions_factory().start()
         if self.request_log_dir is not None and self._request_log is None:
             lead = self._arms.champion
             self._request_log = RequestLog(self.request_log_dir, self.name,
@@ -148,15 +142,16 @@ class ExperimentRouter(Model):
 
     def stop(self) -> None:
         self._stopping.set()
-        for writer in (self._request_log, self._impressions):
-            if writer is not None:
-                writer.close()
-        self._request_log = self._impressions = None
+        if self._request_log is not None:
+            self._request_log.close()
+        self._request_log = None
+        for model in {id(m): m for m in self._loaded()}.values():
+            model.stop()  # their online history and impression writers
         self.ready = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # REST workers get a pickled copy; threads start there
-        state.update(_impressions=None, _request_log=None, _watcher=None, _stopping=None)
+        state.update(_request_log=None, _watcher=None, _stopping=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -164,6 +159,10 @@ class ExperimentRouter(Model):
         self._stopping = threading.Event()
         if self.ready:
             self._start_writers()
+
+    def _loaded(self) -> list[RecommenderModel]:
+        arms = self._arms
+        return [m for m in (arms.champion, arms.challenger, *self._retired) if m is not None]
 
     def get_input_types(self) -> list[dict]:
         return self._arms.champion.get_input_types()
@@ -211,6 +210,8 @@ class ExperimentRouter(Model):
         percent, interleave = split_of(entry, self.split_override)
         new = Arms(champion, challenger, percent, interleave)
         if new != arms:
+            self._retired += [m for m in (arms.champion, arms.challenger)
+                              if m is not None and m not in (champion, challenger)]
             self._arms = new
             log.info("now serving champion %s%s", champion.model_version,
                      f", challenger {challenger.model_version} to {new.challenger_percent:g}% of "
@@ -232,7 +233,7 @@ class ExperimentRouter(Model):
             answer = _timed(self.name, lead, lead._similar, query)
             lead._count_and_log(query, answer, request_id)
             return (lead._v2_response(payload, answer, request_id) if is_v2
-                    else lead._v1_response(query, answer))
+                    else lead._v1_response(query, answer, request_id))
         variants = [arms.variant(u) for u in query.ids.tolist()]
         answer, versions, sources = self._answer(arms, query, variants, request_id)
         self._count_and_log(lead, query, answer, request_id, versions, sources, variants)
@@ -247,7 +248,7 @@ class ExperimentRouter(Model):
                 out.set_data_from_numpy(data, binary_data=True)
             response.outputs.append(out)
             return response
-        response = lead._v1_response(query, answer)
+        response = lead._v1_response(query, answer, request_id)
         response["model_version"] = response_version
         for prediction, version in zip(response["predictions"], versions):
             prediction["model_version"] = version
@@ -266,7 +267,7 @@ class ExperimentRouter(Model):
         for variant, model in ((CHAMPION, arms.champion), (CHALLENGER, arms.challenger)):
             if rows.get(variant):
                 idx = rows[variant]
-                part = _timed(self.name, model, model._recommend, _rows(query, idx))
+                part = _timed(self.name, model, model._recommend, _fresh(model, _rows(query, idx)))
                 _place(item_ids, scores, cold, idx, part)
                 for i in idx:
                     versions[i] = model.model_version
@@ -274,8 +275,10 @@ class ExperimentRouter(Model):
         if rows.get(INTERLEAVED):
             idx = rows[INTERLEAVED]
             sub = _rows(query, idx)
-            first = _timed(self.name, arms.champion, arms.champion._recommend, sub)
-            second = _timed(self.name, arms.challenger, arms.challenger._recommend, sub)
+            first = _timed(self.name, arms.champion, arms.champion._recommend,
+                           _fresh(arms.champion, sub))
+            second = _timed(self.name, arms.challenger, arms.challenger._recommend,
+                            _fresh(arms.challenger, _rows(query, idx)))
             both = interleaved_version(arms.champion.model_version, arms.challenger.model_version)
             sources = np.full((batch, width), "", dtype=object)
             for j, i in enumerate(idx):
@@ -306,9 +309,10 @@ class ExperimentRouter(Model):
                 self._request_log.log(LogEntry(
                     now, request_id, version, query.ids[idx], query.k[idx], answer.item_ids[idx],
                     answer.scores[idx], answer.cold_start[idx]))
-        if self._impressions is not None:
-            self._impressions.put(impression_rows(now, request_id, query.ids, answer.item_ids,
-                                                  versions, sources, variants))
+        writer = lead._feedback.impressions if lead._feedback is not None else None
+        if writer is not None:  # the feedback store's writer: a queue hand-off
+            writer.put(impression_rows(now, request_id, query.ids, answer.item_ids, versions,
+                                       sources, variants))
 
 
 def impression_rows(timestamp: float, request_id: str, user_ids: np.ndarray,
@@ -363,6 +367,13 @@ def _timed(name: str, model: RecommenderModel, call: Callable[[Query], Answer], 
         raise
     finally:
         MODEL_SECONDS.labels(name, model.model_version).observe(time.perf_counter() - started)
+
+
+def _fresh(model: RecommenderModel, query: Query) -> Query:
+    """The query with what its users did since `model` was trained (the online history)."""
+    if model._feedback is not None:
+        query.history = model._feedback.add_fresh_history(query.ids.tolist(), query.history)
+    return query
 
 
 def _rows(query: Query, idx: list[int]) -> Query:

@@ -51,6 +51,18 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         "with 400 (default: %(default)s)")
     parser.add_argument("--request-log", "--request_log", dest="request_log", default=None, metavar="DIR",
                         help="append every answered row to size-rotated JSON-lines files in DIR")
+    parser.add_argument("--online-store", dest="online_store", metavar="URL",
+                        default=os.environ.get("RECSYS_ONLINE_STORE") or None,
+                        help="where users' feedback since training is read from, so the next "
+                        "answer counts it: redis://HOST:6379/0 (the events service's lists) or "
+                        "a feedback store URL (sqlite:///FILE, postgresql+psycopg://...), which "
+                        "also receives what was shown (impressions) (default: "
+                        "$RECSYS_ONLINE_STORE" + (", else none)" if model_dir_default else
+                                                  ", else the run home's feedback store)"))
+    parser.add_argument("--no-online-store", dest="online_store", action="store_const", const="",
+                        help="answer from the model's training data only")
+    parser.add_argument("--online-store-prefix", default="recsys:", metavar="PREFIX",
+                        help="Redis key prefix, as the events service's (default: %(default)s)")
     experiment = parser.add_argument_group(
         "champion and challenger",
         "serve a second model to a share of users (sticky: by a hash of the user id), and/or "
@@ -67,10 +79,6 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                             "(team-draft), 0-100 (default: the record's, else 0)")
     experiment.add_argument("--no-challenger", action="store_true",
                             help="serve the champion alone even if the record names a challenger")
-    experiment.add_argument("--feedback-store", default=None, metavar="URL",
-                            help="write what each answer showed (its impressions, with the version "
-                            "and variant) to this feedback store (default: the run home's when "
-                            "serving the deployment record; `none` turns it off)")
     # (no underscore alias here: KServe's own --enable_latency_logging takes a value)
     parser.add_argument("--enable-latency-logging", dest="latency_logging",
                         action=argparse.BooleanOptionalAction, default=False,
@@ -127,6 +135,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise RecsysError(f"--workers must be at least 1, got {args.workers}")
     if args.max_batch_size < 1:
         raise RecsysError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    if args.online_store:
+        _check_online_store(args.online_store)
     if not is_remote(args.model_dir) and not Path(args.model_dir).exists():
         raise RecsysError(f"--model-dir {args.model_dir}: no such directory")
     challenger = getattr(args, "challenger_dir", None)
@@ -138,6 +148,24 @@ def _validate(args: argparse.Namespace) -> None:
             raise RecsysError(f"{name} must be between 0 and 100, got {value:g}")
     if sum(v or 0.0 for v in shares) > 100.0:
         raise RecsysError("--challenger-percent and --interleave-percent add up to more than 100")
+
+
+def _check_online_store(url: str) -> None:
+    """A URL that cannot work fails at startup, not in the background thread."""
+    from components.errors import RecsysError
+    from serving.online_history import is_redis_url
+
+    if is_redis_url(url):
+        import redis
+
+        try:
+            redis.Redis.from_url(url).close()
+        except ValueError as exc:
+            raise RecsysError(f"--online-store {url}: {exc}") from None
+        return
+    from components.feedback_store import create_store_engine
+
+    create_store_engine(url, pool_size=1).dispose()
 
 
 # What MLflow can download: registry and run URIs, and the artifact stores it supports.
@@ -185,6 +213,8 @@ def serve(args: argparse.Namespace) -> int:
         model_dir,
         max_batch_size=args.max_batch_size,
         request_log_dir=None if routed else args.request_log,
+        online_store=args.online_store or None,
+        online_store_prefix=args.online_store_prefix,
     )
     if routed:
         model = _router(args, model)
@@ -224,7 +254,8 @@ def _router(args: argparse.Namespace, champion):
     from components.config import ExperimentConfig
     from serving.router import ExperimentRouter
 
-    loader = partial(_loaded_model, args.model_name, args.max_batch_size)
+    loader = partial(_loaded_model, args.model_name, args.max_batch_size,
+                     args.online_store or None, args.online_store_prefix)
     challenger = None
     if args.challenger_dir and not args.no_challenger:
         challenger = loader(_local(args.challenger_dir), load=False)
@@ -238,30 +269,22 @@ def _router(args: argparse.Namespace, champion):
     interleave = args.interleave_percent
     if interleave is None:
         interleave = getattr(args, "record_interleave_percent", None) or 0.0
-    store = args.feedback_store or getattr(args, "default_feedback_store", None)
-    impressions = partial(impression_writer, store) if store and store != "none" else None
     return ExperimentRouter(
         args.model_name, champion, challenger, challenger_percent=percent,
         interleave_percent=interleave, request_log_dir=args.request_log,
-        impressions=impressions,
         record=Path(record) if record else None, loader=loader,
         split_override=override, without_challenger=args.no_challenger,
     )
 
 
-def impression_writer(store_url: str):
-    """The feedback store's impression writer (module level: REST workers get it pickled)."""
-    from components.feedback_store import FeedbackStore
-    from serving.impressions import ImpressionWriter
-
-    return ImpressionWriter(FeedbackStore(store_url))
-
-
-def _loaded_model(name: str, max_batch_size: int, model_dir: str, load: bool = True):
-    """A RecommenderModel for the router (module level: REST workers get the router pickled)."""
+def _loaded_model(name: str, max_batch_size: int, online_store: str | None, prefix: str,
+                  model_dir: str, load: bool = True):
+    """A RecommenderModel for the router (module level: REST workers get the router pickled).
+    Each has its own online history (fresh items are filtered by its own training data)."""
     from serving.predictor import RecommenderModel
 
-    model = RecommenderModel(name, model_dir, max_batch_size=max_batch_size)
+    model = RecommenderModel(name, model_dir, max_batch_size=max_batch_size,
+                             online_store=online_store, online_store_prefix=prefix)
     if load:
         model.load()
     return model

@@ -61,7 +61,7 @@ def routed(small_model_dir, challenger_dir, tmp_path_factory, feedback_url):
                           "--challenger-dir", str(challenger_dir),
                           "--challenger-percent", str(CHALLENGER_PERCENT),
                           "--interleave-percent", str(INTERLEAVE_PERCENT),
-                          "--feedback-store", feedback_url)
+                          "--online-store", feedback_url)
     try:
         wait_live(server)
         _wait_ready(server)

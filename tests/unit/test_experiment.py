@@ -171,9 +171,12 @@ def test_serving_guardrails_compare_the_challenger_with_the_champion():
     config = OnlineGuardrailConfig()
     ok = serving_guardrails(VersionHealth(1000, 2, 0.010), VersionHealth(1000, 5, 0.012), config)
     assert [(g.name, g.status) for g in ok] == [("error_rate", "ok"), ("p99_latency", "ok")]
-    bad = serving_guardrails(VersionHealth(1000, 2, 0.010), VersionHealth(1000, 40, 0.050), config)
+    bad = serving_guardrails(VersionHealth(1000, 2, 0.010), VersionHealth(1000, 40, 0.070), config)
     assert [g.status for g in bad] == ["breached", "breached"]
-    assert "4.00% > limit 1.20%" in bad[0].detail and "50.0 ms > limit 20.0 ms" in bad[1].detail
+    assert "4.00% > limit 1.20%" in bad[0].detail and "70.0 ms > limit 65.0 ms" in bad[1].detail
+    # However slow the champion, the challenger's p99 stays under the serving alerts' threshold.
+    slow = serving_guardrails(VersionHealth(1000, 0, 0.200), VersionHealth(1000, 0, 0.260), config)
+    assert slow[1].status == "breached" and "260.0 ms > limit 250.0 ms" in slow[1].detail
     early = serving_guardrails(VersionHealth(1000, 0, 0.01), VersionHealth(50, 50, 1.0), config)
     assert {g.status for g in early} == {"waiting"}
     assert {g.status for g in serving_guardrails(None, VersionHealth(1, 0), config)} == {"not measured"}
