@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--http-port (plus /metrics), v2 gRPC on --grpc-port. Stop with Ctrl-C.",
     )
     add_server_arguments(p, model_dir_default=None)
+    p.epilog = ("Without --model-dir, the run home's deployed model is served and its answers are "
+                "logged to <home>/requests (unless --request-log says otherwise), where "
+                "`recsys monitor` reads them.")
     p.set_defaults(func=handler)
 
 
@@ -26,12 +29,16 @@ def handler(args: argparse.Namespace) -> int:
     if args.model_dir is None:
         try:
             from components.deploy import resolve_served_model
+            from components.registry import default_home
         except ImportError as exc:
             raise RecsysError(
                 f"no --model-dir given and the deployed model cannot be looked up ({exc}); "
                 "pass --model-dir DIR"
             ) from None
         args.model_dir = str(resolve_served_model())
+        if args.request_log is None:
+            # Serving the run home's model: log the answers there, where `recsys monitor` looks.
+            args.request_log = str(default_home() / "requests")
     from serving.server import serve
 
     return serve(args)

@@ -30,6 +30,8 @@ _RESOURCES = {
     "evaluate": ("1", "2", "2Gi", "4Gi"),
     "register": ("250m", "1", "512Mi", "1Gi"),
     "deploy": ("100m", "500m", "256Mi", "512Mi"),
+    "drift-check": ("500m", "1", "1Gi", "2Gi"),
+    "summary": ("100m", "250m", "128Mi", "256Mi"),
 }
 
 
@@ -69,10 +71,14 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         synthetic_items: int = 500,
         synthetic_interactions: int = 50000,
         seed: int = 42,
+        # Feedback events to train on beside the source: a feedback store URL
+        # (postgresql+psycopg://..., sqlite:///...) or an events file; empty: the source alone.
+        feedback: str = "",
     ) -> str:
         source_args = dict(
             source=source, items=items, synthetic_users=synthetic_users,
             synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions, seed=seed,
+            feedback=feedback,
         )
         # Never cached: it is what tells whether the content behind a path changed.
         fingerprint = _configure(ops["fingerprint_op"](**source_args), "fingerprint", retries=2, cache=False)
@@ -98,7 +104,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         )
         train = _configure(
             ops["train_op"](
-                train=split.outputs["train"], item_table=validate.outputs["item_table"],
+                train=split.outputs["train"], heldout=split.outputs["test"],
+                item_table=validate.outputs["item_table"],
                 config_yaml=config_yaml, data_fingerprint=fingerprint,
             ),
             "train", retries=1, cache=True,

@@ -37,6 +37,10 @@ from typing import Any
 
 import numpy as np
 
+# The reader lives in components (training and monitoring read the log; they may not import
+# serving); it is re-exported here beside the writer.
+from components.observations import read_request_log  # noqa: F401
+
 try:  # orjson ships with kserve; the reader side works without it
     import orjson
 
@@ -194,23 +198,6 @@ class RequestLog:
         state = self.__dict__.copy()
         state.update(_queue=None, _listener=None, _handler=None)
         return state
-
-
-def read_request_log(directory: str | Path):
-    """Every record under `directory` (all processes, rotated files included) as a DataFrame
-    sorted by time, with the columns of the record format."""
-    import pandas as pd
-
-    frames = []
-    for path in sorted(Path(directory).glob(FILE_PATTERN)):
-        if path.stat().st_size == 0:
-            continue
-        frames.append(pd.read_json(path, lines=True, dtype=False, convert_dates=False))
-    if not frames:
-        return pd.DataFrame(columns=COLUMNS)
-    frame = pd.concat(frames, ignore_index=True)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-    return frame.sort_values(["unix_time", "request_id", "row"], kind="stable").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- KServe payload logger
