@@ -193,7 +193,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 # Modules that add their own subcommands (serving, cluster operations).
 _SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cluster",
-                                         "pipelines.cli_monitor")
+                                         "pipelines.cli_events", "pipelines.cli_monitor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,3 +65,75 @@ def older_model_dir(tmp_path, small_model_dir) -> Path:
     manifest["files"]["ranker.txt"] = _sha256(ranker)
     (older / "manifest.json").write_text(json.dumps(manifest))
     return older
+
+
+# -- the machine's PostgreSQL and Redis (shared with others: every test gets its own database or
+# key prefix, and drops it) -------------------------------------------------------------------
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "RECSYS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("RECSYS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _service_missing(what: str, exc: BaseException) -> None:
+    """Skip where the service does not run; under CI (CI=1) it must, so fail instead."""
+    message = f"{what} unreachable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must run it")
+    pytest.skip(message)
+
+
+@pytest.fixture()
+def postgres_url():
+    """A fresh PostgreSQL database (dropped afterwards); its SQLAlchemy URL."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"recsys_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        _service_missing(f"PostgreSQL at {POSTGRES_ADMIN_URL}", exc)
+    url = sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """The feedback store URL of each back end: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'feedback.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture()
+def redis_prefix():
+    """A key prefix no one else uses on the machine's Redis (its keys deleted afterwards);
+    yields (redis URL, prefix)."""
+    import uuid
+
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _service_missing(f"Redis at {REDIS_URL}", exc)
+    prefix = f"recsys-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield REDIS_URL, prefix
+    finally:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()

@@ -1,0 +1,438 @@
+"""The feedback events service: `POST /v1/events` into the feedback store, and the sink of
+KServe's payload logger, in one ASGI app (`build_app`; `serving/events.py` runs it).
+
+- `POST /v1/events`: one event or a JSON array of up to `max_batch` (the contract is in
+  `components/feedback_events.py`). The batch is checked whole before anything is stored: one
+  bad event is a 400 `{"error": "<field>: <what>"}` and stores nothing; a body over
+  `max_body_bytes` or a batch over `max_batch` is a 413. A 200 means committed:
+  `{"accepted": n, "duplicates": m, "duplicate_ids": [...]}` (an event_id already stored is a
+  retry: stored once, answered as a duplicate). With an online store (Redis), the accepted
+  positive events are in the users' history lists before the answer goes out.
+- `POST /` with CloudEvent headers: the payload logger's request/response events, paired
+  (`serving/payload_logger.py`) into impressions (and, with a request log, its records).
+- `GET /healthz` (503 while the store cannot be reached), `GET /metrics` (Prometheus).
+
+Group commit: concurrent requests are queued to one writer thread that stores everything
+waiting in one transaction (each request still gets its own answer). A commit costs a disk
+flush whatever its size (about 5 ms for SQLite with synchronous=FULL here), so this is what lets
+single-event clients reach batch throughput; PostgreSQL gains fewer round trips. The queue is
+bounded (`max_queued_events`): beyond it the answer is 503 with Retry-After, never an unbounded
+backlog.
+
+Why uvicorn + Starlette (they come with KServe): the standard library's threaded server starts a
+thread per connection without limit and has no graceful drain; uvicorn bounds concurrent
+connections (`limit_concurrency`: 503 beyond), answers SIGTERM by finishing in-flight requests,
+and its HTTP parser is C (httptools). Starlette without FastAPI: the events are checked by
+`normalize_event` once, not a second time by pydantic. Measured with the benchmark's load
+(tests/benchmarks/bench_events.py) against the same core behind `ThreadingHTTPServer`: see
+the README's events section.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from components.feedback_events import InvalidEvent, normalize_batch
+from serving.events import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_EVENTS
+from serving.impressions import ImpressionWriter, impressions_from_records
+from serving.payload_logger import REQUEST_TYPE, RESPONSE_TYPE, EventPairer
+from serving.request_log import records_from_cloudevents
+
+log = logging.getLogger("recsys.events")
+
+MAX_GROUP_EVENTS = 5_000
+BODY_TIMEOUT_SECONDS = 30.0
+_STOP = object()
+
+
+class EventMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        def counter(name: str, text: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(name, text, list(labels), registry=registry)
+
+        self.accepted = counter("recsys_events_accepted", "Feedback events stored", ["type"])
+        self.duplicates = counter("recsys_events_duplicate",
+                                  "Feedback events already stored (retries), answered as such")
+        self.rejected = counter("recsys_events_rejected", "Requests refused, by reason",
+                                ["reason"])
+        self.store_seconds = Histogram(
+            "recsys_events_store_seconds", "Time of one group commit to the feedback store",
+            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+            registry=registry)
+        self.commit_events = Histogram(
+            "recsys_events_commit_events", "Events stored per group commit",
+            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=registry)
+        self.queued = Gauge("recsys_events_queued", "Events waiting for the writer",
+                            registry=registry)
+        self.online_errors = counter(
+            "recsys_events_online_store_errors",
+            "Committed batches whose events could not be added to the online history")
+        # KServe's payload logger
+        self.cloudevents = counter("recsys_events_received", "CloudEvents received, by type",
+                                   ["type"])
+        self.records = counter("recsys_events_records", "Request-log records written")
+        self.expired = counter("recsys_events_expired",
+                               "CloudEvents dropped because their partner never arrived")
+        self.pending = Gauge("recsys_events_pending", "CloudEvents waiting for their partner",
+                             registry=registry)
+        self.impressions = counter("recsys_events_impressions", "Impressions stored")
+        self.impressions_dropped = counter(
+            "recsys_events_impressions_dropped",
+            "Answers whose impressions were dropped (writer behind, or a store error)")
+
+
+class Overloaded(Exception):
+    """More events are queued than the writer may hold."""
+
+
+@dataclass
+class _Job:
+    rows: list[dict[str, Any]]
+    future: concurrent.futures.Future
+
+
+class GroupCommitter:
+    """One writer thread; each transaction stores every request waiting (see module doc)."""
+
+    def __init__(self, store: Any, metrics: EventMetrics, *,
+                 on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
+                 max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
+                 max_group_events: int = MAX_GROUP_EVENTS):
+        self.store, self.metrics, self.on_commit = store, metrics, on_commit
+        self.max_queued_events, self.max_group_events = max_queued_events, max_group_events
+        self._queue: queue.Queue = queue.Queue()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> GroupCommitter:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+            self._thread.start()
+        return self
+
+    def submit(self, rows: list[dict[str, Any]]) -> concurrent.futures.Future:
+        """Queue one request's events; the future gives (accepted, duplicate_ids) once they are
+        committed, or the store's error."""
+        with self._lock:
+            if self._thread is None:
+                raise Overloaded("the writer is stopped")
+            if self._queued + len(rows) > self.max_queued_events:
+                raise Overloaded(f"{self._queued} events already wait for the store")
+            self._queued += len(rows)
+            self.metrics.queued.set(self._queued)
+        job = _Job(rows, concurrent.futures.Future())
+        self._queue.put(job)
+        return job.future
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Commit what is queued, then stop (idempotent)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            group, size = [first], len(first.rows)
+            while size < self.max_group_events:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stopping = True
+                    break
+                group.append(job)
+                size += len(job.rows)
+            try:
+                self._commit(group)
+            finally:
+                with self._lock:
+                    self._queued -= size
+                    self.metrics.queued.set(self._queued)
+
+    def _commit(self, group: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            answers = self.store.add_normalized_batches([job.rows for job in group])
+        except Exception as exc:  # noqa: BLE001 (the database's many errors)
+            if len(group) > 1:  # one request's rows may be the cause: the others go alone
+                for job in group:
+                    self._commit([job])
+            else:
+                group[0].future.set_exception(exc)  # its request answers 503
+            return
+        size = sum(len(job.rows) for job in group)
+        self.metrics.store_seconds.observe(time.perf_counter() - started)
+        self.metrics.commit_events.observe(size)
+        stored = [row for job, (_, dups) in zip(group, answers)
+                  for row in _accepted(job.rows, dups)]
+        if self.on_commit is not None and stored:
+            self.on_commit(stored)  # before the answers: committed and visible, then 2xx
+        for job, answer in zip(group, answers):
+            job.future.set_result(answer)
+
+
+def _accepted(rows: list[dict[str, Any]], duplicates: list[str]) -> list[dict[str, Any]]:
+    """The rows a batch newly stored (the first copy of each id not answered a duplicate)."""
+    if not duplicates:
+        return rows
+    copies, repeated = Tally(r["event_id"] for r in rows), Tally(duplicates)
+    out, seen = [], set()
+    for row in rows:
+        key = row["event_id"]
+        if copies[key] > repeated[key] and key not in seen:
+            out.append(row)
+        seen.add(key)
+    return out
+
+
+class _OncePerMinute:
+    def __init__(self):
+        self.last = 0.0
+
+    def __call__(self, message: str, *args: Any) -> None:
+        if time.monotonic() - self.last >= 60:
+            self.last = time.monotonic()
+            log.warning(message + " (logged at most once a minute)", *args)
+
+
+class EventsService:
+    """Everything but HTTP: the store, the writer, the online history, the payload logger."""
+
+    def __init__(self, store: Any, *, registry: CollectorRegistry | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
+                 history_writer: Any = None, request_log: Any = None,
+                 pending_ttl: float = 60.0, max_pending: int = 10_000):
+        self.store = store
+        self.registry = registry or CollectorRegistry()
+        self.metrics = m = EventMetrics(self.registry)
+        self.max_batch, self.max_body_bytes = max_batch, max_body_bytes
+        self.history_writer, self.request_log = history_writer, request_log
+        self._warn = _OncePerMinute()
+        self.committer = GroupCommitter(store, m, max_queued_events=max_queued_events,
+                                        on_commit=self._to_history if history_writer else None)
+        self.impressions = ImpressionWriter(
+            store, on_drop=m.impressions_dropped.inc, on_error=m.impressions_dropped.inc,
+            on_written=m.impressions.inc)
+        self.pairer = EventPairer(self._on_pair, ttl=pending_ttl, max_pending=max_pending,
+                                  on_expired=m.expired.inc, on_pending=m.pending.set)
+        self._health: tuple[float, bool, str] = (0.0, False, "")
+
+    def start(self) -> None:
+        self.committer.start()
+        self.impressions.start()
+        if self.request_log is not None:
+            self.request_log.start()
+
+    def close(self) -> None:
+        """After the server stopped taking requests: commit, write and close everything."""
+        self.committer.close()
+        self.impressions.close()
+        if self.request_log is not None:
+            self.request_log.close()
+        if self.history_writer is not None:
+            self.history_writer.close()
+        self.store.close()
+
+    # -- feedback events --------------------------------------------------------------------
+    def parse_events(self, body: bytes) -> list[dict[str, Any]]:
+        """The request's events in stored form; raises `RequestError`."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise RequestError(400, "not_json", "body: not JSON") from None
+        if isinstance(data, list):
+            if not data:
+                raise RequestError(400, "invalid_event", "body: an empty batch")
+            if len(data) > self.max_batch:
+                raise RequestError(413, "batch_too_large", f"body: {len(data)} events exceed "
+                                   f"the limit of {self.max_batch} per request")
+        try:
+            return normalize_batch(data, time.time())
+        except InvalidEvent as exc:
+            raise RequestError(400, "invalid_event", str(exc)) from None
+
+    def _to_history(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            self.history_writer.push(rows)
+        except Exception as exc:  # noqa: BLE001
+            # committed all the same: the history misses them, counted
+            self.metrics.online_errors.inc()
+            self._warn("online store: cannot add %d events to the users' history: %s: %s",
+                       len(rows), type(exc).__name__, str(exc).splitlines()[0][:200])
+
+    def count(self, rows: list[dict[str, Any]], duplicates: list[str]) -> None:
+        m = self.metrics
+        if duplicates:
+            m.duplicates.inc(len(duplicates))
+        for kind, n in Tally(r["type"] for r in _accepted(rows, duplicates)).items():
+            m.accepted.labels(kind).inc(n)
+
+    # -- the payload logger -----------------------------------------------------------------
+    def take_cloudevent(self, headers: Mapping[str, str], body: bytes) -> int:
+        kind = headers.get("ce-type", "")
+        if kind not in (REQUEST_TYPE, RESPONSE_TYPE) or not headers.get("ce-id"):
+            raise RequestError(400, "not_an_inference_event",
+                               f"ce-type: expected a CloudEvent of type {REQUEST_TYPE} or "
+                               f"{RESPONSE_TYPE} with a ce-id header")
+        self.metrics.cloudevents.labels(kind.rsplit(".", 1)[-1]).inc()
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise RequestError(400, "not_json", "body: the event body is not JSON") from None
+        return self.pairer.add(headers, parsed)
+
+    def _on_pair(self, request: Any, response: Any, headers: Mapping[str, str]) -> int:
+        try:
+            records = records_from_cloudevents(request, response, headers)
+        except Exception as exc:  # noqa: BLE001 (JSON, but not an inference of ours)
+            log.warning("event %s: cannot convert the pair (%s: %s)", headers.get("ce-id"),
+                        type(exc).__name__, exc)
+            self.metrics.rejected.labels("unconvertible").inc()
+            return 0
+        if self.request_log is not None:
+            self.request_log.log(records)
+            self.metrics.records.inc(len(records))
+        response_id = response.get("id") if isinstance(response, dict) else None
+        rows = impressions_from_records(records, str(response_id) if response_id else None)
+        if rows:
+            self.impressions.put(rows)
+        return len(records)
+
+    # -- health -----------------------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        """Whether the store answers (checked at most once a second)."""
+        checked, ok, detail = self._health
+        if time.monotonic() - checked < 1.0:
+            return ok, detail
+        try:
+            with self.store.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            ok, detail = True, "ok"
+        except Exception as exc:  # noqa: BLE001 (whatever the database says: unhealthy, with why)
+            ok, detail = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        self._health = (time.monotonic(), ok, detail)
+        return ok, detail
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "body_too_large", f"body: {declared} bytes exceed {limit}")
+    chunks, size = [], 0
+    async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, "body_too_large", f"body: more than {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(service: EventsService) -> Starlette:
+    metrics = service.metrics
+
+    def refused(exc: RequestError) -> Response:
+        metrics.rejected.labels(exc.reason).inc()
+        return _json(exc.status, {"error": str(exc)})
+
+    async def post_events(request: Request) -> Response:
+        try:
+            rows = service.parse_events(await _read_body(request, service.max_body_bytes))
+            future = service.committer.submit(rows)
+        except RequestError as exc:
+            return refused(exc)
+        except Overloaded as exc:
+            metrics.rejected.labels("overloaded").inc()
+            return _json(503, {"error": f"store: busy ({exc}); retry"}, {"Retry-After": "1"})
+        except (ClientDisconnect, TimeoutError):
+            metrics.rejected.labels("incomplete_body").inc()
+            return _json(400, {"error": "body: incomplete"})
+        try:
+            accepted, duplicates = await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001
+            # the store's error, whatever it is: the client retries
+            metrics.rejected.labels("store_unavailable").inc()
+            service._warn("store error, answering 503: %s: %s", type(exc).__name__,
+                          str(exc).splitlines()[0][:200])
+            return _json(503, {"error": f"store: unavailable ({type(exc).__name__}); retry"},
+                         {"Retry-After": "1"})
+        service.count(rows, duplicates)
+        return _json(200, {"accepted": accepted, "duplicates": len(duplicates),
+                           "duplicate_ids": duplicates})
+
+    async def post_cloudevent(request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            body = await _read_body(request, service.max_body_bytes)
+            written = service.take_cloudevent(headers, body)
+        except RequestError as exc:
+            return refused(exc)
+        except (ClientDisconnect, TimeoutError):
+            metrics.rejected.labels("incomplete_body").inc()
+            return _json(400, {"error": "body: incomplete"})
+        return _json(202, {"records": written})
+
+    async def healthz(_request: Request) -> Response:
+        ok, detail = await asyncio.to_thread(service.health)
+        return _json(200 if ok else 503, {"status": "ok" if ok else "store unreachable",
+                                          "store": detail})
+
+    async def prometheus(_request: Request) -> Response:
+        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette):
+        service.start()
+        try:
+            yield
+        finally:  # uvicorn has answered every request it accepted
+            await asyncio.to_thread(service.close)
+
+    return Starlette(routes=[
+        Route("/v1/events", post_events, methods=["POST"]),
+        Route("/", post_cloudevent, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ], lifespan=lifespan)

@@ -1,0 +1,134 @@
+"""What was shown: recommendation answers as rows of the feedback store's `impressions` table.
+
+Two writers feed it. Locally the predictor hands every answered request to an
+`ImpressionWriter` (a queue put on the request path, nothing more); on a cluster the events
+service does the same with the answers KServe's payload logger posts. A background thread
+turns them into rows (one per shown item: request_id, user, item, 0-based position, model
+version) and stores them in batches, so neither the predictor nor the logger's sink waits on
+the database. When the writer falls behind, whole answers are dropped and counted rather than
+slowing answers (`on_drop`); a store error drops that batch, is counted (`on_error`) and
+logged at most once a minute. `close()` writes what is queued.
+
+`request_id` is the answer's `id` (v2 response `id`, v1 response `id`): what a client sends
+back with a click, so clicks join impressions on it.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from serving.request_log import LogEntry
+
+log = logging.getLogger("recsys.impressions")
+
+_STOP = object()
+
+
+def impressions_from_entry(entry: LogEntry) -> list[dict[str, Any]]:
+    """Rows of one answered request; item-to-item answers (no user) show nothing to a user."""
+    if entry.cold_start is None:
+        return []
+    rows = []
+    for row, user in enumerate(entry.queries.tolist()):
+        k = int(entry.k[row])
+        for position, item in enumerate(entry.item_ids[row, :k].tolist()):
+            if item != "":
+                rows.append({"request_id": entry.request_id, "user_id": str(user),
+                             "item_id": str(item), "position": position,
+                             "model_version": entry.model_version,
+                             "timestamp": entry.unix_time})
+    return rows
+
+
+def impressions_from_records(records: Iterable[Mapping[str, Any]],
+                             request_id: str | None = None) -> list[dict[str, Any]]:
+    """Rows from request-log records (`records_from_cloudevents`); `request_id` overrides the
+    records' (the payload logger's ce-id) with the response's own id when it has one."""
+    rows = []
+    for record in records:
+        if record.get("user_id") is None:
+            continue
+        for position, item in enumerate(record["item_ids"]):
+            rows.append({"request_id": request_id or record["request_id"],
+                         "user_id": record["user_id"], "item_id": item, "position": position,
+                         "model_version": record["model_version"],
+                         "timestamp": record["unix_time"]})
+    return rows
+
+
+class ImpressionWriter:
+    """A bounded queue of answers and a thread that stores their impressions in batches."""
+
+    def __init__(self, store: Any, *, queue_size: int = 10_000, batch_rows: int = 5_000,
+                 on_drop: Callable[[], None] | None = None,
+                 on_error: Callable[[], None] | None = None,
+                 on_written: Callable[[int], None] | None = None):
+        self.store = store
+        self.batch_rows = batch_rows
+        self.on_drop, self.on_error, self.on_written = on_drop, on_error, on_written
+        self._queue: queue.Queue = queue.Queue(queue_size)
+        self._thread: threading.Thread | None = None
+        self._last_warning = 0.0
+
+    def start(self) -> ImpressionWriter:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
+            self._thread.start()
+        return self
+
+    def put(self, answer: LogEntry | list[dict[str, Any]]) -> bool:
+        """Queue one answered request (or its ready rows); False (and counted) when full."""
+        try:
+            self._queue.put_nowait(answer)
+        except queue.Full:
+            if self.on_drop is not None:
+                self.on_drop()
+            return False
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Store what is queued, then stop the thread (idempotent)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            rows: list[dict[str, Any]] = []
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                rows.extend(impressions_from_entry(item) if isinstance(item, LogEntry) else item)
+                if len(rows) >= self.batch_rows:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if rows:
+                self._write(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            written = self.store.add_impressions(rows)
+        except Exception as exc:  # noqa: BLE001
+            # the database's many errors: the answers went out anyway
+            if self.on_error is not None:
+                self.on_error()
+            now = time.monotonic()
+            if now - self._last_warning >= 60:
+                self._last_warning = now
+                log.warning("cannot store %d impressions (%s: %s); dropping them (logged at "
+                            "most once a minute)", len(rows), type(exc).__name__,
+                            str(exc).splitlines()[0][:200] if str(exc) else "")
+            return
+        if self.on_written is not None:
+            self.on_written(written)
