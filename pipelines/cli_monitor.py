@@ -32,14 +32,9 @@ def _training_source(home: Path) -> dict[str, Any]:
 
 def _default_feedback(home: Path) -> str:
     """The run home's feedback store, when `recsys events serve` created one."""
-    database = home / "feedback.db"
-    if not database.is_file():
-        return ""
-    try:
-        from components.feedback_store import default_store_url
-    except ImportError:
-        return f"sqlite:///{database}"
-    return default_store_url(home)
+    from components.feedback_store import STORE_FILE, default_store_url
+
+    return default_store_url(home) if (home / STORE_FILE).is_file() else ""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,6 +86,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     feedback = args.feedback if args.feedback is not None else _default_feedback(home)
     if args.feedback and "://" not in args.feedback and not Path(args.feedback).is_file():
         raise RecsysError(f"--feedback {args.feedback}: no such events file")
+    if not request_log and not feedback:  # say so now, not after the pipeline has started
+        raise RecsysError(
+            f"nothing to check under {home}: no request log ({home / 'requests'}) and no feedback "
+            "store (feedback.db); serve the model with `recsys serve` (it logs its answers there), "
+            "post events with `recsys events serve`, or pass --request-log DIR / --feedback")
     started = time.monotonic()
     summary = run_monitoring_local(
         home=home, request_log=request_log, feedback=feedback, config_yaml=config_yaml,

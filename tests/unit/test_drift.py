@@ -274,3 +274,46 @@ def test_bad_sources_are_one_clear_line(tmp_path):
                       '{"event_id": "b", "type": "clik", "user_id": "u", "item_id": "i"}\n')
     with pytest.raises(DataValidationError, match=r"events.jsonl: row 2 \(event 'b'\): type: 'clik' is not"):
         read_window(request_log=None, feedback=str(events), as_of=time.time(), config=config)
+
+
+def test_the_decision_is_pushed_to_a_pushgateway(artifact, trained):
+    """A loopback HTTP server stands in for the Pushgateway (its API is one PUT of the text
+    exposition format to /metrics/job/<job>); the body is parsed back with prometheus_client."""
+    import http.server
+    import threading
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from components.monitor_metrics import JOB, push_decision
+
+    received = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.command, self.path, body.decode()))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    directory, references = artifact
+    model, _, _, pool = trained
+    decision, _ = _decide(directory, references, _window(model, pool.sample(300, random_state=5)))
+    try:
+        push_decision(f"127.0.0.1:{server.server_port}", decision, "recsys")
+    finally:
+        server.shutdown()
+    (method, path, body), = received
+    assert (method, path) == ("PUT", f"/metrics/job/{JOB}")
+    samples = {(s.name, s.labels.get("view"), s.labels.get("feature")): s.value
+               for family in text_string_to_metric_families(body) for s in family.samples}
+    assert samples[("recsys_monitoring_retrain", None, None)] == float(decision.decision == RETRAIN)
+    assert samples[("recsys_drift_p_value", "events", "item_popularity")] == pytest.approx(
+        decision.drift["events.item_popularity"]["p_value"])
+    assert samples[("recsys_monitoring_window_rows", "requests", None)] == 300
+    with pytest.raises(RecsysError, match="cannot push the drift check to the Pushgateway at 127.0.0.1:9"):
+        push_decision("127.0.0.1:9", decision, "recsys", timeout=2)
