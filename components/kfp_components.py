@@ -12,7 +12,11 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-DEFAULT_IMAGE = "ghcr.io/recsys-mlops/recsys:0.1.0"
+# The steps run in the pipeline image (the Dockerfile's `pipeline` target: alibi-detect for the
+# drift references and checks, the data-source extras); the InferenceService the deploy step
+# creates runs the serving image (the default target), about 1 GB smaller.
+DEFAULT_IMAGE = "ghcr.io/recsys-mlops/recsys-pipeline:0.1.0"
+SERVING_IMAGE = "ghcr.io/recsys-mlops/recsys:0.1.0"
 
 
 def fingerprint_op(

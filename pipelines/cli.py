@@ -29,6 +29,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="built-in name (movielens-dslabs, synthetic), an ml-100k or MovieLens CSV "
                    "directory, or an interactions CSV/Parquet file (default: %(default)s)")
     p.add_argument("--items", default="", help="items CSV/Parquet file for a generic interactions file")
+    p.add_argument("--feedback", default="", metavar="URL_OR_FILE",
+                   help="also train on these feedback events: a feedback store URL "
+                   "(sqlite:///..., postgresql+psycopg://...) or an events file (JSON lines or CSV)")
     p.add_argument("--config", type=Path, help="YAML config (unknown keys are errors)")
     p.add_argument("--home", type=Path, default=None,
                    help="where runs, the MLflow store and reports go (default: $RECSYS_HOME or ./runs)")
@@ -55,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_local(
         source=args.data, items=args.items, config_yaml=config_yaml, home=home,
         synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
-        synthetic_interactions=args.synthetic_interactions, seed=args.seed,
+        synthetic_interactions=args.synthetic_interactions, seed=args.seed, feedback=args.feedback,
     )
     reg, dep = summary["registration"], summary["deployment"]
     # `recsys monitor` retrains on the same source (plus the feedback) with the same config.
@@ -85,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _add_compile(sub: argparse._SubParsersAction) -> None:
-    from components.kfp_components import DEFAULT_IMAGE
+    from components.kfp_components import DEFAULT_IMAGE, SERVING_IMAGE
     from pipelines.monitoring import COMPILED_PATH as MONITORING_PATH
     from pipelines.pipeline import COMPILED_PATH
 
@@ -97,7 +100,12 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, default=None,
                    help=f"file to write, with --pipeline training or monitoring (default: "
                    f"{COMPILED_PATH} and {MONITORING_PATH})")
-    p.add_argument("--image", default=DEFAULT_IMAGE, help="the project image every step runs in")
+    p.add_argument("--image", default=DEFAULT_IMAGE,
+                   help="the pipeline image every step runs in (the Dockerfile's pipeline target) "
+                   "(default: %(default)s)")
+    p.add_argument("--serving-image", default=SERVING_IMAGE,
+                   help="the image the deploy step serves the model with (the Dockerfile's "
+                   "default target) (default: %(default)s)")
     p.set_defaults(func=cmd_compile)
 
 
@@ -110,9 +118,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.output is not None and args.pipeline == "all":
         raise ConfigError("--output names one file: add --pipeline training or --pipeline monitoring")
     if args.pipeline in ("all", "training"):
-        print(compile_pipeline(args.output or COMPILED_PATH, args.image))
+        print(compile_pipeline(args.output or COMPILED_PATH, args.image, args.serving_image))
     if args.pipeline in ("all", "monitoring"):
-        print(compile_monitoring_pipeline(args.output or MONITORING_PATH, args.image))
+        print(compile_monitoring_pipeline(args.output or MONITORING_PATH, args.image,
+                                          args.serving_image))
     return 0
 
 

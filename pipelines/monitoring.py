@@ -14,16 +14,16 @@ from pathlib import Path
 
 from kfp import compiler, dsl
 
-from components.kfp_components import DEFAULT_IMAGE, make_components
+from components.kfp_components import DEFAULT_IMAGE, SERVING_IMAGE, make_components
 from pipelines.pipeline import _configure, build_pipeline
 
 PIPELINE_NAME = "recsys-monitoring"
 COMPILED_PATH = Path(__file__).parent / "compiled" / "recsys_monitoring.yaml"
 
 
-def build_monitoring_pipeline(image: str = DEFAULT_IMAGE):
+def build_monitoring_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAGE):
     ops = make_components(image)
-    training = build_pipeline(image)
+    training = build_pipeline(image, serving_image)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -90,7 +90,8 @@ def build_monitoring_pipeline(image: str = DEFAULT_IMAGE):
     return recsys_monitoring
 
 
-def compile_monitoring_pipeline(path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE) -> Path:
+def compile_monitoring_pipeline(path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE,
+                                serving_image: str = SERVING_IMAGE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_monitoring_pipeline(image), package_path=str(path))
+    compiler.Compiler().compile(build_monitoring_pipeline(image, serving_image), package_path=str(path))
     return path

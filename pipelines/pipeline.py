@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kfp import compiler, dsl
 
-from components.kfp_components import DEFAULT_IMAGE, make_components
+from components.kfp_components import DEFAULT_IMAGE, SERVING_IMAGE, make_components
 
 PIPELINE_NAME = "recsys-training"
 COMPILED_PATH = Path(__file__).parent / "compiled" / "recsys_pipeline.yaml"
@@ -46,8 +46,9 @@ def _configure(task: dsl.PipelineTask, step: str, *, retries: int, cache: bool) 
     return task
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE):
-    """The pipeline function, its components running in `image`."""
+def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAGE):
+    """The pipeline function, its components running in `image`; the deploy step serves the
+    model with `serving_image`."""
     ops = make_components(image)
 
     @dsl.pipeline(
@@ -128,7 +129,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         deploy = _configure(
             ops["deploy_op"](
                 registration=register.outputs["Output"], results=evaluate.outputs["results"],
-                report=evaluate.outputs["report"], target=deploy_target, image=image,
+                report=evaluate.outputs["report"], target=deploy_target, image=serving_image,
                 namespace=namespace, service_name=service_name,
                 canary_traffic_percent=canary_traffic_percent,
                 mlflow_artifacts_destination=mlflow_artifacts_destination,
@@ -140,7 +141,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     return recsys_pipeline
 
 
-def compile_pipeline(path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE) -> Path:
+def compile_pipeline(path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE,
+                     serving_image: str = SERVING_IMAGE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), package_path=str(path))
+    compiler.Compiler().compile(build_pipeline(image, serving_image), package_path=str(path))
     return path

@@ -105,6 +105,7 @@ def setup():
     return model, checker, pool, ctx, fit_seconds
 
 
+@pytest.mark.timeout(5400)
 def test_false_alarms_and_detection_on_planted_shifts(setup):
     model, checker, pool, ctx, fit_seconds = setup
     default = checker.config.window_size
