@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--as-of", type=float, default=0.0, metavar="UNIX_SECONDS",
                    help="end of the checked window (default: now)")
     p.add_argument("--check-only", action="store_true", help="decide and report, never retrain")
+    p.add_argument("--pushgateway", default="", metavar="HOST:PORT",
+                   help="also push the decision and per-feature drift to this Prometheus "
+                   "Pushgateway (job recsys-monitoring)")
     p.add_argument("--json", action="store_true",
                    help='print {"decision", "reasons", "drift": {feature: {"p_value", "drift"}}, ...}')
     p.set_defaults(func=cmd_monitor)
@@ -95,6 +98,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     summary = run_monitoring_local(
         home=home, request_log=request_log, feedback=feedback, config_yaml=config_yaml,
         as_of=args.as_of, allow_retrain=not args.check_only, quiet_stdout=args.json,
+        pushgateway=args.pushgateway,
         source=source.get("data", "movielens-dslabs"), items=source.get("items", ""),
         synthetic_users=source.get("synthetic_users", 1000),
         synthetic_items=source.get("synthetic_items", 500),

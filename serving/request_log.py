@@ -37,9 +37,14 @@ from typing import Any
 
 import numpy as np
 
-# The reader lives in components (training and monitoring read the log; they may not import
-# serving); it is re-exported here beside the writer.
-from components.observations import read_request_log  # noqa: F401
+# The reader and the record's columns live in components (training and monitoring read the
+# log; they may not import serving); they are re-exported here beside the writer.
+from components.observations import REQUEST_LOG_COLUMNS as COLUMNS
+from components.observations import REQUEST_LOG_PATTERN as FILE_PATTERN
+from components.observations import read_request_log
+
+__all__ = ["COLUMNS", "FILE_PATTERN", "LogEntry", "RequestLog", "read_request_log",
+           "records_from_cloudevents"]
 
 try:  # orjson ships with kserve; the reader side works without it
     import orjson
@@ -57,11 +62,6 @@ except ImportError:  # pragma: no cover
 DEFAULT_K = 10  # the serving contract's default number of recommendations
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUP_COUNT = 10
-FILE_PATTERN = "requests-*.jsonl*"
-COLUMNS = [
-    "timestamp", "unix_time", "model_name", "model_version", "request_id", "row", "user_id",
-    "item_id", "resolved_item_id", "cold_start", "k", "item_ids", "scores",
-]
 
 
 @dataclass
