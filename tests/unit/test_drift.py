@@ -317,3 +317,35 @@ def test_the_decision_is_pushed_to_a_pushgateway(artifact, trained):
     assert samples[("recsys_monitoring_window_rows", "requests", None)] == 300
     with pytest.raises(RecsysError, match="cannot push the drift check to the Pushgateway at 127.0.0.1:9"):
         push_decision("127.0.0.1:9", decision, "recsys", timeout=2)
+
+
+def test_the_feedback_store_gives_served_rows_events_and_the_click_through_rate(tmp_path):
+    """The real store (SQLite): impressions become served rows (no scores), click events join
+    their impression by request id, the window before gives the CTR to compare with."""
+    from components.feedback_store import FeedbackStore
+    from components.monitor import online_metric
+
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    now = time.time()
+    hour = 3600.0
+    impressions, events = [], []
+    for n, (start, clicked) in enumerate([(now - 30 * hour, 4), (now - 2 * hour, 1)]):
+        for r in range(10):
+            request = f"req-{n}-{r}"
+            for position in range(3):
+                impressions.append({"request_id": request, "user_id": f"u{r}", "item_id": f"i{position}",
+                                    "position": position, "model_version": "v1",
+                                    "timestamp": start + r})
+            if r < clicked:
+                events.append({"event_id": f"c-{n}-{r}", "type": "click", "user_id": f"u{r}",
+                               "item_id": "i1", "request_id": request, "timestamp": start + r + 1})
+    with FeedbackStore(url) as store:
+        store.add_impressions(impressions)
+        store.add_events(events)
+    window = read_window(request_log=None, feedback=url, as_of=now, config=MonitoringConfig())
+    assert len(window.served) == 10 and set(window.served["k"]) == {3}
+    assert window.served.iloc[0]["item_ids"] == ["i0", "i1", "i2"] and window.served["scores"].isna().all()
+    assert len(window.events) == 1 and window.sources[0].startswith("impressions in sqlite:///")
+    metric = online_metric(url, "v1", window)
+    assert (metric.clicks, metric.impressions, metric.previous_clicks, metric.previous_impressions) == (1, 30, 4, 30)
+    assert online_metric(url, "another-version", window).impressions == 0
