@@ -103,7 +103,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         synthetic_users=source.get("synthetic_users", 1000),
         synthetic_items=source.get("synthetic_items", 500),
         synthetic_interactions=source.get("synthetic_interactions", 50000),
-        seed=source.get("seed", 42),
+        seed=source.get("seed", 42), data_version=source.get("data_version", ""),
     )
     check, retraining = summary["check"], summary.get("retraining")
     report = _keep_report(home, summary)

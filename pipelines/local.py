@@ -82,6 +82,7 @@ def run_local(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50000,
     seed: int = 42,
+    data_version: str = "",
     feedback: str = "",
 ) -> dict[str, Any]:
     """Run the whole pipeline; returns the deploy step's summary (registration, metrics, ...)."""
@@ -100,6 +101,7 @@ def run_local(
         "synthetic_items": synthetic_items,
         "synthetic_interactions": synthetic_interactions,
         "seed": seed,
+        "data_version": data_version,
         "feedback": _absolute_if_path(feedback),
     })
     summary = json.loads(output)
@@ -123,6 +125,7 @@ def run_monitoring_local(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50000,
     seed: int = 42,
+    data_version: str = "",
 ) -> dict[str, Any]:
     """Run the monitoring pipeline once (check, and on retrain the training pipeline on the
     source plus the feedback, deploying locally); returns {"check": ..., "retraining": ...}."""
@@ -146,6 +149,7 @@ def run_monitoring_local(
         "synthetic_items": synthetic_items,
         "synthetic_interactions": synthetic_interactions,
         "seed": seed,
+        "data_version": data_version,
     }, quiet_stdout=quiet_stdout)
     summary = json.loads(output)
     summary["tracking_uri"] = tracking_uri

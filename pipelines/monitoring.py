@@ -57,6 +57,8 @@ def build_monitoring_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = S
         synthetic_items: int = 500,
         synthetic_interactions: int = 50000,
         seed: int = 42,
+        data_version: str = "",
+        data_secret: str = "recsys-data-source",
     ) -> str:
         check = _configure(
             ops["drift_check_op"](
@@ -74,7 +76,7 @@ def build_monitoring_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = S
                 deploy_target=deploy_target, namespace=namespace, service_name=service_name,
                 canary_traffic_percent=canary_traffic_percent, synthetic_users=synthetic_users,
                 synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions,
-                seed=seed, feedback=feedback,
+                seed=seed, data_version=data_version, data_secret=data_secret, feedback=feedback,
             ).set_display_name("training")
             after_training = _configure(
                 ops["monitoring_summary_op"](check=check.outputs["summary"], training=retrained.output),
