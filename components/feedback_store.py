@@ -292,7 +292,7 @@ class FeedbackStore:
                               since_timestamp: float | None = None,
                               limit: int = 10_000) -> tuple[pd.DataFrame, float]:
         """Positive events committed after `cursor` (None: from the start), in commit order,
-        at most `limit`: `user_id, item_id` and the cursor to pass next time. What a cache of
+        at most `limit`: `user_id, item_id, timestamp` and the cursor to pass next time. What a cache of
         recent history tails. `since_timestamp` keeps events at or after that event time.
 
         On SQLite the cursor is the rowid: writers are serialised, so rowids grow in commit
@@ -303,20 +303,22 @@ class FeedbackStore:
         table = events_table
         sqlite_order = self.engine.dialect.name == "sqlite"
         order = sa.literal_column("rowid") if sqlite_order else table.c.received_at
-        query = (sa.select(table.c.user_id, table.c.item_id, order.label("cursor"))
+        query = (sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
+                           order.label("cursor"))
                  .where(table.c.type.in_(POSITIVE_TYPES)).order_by(order).limit(int(limit)))
         if cursor is not None:
             bound = int(cursor) if sqlite_order else float(cursor) - _PG_OVERLAP_SECONDS
             query = query.where(order > bound)
         if since_timestamp is not None:
             query = query.where(table.c.timestamp >= float(since_timestamp))
-        frame = self._frame(query, ("user_id", "item_id", "cursor"))
+        frame = self._frame(query, ("user_id", "item_id", "timestamp", "cursor"))
+        columns = ["user_id", "item_id", "timestamp"]
         if frame.empty:
-            return frame[["user_id", "item_id"]], (-1 if cursor is None else cursor)
+            return frame[columns], (-1 if cursor is None else cursor)
         next_cursor = frame["cursor"].iloc[-1].item()  # a Python number: drivers bind those
         if cursor is not None:
             next_cursor = max(next_cursor, cursor)
-        return frame[["user_id", "item_id"]], next_cursor
+        return frame[columns], next_cursor
 
     def interactions(self, since: float | None = None, *,
                      implicit_rating: float | None = None) -> pd.DataFrame:

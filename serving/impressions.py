@@ -23,7 +23,8 @@ from typing import Any
 
 from serving.request_log import LogEntry
 
-log = logging.getLogger("recsys.impressions")
+# Under "kserve" so the model server's log configuration shows it; elsewhere it reaches the root.
+log = logging.getLogger("kserve.recsys.impressions")
 
 _STOP = object()
 

@@ -34,7 +34,8 @@ from prometheus_client import Counter, Gauge
 
 from components.feedback_events import POSITIVE_TYPES
 
-log = logging.getLogger("recsys.online_history")
+# Under "kserve" so the model server's log configuration shows it; elsewhere it reaches the root.
+log = logging.getLogger("kserve.recsys.online_history")
 
 DEFAULT_PREFIX = "recsys:"
 DEFAULT_MAX_ITEMS = 50  # per user, read side
@@ -157,6 +158,9 @@ class SqlHistorySource:
             self.cursor, since_timestamp=self.since_timestamp, limit=50_000)
         if frame.empty and wait:
             time.sleep(self.poll_seconds)
+        # Commit order, and event time within what one poll brought (a batch's rows are
+        # committed in key order, not time order).
+        frame = frame.sort_values("timestamp", kind="stable")
         out: dict[str, list[str]] = {}
         for user, item in zip(frame.user_id.tolist(), frame.item_id.tolist()):
             out.setdefault(user, []).append(item)
@@ -337,3 +341,65 @@ def merge_histories(client: list[list[str]] | None,
     if client is None:
         return [list(row) for row in fresh]
     return [[*sent, *extra] for sent, extra in zip(client, fresh)]
+
+
+# ------------------------------------------------------------------------- the predictor
+def training_filter(model: Any) -> Callable[[str, list[str]], list[str]]:
+    """Keeps the items the model knows and the user's training history lacks: only those
+    change an answer (and a user with none keeps the precomputed one)."""
+    data = model.data_
+    item_ids = data.item_ids
+    known = set(item_ids.tolist())
+    indptr, indices = data.matrix.indptr, data.matrix.indices
+
+    def keep(user: str, items: list[str]) -> list[str]:
+        row = int(model.user_index([user])[0])
+        seen = set() if row < 0 else set(item_ids[indices[indptr[row]:indptr[row + 1]]].tolist())
+        return [item for item in items if item in known and item not in seen]
+
+    return keep
+
+
+class PredictorFeedback:
+    """What the predictor holds for the loop: the users' fresh history (any online store) and,
+    with a SQL feedback store, the writer of what it showed (impressions)."""
+
+    def __init__(self, url: str, model: Any, model_name: str, *, prefix: str = DEFAULT_PREFIX):
+        from components.feedback_store import display_url
+
+        train_end = float(getattr(model.data_, "train_end", 0.0) or 0.0)
+        self.history = open_fresh_history(url, model_name=model_name,
+                                           keep=training_filter(model),
+                                           since_timestamp=train_end or None, prefix=prefix)
+        self.impressions = None
+        if not is_redis_url(url):
+            from serving.impressions import ImpressionWriter
+
+            dropped = IMPRESSIONS_DROPPED.labels(model_name)
+            self.impressions = ImpressionWriter(
+                self.history.source.store, on_drop=dropped.inc, on_error=dropped.inc).start()
+        log.info("online history from %s%s", display_url(url) if not is_redis_url(url) else url,
+                 "; impressions stored there" if self.impressions else "")
+
+    def add_fresh_history(self, user_ids: Sequence[str],
+                          history: list[list[str]] | None) -> list[list[str]] | None:
+        """The request's history rows with each user's fresh items added (unchanged when no
+        user has any)."""
+        fresh = self.history.lookup(user_ids)
+        return history if fresh is None else merge_histories(history, fresh)
+
+    def shown(self, entry: Any) -> None:
+        """An answered request (a request-log `LogEntry`), queued for the impressions table."""
+        if self.impressions is not None:
+            self.impressions.put(entry)
+
+    def close(self) -> None:
+        if self.impressions is not None:
+            self.impressions.close()
+        self.history.stop()
+
+
+IMPRESSIONS_DROPPED = Counter(
+    "recsys_impressions_dropped",
+    "Answers whose impressions were not stored (writer behind, or a store error)",
+    ["model_name"])

@@ -192,6 +192,8 @@ class RecommenderModel(Model):
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         request_log_dir: str | Path | None = None,
+        online_store: str | None = None,
+        online_store_prefix: str = "recsys:",
     ):
         super().__init__(name)
         self.model_dir = Path(model_dir)
@@ -202,6 +204,9 @@ class RecommenderModel(Model):
         self._model = None
         self._metrics = ModelMetrics(name)
         self._request_log: RequestLog | None = None
+        # The feedback loop (serving/online_history.py): users' fresh history, impressions.
+        self.online_store, self.online_store_prefix = online_store, online_store_prefix
+        self._feedback = None
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> bool:
@@ -229,6 +234,7 @@ class RecommenderModel(Model):
         self._metrics.set_model(self.model_version, str(manifest.get("data_fingerprint", "")))
         if self.request_log_dir is not None:
             self._start_request_log()
+        self._start_feedback()
         self.ready = True
         log.info(
             "model %s version %s ready in %.2fs: %d users, %d items, from %s",
@@ -283,6 +289,16 @@ class RecommenderModel(Model):
             self.request_log_dir, self.name, on_drop=self._metrics.log_dropped.inc
         ).start()
 
+    def _start_feedback(self) -> None:
+        if self.online_store and self._feedback is None:
+            from serving.online_history import PredictorFeedback
+
+            try:
+                self._feedback = PredictorFeedback(self.online_store, self._model, self.name,
+                                                   prefix=self.online_store_prefix)
+            except Exception:  # the loop is an extra: answers go on without it
+                log.exception("model %s: no online history (%s)", self.name, self.online_store)
+
     def start(self) -> None:
         """KServe's default start() marks the model ready; readiness here comes from load()."""
         if self.ready and self.request_log_dir is not None and self._request_log is None:
@@ -291,6 +307,9 @@ class RecommenderModel(Model):
     def stop(self) -> None:
         if self._request_log is not None:
             self._request_log.close()
+        if self._feedback is not None:
+            self._feedback.close()
+            self._feedback = None
         self.ready = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -299,6 +318,7 @@ class RecommenderModel(Model):
         state = self.__dict__.copy()
         state["_request_log"] = None
         state["_metrics"] = None
+        state["_feedback"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -312,6 +332,7 @@ class RecommenderModel(Model):
             self._metrics.set_model(self.model_version, str(manifest.get("data_fingerprint", "")))
             if self.request_log_dir is not None:
                 self._start_request_log()
+            self._start_feedback()
 
     # ------------------------------------------------------------------ metadata
     def get_input_types(self) -> list[dict]:
@@ -342,6 +363,8 @@ class RecommenderModel(Model):
             self._metrics.invalid_input.inc()
             log.warning("unexpected error parsing a request (%s: %s)", type(exc).__name__, exc, exc_info=True)
             raise InvalidInput(f"malformed request: {type(exc).__name__}: {exc}") from None
+        if self._feedback is not None and not query.by_item:  # what users did since training
+            query.history = self._feedback.add_fresh_history(query.ids.tolist(), query.history)
         try:
             answer = self._similar(query) if query.by_item else self._recommend(query)
         except Exception:
@@ -349,7 +372,7 @@ class RecommenderModel(Model):
             raise
         request_id = self._request_id(payload if is_v2 else None, headers)
         self._count_and_log(query, answer, request_id)
-        return self._v2_response(payload, answer, request_id) if is_v2 else self._v1_response(query, answer)
+        return self._v2_response(payload, answer, request_id) if is_v2 else self._v1_response(query, answer, request_id)
 
     @staticmethod
     def _request_id(payload: InferRequest | None, headers: Mapping[str, str] | None) -> str:
@@ -514,13 +537,16 @@ class RecommenderModel(Model):
             cold = int(answer.cold_start.sum())
             if cold:
                 m.cold_start.inc(cold)
+        if self._request_log is None and self._feedback is None:
+            return
+        entry = LogEntry(
+            time.time(), request_id, self.model_version, query.ids, query.k,
+            answer.item_ids, answer.scores, answer.cold_start, answer.resolved_ids,
+        )
         if self._request_log is not None:
-            self._request_log.log(
-                LogEntry(
-                    time.time(), request_id, self.model_version, query.ids, query.k,
-                    answer.item_ids, answer.scores, answer.cold_start, answer.resolved_ids,
-                )
-            )
+            self._request_log.log(entry)
+        if self._feedback is not None:
+            self._feedback.shown(entry)  # a queue hand-off, like the request log
 
     # ------------------------------------------------------------------ responses
     def _v2_response(self, request: InferRequest, answer: Answer, request_id: str) -> InferResponse:
@@ -549,7 +575,7 @@ class RecommenderModel(Model):
             requested_outputs=request.request_outputs,
         )
 
-    def _v1_response(self, query: Query, answer: Answer) -> dict:
+    def _v1_response(self, query: Query, answer: Answer, request_id: str) -> dict:
         keep = answer.item_ids != ""
         ids_rows, score_rows = answer.item_ids.tolist(), answer.scores.tolist()
         predictions = []
@@ -563,7 +589,9 @@ class RecommenderModel(Model):
             pred["item_ids"] = ids_rows[row][:n]
             pred["scores"] = score_rows[row][:n]
             predictions.append(pred)
-        return {"predictions": predictions, "model_name": self.name, "model_version": self.model_version}
+        # `id`, as v2 answers have: what a client sends back with its feedback (request_id)
+        return {"predictions": predictions, "model_name": self.name,
+                "model_version": self.model_version, "id": request_id}
 
 
 class RecsysDataPlane(DataPlane):

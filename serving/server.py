@@ -51,6 +51,18 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         "with 400 (default: %(default)s)")
     parser.add_argument("--request-log", "--request_log", dest="request_log", default=None, metavar="DIR",
                         help="append every answered row to size-rotated JSON-lines files in DIR")
+    parser.add_argument("--online-store", dest="online_store", metavar="URL",
+                        default=os.environ.get("RECSYS_ONLINE_STORE") or None,
+                        help="where users' feedback since training is read from, so the next "
+                        "answer counts it: redis://HOST:6379/0 (the events service's lists) or "
+                        "a feedback store URL (sqlite:///FILE, postgresql+psycopg://...), which "
+                        "also receives what was shown (impressions) (default: "
+                        "$RECSYS_ONLINE_STORE" + (", else none)" if model_dir_default else
+                                                  ", else the run home's feedback store)"))
+    parser.add_argument("--no-online-store", dest="online_store", action="store_const", const="",
+                        help="answer from the model's training data only")
+    parser.add_argument("--online-store-prefix", default="recsys:", metavar="PREFIX",
+                        help="Redis key prefix, as the events service's (default: %(default)s)")
     # (no underscore alias here: KServe's own --enable_latency_logging takes a value)
     parser.add_argument("--enable-latency-logging", dest="latency_logging",
                         action=argparse.BooleanOptionalAction, default=False,
@@ -107,8 +119,28 @@ def _validate(args: argparse.Namespace) -> None:
         raise RecsysError(f"--workers must be at least 1, got {args.workers}")
     if args.max_batch_size < 1:
         raise RecsysError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    if args.online_store:
+        _check_online_store(args.online_store)
     if not is_remote(args.model_dir) and not Path(args.model_dir).exists():
         raise RecsysError(f"--model-dir {args.model_dir}: no such directory")
+
+
+def _check_online_store(url: str) -> None:
+    """A URL that cannot work fails at startup, not in the background thread."""
+    from components.errors import RecsysError
+    from serving.online_history import is_redis_url
+
+    if is_redis_url(url):
+        import redis
+
+        try:
+            redis.Redis.from_url(url).close()
+        except ValueError as exc:
+            raise RecsysError(f"--online-store {url}: {exc}") from None
+        return
+    from components.feedback_store import create_store_engine
+
+    create_store_engine(url, pool_size=1).dispose()
 
 
 # What MLflow can download: registry and run URIs, and the artifact stores it supports.
@@ -159,6 +191,8 @@ def serve(args: argparse.Namespace) -> int:
         model_dir,
         max_batch_size=args.max_batch_size,
         request_log_dir=args.request_log,
+        online_store=args.online_store or None,
+        online_store_prefix=args.online_store_prefix,
     )
     model.load()
     atexit.register(model.stop)  # flush the request log however the server ends

@@ -19,26 +19,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(store_url: str, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`python -m serving.events` on `store_url`; returns the process and its base URL once
-    /healthz answers 200."""
+def launch_service(store_url: str, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`python -m serving.events` on `store_url`, started; returns the process and base URL."""
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "serving.events", "--store", store_url, "--host", "127.0.0.1",
              "--port", str(port), *extra], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, path: str = "/healthz",
+               timeout: float = 120) -> None:
+    """Until `url + path` answers 200; the log's tail if the process dies or takes too long."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"events service did not start:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{proc.args[:3]} did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
+
+
+def start_service(store_url: str, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`launch_service`, then wait until /healthz answers 200."""
+    proc, url = launch_service(store_url, log, *extra)
+    wait_ready(proc, url, log)
+    return proc, url
 
 
 def stop_service(proc: subprocess.Popen) -> int:

@@ -8,6 +8,7 @@ either order.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -118,6 +119,52 @@ def test_bad_input_is_refused_and_nothing_of_it_is_stored(service, body, status,
     assert response.status_code == status
     assert response.json()["error"].startswith(error)
     assert not {f"b{i}" for i in range(12)} & stored(url)
+
+
+def test_fuzz_whatever_is_posted_the_answer_is_200_400_or_413(service):
+    """A fuzz run over HTTP: arbitrary JSON (event-shaped or not) and arbitrary bytes. No
+    answer is a 5xx, every refusal names a field, every 200 is stored, the service lives."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from components.feedback_events import EVENT_FIELDS, EVENT_TYPES
+
+    base, url = service[:2]
+    scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**64) | st.floats()
+               | st.text(max_size=30))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+    events = st.fixed_dictionaries(
+        {"event_id": st.uuids().map(str), "type": st.sampled_from(EVENT_TYPES),
+         "user_id": st.text(min_size=1, max_size=5), "item_id": st.integers(0, 99)},
+        optional={field: values for field in EVENT_FIELDS[4:]})
+    # ...and each field in turn given anything at all
+    events = events | st.tuples(events, st.sampled_from([*EVENT_FIELDS, "extra"]), values).map(
+        lambda drawn: {**drawn[0], drawn[1]: drawn[2]})
+    bodies = (events.map(json.dumps) | st.lists(events, max_size=60).map(json.dumps)
+              | values.map(lambda v: json.dumps(v, allow_nan=True)) | st.binary(max_size=200))
+    accepted: set[str] = set()
+
+    examples = int(os.environ.get("RECSYS_FUZZ_EXAMPLES", "150"))  # more for a long run
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies)
+    def fuzz(body):
+        raw = body.encode() if isinstance(body, str) else body
+        response = http.post("/v1/events", content=raw)
+        assert response.status_code in (200, 400, 413), (response.status_code, body)
+        if response.status_code == 200:
+            data = json.loads(body)
+            sent = [data] if isinstance(data, dict) else data
+            accepted.update(str(e["event_id"]).strip() for e in sent)
+        else:
+            field, _, what = response.json()["error"].partition(": ")
+            assert field and what, response.text
+
+    with httpx.Client(base_url=base, timeout=10) as http:
+        fuzz()
+    assert httpx.get(base + "/healthz", timeout=5).status_code == 200
+    assert accepted and accepted <= stored(url)
 
 
 def test_a_body_larger_than_declared_limit_is_refused_before_it_is_read(service):
