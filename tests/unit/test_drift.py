@@ -349,3 +349,15 @@ def test_the_feedback_store_gives_served_rows_events_and_the_click_through_rate(
     metric = online_metric(url, "v1", window)
     assert (metric.clicks, metric.impressions, metric.previous_clicks, metric.previous_impressions) == (1, 30, 4, 30)
     assert online_metric(url, "another-version", window).impressions == 0
+
+
+def test_serving_and_the_cli_never_import_alibi_detect():
+    """alibi-detect is not in the serving image: nothing on the serving path may import it, and
+    `components.drift` imports it only when a detector is fitted or loaded."""
+    import subprocess
+
+    code = ("import sys, serving.predictor, serving.events, pipelines.cli, components.drift, "
+            "components.monitor, components.monitor_metrics; "
+            "pipelines.cli.build_parser(); print('alibi_detect' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
