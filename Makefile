@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: install tools run test bench simulate screenshots compile lock clean
+.PHONY: install tools run test bench simulate screenshots monitor-demo compile lock clean
 
 install: $(STAMP)
 
@@ -49,7 +49,12 @@ simulate: install
 screenshots: install
 	$(BIN)/python tools/console_screenshots.py
 
-## Rewrite the committed pipeline IR YAML from the code.
+## The closed loop on small data, shown: serve, planted shift, `recsys monitor` decides and retrains.
+monitor-demo: install
+	$(BIN)/python -m pytest -s -q -p no:cacheprovider \
+		"tests/integration/test_monitoring.py::test_end_to_end_serve_shift_monitor_retrain"
+
+## Rewrite the committed pipeline IR YAML from the code (training and monitoring).
 compile: install
 	$(BIN)/recsys compile
 

@@ -11,6 +11,7 @@ so an artifact can be inspected, and loading it never runs code from it):
     generators/<name>/*.npy|npz   each candidate generator's state
     item_stats/*.npy|npz    per-item ranker features
     ranker.txt              the LightGBM booster (absent when the ranker is disabled)
+    drift/                  drift references, when training fitted them (`drift_reference`)
 
 `load_model` checks the manifest, the format version and every file's checksum, and fails with
 one `ArtifactError` line naming what is wrong.
@@ -22,6 +23,7 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +88,12 @@ def save_model(
     metrics: dict[str, float] | None = None,
     model_version: str | None = None,
     extra: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write the artifact atomically: a partial directory never looks like a model."""
+    """Write the artifact atomically: a partial directory never looks like a model.
+
+    `write_extra(directory)` may add files (e.g. drift references) before the checksums are
+    taken, so they are verified like the rest."""
     target = Path(directory)
     staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
@@ -105,6 +111,8 @@ def save_model(
         _write_state(staging / "item_stats", model.stats_.get_state())
         if model.ranker_ is not None:
             model.ranker_.save_model(str(staging / "ranker.txt"))
+        if write_extra is not None:
+            write_extra(staging)
         files = {
             str(p.relative_to(staging)): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()
         }

@@ -192,6 +192,36 @@ class ExperimentConfig(_Strict):
         return self
 
 
+class MonitoringConfig(_Strict):
+    """Drift checks and the retraining decision (`recsys monitor`, the monitoring pipeline)."""
+
+    # Significance of one whole check: split evenly over the detectors (requests, scores, events,
+    # ratings), and within each over its features. Rows of one user are not independent, so
+    # this is not a bound: at 0.05, 5.0 % of stationary 1,000-row windows on the default data
+    # raised an alarm; at 0.01, 0.5 % (`make bench`), so an hourly check seldom retrains on noise.
+    p_value: float = Field(0.01, gt=0.0, lt=1.0)
+    correction: Literal["bonferroni", "fdr"] = "bonferroni"
+    # A check reads the most recent `window_size` served rows and events of the last
+    # `window_hours`; a view with fewer than `min_window` rows is reported, not tested.
+    window_hours: float = Field(24.0, gt=0.0)
+    window_size: int = Field(1_000, ge=1)
+    min_window: int = Field(200, ge=1)
+    # Reference rows kept per view at training time (drawn from the held-out interactions).
+    reference_size: int = Field(20_000, ge=100)
+    # Quantile buckets of user activity and item popularity.
+    buckets: int = Field(5, ge=2, le=20)
+    # Retrain when the champion is older than this...
+    max_model_age_days: float = Field(30.0, gt=0.0)
+    # ...or when new feedback interactions reach this share of its training interactions...
+    new_data_fraction: float = Field(0.1, gt=0.0)
+    # ...or when its click-through rate fell by more than this share against the window before
+    # (one-sided two-proportion test at p_value, with at least min_impressions in each window).
+    max_ctr_drop: float = Field(0.2, gt=0.0, lt=1.0)
+    min_impressions: int = Field(1_000, ge=1)
+    # Features reported but left out of the decision (e.g. "requests.k" when clients vary k).
+    ignore_features: tuple[str, ...] = ()
+
+
 class Config(_Strict):
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
@@ -199,6 +229,7 @@ class Config(_Strict):
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
     experiment: ExperimentConfig = ExperimentConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
 
 def load_config(path: str | Path | None = None) -> Config:

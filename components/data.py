@@ -318,3 +318,42 @@ def _sample_rows(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndar
     cdf = np.cumsum(probabilities, axis=1)
     draws = rng.random((probabilities.shape[0], 1)) * cdf[:, -1:]
     return np.minimum((cdf < draws).sum(axis=1), probabilities.shape[1] - 1)
+
+
+def with_feedback(raw: RawDataset, feedback: str) -> RawDataset:
+    """The source plus the positive feedback events (consume, click, like, rating) of a feedback
+    store URL or an events file, as interactions.
+
+    The events are validated on their own first, so a bad one is named by its store or file
+    and row (`observations.validate_events`), then as interactions; the union is validated
+    again by the validate step like any source. Feedback rows identical to source rows are
+    dropped (a replayed interaction is not a duplicate error), a rating-less event keeps its
+    rating empty, and items the source does not describe get an empty description so that
+    new items can be learnt."""
+    from components.observations import events_to_interactions, read_feedback_events, redact
+
+    events = read_feedback_events(feedback, types=("consume", "click", "like", "rating"))
+    origin = redact(feedback)
+    added = validate_interactions(events_to_interactions(events), source=f"{origin} (as interactions)")
+    source = raw.interactions
+    columns = [c for c in source.columns if c in added.columns] + ["user_id", "item_id"]
+    added = added[list(dict.fromkeys(columns))]
+    if "timestamp" not in source.columns:
+        added = added.drop(columns="timestamp", errors="ignore")
+    keys = ["user_id", "item_id", *(c for c in ("rating", "timestamp") if c in added and c in source)]
+    known = source[keys].astype({"user_id": str, "item_id": str}).merge(
+        added[keys], on=keys, how="inner").drop_duplicates()
+    if len(known):
+        marker = added[keys].merge(known.assign(_seen=True), on=keys, how="left")["_seen"].notna()
+        added = added[~marker.to_numpy()]
+    items = raw.items
+    if items is not None and len(added):
+        missing = np.setdiff1d(added["item_id"].unique(), items["item_id"].astype(str).unique())
+        if len(missing):
+            items = pd.concat([items, pd.DataFrame({"item_id": missing})], ignore_index=True)
+    log.info("feedback from %s: %s events, %s new interactions", origin, f"{len(events):,}",
+             f"{len(added):,}")
+    return RawDataset(
+        pd.concat([source, added], ignore_index=True), items, raw.name,
+        f"{raw.origin} + {origin}", raw.items_origin,
+    )

@@ -12,7 +12,11 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-DEFAULT_IMAGE = "ghcr.io/recsys-mlops/recsys:0.1.0"
+# The steps run in the pipeline image (the Dockerfile's `pipeline` target: alibi-detect for the
+# drift references and checks, the data-source extras); the InferenceService the deploy step
+# creates runs the serving image (the default target), about 1 GB smaller.
+DEFAULT_IMAGE = "ghcr.io/recsys-mlops/recsys-pipeline:0.1.0"
+SERVING_IMAGE = "ghcr.io/recsys-mlops/recsys:0.1.0"
 
 
 def fingerprint_op(
@@ -22,6 +26,7 @@ def fingerprint_op(
     synthetic_items: int,
     synthetic_interactions: int,
     seed: int,
+    feedback: str,
     data_version: str,
 ) -> str:
     from components.steps import fingerprint_source
@@ -29,6 +34,7 @@ def fingerprint_op(
     return fingerprint_source(
         source, items, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions, seed=seed, data_version=data_version,
+        feedback=feedback,
     )
 
 
@@ -39,6 +45,7 @@ def ingest_op(
     synthetic_items: int,
     synthetic_interactions: int,
     seed: int,
+    feedback: str,
     source_fingerprint: str,
     interactions: Output[Dataset],
     item_table: Output[Dataset],
@@ -51,7 +58,7 @@ def ingest_op(
     info = ingest(
         source, items, interactions.path, item_table.path,
         synthetic_users=synthetic_users, synthetic_items=synthetic_items,
-        synthetic_interactions=synthetic_interactions, seed=seed,
+        synthetic_interactions=synthetic_interactions, seed=seed, feedback=feedback,
     )
     return namedtuple("IngestOutputs", ["name", "origin", "items_origin"])(**info)
 
@@ -84,13 +91,15 @@ def split_op(
 
 
 def train_op(
-    train: Input[Dataset], item_table: Input[Dataset], config_yaml: str, data_fingerprint: str,
-    model: Output[Model],
+    train: Input[Dataset], heldout: Input[Dataset], item_table: Input[Dataset], config_yaml: str,
+    data_fingerprint: str, model: Output[Model],
 ) -> str:
     from components.steps import train as train_step
 
+    # The held-out split is what the drift references are fitted on (serving's "future").
     version = train_step(
-        train.path, item_table.path, model.path, config_yaml=config_yaml, data_fingerprint=data_fingerprint
+        train.path, item_table.path, model.path, config_yaml=config_yaml,
+        data_fingerprint=data_fingerprint, heldout_in=heldout.path,
     )
     model.metadata["model_version"] = version
     return version
@@ -147,7 +156,43 @@ def deploy_op(
     })
 
 
-_STEPS = (fingerprint_op, ingest_op, validate_op, split_op, train_op, evaluate_op, register_op, deploy_op)
+def drift_check_op(
+    config_yaml: str, mlflow_tracking_uri: str, request_log: str, feedback: str, as_of: float,
+    pushgateway: str, allow_retrain: bool, report: Output[HTML], metrics: Output[Metrics],
+) -> NamedTuple("CheckOutputs", [("decision", str), ("action", str), ("summary", str)]):
+    import json
+    from collections import namedtuple
+
+    from components.monitor_step import drift_check
+
+    decision = drift_check(
+        report_out=report.path, decision_out=report.path + ".json", config_yaml=config_yaml,
+        tracking_uri=mlflow_tracking_uri, request_log=request_log, feedback=feedback,
+        as_of=as_of, pushgateway=pushgateway,
+    )
+    metrics.log_metric("retrain", float(decision.decision == "retrain"))
+    for key, result in decision.drift.items():
+        metrics.log_metric(f"p_value.{key}", result["p_value"])
+    for view, rows in decision.window["rows"].items():
+        metrics.log_metric(f"rows.{view}", float(rows))
+    # `action` is what the pipeline branches on: a check-only run reports retrain, runs nothing.
+    action = "retrain" if decision.decision == "retrain" and allow_retrain else "none"
+    summary = json.loads(decision.to_json())
+    summary["report_path"] = report.path
+    outputs = namedtuple("CheckOutputs", ["decision", "action", "summary"])
+    return outputs(decision.decision, action, json.dumps(summary))
+
+
+def monitoring_summary_op(check: str, training: str) -> str:
+    import json
+
+    # One result for both branches: the check, and the training run's summary when it retrained.
+    return json.dumps({"check": json.loads(check),
+                       "retraining": json.loads(training) if training else None})
+
+
+_STEPS = (fingerprint_op, ingest_op, validate_op, split_op, train_op, evaluate_op, register_op, deploy_op,
+          drift_check_op, monitoring_summary_op)
 
 
 def make_components(image: str = DEFAULT_IMAGE) -> dict:

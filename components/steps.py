@@ -52,9 +52,10 @@ def fingerprint_source(
     synthetic_interactions: int = 50_000,
     seed: int = 42,
     data_version: str = "",
+    feedback: str = "",
 ) -> str:
-    """The source's content hash (see `data.source_fingerprint`); a missing, unreachable or
-    forbidden source fails here, in one line."""
+    """The source's content hash (see `data.source_fingerprint`), and the feedback's when
+    training adds it; a missing, unreachable or forbidden source fails here, in one line."""
     from components.data import source_fingerprint
     from components.sources import is_remote, open_source
 
@@ -62,9 +63,26 @@ def fingerprint_source(
         source, items or None, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions, seed=seed, data_version=data_version,
     )
+    if feedback:
+        digest = _with_feedback_fingerprint(digest, feedback)
     shown = open_source(source).url if is_remote(source) else source
     log.info("source %s fingerprint %s", shown, digest)
     return digest
+
+
+def _with_feedback_fingerprint(digest: str, feedback: str) -> str:
+    """Kubeflow caches on parameters: the feedback's events (every accepted one) join the hash,
+    so new events re-run ingest and what follows it."""
+    import hashlib
+
+    from components.observations import read_feedback_events
+
+    events = read_feedback_events(feedback, types=("consume", "click", "like", "rating"))
+    hashed = pd.util.hash_pandas_object(
+        events[["type", "user_id", "item_id", "timestamp", "value"]], index=False).to_numpy()
+    combined = hashlib.sha256(digest.encode() + hashed.tobytes()).hexdigest()[:16]
+    log.info("feedback %s: %s positive events", feedback.split("@")[-1], f"{len(events):,}")
+    return combined
 
 
 def ingest(
@@ -77,9 +95,11 @@ def ingest(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50_000,
     seed: int = 42,
+    feedback: str = "",
 ) -> dict[str, str]:
-    """Read the source as it is; returns where it came from (for validation messages)."""
-    from components.data import read_raw
+    """Read the source as it is (plus the feedback interactions, when given: a store URL or
+    an events file); returns where it came from (for validation messages)."""
+    from components.data import read_raw, with_feedback
 
     raw = read_raw(
         source,
@@ -89,6 +109,8 @@ def ingest(
         synthetic_interactions=synthetic_interactions,
         seed=seed,
     )
+    if feedback:
+        raw = with_feedback(raw, feedback)
     _write_frame(raw.interactions, interactions_out)
     _write_frame(raw.items, items_out)
     log.info("ingested %s: %s rows from %s", raw.name, f"{len(raw.interactions):,}", raw.origin)
@@ -128,17 +150,28 @@ def split(interactions_in: str, train_out: str, test_out: str, *, config_yaml: s
 
 
 def train(
-    train_in: str, items_in: str, model_out: str, *, config_yaml: str = "", data_fingerprint: str = ""
+    train_in: str, items_in: str, model_out: str, *, config_yaml: str = "", data_fingerprint: str = "",
+    heldout_in: str = "",
 ) -> str:
-    """Fit the two-stage model; returns its model version."""
+    """Fit the two-stage model, and its drift references on the held-out interactions (what
+    serving will see next); returns its model version."""
     from components.artifact import read_manifest, save_model
+    from components.drift_reference import fit_references, save_references
     from components.models.two_stage import TwoStageRecommender
 
     config = parse_config(config_yaml)
     model = TwoStageRecommender(config.model, config.split).fit(
         pd.read_parquet(train_in), _read_items(items_in), progress=log.info
     )
-    save_model(model, model_out, data_fingerprint=data_fingerprint, extra={"full_config": config_to_dict(config)})
+    references = None
+    if heldout_in:
+        references = fit_references(model, pd.read_parquet(heldout_in), config.monitoring)
+        log.info("drift references: %s", references.summary["rows"])
+    save_model(
+        model, model_out, data_fingerprint=data_fingerprint,
+        extra={"full_config": config_to_dict(config)},
+        write_extra=(lambda d: save_references(references, d)) if references else None,
+    )
     return read_manifest(model_out)["model_version"]
 
 

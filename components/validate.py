@@ -2,7 +2,8 @@
 
 Every failure is a `DataValidationError` whose message names the file, the column and the
 first offending rows (1-based data rows, header excluded), so a user can open the file and fix
-it. Valid data comes back typed and normalised: ids as str, rating float, timestamp int64, and
+it. Valid data comes back typed and normalised: ids as str, rating float (an empty rating is an
+implicit interaction, such as a click: positive and unrated), timestamp int64, and
 one row per (user, item) pair (the most recent one), so no pair can sit on both sides of a split.
 """
 from __future__ import annotations
@@ -45,10 +46,12 @@ def _check_ids(df: pd.DataFrame, column: str, source: str) -> pd.Series:
     return ids.astype(str)
 
 
-def _check_numeric(df: pd.DataFrame, column: str, source: str) -> pd.Series:
+def _check_numeric(df: pd.DataFrame, column: str, source: str, *, allow_missing: bool = False) -> pd.Series:
     raw = df[column]
     values = pd.to_numeric(raw, errors="coerce")
     bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+    if allow_missing:  # an empty cell passes; text that is not a number still fails
+        bad &= raw.notna().to_numpy() & ~raw.astype("string").str.strip().eq("").fillna(False).to_numpy()
     if bad.any():
         rows = np.flatnonzero(bad.to_numpy())
         _fail(source, column, "not a finite number", rows, raw.iloc[rows])
@@ -75,10 +78,11 @@ def validate_interactions(
         {"user_id": _check_ids(df, "user_id", source), "item_id": _check_ids(df, "item_id", source)}
     )
     if "rating" in df.columns:
-        rating = _check_numeric(df, "rating", source).astype(float)
+        # An empty rating is an implicit interaction (a click, a play): positive, unrated.
+        rating = _check_numeric(df, "rating", source, allow_missing=True).astype(float)
         if rating_range is not None:
             lo, hi = rating_range
-            bad = ((rating < lo) | (rating > hi)).to_numpy()
+            bad = ((rating < lo) | (rating > hi)).fillna(False).to_numpy()
             if bad.any():
                 rows = np.flatnonzero(bad)
                 _fail(source, "rating", f"outside [{lo}, {hi}]", rows, df["rating"].iloc[rows])

@@ -35,6 +35,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-version", default="",
                    help="the data's version, for a SQL source with no timestamp column or one "
                    "updated in place: the fingerprint that caching and lineage follow")
+    p.add_argument("--feedback", default="", metavar="URL_OR_FILE",
+                   help="also train on these feedback events: a feedback store URL "
+                   "(sqlite:///..., postgresql+psycopg://...) or an events file (JSON lines or CSV)")
     p.add_argument("--config", type=Path, help="YAML config (unknown keys are errors)")
     p.add_argument("--home", type=Path, default=None,
                    help="where runs, the MLflow store and reports go (default: $RECSYS_HOME or ./runs)")
@@ -49,19 +52,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from components.config import load_config
     from components.registry import default_home
     from components.report import metrics_table  # fail fast, before the long run
+    from pipelines.cli_monitor import record_training_source
     from pipelines.local import run_local
 
     load_config(args.config)  # fail fast, before any step starts
     config_yaml = args.config.read_text() if args.config else ""
     home = args.home or default_home()
+    data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+    items = str(Path(args.items).resolve()) if args.items and Path(args.items).exists() else args.items
     started = time.monotonic()
     summary = run_local(
         source=args.data, items=args.items, config_yaml=config_yaml, home=home,
         synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
         synthetic_interactions=args.synthetic_interactions, seed=args.seed,
-        data_version=args.data_version,
+        data_version=args.data_version, feedback=args.feedback,
     )
     reg, dep = summary["registration"], summary["deployment"]
+    # `recsys monitor` retrains on the same source (plus the feedback) with the same config.
+    record_training_source(home.resolve(), {
+        "data": data, "items": items, "config_yaml": config_yaml,
+        "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items,
+        "synthetic_interactions": args.synthetic_interactions, "seed": args.seed,
+        "data_version": args.data_version,
+    })
     results = json.loads(Path(summary["results_path"]).read_text())
     # A stable, browsable name for the report of this model version.
     report = home.resolve() / "reports" / f"{reg['model_name']}-v{reg['version']}.html"
@@ -88,20 +101,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _add_compile(sub: argparse._SubParsersAction) -> None:
-    from components.kfp_components import DEFAULT_IMAGE
+    from components.kfp_components import DEFAULT_IMAGE, SERVING_IMAGE
+    from pipelines.monitoring import COMPILED_PATH as MONITORING_PATH
     from pipelines.pipeline import COMPILED_PATH
 
-    p = sub.add_parser("compile", help="write the pipeline's IR YAML for a Kubeflow UI",
-                       description="Compile the training pipeline to KFP v2 IR YAML.")
-    p.add_argument("--output", type=Path, default=COMPILED_PATH, help="default: %(default)s")
-    p.add_argument("--image", default=DEFAULT_IMAGE, help="the project image every step runs in")
+    p = sub.add_parser("compile", help="write the pipelines' IR YAML for a Kubeflow UI",
+                       description="Compile the training and the monitoring pipelines to KFP v2 IR "
+                       "YAML.")
+    p.add_argument("--pipeline", choices=("all", "training", "monitoring"), default="all",
+                   help="which pipeline (default: %(default)s)")
+    p.add_argument("--output", type=Path, default=None,
+                   help=f"file to write, with --pipeline training or monitoring (default: "
+                   f"{COMPILED_PATH} and {MONITORING_PATH})")
+    p.add_argument("--image", default=DEFAULT_IMAGE,
+                   help="the pipeline image every step runs in (the Dockerfile's pipeline target) "
+                   "(default: %(default)s)")
+    p.add_argument("--serving-image", default=SERVING_IMAGE,
+                   help="the image the deploy step serves the model with (the Dockerfile's "
+                   "default target) (default: %(default)s)")
     p.set_defaults(func=cmd_compile)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from pipelines.pipeline import compile_pipeline
+    from components.errors import ConfigError
+    from pipelines.monitoring import COMPILED_PATH as MONITORING_PATH
+    from pipelines.monitoring import compile_monitoring_pipeline
+    from pipelines.pipeline import COMPILED_PATH, compile_pipeline
 
-    print(compile_pipeline(args.output, args.image))
+    if args.output is not None and args.pipeline == "all":
+        raise ConfigError("--output names one file: add --pipeline training or --pipeline monitoring")
+    if args.pipeline in ("all", "training"):
+        print(compile_pipeline(args.output or COMPILED_PATH, args.image, args.serving_image))
+    if args.pipeline in ("all", "monitoring"):
+        print(compile_monitoring_pipeline(args.output or MONITORING_PATH, args.image,
+                                          args.serving_image))
     return 0
 
 
@@ -124,6 +157,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from components.artifact import save_model
     from components.config import config_to_dict, load_config
     from components.data import load_dataset
+    from components.drift_reference import save_references
     from components.models.two_stage import TwoStageRecommender
 
     config = load_config(args.config)
@@ -133,10 +167,30 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model = TwoStageRecommender(config.model, config.split).fit(
         dataset.interactions, dataset.items, progress=log.info
     )
+    references = _fit_references_on_holdout(model, dataset.interactions, config)
     save_model(model, args.output, data_fingerprint=dataset.fingerprint,
-               extra={"full_config": config_to_dict(config), "dataset": dataset.name})
+               extra={"full_config": config_to_dict(config), "dataset": dataset.name},
+               write_extra=(lambda d: save_references(references, d)) if references else None)
     print(f"wrote {args.output} in {time.monotonic() - started:.1f}s")
     return 0
+
+
+def _fit_references_on_holdout(model, interactions, config):
+    """Drift references for a model fitted on all the data: the split's held-out part stands
+    for what serving will see (the model has seen it too). None where the data cannot be split."""
+    from components.drift_reference import fit_references
+    from components.errors import DataValidationError
+    from components.split import split_interactions
+
+    try:
+        heldout = split_interactions(interactions, config.split).test
+    except DataValidationError as exc:
+        log.info("no drift references: %s", exc)
+        return None
+    if heldout.empty:
+        log.info("no drift references: the split holds nothing out")
+        return None
+    return fit_references(model, heldout, config.monitoring, source="held-out split of the data")
 
 
 def _add_recommend(sub: argparse._SubParsersAction) -> None:
@@ -163,8 +217,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 # Modules that add their own subcommands (serving, cluster operations).
 _SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cluster",
-                                         "pipelines.cli_events", "pipelines.simulate",
-                                         "pipelines.cli_console")
+                                         "pipelines.cli_events", "pipelines.cli_monitor",
+                                         "pipelines.simulate", "pipelines.cli_console")
 
 
 def build_parser() -> argparse.ArgumentParser:

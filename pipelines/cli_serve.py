@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from components.errors import RecsysError
+from components.registry import default_home
 from serving.server import add_server_arguments
 
 
@@ -25,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--home", type=Path, default=None,
                    help="run home: the deployed model and the feedback store "
                    "(default: $RECSYS_HOME or ./runs)")
+    p.epilog = ("Without --model-dir, the run home's deployed model is served and its answers are "
+                "logged to <home>/requests (unless --request-log says otherwise), where "
+                "`recsys monitor` reads them.")
     p.set_defaults(func=handler)
 
 
@@ -32,7 +36,6 @@ def handler(args: argparse.Namespace) -> int:
     if args.model_dir is None:
         try:
             from components.deploy import RECORD, resolve_deployment
-            from components.registry import default_home
         except ImportError as exc:
             raise RecsysError(
                 f"no --model-dir given and the deployed model cannot be looked up ({exc}); "
@@ -48,9 +51,11 @@ def handler(args: argparse.Namespace) -> int:
             args.challenger_dir = challenger["model_dir"]
             args.record_challenger_percent = float(challenger.get("percent", 0.0))
             args.record_interleave_percent = float(challenger.get("interleave_percent", 0.0))
+        if args.request_log is None:
+            # Serving the run home's model: log the answers there, where `recsys monitor` looks.
+            args.request_log = str((args.home or default_home()) / "requests")
     if args.online_store is None:  # the store `recsys events serve` writes, on this machine
         from components.feedback_store import default_store_url
-        from components.registry import default_home
 
         args.online_store = default_store_url(args.home or default_home())
     from serving.server import serve

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
-from components.kfp_components import DEFAULT_IMAGE, make_components
+from components.kfp_components import DEFAULT_IMAGE, SERVING_IMAGE, make_components
 
 PIPELINE_NAME = "recsys-training"
 COMPILED_PATH = Path(__file__).parent / "compiled" / "recsys_pipeline.yaml"
@@ -35,6 +35,8 @@ _RESOURCES = {
     "evaluate": ("1", "2", "2Gi", "4Gi"),
     "register": ("250m", "1", "512Mi", "1Gi"),
     "deploy": ("100m", "500m", "256Mi", "512Mi"),
+    "drift-check": ("500m", "1", "1Gi", "2Gi"),
+    "summary": ("100m", "250m", "128Mi", "256Mi"),
 }
 
 
@@ -64,8 +66,9 @@ def _configure(task: dsl.PipelineTask, step: str, *, retries: int, cache: bool) 
     return task
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE):
-    """The pipeline function, its components running in `image`."""
+def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAGE):
+    """The pipeline function, its components running in `image`; the deploy step serves the
+    model with `serving_image`."""
     ops = make_components(image)
 
     @dsl.pipeline(
@@ -94,10 +97,14 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         data_version: str = "",
         # The Secret (in the run's namespace) with the data source's credentials.
         data_secret: str = "recsys-data-source",
+        # Feedback events to train on beside the source: a feedback store URL
+        # (postgresql+psycopg://..., sqlite:///...) or an events file; empty: the source alone.
+        feedback: str = "",
     ) -> str:
         source_args = dict(
             source=source, items=items, synthetic_users=synthetic_users,
             synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions, seed=seed,
+            feedback=feedback,
         )
         # Never cached: it is what tells whether the content behind a path changed.
         source_check = _configure(
@@ -128,7 +135,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         )
         train = _configure(
             ops["train_op"](
-                train=split.outputs["train"], item_table=validate.outputs["item_table"],
+                train=split.outputs["train"], heldout=split.outputs["test"],
+                item_table=validate.outputs["item_table"],
                 config_yaml=config_yaml, data_fingerprint=fingerprint,
             ),
             "train", retries=1, cache=True,
@@ -152,7 +160,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         deploy = _configure(
             ops["deploy_op"](
                 registration=register.outputs["Output"], results=evaluate.outputs["results"],
-                report=evaluate.outputs["report"], target=deploy_target, image=image,
+                report=evaluate.outputs["report"], target=deploy_target, image=serving_image,
                 namespace=namespace, service_name=service_name,
                 canary_traffic_percent=canary_traffic_percent,
                 mlflow_artifacts_destination=mlflow_artifacts_destination,
@@ -164,7 +172,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     return recsys_pipeline
 
 
-def compile_pipeline(path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE) -> Path:
+def compile_pipeline(path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE,
+                     serving_image: str = SERVING_IMAGE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), package_path=str(path))
+    compiler.Compiler().compile(build_pipeline(image, serving_image), package_path=str(path))
     return path

@@ -37,6 +37,15 @@ from typing import Any
 
 import numpy as np
 
+# The reader and the record's columns live in components (training and monitoring read the
+# log; they may not import serving); they are re-exported here beside the writer.
+from components.observations import REQUEST_LOG_COLUMNS as COLUMNS
+from components.observations import REQUEST_LOG_PATTERN as FILE_PATTERN
+from components.observations import read_request_log
+
+__all__ = ["COLUMNS", "FILE_PATTERN", "LogEntry", "RequestLog", "read_request_log",
+           "records_from_cloudevents"]
+
 try:  # orjson ships with kserve; the reader side works without it
     import orjson
 
@@ -53,11 +62,6 @@ except ImportError:  # pragma: no cover
 DEFAULT_K = 10  # the serving contract's default number of recommendations
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUP_COUNT = 10
-FILE_PATTERN = "requests-*.jsonl*"
-COLUMNS = [
-    "timestamp", "unix_time", "model_name", "model_version", "request_id", "row", "user_id",
-    "item_id", "resolved_item_id", "cold_start", "k", "item_ids", "scores",
-]
 
 
 @dataclass
@@ -194,23 +198,6 @@ class RequestLog:
         state = self.__dict__.copy()
         state.update(_queue=None, _listener=None, _handler=None)
         return state
-
-
-def read_request_log(directory: str | Path):
-    """Every record under `directory` (all processes, rotated files included) as a DataFrame
-    sorted by time, with the columns of the record format."""
-    import pandas as pd
-
-    frames = []
-    for path in sorted(Path(directory).glob(FILE_PATTERN)):
-        if path.stat().st_size == 0:
-            continue
-        frames.append(pd.read_json(path, lines=True, dtype=False, convert_dates=False))
-    if not frames:
-        return pd.DataFrame(columns=COLUMNS)
-    frame = pd.concat(frames, ignore_index=True)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-    return frame.sort_values(["unix_time", "request_id", "row"], kind="stable").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- KServe payload logger

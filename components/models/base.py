@@ -46,7 +46,8 @@ def build_training_data(
     """Index the interactions; the catalogue is every item seen in training plus described ones."""
     df = interactions
     if positive_rating_threshold is not None and "rating" in df.columns:
-        df = df[df["rating"] >= positive_rating_threshold]
+        # Unrated (implicit) interactions are positive; rated ones must reach the threshold.
+        df = df[~(df["rating"] < positive_rating_threshold)]
     user_ids, user_idx = np.unique(df["user_id"].to_numpy(dtype=str), return_inverse=True)
     known = df["item_id"].to_numpy(dtype=str)
     catalogue = known if items is None else np.concatenate([known, items["item_id"].to_numpy(str)])
@@ -76,7 +77,9 @@ def build_training_data(
         user_time = _group_mean(user_idx, ts, len(user_ids))
     item_rating = np.full(len(item_ids), np.nan)
     if "rating" in df.columns and len(df):
-        item_rating = _group_mean(item_idx, df["rating"].to_numpy(dtype=float), len(item_ids))
+        rating = df["rating"].to_numpy(dtype=float)
+        rated = np.isfinite(rating)  # implicit interactions carry no rating
+        item_rating = _group_mean(item_idx[rated], rating[rated], len(item_ids))
     positions = None
     if "timestamp" in df.columns:
         repeated = matrix.nnz < len(df)  # (user, item) pairs given more than once

@@ -78,7 +78,8 @@ def test_bad_k_and_bad_users_file(files, fitted, tmp_path):
     assert result.returncode == 1 and "--k must be between 1" in result.stderr
 
 
-COMMANDS = ("run", "compile", "fit", "recommend", "serve", "submit", "schedule", "rollout")
+COMMANDS = ("run", "compile", "fit", "recommend", "serve", "submit", "schedule", "rollout", "events",
+            "monitor")
 
 
 def test_help_lists_every_command():

@@ -713,10 +713,13 @@ def test_alert_rules_parse_and_cover_the_required_alerts(rendered):
 
 
 def test_alerts_use_metrics_the_predictor_exports(rendered):
-    """The recsys_* names in the rules must be counters/gauges that serving.metrics defines."""
+    """The recsys_* names in the rules must be counters/gauges that serving.metrics defines, or
+    series the drift check pushes to the Pushgateway (components.monitor_metrics)."""
     from prometheus_client import Counter, Gauge
 
     import serving.metrics
+    from components.monitor import Decision
+    from components.monitor_metrics import decision_registry
 
     exported = set()
     for value in vars(serving.metrics).values():
@@ -724,6 +727,9 @@ def test_alerts_use_metrics_the_predictor_exports(rendered):
             exported.add(f"{value._name}_total")
         elif isinstance(value, Gauge):
             exported.add(value._name)
+    decision = Decision("retrain", ["drift"], {"events.item_popularity": {"p_value": 0.001, "drift": True}},
+                        [], "v1", 1e9, {"rows": {"events": 1000}, "model_age_days": 3.0})
+    exported |= {family.name for family in decision_registry(decision, "recsys").collect()}
     rule = _one(rendered["base"], "PrometheusRule", "recsys")
     used = set()
     for group in rule["spec"]["groups"]:
@@ -743,6 +749,26 @@ def test_grafana_dashboard_is_valid_json_with_parsable_queries(rendered):
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             promql_parser.parse(target["expr"].replace("$namespace", NAMESPACE))
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    assert {"Last drift check", "Drift p-value by feature", "Features drifting"} <= titles
+
+
+def test_the_drift_check_has_alerts_a_pushgateway_and_a_scrape(rendered):
+    docs = rendered["base"]
+    rule = _one(docs, "PrometheusRule", "recsys")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert {"RecsysRetrainingRecommended", "RecsysFeatureDrift", "RecsysDriftCheckStale"} <= alerts.keys()
+    assert "recsys_monitoring_retrain" in alerts["RecsysRetrainingRecommended"]["expr"]
+    gateway = _one(docs, "Deployment", "recsys-pushgateway")
+    port = gateway["spec"]["template"]["spec"]["containers"][0]["ports"][0]
+    assert port["containerPort"] == 9091
+    service = _one(docs, "Service", "recsys-pushgateway")
+    assert service["spec"]["ports"][0]["port"] == 9091
+    monitor = _one(docs, "PodMonitor", "recsys-pushgateway")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
+    policy = _one(docs, "NetworkPolicy", "recsys-pushgateway")
+    sources = [s.get("namespaceSelector", {}).get("matchLabels", {}) for s in policy["spec"]["ingress"][0]["from"]]
+    assert {"kubernetes.io/metadata.name": "kubeflow"} in sources
 
 
 def test_podmonitor_selects_the_predictor_and_keeps_the_revision_label(rendered):

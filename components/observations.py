@@ -1,0 +1,225 @@
+"""What serving observed, read back: request-log files, feedback-event files and the feedback store.
+
+- The request log (`serving.request_log` writes it; the format is described there): one JSON
+  line per answered row. `read_request_log` reads every file of a directory; a line that is not
+  a record is an error naming the file and the line.
+- Feedback events: from the feedback store (`components.feedback_store`, a SQLAlchemy URL) or
+  from a JSON-lines/CSV file of events. `validate_events` puts every one through the events
+  contract (`components.feedback_events`, the check the events service applies) and names the
+  file (or store), the row and the event of the first bad one; `events_to_interactions` turns
+  the positive ones into interactions for training.
+- Impressions (the store's record of every item shown) become served rows when there is no
+  request log: the same users, k and items, without scores.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.errors import DataValidationError
+from components.feedback_events import EVENT_FIELDS, POSITIVE_TYPES, InvalidEvent, normalize_event
+
+REQUEST_LOG_PATTERN = "requests-*.jsonl*"
+REQUEST_LOG_COLUMNS = [
+    "timestamp", "unix_time", "model_name", "model_version", "request_id", "row", "user_id",
+    "item_id", "resolved_item_id", "cold_start", "k", "item_ids", "scores",
+]
+POSITIVE_EVENT_TYPES = POSITIVE_TYPES
+
+
+# ---------------------------------------------------------------- request log
+def read_request_log(directory: str | Path) -> pd.DataFrame:
+    """Every record under `directory` (all processes, rotated files included), sorted by time,
+    with the columns of the record format. A line that is not a record names its file and line."""
+    frames = []
+    for path in sorted(Path(directory).glob(REQUEST_LOG_PATTERN)):
+        if path.stat().st_size == 0:
+            continue
+        records = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataValidationError(
+                        f"{path}: line {number} is not JSON ({exc.msg}); not a request log") from None
+                if not isinstance(record, dict) or "unix_time" not in record:
+                    raise DataValidationError(
+                        f"{path}: line {number} is not a request-log record (no unix_time)")
+                records.append(record)
+        if records:
+            frames.append(pd.DataFrame.from_records(records))
+    if not frames:
+        return pd.DataFrame(columns=REQUEST_LOG_COLUMNS)
+    frame = pd.concat(frames, ignore_index=True).reindex(columns=REQUEST_LOG_COLUMNS)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+    return frame.sort_values(["unix_time", "request_id", "row"], kind="stable").reset_index(drop=True)
+
+
+def served_from_request_log(log: pd.DataFrame) -> pd.DataFrame:
+    """Recommendation rows (not similar-item ones) as served rows: user_id, k, item_ids,
+    scores, unix_time, model_version."""
+    rows = log[log["user_id"].notna()] if len(log) else log
+    return pd.DataFrame({
+        "user_id": rows["user_id"].astype(str).to_numpy(),
+        "k": pd.to_numeric(rows["k"], errors="coerce").fillna(0).astype(int).to_numpy(),
+        "item_ids": [list(v) if isinstance(v, list) else [] for v in rows["item_ids"]],
+        "scores": [list(v) if isinstance(v, list) else None for v in rows["scores"]],
+        "unix_time": rows["unix_time"].astype(float).to_numpy(),
+        "model_version": rows["model_version"].astype(str).to_numpy(),
+    })
+
+
+def served_from_impressions(impressions: pd.DataFrame) -> pd.DataFrame:
+    """One served row per (request, user) of the store's impressions, items in position order;
+    k is the number of positions shown; there are no scores."""
+    if impressions.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in
+                             ("user_id", "k", "item_ids", "scores", "unix_time", "model_version")})
+    ordered = impressions.sort_values(["request_id", "user_id", "position"], kind="stable")
+    grouped = ordered.groupby(["request_id", "user_id"], sort=False)
+    frame = grouped.agg(item_ids=("item_id", list), unix_time=("timestamp", "min"),
+                        model_version=("model_version", "first")).reset_index()
+    frame["k"] = frame["item_ids"].map(len)
+    frame["scores"] = None
+    frame["user_id"] = frame["user_id"].astype(str)
+    return frame[["user_id", "k", "item_ids", "scores", "unix_time", "model_version"]].sort_values(
+        "unix_time", kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- feedback events
+def read_events_file(path: str | Path) -> list[dict[str, Any]]:
+    """Events from a JSON-lines (.jsonl/.json/.ndjson) or CSV file, as they are written (see
+    validate_events); a line that is not a JSON object names its row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"{path}: no such events file")
+    if path.suffix.lower() not in {".jsonl", ".json", ".ndjson"}:
+        try:
+            frame = pd.read_csv(path, dtype={c: str for c in ("event_id", "user_id", "item_id",
+                                                              "request_id", "model_version")})
+        except (ValueError, OSError, pd.errors.ParserError) as exc:
+            raise DataValidationError(f"{path}: cannot be read as a CSV of events: {exc}") from None
+        return frame.to_dict("records")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataValidationError(f"{path}: row {number}: not JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise DataValidationError(f"{path}: row {number}: an event must be a JSON object")
+            records.append(record)
+    return records
+
+
+def _as_sent(record: dict[str, Any]) -> dict[str, Any]:
+    """A row read back from a table (NaN for absent values, float positions) as a client
+    would send it, for `normalize_event`."""
+    event = {}
+    for key, value in record.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if key == "position" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, np.generic):
+            value = value.item()
+        event[key] = value
+    return event
+
+
+def validate_events(records: list[dict[str, Any]], *, source: str,
+                    now: float | None = None) -> pd.DataFrame:
+    """Every event through the events contract (`feedback_events.normalize_event`, the check
+    the events service applies); the first bad one is named by its row (1-based) and event id.
+    Returns the stored form, one row per event."""
+    now = time.time() if now is None else now
+    rows = []
+    for number, record in enumerate(records, start=1):
+        event = _as_sent(record)
+        received = event.pop("received_at", None)
+        try:
+            rows.append(normalize_event(event, float(received) if received else now))
+        except InvalidEvent as exc:
+            who = f" (event {event['event_id']!r})" if "event_id" in event else ""
+            raise DataValidationError(f"{source}: row {number}{who}: {exc}") from None
+    columns = [*EVENT_FIELDS, "received_at"]
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def events_to_interactions(events: pd.DataFrame) -> pd.DataFrame:
+    """Positive events (consume, click, like, rating) as interactions, one row per (user,
+    item): its latest event time (whole seconds) and its latest rating (empty when the pair
+    was only clicked, liked or consumed: an implicit interaction). The same rule as the
+    store's `interactions()`, applied to events that were validated row by row first."""
+    positive = events[events["type"].isin(POSITIVE_EVENT_TYPES)]
+    columns = ["user_id", "item_id", "rating", "timestamp"]
+    if positive.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float if c == "rating" else str) for c in columns})
+    pairs = positive.groupby(["user_id", "item_id"], sort=False)["timestamp"].max().reset_index()
+    rated = positive[positive["type"] == "rating"].sort_values("timestamp", kind="stable")
+    latest = rated.groupby(["user_id", "item_id"])["value"].last().rename("rating").reset_index()
+    out = pairs.merge(latest, on=["user_id", "item_id"], how="left")
+    out["rating"] = out["rating"].astype(float)
+    out["timestamp"] = np.floor(out["timestamp"].astype(float)).astype("int64")
+    return out.sort_values(["timestamp", "user_id", "item_id"], kind="stable")[columns].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- the feedback store
+def is_store_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def redact(location: str) -> str:
+    """A store URL without its password (files as they are), for messages."""
+    if not is_store_url(location):
+        return location
+    from components.feedback_store import display_url
+
+    return display_url(location)
+
+
+def read_feedback_events(location: str, *, since: float | None = None, until: float | None = None,
+                         types: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Validated events (stored form) of a store URL or an events file, with since <=
+    timestamp < until and of the given types (each optional)."""
+    if is_store_url(location):
+        from components.feedback_store import FeedbackStore
+
+        with FeedbackStore(location) as store:
+            raw = store.read_events(since=since, until=until, types=list(types) if types else None)
+        events = validate_events(raw.to_dict("records"),
+                                 source=f"feedback store {redact(location)} (table events)")
+    else:
+        events = validate_events(read_events_file(location), source=str(location))
+    keep = np.ones(len(events), dtype=bool)
+    if since is not None:
+        keep &= (events["timestamp"] >= since).to_numpy()
+    if until is not None:
+        keep &= (events["timestamp"] < until).to_numpy()
+    if types:
+        keep &= events["type"].isin(types).to_numpy()
+    return events[keep].reset_index(drop=True)
+
+
+def read_impressions(location: str, *, since: float | None = None,
+                     until: float | None = None) -> pd.DataFrame:
+    """The store's impressions with since <= timestamp < until (an events file has none)."""
+    if not is_store_url(location):
+        return pd.DataFrame(columns=["request_id", "user_id", "item_id", "position",
+                                     "model_version", "source_version", "variant", "timestamp"])
+    from components.feedback_store import FeedbackStore
+
+    with FeedbackStore(location) as store:
+        return store.read_impressions(since=since, until=until)
