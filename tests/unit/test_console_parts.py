@@ -321,3 +321,44 @@ def test_recent_reuses_a_read_for_its_seconds_and_never_keeps_failures():
     assert recent.get("f", read) == 4  # the failure was not kept
     recent.clear()
     assert recent.get("k", read) == 5
+
+
+def test_monitoring_shows_the_drift_decisions_recorded_in_mlflow(tmp_path):
+    """A drift check recorded by the monitoring step's own MLflow writer, read back by the
+    Monitoring page: the decision, its reasons, each feature's statistic and p-value, the
+    report."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from components.monitor import Decision
+    from components.monitor_step import _log_to_mlflow
+    from serving.console.app import build_console, create_app
+    from serving.console.config import console_config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    decision = Decision(
+        "retrain", ["drift: requests.user_activity moved (p = 0.0001)"],
+        {"requests.user_activity": {"p_value": 1e-4, "statistic": 0.31},
+         "scores.score": {"p_value": 0.4, "statistic": 0.02}},
+        [], "v7", time.time(), {"rows": {"requests": 1000}})
+    report = tmp_path / "report"
+    report.write_text("<html><body><h1>Drift check</h1></body></html>")
+    decision_file = tmp_path / "decision"
+    decision_file.write_text(decision.to_json())
+    _log_to_mlflow(uri, "recsys-monitoring", decision, report, decision_file)
+
+    closed = "http://127.0.0.1:9"
+    config = console_config(home, tracking_uri=uri, predictor_url=closed, events_url=closed,
+                            timeout=1.0)
+    with TestClient(create_app(build_console(config))) as client:
+        page = client.get("/monitoring").text
+        section = page[page.index('id="drift-title"'):page.index('id="runs-title"')]
+        assert "retrain" in section and "champion <code>v7</code>" in section
+        assert "drift: requests.user_activity moved (p = 0.0001)" in section
+        assert re.search(r"requests\.user_activity</th><td class=\"num\">0\.3100</td>"
+                         r"<td class=\"num\">0\.0001</td>", section)
+        link = re.search(r'href="(/monitoring/drift/[0-9a-f]+/report)"', section).group(1)
+        assert "<h1>Drift check</h1>" in client.get(link).text
