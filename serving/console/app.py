@@ -8,7 +8,10 @@ goes to the log).
 
 Handlers are plain `def`: FastAPI runs them in its thread pool, so MLflow's and SQLAlchemy's
 blocking calls never stall the event loop. Work per request is bounded: outgoing calls have
-timeouts, store reads have time windows and row limits.
+timeouts, the monitoring counts are grouped by the database (a few hundred rows whatever the
+volume), and the slow reads (MLflow, the experiment analysis, which reads every impression since
+the challenger started, as `recsys rollout analyze` does) run at most once per 5 s however many
+pages ask (`serving.console.recent`).
 
 POSTs that change something (feedback, promote, rollback) are refused when the browser says
 they come from another site (`Origin` / `Sec-Fetch-Site`): a page elsewhere cannot drive a
@@ -20,7 +23,6 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,20 +31,12 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.console import charts, experiments, formatting, monitoring, tryit
-from serving.console.clients import EventsClient, PredictorClient, Refused, Unavailable
-from serving.console.config import ConsoleConfig
-from serving.console.recent import Recent
-from serving.console.registry_view import Registry
+from serving.console.clients import Refused, Unavailable
+from serving.console.state import Console
 
 log = logging.getLogger("recsys.console")
 
@@ -53,100 +47,6 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src '
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 # The model report is a self-contained page of its own (inline style, base64 PNG plots).
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
-
-
-class ConsoleMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("recsys_console_requests", "Requests answered, by route and status",
-                                ["route", "status"], registry=self.registry)
-        self.seconds = Histogram("recsys_console_request_seconds", "Time to answer, by route",
-                                 ["route"], registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.unavailable = Counter("recsys_console_unavailable",
-                                   "Pages or sections shown without a dependency, by dependency",
-                                   ["dependency"], registry=self.registry)
-        self.feedback = Counter("recsys_console_feedback_events",
-                                "Feedback events sent through the events API, by type and outcome",
-                                ["type", "outcome"], registry=self.registry)
-
-
-@dataclass
-class Console:
-    """What the handlers share: the configuration and one client per dependency."""
-
-    config: ConsoleConfig
-    registry: Registry
-    predictor: PredictorClient
-    events: EventsClient
-    catalogue: tryit.Catalogue
-    metrics: ConsoleMetrics
-    request_log: monitoring.RequestLogReader
-    experiment_config: Any  # components.config.ExperimentConfig
-    # How `recsys rollout` finds, measures and acts on the experiment (an ExperimentBackend,
-    # handed over by the command line; None: the Experiments page says it is not wired in).
-    experiments: Any = None
-    # The slow pages' data, reused for a few seconds (see serving.console.recent).
-    recent: Recent = field(default_factory=lambda: Recent(5.0))
-
-    def warm(self) -> None:
-        """Import MLflow and open its store once, off the request path (the first import
-        costs seconds)."""
-        try:
-            import components.experiment  # noqa: F401 (scipy and pandas: seconds, once)
-
-            self.registry.aliases()
-        except Unavailable:
-            pass
-
-    def answered_by(self, model_version: str) -> str:
-        """"MLflow version 3, champion" for an artifact version, as far as it can be told."""
-        parts = []
-        for version in model_version.split("+"):
-            mlflow_version = self.catalogue.registered_version(version)
-            if mlflow_version is None:
-                continue
-            try:
-                aliases = [a for a, v in self.registry.aliases().items() if v == mlflow_version]
-            except Unavailable:
-                aliases = []
-            parts.append(f"MLflow version {mlflow_version}"
-                         + (f", {' and '.join(sorted(aliases))}" if aliases else ""))
-        return "; ".join(parts)
-
-    def drift_decisions(self) -> tuple[list[dict], str | None]:
-        from components.config import RegistryConfig
-
-        found, problem = monitoring.drift_decisions(self.registry, RegistryConfig().experiment)
-        if problem and not found:
-            self.metrics.unavailable.labels("drift").inc()
-        return found, problem
-
-    def close(self) -> None:
-        self.predictor.close()
-        self.events.close()
-
-    def unavailable(self, dependency: str, exc: Exception) -> str:
-        self.metrics.unavailable.labels(dependency).inc()
-        return str(exc)
-
-
-def build_console(config: ConsoleConfig, *, experiment_config: Any = None,
-                  experiments: Any = None) -> Console:
-    from components.config import ExperimentConfig
-
-    registry = Registry(config.tracking_uri, config.model_name)
-    return Console(
-        config=config,
-        registry=registry,
-        predictor=PredictorClient(config.predictor, config.model_name, config.timeout),
-        events=EventsClient(config.events, config.timeout),
-        catalogue=tryit.Catalogue(config.home, tryit.registry_items_lookup(registry)),
-        metrics=ConsoleMetrics(),
-        request_log=monitoring.RequestLogReader(config.request_log),
-        experiment_config=experiment_config or ExperimentConfig(),
-        experiments=experiments,
-    )
 
 
 def _same_origin(request: Request) -> bool:

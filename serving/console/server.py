@@ -17,7 +17,8 @@ def serve(config: ConsoleConfig, host: str, port: int, *, log_level: str = "info
 
     import uvicorn
 
-    from serving.console.app import build_console, create_app
+    from serving.console.app import create_app
+    from serving.console.state import build_console
 
     if not 0 < port < 65536:
         raise RecsysError(f"--port must be a port number, got {port}")

@@ -72,8 +72,9 @@ def test_read_only_console_follows_the_canary_and_changes_nothing(cluster):
 
     from components.config import ExperimentConfig
     from pipelines.cli_console import RolloutBackend
-    from serving.console.app import build_console, create_app
+    from serving.console.app import create_app
     from serving.console.config import console_config
+    from serving.console.state import build_console
 
     closed = "http://127.0.0.1:9"
     config = console_config(cluster["home"], tracking_uri=cluster["uri"],

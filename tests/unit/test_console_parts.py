@@ -203,8 +203,9 @@ def client(tmp_path):
     from fastapi.testclient import TestClient
 
     from pipelines.cli_console import RolloutBackend
-    from serving.console.app import build_console, create_app
+    from serving.console.app import create_app
     from serving.console.config import console_config
+    from serving.console.state import build_console
 
     closed = "http://127.0.0.1:9"  # the discard port: nothing answers there
     config = console_config(tmp_path / "home", tracking_uri=None, predictor_url=closed,
@@ -333,8 +334,9 @@ def test_monitoring_shows_the_drift_decisions_recorded_in_mlflow(tmp_path):
 
     from components.monitor import Decision
     from components.monitor_step import _log_to_mlflow
-    from serving.console.app import build_console, create_app
+    from serving.console.app import create_app
     from serving.console.config import console_config
+    from serving.console.state import build_console
 
     home = tmp_path / "home"
     home.mkdir()
