@@ -113,6 +113,7 @@ def photograph(browser, console: str, user: str, out: Path) -> dict:
     phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
     tab = phone.new_page()
     tab.goto(console + pages["try"])
+    tab.evaluate("document.getElementById('answer-title').scrollIntoView()")
     tab.screenshot(path=str(out / "try-phone.png"))
     phone.close()
     return figures
