@@ -337,3 +337,13 @@ def test_fuzzed_forms_and_queries_never_fail_the_console(stack):
             assert "Traceback" not in response.text
 
     check()
+
+
+def test_the_console_stops_cleanly_on_sigterm(stack):
+    """Last: SIGTERM (what Kubernetes sends) ends the console with exit code 0 after its
+    shutdown (clients closed), with no traceback in its log."""
+    console = stack["console"]
+    assert httpx.get(console.url + "/healthz").json() == {"status": "ok"}
+    assert console.stop() == 0
+    log = console.output()
+    assert "console stopped" in log and "Traceback" not in log
