@@ -317,19 +317,19 @@ class ExperimentRouter(Model):
 
 def impression_rows(timestamp: float, request_id: str, user_ids: np.ndarray,
                     item_ids: np.ndarray, versions: list[str], sources: np.ndarray | None,
-                    variants: list[str]) -> list[dict[str, Any]]:
-    """The feedback store's impression rows of one answer: one per shown item, with the
-    answer's version, the version that placed the item and the user's variant."""
+                    variants: list[str]) -> list[tuple]:
+    """The feedback store's impression rows of one answer, one per shown item, as tuples in
+    `IMPRESSION_COLUMNS` order (what its writer takes): the answer's version, the version that
+    placed the item and the user's variant."""
     rows = []
     for row, user in enumerate(user_ids.tolist()):
         for position, item in enumerate(item_ids[row].tolist()):
             if not item:
                 break  # padding is always at a row's end
-            rows.append({"request_id": request_id, "user_id": str(user), "item_id": item,
-                         "position": position, "model_version": versions[row],
-                         "source_version": versions[row] if sources is None
-                         else str(sources[row, position]),
-                         "variant": variants[row], "timestamp": timestamp})
+            # Only interleaved rows have sources of their own; the others placed every item.
+            source = (str(sources[row, position]) if sources is not None else "") or versions[row]
+            rows.append((request_id, str(user), item, position, versions[row], source,
+                         variants[row], timestamp))
     return rows
 
 
