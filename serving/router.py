@@ -4,8 +4,9 @@ user id, and team-draft interleaving for another share of users (`recsys serve` 
 Each user's variant comes from `components.assignment` (a hash of the user id salted with the
 challenger's version): the same user sees the same model in every request, which is what makes
 the A/B analysis a user-level experiment. Every answer row carries the version that made it (the
-`model_versions` output, [B] BYTES; in v1 each prediction's `model_version`); the response's own
-`model_version` is that version when the batch has one, else the versions joined by ",". An
+`model_versions` output, [B] BYTES; in v1 each prediction's `model_version`) while a challenger
+serves; the response's own `model_version` is that version when the batch has one, else the
+versions joined by ",". With the champion alone, answers are exactly the predictor's. An
 interleaved answer's version is "<champion>+<challenger>", and the impression of each of its
 positions records the version that placed the item (`source_version`).
 
@@ -168,7 +169,8 @@ class ExperimentRouter(Model):
         return self._arms.champion.get_input_types()
 
     def get_output_types(self) -> list[dict]:
-        return [*self._arms.champion.get_output_types(), dict(VERSIONS_OUTPUT)]
+        extra = [dict(VERSIONS_OUTPUT)] if self._arms.challenger is not None else []
+        return [*self._arms.champion.get_output_types(), *extra]
 
     # ------------------------------------------------------------------ following the record
     def _start_watcher(self) -> None:
@@ -238,6 +240,9 @@ class ExperimentRouter(Model):
         answer, versions, sources = self._answer(arms, query, variants, request_id)
         self._count_and_log(lead, query, answer, request_id, versions, sources, variants)
         response_version = ",".join(dict.fromkeys(versions))
+        if arms.challenger is None:  # one model serves: the predictor's own answer, unchanged
+            return (lead._v2_response(payload, answer, request_id) if is_v2
+                    else lead._v1_response(query, answer, request_id))
         if is_v2:
             response = lead._v2_response(payload, answer, request_id)
             response.model_version = response_version
@@ -317,19 +322,19 @@ class ExperimentRouter(Model):
 
 def impression_rows(timestamp: float, request_id: str, user_ids: np.ndarray,
                     item_ids: np.ndarray, versions: list[str], sources: np.ndarray | None,
-                    variants: list[str]) -> list[dict[str, Any]]:
-    """The feedback store's impression rows of one answer: one per shown item, with the
-    answer's version, the version that placed the item and the user's variant."""
+                    variants: list[str]) -> list[tuple]:
+    """The feedback store's impression rows of one answer, one per shown item, as tuples in
+    `IMPRESSION_COLUMNS` order (what its writer takes): the answer's version, the version that
+    placed the item and the user's variant."""
     rows = []
     for row, user in enumerate(user_ids.tolist()):
         for position, item in enumerate(item_ids[row].tolist()):
             if not item:
                 break  # padding is always at a row's end
-            rows.append({"request_id": request_id, "user_id": str(user), "item_id": item,
-                         "position": position, "model_version": versions[row],
-                         "source_version": versions[row] if sources is None
-                         else str(sources[row, position]),
-                         "variant": variants[row], "timestamp": timestamp})
+            # Only interleaved rows have sources of their own; the others placed every item.
+            source = (str(sources[row, position]) if sources is not None else "") or versions[row]
+            rows.append((request_id, str(user), item, position, versions[row], source,
+                         variants[row], timestamp))
     return rows
 
 
