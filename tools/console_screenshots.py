@@ -105,6 +105,7 @@ def photograph(browser, console: str, user: str, out: Path) -> dict:
     first = page.locator("li.rec .title").first.inner_text().split(" (")[0]
     page.get_by_role("button", name=f"Like {first}").first.click()
     page.locator("p.notice").wait_for()
+    page.wait_for_timeout(2_000)  # past the highlight's animation
     page.screenshot(path=str(out / "try.png"), full_page=True)
     for name in ("experiments", "monitoring", "models"):
         page.goto(console + pages[name])
