@@ -1,9 +1,10 @@
-"""Running the console: uvicorn on the FastAPI app, stopped cleanly by SIGTERM or Ctrl-C
-(uvicorn stops accepting, lets requests in flight finish for up to `GRACE_SECONDS`, then the
-app's lifespan closes its clients)."""
+"""Running the console: uvicorn on the FastAPI app, stopped cleanly by SIGTERM (exit code 0)
+or Ctrl-C: uvicorn stops accepting, lets requests in flight finish for up to `GRACE_SECONDS`,
+then the app's lifespan closes its clients."""
 from __future__ import annotations
 
 import logging
+import signal
 
 from components.errors import RecsysError
 from serving.console.config import ConsoleConfig
@@ -32,6 +33,9 @@ def serve(config: ConsoleConfig, host: str, port: int, *, log_level: str = "info
     app = create_app(build_console(config, experiment_config=experiment_config,
                                   experiments=experiments))
     logging.getLogger("recsys.console").info("console on http://%s:%d/", host, port)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for whatever handler
+    # was there before it: with this one, a stop that went well ends with exit code 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=GRACE_SECONDS, server_header=False)
     return 0

@@ -79,7 +79,7 @@ def test_bad_k_and_bad_users_file(files, fitted, tmp_path):
 
 
 COMMANDS = ("run", "compile", "fit", "recommend", "serve", "submit", "schedule", "rollout", "events",
-            "monitor")
+            "monitor", "simulate", "console")
 
 
 def test_help_lists_every_command():
