@@ -78,7 +78,8 @@ def test_bad_k_and_bad_users_file(files, fitted, tmp_path):
     assert result.returncode == 1 and "--k must be between 1" in result.stderr
 
 
-COMMANDS = ("run", "compile", "fit", "recommend", "serve", "submit", "schedule", "rollout")
+COMMANDS = ("run", "compile", "fit", "recommend", "serve", "submit", "schedule", "rollout", "events",
+            "simulate")
 
 
 def test_help_lists_every_command():
@@ -105,7 +106,7 @@ def test_every_subcommand_help_renders(capsys):
 
     paths = list(_every_help_path(build_parser()))
     assert {p[0] for p in paths} == set(COMMANDS)
-    assert ("rollout", "rollback") in paths
+    assert ("rollout", "rollback") in paths and ("rollout", "analyze") in paths
     for path in paths:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([*path, "--help"])
