@@ -195,7 +195,9 @@ def _session_events(users: SimulatedUsers, indices: list[int], answer: dict, cli
         for position in np.flatnonzero(clicks):
             item = items[position]
             base = {"user_id": users.user_id(index), "item_id": item, "request_id": request_id,
-                    "model_version": prediction["model_version"], "position": int(position)}
+                    # per row while a challenger serves; the answer's own once one model does
+                    "model_version": prediction.get("model_version", answer["model_version"]),
+                    "position": int(position)}
             stem = f"{serial}-{row}-{position}"
             events.append({**base, "event_id": f"{stem}-click", "type": "click"})
             users.clicked[index].append(item)
@@ -315,7 +317,8 @@ def _replay(args, users, click_model, home, config_path, model_url, events_url, 
                 continue
             if decided_at is not None:
                 if sessions >= decided_at + 2 * args.analyze_every:
-                    served = {p["model_version"] for p in answer["predictions"]}
+                    served = {p.get("model_version", answer["model_version"])
+                              for p in answer["predictions"]}
                     print(f"{sessions:>8,}  since the decision, answers come from: "
                           + ", ".join(f"version {v} (the {versions.get(v, 'new')} model)"
                                       for v in sorted(served)), flush=True)

@@ -106,7 +106,7 @@ def test_every_subcommand_help_renders(capsys):
 
     paths = list(_every_help_path(build_parser()))
     assert {p[0] for p in paths} == set(COMMANDS)
-    assert ("rollout", "rollback") in paths
+    assert ("rollout", "rollback") in paths and ("rollout", "analyze") in paths
     for path in paths:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([*path, "--help"])
