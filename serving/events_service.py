@@ -20,9 +20,9 @@ Why uvicorn + Starlette (they come with KServe): the standard library's threaded
 thread per connection without limit and has no graceful drain; uvicorn bounds concurrent
 connections (`limit_concurrency`: 503 beyond), answers SIGTERM by finishing in-flight requests,
 and its HTTP parser is C (httptools). Starlette without FastAPI: the events are checked by
-`normalize_event` once, not a second time by pydantic. Measured with the benchmark's load
-(tests/benchmarks/bench_events.py) against the same core behind `ThreadingHTTPServer`: see
-the README's events section.
+`normalize_event` once, not a second time by pydantic. Against the same core behind
+`ThreadingHTTPServer` (with Nagle off, else each answer waits 40 ms for a delayed ACK), under
+the benchmark's load, throughput was within this machine's noise (README, Closing the loop).
 """
 from __future__ import annotations
 
