@@ -181,7 +181,7 @@ def test_end_to_end_serve_shift_monitor_retrain(tmp_path, capsys, monkeypatch):
 
     result = _recsys("monitor", "--json", home=home, timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]
-    out = json.loads(result.stdout)
+    out = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     with capsys.disabled():  # what `make monitor-demo` shows
         print("\n" + result.stdout)
     assert out["decision"] == "retrain"

@@ -195,6 +195,10 @@ def test_a_significant_click_through_drop_is_a_reason(artifact, trained):
     few = OnlineMetric(clicks=1, impressions=50, previous_clicks=10, previous_impressions=50)
     decision, _ = _decide(directory, references, window, online=few)
     assert decision.decision == OK and any("min_impressions" in n for n in decision.notes)
+    # No impressions before: no CTR to compare, and the JSON stays strict (null, not NaN).
+    first = OnlineMetric(clicks=0, impressions=3000, previous_clicks=0, previous_impressions=0)
+    decision, _ = _decide(directory, references, window, online=first)
+    assert json.loads(decision.to_json(), parse_constant=pytest.fail)["online"]["previous_ctr"] is None
 
 
 def test_decision_json_has_the_documented_shape(artifact, trained):
