@@ -365,3 +365,14 @@ def test_serving_and_the_cli_never_import_alibi_detect():
             "pipelines.cli.build_parser(); print('alibi_detect' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_without_alibi_detect_training_goes_on_and_checking_says_why(trained, artifact, monkeypatch, caplog):
+    import components.drift
+
+    model, _, reference, _ = trained
+    monkeypatch.setattr(components.drift, "available", lambda: False)
+    assert fit_references(model, reference, CONFIG.monitoring) is None
+    assert "alibi-detect is not installed" in caplog.text
+    with pytest.raises(RecsysError, match=r"needs alibi-detect: pip install 'recsys-mlops\[monitoring\]'"):
+        load_references(artifact[0])
