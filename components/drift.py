@@ -47,11 +47,24 @@ class ViewResult:
     features: tuple[FeatureResult, ...]
 
 
+def available() -> bool:
+    """Whether alibi-detect is installed (the `monitoring` extra; the pipeline image has it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("alibi_detect") is not None
+
+
 def _alibi():
     """alibi-detect, imported on first use (it prints a line about missing deep-learning
     backends on import, which says nothing about the numpy/scipy detectors used here)."""
     import contextlib
     import io
+
+    if not available():
+        from components.errors import RecsysError
+
+        raise RecsysError("drift detection needs alibi-detect: pip install 'recsys-mlops[monitoring]' "
+                          "(the pipeline image has it)")
 
     logging.getLogger("alibi_detect").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -5,7 +5,8 @@ Three views, each a table with one row per unit that varies on its own:
 - `requests`: one row per answered user row of a recommendation (from the predictor's request
   log or the feedback store's impressions): the user's activity bucket (unknown users fall in
   the lightest bucket), the requested k (bucketed), the mean popularity percentile and the
-  dominant genre of the returned items, and, when the source has scores, the top score
+  dominant genre of the returned items (genres that lead under 5 % of the reference's lists
+  count as "other"), and, when the source has scores, the top score
   (`scores` is a view of its own, since impressions carry no scores).
 - `events`: one row per positive feedback event (consume, click, like, rating): the consumed
   item's popularity bucket (0: an item the model never saw) and the user's activity bucket.
@@ -117,9 +118,12 @@ class DriftProfile:
     activity_edges: list[float]
     popularity_edges: list[float]
     rating_edges: list[float]
-    genres: list[str]
+    genres: list[str]  # the genres a list's dominant genre is chosen among
     k_edges: list[int] = field(default_factory=lambda: list(K_EDGES))
     default_k: int = 10
+    # The genres that lead at least MIN_BIN_SHARE of the reference's lists, each a category of
+    # its own; the others share "other" (None: every genre of `genres`).
+    leading_genres: list[str] | None = None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
@@ -163,7 +167,7 @@ def bucket(values: np.ndarray, edges: list[float]) -> np.ndarray:
 
 
 def _item_genre_codes(facts: ModelFacts, genres: list[str]) -> sp.csr_matrix:
-    """[n_items, len(genres) + 1] 0/1: the kept genres, then "other"."""
+    """[n_items, len(genres) + 1] 0/1: the kept genres, then "other" (every other genre)."""
     code = {g: i for i, g in enumerate(genres)}
     rows, cols = [], []
     for row, item_genres in enumerate(facts.item_genres):
@@ -172,6 +176,14 @@ def _item_genre_codes(facts: ModelFacts, genres: list[str]) -> sp.csr_matrix:
             cols.append(code.get(g, len(genres)))
     data = np.ones(len(rows), dtype=np.float32)
     return sp.csr_matrix((data, (rows, cols)), shape=(len(facts.item_ids), len(genres) + 1))
+
+
+def _genre_codes(profile: DriftProfile) -> np.ndarray:
+    """Code of each genre index (and of "other", last): its place among the leading genres,
+    else the code of "other"."""
+    leading = profile.genres if profile.leading_genres is None else profile.leading_genres
+    place = {g: i for i, g in enumerate(leading)}
+    return np.asarray([place.get(g, len(leading)) for g in profile.genres] + [len(leading)])
 
 
 def top_genres(facts: ModelFacts, limit: int = MAX_GENRES) -> list[str]:
@@ -212,8 +224,10 @@ def served_table(served: pd.DataFrame, facts: ModelFacts, profile: DriftProfile)
         shape=(len(head), int(known.sum())),
     ) @ genre_hits
     per_row = per_row.toarray()
-    # The dominant genre of the list; a list without any genre gets a code of its own.
-    dominant = np.where(per_row.sum(axis=1) > 0, per_row.argmax(axis=1), len(profile.genres) + 1)
+    # The dominant genre of the list, coded among the leading genres ("other": any other genre,
+    # or none).
+    dominant = np.where(per_row.sum(axis=1) > 0, per_row.argmax(axis=1), len(profile.genres))
+    dominant = _genre_codes(profile)[dominant]
     values = np.column_stack([activity, k, popularity, dominant]).astype(np.float32)
     return _table("requests", values)
 
@@ -296,6 +310,12 @@ def reference_tables(model, heldout: pd.DataFrame, *, buckets: int, max_rows: in
         "item_ids": [list(r) for r in answers.item_ids[row_of]],
         "scores": [list(r) for r in answers.scores[row_of].astype(float)],
     })
+    # A genre that rarely leads a list would be a chi-squared cell with an expected count near
+    # zero in a small window, where one or two lists make a "significant" difference: those
+    # genres join "other".
+    dominant = served_table(served, facts, profile).column("items_genre").astype(int)
+    share = np.bincount(dominant, minlength=len(profile.genres) + 1) / max(len(dominant), 1)
+    profile.leading_genres = [g for i, g in enumerate(profile.genres) if share[i] >= MIN_BIN_SHARE]
     tables = {
         "requests": served_table(served, facts, profile),
         "scores": score_table(served),

@@ -13,6 +13,7 @@ changed reference fails `verify_files` like any other file of the model.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ import pandas as pd
 
 from components.config import MonitoringConfig
 from components.drift_features import VIEWS, DriftProfile, FeatureTable, reference_tables
-from components.errors import ArtifactError
+from components.errors import ArtifactError, RecsysError
+
+log = logging.getLogger(__name__)
 
 REFERENCE_DIR = "drift"
 PROFILE = "profile.json"
@@ -36,10 +39,16 @@ class References:
 
 
 def fit_references(model, heldout: pd.DataFrame, config: MonitoringConfig, *,
-                   source: str = "held-out interactions") -> References:
+                   source: str = "held-out interactions") -> References | None:
     """Reference tables from the model's answers and the held-out interactions, and a
-    detector fitted on each."""
-    from components.drift import fit_detectors
+    detector fitted on each. None, with a warning, where alibi-detect is not installed: the
+    model still trains and serves, and a drift check on it says it has no references."""
+    from components.drift import available, fit_detectors
+
+    if not available():
+        log.warning("no drift references: alibi-detect is not installed (pip install "
+                    "'recsys-mlops[monitoring]'; the pipeline image has it)")
+        return None
 
     profile, tables = reference_tables(model, heldout, buckets=config.buckets,
                                        max_rows=config.reference_size)
@@ -83,6 +92,8 @@ def load_references(artifact_dir: Path) -> References:
         profile = DriftProfile.load(directory / PROFILE)
         summary = json.loads((directory / SUMMARY).read_text())
         detectors = load_detectors(directory, list(VIEWS))
+    except RecsysError:  # alibi-detect is not installed: say that, not "bad artifact"
+        raise
     except Exception as exc:  # noqa: BLE001 (a bad reference in a checksummed artifact: a bad artifact)
         raise ArtifactError(f"{directory}: cannot load drift references: {type(exc).__name__}: {exc}") from None
     return References(profile, detectors, summary)

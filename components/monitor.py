@@ -91,13 +91,19 @@ class Decision:
     online: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, default=_json_default)
+        """Strict JSON: a value that is not a finite number (a CTR with no impressions) is null."""
+        return json.dumps(finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False, default=str)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinity (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------- the window

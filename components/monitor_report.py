@@ -42,7 +42,8 @@ def category_labels(profile: DriftProfile, feature: str) -> list[str]:
     if feature == "k":
         return _ranges(profile.k_edges)
     if feature == "items_genre":
-        return [*profile.genres, "other", "no genre"]
+        leading = profile.genres if profile.leading_genres is None else profile.leading_genres
+        return [*leading, "other"]
     if feature == "rating":
         return _ranges(profile.rating_edges)
     return []

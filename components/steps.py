@@ -166,7 +166,8 @@ def train(
     references = None
     if heldout_in:
         references = fit_references(model, pd.read_parquet(heldout_in), config.monitoring)
-        log.info("drift references: %s", references.summary["rows"])
+        if references is not None:
+            log.info("drift references: %s rows per view", references.summary["rows"])
     save_model(
         model, model_out, data_fingerprint=data_fingerprint,
         extra={"full_config": config_to_dict(config)},

@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from components.config import load_config
+    from components.monitor import finite
     from components.registry import default_home
     from pipelines.local import run_monitoring_local
 
@@ -120,7 +121,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             "report": str(report) if report else None,
             "retraining": _retraining_brief(retraining),
         }
-        print(json.dumps(out, indent=2, default=str))
+        print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
         return 0
     print()
     print(f"Monitoring finished in {time.monotonic() - started:.0f}s: {check['decision'].upper()}")

@@ -46,7 +46,8 @@ def test_committed_monitoring_pipeline_is_in_sync_with_the_code(tmp_path):
 
 
 def test_the_retraining_branch_is_the_training_pipeline_under_a_condition(tmp_path):
-    spec = yaml.safe_load(compile_monitoring_pipeline(tmp_path / "m.yaml", image="reg.example/r:2").read_text())
+    text = compile_monitoring_pipeline(tmp_path / "m.yaml", image="reg.example/r:2").read_text()
+    spec, platform = yaml.safe_load_all(text)  # the pipeline, then its Kubernetes settings
     root = spec["root"]["dag"]["tasks"]
     assert not root["drift-check-op"]["cachingOptions"].get("enableCache")
     branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
@@ -62,6 +63,9 @@ def test_the_retraining_branch_is_the_training_pipeline_under_a_condition(tmp_pa
     assert "feedback" in trained["ingest-op"]["inputs"]["parameters"]
     for executor in spec["deploymentSpec"]["executors"].values():
         assert executor["container"]["image"] == "reg.example/r:2"
+    # The retraining's data steps get the data source's credentials, as in a training run.
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {"exec-fingerprint-op", "exec-ingest-op"} <= set(kubernetes)
 
 
 def _recsys(*args: str, home: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -181,7 +185,7 @@ def test_end_to_end_serve_shift_monitor_retrain(tmp_path, capsys, monkeypatch):
 
     result = _recsys("monitor", "--json", home=home, timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]
-    out = json.loads(result.stdout)
+    out = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     with capsys.disabled():  # what `make monitor-demo` shows
         print("\n" + result.stdout)
     assert out["decision"] == "retrain"

@@ -195,6 +195,10 @@ def test_a_significant_click_through_drop_is_a_reason(artifact, trained):
     few = OnlineMetric(clicks=1, impressions=50, previous_clicks=10, previous_impressions=50)
     decision, _ = _decide(directory, references, window, online=few)
     assert decision.decision == OK and any("min_impressions" in n for n in decision.notes)
+    # No impressions before: no CTR to compare, and the JSON stays strict (null, not NaN).
+    first = OnlineMetric(clicks=0, impressions=3000, previous_clicks=0, previous_impressions=0)
+    decision, _ = _decide(directory, references, window, online=first)
+    assert json.loads(decision.to_json(), parse_constant=pytest.fail)["online"]["previous_ctr"] is None
 
 
 def test_decision_json_has_the_documented_shape(artifact, trained):
@@ -361,3 +365,14 @@ def test_serving_and_the_cli_never_import_alibi_detect():
             "pipelines.cli.build_parser(); print('alibi_detect' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_without_alibi_detect_training_goes_on_and_checking_says_why(trained, artifact, monkeypatch, caplog):
+    import components.drift
+
+    model, _, reference, _ = trained
+    monkeypatch.setattr(components.drift, "available", lambda: False)
+    assert fit_references(model, reference, CONFIG.monitoring) is None
+    assert "alibi-detect is not installed" in caplog.text
+    with pytest.raises(RecsysError, match=r"needs alibi-detect: pip install 'recsys-mlops\[monitoring\]'"):
+        load_references(artifact[0])
