@@ -11,7 +11,7 @@ import pytest
 def _recsys(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, timeout=300,
+        check=False, capture_output=True, text=True, cwd=cwd, timeout=300,
     )
 
 
