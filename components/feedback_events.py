@@ -105,7 +105,9 @@ def normalize_event(raw: Any, received_at: float | None = None) -> dict[str, Any
         raise InvalidEvent("event", f"must be a JSON object, not {type(raw).__name__}")
     unknown = sorted(str(k) for k in raw if k not in EVENT_FIELDS)
     if unknown:
-        raise InvalidEvent(unknown[0], f"unknown field (known: {', '.join(EVENT_FIELDS)})")
+        name = unknown[0]  # shown as sent, unless that would not read as a field name
+        label = name if name.strip() and len(name) <= 40 and ":" not in name else repr(name[:40])
+        raise InvalidEvent(label, f"unknown field (known: {', '.join(EVENT_FIELDS)})")
     received_at = time.time() if received_at is None else received_at
     kind = raw.get("type")
     if kind is None:

@@ -229,25 +229,28 @@ class FeedbackStore:
         """Store shown items (see IMPRESSION_COLUMNS; `source_version` defaults to
         `model_version`, `timestamp` to now); returns how many were new."""
         now = time.time()
-        records = {}
-        for row in rows:
-            record = {
-                "request_id": str(row["request_id"]), "user_id": str(row["user_id"]),
-                "item_id": str(row["item_id"]), "position": int(row["position"]),
-                "model_version": str(row["model_version"]),
-                "source_version": str(row.get("source_version") or row["model_version"]),
-                "variant": row.get("variant"),
-                "timestamp": float(row.get("timestamp") or now),
-            }
-            records.setdefault((record["request_id"], record["user_id"], record["position"]),
-                               record)
-        if not records:
+        return self.add_impression_tuples([
+            (str(row["request_id"]), str(row["user_id"]), str(row["item_id"]),
+             int(row["position"]), str(row["model_version"]),
+             str(row.get("source_version") or row["model_version"]), row.get("variant"),
+             float(row.get("timestamp") or now)) for row in rows])
+
+    def add_impression_tuples(self, rows: Sequence[tuple]) -> int:
+        """`add_impressions` for rows already typed, as tuples in IMPRESSION_COLUMNS order: the
+        predictor's writer stores ten of them per answer, so this skips SQLAlchemy's per-row
+        statement building and hands the driver one executemany (about 10x cheaper)."""
+        if not rows:
             return 0
-        statement = (self._insert(impressions_table).on_conflict_do_nothing(
-            index_elements=["request_id", "user_id", "position"])
-            .returning(impressions_table.c.position))
+        # Key order, as for events: PostgreSQL writers cannot deadlock on overlapping batches.
+        ordered = sorted(rows, key=lambda r: (r[0], r[1], r[3]))
         with self.engine.begin() as conn:
-            return len(conn.execute(statement, [records[key] for key in sorted(records)]).all())
+            return max(conn.exec_driver_sql(self._impression_sql, ordered).rowcount, 0)
+
+    @property
+    def _impression_sql(self) -> str:
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        return (f"INSERT INTO impressions ({', '.join(IMPRESSION_COLUMNS)}) VALUES "
+                f"({', '.join([mark] * len(IMPRESSION_COLUMNS))}) ON CONFLICT DO NOTHING")
 
     # -- reading ---------------------------------------------------------------------------
 

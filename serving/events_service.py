@@ -12,33 +12,26 @@ KServe's payload logger, in one ASGI app (`build_app`; `serving/events.py` runs 
   (`serving/payload_logger.py`) into impressions (and, with a request log, its records).
 - `GET /healthz` (503 while the store cannot be reached), `GET /metrics` (Prometheus).
 
-Group commit: concurrent requests are queued to one writer thread that stores everything
-waiting in one transaction (each request still gets its own answer). A commit costs a disk
-flush whatever its size (about 5 ms for SQLite with synchronous=FULL here), so this is what lets
-single-event clients reach batch throughput; PostgreSQL gains fewer round trips. The queue is
-bounded (`max_queued_events`): beyond it the answer is 503 with Retry-After, never an unbounded
-backlog.
+Events are stored by group commit (serving/group_commit.py): concurrent requests share a
+transaction, each gets its own answer. The queue is bounded (`max_queued_events`): beyond it
+the answer is 503 with Retry-After, never an unbounded backlog.
 
 Why uvicorn + Starlette (they come with KServe): the standard library's threaded server starts a
 thread per connection without limit and has no graceful drain; uvicorn bounds concurrent
 connections (`limit_concurrency`: 503 beyond), answers SIGTERM by finishing in-flight requests,
 and its HTTP parser is C (httptools). Starlette without FastAPI: the events are checked by
-`normalize_event` once, not a second time by pydantic. Measured with the benchmark's load
-(tests/benchmarks/bench_events.py) against the same core behind `ThreadingHTTPServer`: see
-the README's events section.
+`normalize_event` once, not a second time by pydantic. Against the same core behind
+`ThreadingHTTPServer` (with Nagle off, else each answer waits 40 ms for a delayed ACK), under
+the benchmark's load, throughput was within this machine's noise (README, Closing the loop).
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import queue
-import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -57,15 +50,14 @@ from starlette.routing import Route
 
 from components.feedback_events import InvalidEvent, normalize_batch
 from serving.events import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_EVENTS
+from serving.group_commit import GroupCommitter, Overloaded, accepted_rows
 from serving.impressions import ImpressionWriter, impressions_from_records
 from serving.payload_logger import REQUEST_TYPE, RESPONSE_TYPE, EventPairer
 from serving.request_log import records_from_cloudevents
 
 log = logging.getLogger("recsys.events")
 
-MAX_GROUP_EVENTS = 5_000
 BODY_TIMEOUT_SECONDS = 30.0
-_STOP = object()
 
 
 class EventMetrics:
@@ -102,118 +94,6 @@ class EventMetrics:
         self.impressions_dropped = counter(
             "recsys_events_impressions_dropped",
             "Answers whose impressions were dropped (writer behind, or a store error)")
-
-
-class Overloaded(Exception):
-    """More events are queued than the writer may hold."""
-
-
-@dataclass
-class _Job:
-    rows: list[dict[str, Any]]
-    future: concurrent.futures.Future
-
-
-class GroupCommitter:
-    """One writer thread; each transaction stores every request waiting (see module doc)."""
-
-    def __init__(self, store: Any, metrics: EventMetrics, *,
-                 on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
-                 max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
-                 max_group_events: int = MAX_GROUP_EVENTS):
-        self.store, self.metrics, self.on_commit = store, metrics, on_commit
-        self.max_queued_events, self.max_group_events = max_queued_events, max_group_events
-        self._queue: queue.Queue = queue.Queue()
-        self._queued = 0
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> GroupCommitter:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-            self._thread.start()
-        return self
-
-    def submit(self, rows: list[dict[str, Any]]) -> concurrent.futures.Future:
-        """Queue one request's events; the future gives (accepted, duplicate_ids) once they are
-        committed, or the store's error."""
-        with self._lock:
-            if self._thread is None:
-                raise Overloaded("the writer is stopped")
-            if self._queued + len(rows) > self.max_queued_events:
-                raise Overloaded(f"{self._queued} events already wait for the store")
-            self._queued += len(rows)
-            self.metrics.queued.set(self._queued)
-        job = _Job(rows, concurrent.futures.Future())
-        self._queue.put(job)
-        return job.future
-
-    def close(self, timeout: float = 60.0) -> None:
-        """Commit what is queued, then stop (idempotent)."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            group, size = [first], len(first.rows)
-            while size < self.max_group_events:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stopping = True
-                    break
-                group.append(job)
-                size += len(job.rows)
-            try:
-                self._commit(group)
-            finally:
-                with self._lock:
-                    self._queued -= size
-                    self.metrics.queued.set(self._queued)
-
-    def _commit(self, group: list[_Job]) -> None:
-        started = time.perf_counter()
-        try:
-            answers = self.store.add_normalized_batches([job.rows for job in group])
-        except Exception as exc:  # noqa: BLE001 (the database's many errors)
-            if len(group) > 1:  # one request's rows may be the cause: the others go alone
-                for job in group:
-                    self._commit([job])
-            else:
-                group[0].future.set_exception(exc)  # its request answers 503
-            return
-        size = sum(len(job.rows) for job in group)
-        self.metrics.store_seconds.observe(time.perf_counter() - started)
-        self.metrics.commit_events.observe(size)
-        stored = [row for job, (_, dups) in zip(group, answers)
-                  for row in _accepted(job.rows, dups)]
-        if self.on_commit is not None and stored:
-            self.on_commit(stored)  # before the answers: committed and visible, then 2xx
-        for job, answer in zip(group, answers):
-            job.future.set_result(answer)
-
-
-def _accepted(rows: list[dict[str, Any]], duplicates: list[str]) -> list[dict[str, Any]]:
-    """The rows a batch newly stored (the first copy of each id not answered a duplicate)."""
-    if not duplicates:
-        return rows
-    copies, repeated = Tally(r["event_id"] for r in rows), Tally(duplicates)
-    out, seen = [], set()
-    for row in rows:
-        key = row["event_id"]
-        if copies[key] > repeated[key] and key not in seen:
-            out.append(row)
-        seen.add(key)
-    return out
 
 
 class _OncePerMinute:
@@ -296,7 +176,7 @@ class EventsService:
         m = self.metrics
         if duplicates:
             m.duplicates.inc(len(duplicates))
-        for kind, n in Tally(r["type"] for r in _accepted(rows, duplicates)).items():
+        for kind, n in Tally(r["type"] for r in accepted_rows(rows, duplicates)).items():
             m.accepted.labels(kind).inc(n)
 
     # -- the payload logger -----------------------------------------------------------------

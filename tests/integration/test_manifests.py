@@ -51,6 +51,8 @@ SECRETS = {
     "recsys-postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
     "recsys-minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
     "recsys-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "recsys-feedback-db": {"FEEDBACK_DB_USER", "FEEDBACK_DB_PASSWORD", "FEEDBACK_DB_NAME"},
+    "recsys-redis": {"REDIS_PASSWORD"},
 }
 # The operator commands documented in manifests/README.md (the tests check they are there).
 ROLLBACK_PATCH = '{"spec":{"predictor":{"canaryTrafficPercent":0}}}'
@@ -344,6 +346,122 @@ def test_image_is_overridable_with_kustomize_images(kubectl, tmp_path):
     assert _isvc(docs)["spec"]["predictor"]["containers"][0]["image"] == f"{IMAGE}:9.9.9"
     events = _one(docs, "Deployment", "recsys-events")
     assert events["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE}:9.9.9"
+
+
+# --- the feedback loop: events on PostgreSQL, users' history in Redis ------------------------
+
+
+def _container_env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _expand(value: str, env: dict[str, dict], fake: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion, with each secret-backed variable replaced by `fake`."""
+    def one(match: re.Match) -> str:
+        ref = env[match.group(1)]["valueFrom"]["secretKeyRef"]
+        return fake[f"{ref['name']}/{ref['key']}"]
+
+    return re.sub(r"\$\(([A-Z_]+)\)", one, value)
+
+
+FAKE = {"recsys-feedback-db/FEEDBACK_DB_USER": "u", "recsys-feedback-db/FEEDBACK_DB_PASSWORD": "p",
+        "recsys-feedback-db/FEEDBACK_DB_NAME": "d", "recsys-redis/REDIS_PASSWORD": "r"}
+
+
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_events_store_in_postgresql_and_push_history_to_redis(rendered, name):
+    from sqlalchemy.engine import make_url
+
+    docs = rendered[name]
+    deployment = _one(docs, "Deployment", "recsys-events")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = _container_env(container)
+    store = make_url(_expand(env["RECSYS_FEEDBACK_STORE"]["value"], env, FAKE))
+    assert (store.drivername, store.username, store.password, store.database) == (
+        "postgresql+psycopg", "u", "p", "d")
+    postgres = _one(docs, "Service", store.host)  # the manifests' own PostgreSQL
+    assert store.port in [p["port"] for p in postgres["spec"]["ports"]]
+    online = make_url(_expand(env["RECSYS_ONLINE_STORE"]["value"], env, FAKE))
+    assert (online.drivername, online.password) == ("redis", "r")
+    _one(docs, "Service", online.host)
+    # No emptyDir holds events any more: only /tmp is writable.
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--output-dir" not in container["args"]
+
+
+def test_the_predictor_reads_the_history_lists_the_events_service_writes(rendered):
+    from sqlalchemy.engine import make_url
+
+    docs = rendered["base"]
+    (predictor,) = _isvc(docs)["spec"]["predictor"]["containers"]
+    env = _container_env(predictor)
+    online = make_url(_expand(env["RECSYS_ONLINE_STORE"]["value"], env, FAKE))
+    service_name, namespace = online.host.split(".")[:2]
+    assert (online.drivername, online.password, namespace) == ("redis", "r", NAMESPACE)
+    service = _one(docs, "Service", service_name)
+    assert online.port == service["spec"]["ports"][0]["port"] == 6379
+    redis = _one(docs, "Deployment", service_name)
+    labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert labels.items() >= service["spec"]["selector"].items()
+    (server,) = redis["spec"]["template"]["spec"]["containers"]
+    args = server["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert _container_env(server)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "recsys-redis", "key": "REDIS_PASSWORD"}
+    assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
+    # Only the events service and the predictor reach Redis.
+    policy = _one(docs, "NetworkPolicy", "recsys-redis")
+    assert policy["spec"]["podSelector"]["matchLabels"] == service["spec"]["selector"]
+    sources = [f["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"]
+               for f in rule["from"]]
+    assert sources == [{"app.kubernetes.io/name": "recsys-events"},
+                       {"serving.kserve.io/inferenceservice": "recsys"}]
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [6379]
+    postgres = _one(docs, "NetworkPolicy", "recsys-postgres")
+    allowed = [f["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+               for rule in postgres["spec"]["ingress"] for f in rule["from"]]
+    assert {"recsys-events", "recsys-feedback-db"} <= set(allowed)
+
+
+def test_the_feedback_database_job_works_on_a_real_postgresql(rendered, postgres_url):
+    """The Job's script, run by the real `psql` against the machine's PostgreSQL (as an admin,
+    like the Job on the cluster): it creates the user and the database, a second run changes
+    nothing but the password, and the events' store then works as that user."""
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from components.feedback_store import FeedbackStore
+
+    psql = require_tool("psql", "runs the feedback database Job's script")
+    job = _one(rendered["base"], "Job", "recsys-feedback-db")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["/bin/sh", "-c"]
+    (script,) = container["args"]
+    admin = make_url(postgres_url)
+    name = f"feedback_{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "PGHOST": admin.host, "PGPORT": str(admin.port or 5432),
+           "PGUSER": admin.username, "PGDATABASE": admin.database, "FEEDBACK_DB_USER": name,
+           "FEEDBACK_DB_NAME": name, "PATH": f"{Path(psql).parent}:{os.environ['PATH']}"}
+    try:
+        for password in ("first-password", "second-password"):  # applied twice: idempotent
+            run = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True,
+                                 env=env | {"FEEDBACK_DB_PASSWORD": password}, timeout=60,
+                                 check=False)
+            assert run.returncode == 0, run.stderr
+        owner_url = admin.set(username=name, password="second-password", database=name)
+        with FeedbackStore(owner_url.render_as_string(hide_password=False)) as store:
+            store.add_events([{"event_id": "e", "type": "like", "user_id": "u", "item_id": "i"}])
+            assert store.read_events().event_id.tolist() == ["e"]
+    finally:
+        engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{name}"')
+        engine.dispose()
 
 
 # --- rollout commands --------------------------------------------------------------------------

@@ -216,6 +216,11 @@ def test_three_likes_change_the_next_answer_and_are_never_recommended_again(
             assert set(first.model_version) == {before["version"]}
             joined = likes.merge(shown_rows, on=["request_id", "user_id"])
             assert len(joined) == 3 * 10  # each like joins the answer it followed
+            last = recommend(url, user, 5)["id"]  # then SIGTERM: written on the way out
+            predictor.terminate()
+            predictor.wait(30)
+            with FeedbackStore(store_url) as store:
+                assert (store.read_impressions().request_id == last).sum() == 5
     finally:
         predictor.terminate()
         predictor.wait(30)

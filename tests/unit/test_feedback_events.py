@@ -58,6 +58,14 @@ def test_each_bad_field_is_named(field, value, problem):
     assert str(caught.value).startswith(f"{field}: {problem}")
 
 
+@pytest.mark.parametrize("key, label", [("", "''"), ("a: b", "'a: b'"), ("x" * 50, repr("x" * 40))])
+def test_an_unknown_field_is_named_readably(key, label):
+    raw = {"event_id": "e", "type": "click", "user_id": "u", "item_id": "i", key: 1}
+    with pytest.raises(InvalidEvent, match="unknown field") as caught:
+        normalize_event(raw, NOW)
+    assert caught.value.field == label
+
+
 def test_a_batch_names_the_index_of_its_first_bad_event():
     good = {"event_id": "e", "type": "like", "user_id": "u", "item_id": "i"}
     assert len(normalize_batch([good, good], NOW)) == 2

@@ -1,0 +1,208 @@
+"""Real-time history benchmark (`make bench`): what the online history costs the predictor, and
+how soon feedback shows in answers.
+
+Same harness as bench_serving.py (one worker, 16 connections, single-user v2 requests on the
+ML-100K model, `wrk` when installed, else asyncio + httpx), in one run: the no-op KServe model,
+our predictor with the online history off, and on, reading the feedback store (SQLite) or
+Redis; each measured three times in turn (medians), and in-process, the predictor's own cost
+per single-user call with the history off and on. The store holds fresh feedback (five likes each) for a tenth of the users; scenario
+"none fresh" asks only for the other users (the cost of the lookup), "10% fresh" for everyone
+(those users' answers need a model call with their new history). Then the delay from an
+event's 2xx at the events service to the first answer that reflects it, 40 times per store.
+Targets (single user, history on, none fresh): >= 0.80x the no-op's requests/s, <= 1.30x its
+p99; visible within 1 s. They report; they do not gate.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_serving import REPO, Proc, _train, load, v2_bodies
+from events_process import start_service, stop_service
+
+from components.data import load_dataset
+from components.feedback_store import FeedbackStore
+
+pytestmark = pytest.mark.bench
+VISIBILITY_TRIALS = 40
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def ml100k_model(ml100k_dir, tmp_path_factory):
+    ds = load_dataset(str(ml100k_dir))
+    return ds, _train(ds, tmp_path_factory.mktemp("bench-online") / "model")
+
+
+def _fresh_events(ds, users: list[str], seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    items = ds.interactions["item_id"].astype(str).unique().tolist()
+    return [{"event_id": uuid.uuid4().hex, "type": "like", "user_id": user,
+             "item_id": rng.choice(items)} for user in users for _ in range(5)]
+
+
+def _answer(url: str, user: str) -> list[str]:
+    body = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [user]}]}
+    response = httpx.post(url + "/v2/models/recsys/infer", json=body, timeout=10)
+    return next(o for o in response.json()["outputs"] if o["name"] == "item_ids")["data"]
+
+
+def _visibility(events_url: str, url: str, users: list[str]) -> np.ndarray:
+    """Seconds from a like's 2xx to the first answer without the liked item (it was the
+    user's top recommendation, so the answer must change)."""
+    delays = []
+    for user in users:
+        top = _answer(url, user)[0]
+        response = httpx.post(events_url + "/v1/events", timeout=10, json={
+            "event_id": uuid.uuid4().hex, "type": "like", "user_id": user, "item_id": top})
+        assert response.status_code == 200
+        acknowledged = time.perf_counter()
+        while top in _answer(url, user):
+            assert time.perf_counter() - acknowledged < 30, "feedback never reached the answer"
+        delays.append(time.perf_counter() - acknowledged)
+    return np.asarray(delays)
+
+
+def test_online_history_cost_and_delay(ml100k_model, tmp_path, request):
+    ds, model_dir = ml100k_model
+    users = ds.interactions["user_id"].astype(str).unique().tolist()
+    rng = random.Random(7)
+    fresh_users = rng.sample(users, len(users) // 10)
+    stale_users = sorted(set(users) - set(fresh_users))
+    probe_users = rng.sample(stale_users, 2 * VISIBILITY_TRIALS)
+    other = sorted(set(stale_users) - set(probe_users))
+    bodies = {"none fresh": v2_bodies(other, 1), "10% fresh": v2_bodies(users, 1)}
+    store_url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    with FeedbackStore(store_url) as store:
+        store.add_events(_fresh_events(ds, fresh_users))
+    redis_url, prefix = request.getfixturevalue("redis_prefix")
+    from serving.online_history import RedisHistoryWriter
+
+    writer = RedisHistoryWriter(redis_url, prefix=prefix)
+    writer.push([{**e, "timestamp": time.time()} for e in _fresh_events(ds, fresh_users)])
+    writer.close()
+
+    serve = [sys.executable, "-m", "serving", "--model-dir", str(model_dir)]
+    setups = {
+        "no-op": ([sys.executable, str(REPO / "tests" / "benchmarks" / "noop_server.py")], "noop"),
+        "history off": (serve + ["--no-online-store"], "recsys"),
+        "history sqlite": (serve + ["--online-store", store_url], "recsys"),
+        "history redis": (serve + ["--online-store", redis_url, "--online-store-prefix", prefix],
+                          "recsys"),
+    }
+    # All four servers up at once (idle ones cost nothing), measured in turn, ROUNDS times:
+    # a load on the machine that drifts during the run weighs on every server alike.
+    servers = {label: Proc(command, tmp_path / f"{label}.log", f"/v2/models/{name}/ready")
+               for label, (command, name) in setups.items()}
+    runs: dict[tuple[str, str], list[dict]] = {}
+    delays = {}
+    try:
+        time.sleep(1)  # the histories' first read
+        for _round in range(ROUNDS):
+            for scenario, scenario_bodies in bodies.items():
+                for label, (_command, name) in setups.items():
+                    runs.setdefault((label, scenario), []).append(load(
+                        servers[label].url, f"/v2/models/{name}/infer", scenario_bodies))
+        for label, extra, half in (
+                ("history sqlite", (), probe_users[:VISIBILITY_TRIALS]),
+                ("history redis", ("--online-store", redis_url, "--online-store-prefix", prefix),
+                 probe_users[VISIBILITY_TRIALS:])):
+            events, events_url = start_service(store_url, tmp_path / "events.log", *extra)
+            try:
+                delays[label] = _visibility(events_url, servers[label].url, half)
+            finally:
+                stop_service(events)
+    finally:
+        for server in servers.values():
+            server.stop()
+    results = {key: {"rps": float(np.median([r["rps"] for r in rs])),
+                     "p50": float(np.median([r["p50"] for r in rs])),
+                     "p99": float(np.median([r["p99"] for r in rs])),
+                     "errors": sum(r["errors"] for r in rs)} for key, rs in runs.items()}
+
+    print()
+    print(f"single-user v2 REST, 16 connections, one worker (ML-100K model), medians of {ROUNDS} "
+          f"rounds; fresh feedback for {len(fresh_users)} of {len(users)} users")
+    print(f"{'server':16} {'scenario':11} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'vs no-op req/s':>15} {'vs no-op p99':>13} {'errors':>7}")
+    for (label, scenario), r in results.items():
+        base = results["no-op", scenario]
+        print(f"{label:16} {scenario:11} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} "
+              f"{r['rps'] / base['rps']:14.2f}x {r['p99'] / base['p99']:12.2f}x "
+              f"{r['errors']:7d}")
+    print("(targets, history on, none fresh: >= 0.80x req/s, <= 1.30x p99)")
+    for label, d in delays.items():
+        print(f"{label}: a like's 2xx to the first answer without the item: p50 "
+              f"{np.percentile(d, 50) * 1000:.0f} ms, p99 {np.percentile(d, 99) * 1000:.0f} ms, "
+              f"max {d.max() * 1000:.0f} ms over {len(d)} likes (target: < 1 s)")
+    assert all(r["errors"] == 0 for r in results.values())
+
+
+def _predict_all(predictor, requests) -> float:
+    """Seconds for every request through predict(), sync or async (it may become either)."""
+    import asyncio
+    import inspect
+
+    started = time.perf_counter()
+    if inspect.iscoroutinefunction(predictor.predict):
+        async def run() -> None:
+            for r in requests:
+                await predictor.predict(r)
+
+        asyncio.run(run())
+    else:
+        for r in requests:
+            predictor.predict(r)
+    return time.perf_counter() - started
+
+
+def test_online_history_cost_in_process(ml100k_model, tmp_path):
+    """predict() for a single-user v2 request, no HTTP: the lookup's own cost, and the cost of
+    a user with fresh feedback (a model call with the new history)."""
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from serving.predictor import RecommenderModel
+
+    ds, model_dir = ml100k_model
+    users = ds.interactions["user_id"].astype(str).unique().tolist()
+    rng = random.Random(3)
+    fresh_users = rng.sample(users, 50)
+    stale = sorted(set(users) - set(fresh_users))
+    store_url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    with FeedbackStore(store_url) as store:
+        store.add_events(_fresh_events(ds, fresh_users))
+
+    def requests(pool: list[str], n: int) -> list:
+        return [InferRequest(model_name="recsys", request_id=None, infer_inputs=[
+            InferInput("user_id", [1], "BYTES", [rng.choice(pool)])]) for _ in range(n)]
+
+    rows = []
+    for label, online in (("history off", None), ("history on (SQLite)", store_url)):
+        predictor = RecommenderModel("recsys", model_dir, online_store=online)
+        predictor.load()
+        try:
+            time.sleep(1)  # the first read
+            _predict_all(predictor, requests(stale, 500))  # warm
+            n = 5000
+            rows.append((f"{label}, no fresh feedback", _predict_all(predictor, requests(stale, n))
+                         / n * 1e6))
+            if online:
+                n = 300
+                rows.append((f"{label}, fresh feedback", _predict_all(
+                    predictor, requests(fresh_users, n)) / n * 1e6))
+        finally:
+            predictor.stop()
+    print()
+    print(f"{'predictor.predict, 1 user (v2), in process':48} {'us per call':>12}")
+    for label, us in rows:
+        print(f"{label:48} {us:12.0f}")
