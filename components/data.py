@@ -334,13 +334,15 @@ def with_feedback(raw: RawDataset, feedback: str) -> RawDataset:
 
     events = read_feedback_events(feedback, types=("consume", "click", "like", "rating"))
     origin = redact(feedback)
-    added = validate_interactions(events_to_interactions(events), source=f"{origin} (as interactions)")
+    added = validate_interactions(events_to_interactions(events),
+                                  source=f"{origin} (as interactions)")
     source = raw.interactions
     columns = [c for c in source.columns if c in added.columns] + ["user_id", "item_id"]
     added = added[list(dict.fromkeys(columns))]
     if "timestamp" not in source.columns:
         added = added.drop(columns="timestamp", errors="ignore")
-    keys = ["user_id", "item_id", *(c for c in ("rating", "timestamp") if c in added and c in source)]
+    shared = [c for c in ("rating", "timestamp") if c in added and c in source]
+    keys = ["user_id", "item_id", *shared]
     known = source[keys].astype({"user_id": str, "item_id": str}).merge(
         added[keys], on=keys, how="inner").drop_duplicates()
     if len(known):

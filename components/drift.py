@@ -13,6 +13,7 @@ no TensorFlow or PyTorch. The false alarm rate of a whole check is held at `p_va
 split evenly over the views, and within a view over its features by Bonferroni (or controlled
 as a false discovery rate with `correction="fdr"`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,10 @@ def _alibi():
     if not available():
         from components.errors import RecsysError
 
-        raise RecsysError("drift detection needs alibi-detect: pip install 'recsys-mlops[monitoring]' "
-                          "(the pipeline image has it)")
+        raise RecsysError(
+            "drift detection needs alibi-detect: pip install 'recsys-mlops[monitoring]' "
+            "(the pipeline image has it)"
+        )
 
     logging.getLogger("alibi_detect").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -73,8 +76,9 @@ def _alibi():
     return TabularDrift, save_detector, load_detector
 
 
-def fit_detectors(tables: dict[str, FeatureTable], *, p_value: float = 0.05,
-                  correction: str = "bonferroni") -> dict[str, Any]:
+def fit_detectors(
+    tables: dict[str, FeatureTable], *, p_value: float = 0.05, correction: str = "bonferroni"
+) -> dict[str, Any]:
     """A detector per view, its reference the view's rows (views without rows are left out)."""
     tabular_drift, _, _ = _alibi()
     fitted = {name: t for name, t in tables.items() if len(t)}
@@ -108,21 +112,29 @@ def run_detectors(detectors: dict[str, Any], tables: dict[str, FeatureTable]) ->
         if detector is None or not len(table):
             continue
         # Feature names and kinds come from the table; the detector was fitted on the same ones.
-        out = detector.predict(table.values, drift_type="batch", return_p_val=True,
-                               return_distance=True)["data"]
+        out = detector.predict(
+            table.values, drift_type="batch", return_p_val=True, return_distance=True
+        )["data"]
         p_values = np.atleast_1d(np.asarray(out["p_val"], dtype=float))
         distances = np.atleast_1d(np.asarray(out["distance"], dtype=float))
         thresholds = _feature_thresholds(p_values, out["threshold"], detector.correction)
         features = tuple(
             FeatureResult(
-                view=name, feature=feature, test="chi2" if is_cat else "ks",
-                statistic=float(distances[i]), p_value=float(p_values[i]),
-                threshold=float(thresholds[i]), drift=bool(p_values[i] < thresholds[i]),
+                view=name,
+                feature=feature,
+                test="chi2" if is_cat else "ks",
+                statistic=float(distances[i]),
+                p_value=float(p_values[i]),
+                threshold=float(thresholds[i]),
+                drift=bool(p_values[i] < thresholds[i]),
             )
             for i, (feature, is_cat) in enumerate(zip(table.names, table.categorical))
         )
-        results.append(ViewResult(name, len(table), int(detector.x_ref.shape[0]),
-                                  bool(out["is_drift"]), features))
+        results.append(
+            ViewResult(
+                name, len(table), int(detector.x_ref.shape[0]), bool(out["is_drift"]), features
+            )
+        )
     return results
 
 

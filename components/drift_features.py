@@ -17,6 +17,7 @@ similar share of it and the chi-squared cells are never nearly empty) and is sav
 detectors: the same rows always land in the same buckets. Nothing here imports alibi-detect;
 `components.drift` runs the tests, so either side can be replaced alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,12 @@ class FeatureTable:
 
 
 VIEWS: dict[str, tuple[tuple[str, bool], ...]] = {
-    "requests": (("user_activity", True), ("k", True), ("items_popularity", False),
-                 ("items_genre", True)),
+    "requests": (
+        ("user_activity", True),
+        ("k", True),
+        ("items_popularity", False),
+        ("items_genre", True),
+    ),
     "scores": (("top_score", False),),
     "events": (("item_popularity", True), ("user_activity", True)),
     "ratings": (("rating", True),),
@@ -72,10 +77,14 @@ class ModelFacts:
     item_genres: list[list[str]]
 
     @classmethod
-    def from_parts(cls, user_ids: np.ndarray, item_ids: np.ndarray, matrix: sp.spmatrix,
-                   items: pd.DataFrame) -> ModelFacts:
-        genres = items["genres"].fillna("").astype(str) if "genres" in items else pd.Series(
-            [""] * len(item_ids))
+    def from_parts(
+        cls, user_ids: np.ndarray, item_ids: np.ndarray, matrix: sp.spmatrix, items: pd.DataFrame
+    ) -> ModelFacts:
+        genres = (
+            items["genres"].fillna("").astype(str)
+            if "genres" in items
+            else pd.Series([""] * len(item_ids))
+        )
         return cls(
             user_ids=np.asarray(user_ids, dtype=str),
             item_ids=np.asarray(item_ids, dtype=str),
@@ -95,8 +104,9 @@ class ModelFacts:
         users = pd.read_parquet(directory / "users.parquet", columns=["user_id"])
         items = pd.read_parquet(directory / "items.parquet")
         matrix = sp.load_npz(directory / "interactions.npz")
-        return cls.from_parts(users["user_id"].to_numpy(str), items["item_id"].to_numpy(str),
-                              matrix, items)
+        return cls.from_parts(
+            users["user_id"].to_numpy(str), items["item_id"].to_numpy(str), matrix, items
+        )
 
     def index(self, ids: np.ndarray, known: np.ndarray) -> np.ndarray:
         """Position of each id in the sorted `known` ids, -1 where it is absent."""
@@ -142,7 +152,9 @@ def quantile_edges(values: np.ndarray, buckets: int) -> list[float]:
     return sorted({float(v) for v in inner})
 
 
-def balanced_edges(values: np.ndarray, min_share: float = MIN_BIN_SHARE, max_bins: int = 12) -> list[float]:
+def balanced_edges(
+    values: np.ndarray, min_share: float = MIN_BIN_SHARE, max_bins: int = 12
+) -> list[float]:
     """Cut points between the distinct values, merging neighbours until every bin holds at
     least `min_share` of them (few distinct values: a histogram; many: quantiles)."""
     values = np.asarray(values, dtype=float)
@@ -155,7 +167,7 @@ def balanced_edges(values: np.ndarray, min_share: float = MIN_BIN_SHARE, max_bin
     edges, held = [], 0
     for i in range(len(distinct) - 1):
         held += counts[i]
-        if held >= min_share * len(values) and counts[i + 1:].sum() >= min_share * len(values):
+        if held >= min_share * len(values) and counts[i + 1 :].sum() >= min_share * len(values):
             edges.append(float((distinct[i] + distinct[i + 1]) / 2))
             held = 0
     return edges
@@ -163,7 +175,9 @@ def balanced_edges(values: np.ndarray, min_share: float = MIN_BIN_SHARE, max_bin
 
 def bucket(values: np.ndarray, edges: list[float]) -> np.ndarray:
     """Bucket 0..len(edges) of each value (a value equal to an edge falls below it)."""
-    return np.searchsorted(np.asarray(edges, dtype=float), np.asarray(values, dtype=float), side="left")
+    return np.searchsorted(
+        np.asarray(edges, dtype=float), np.asarray(values, dtype=float), side="left"
+    )
 
 
 def _item_genre_codes(facts: ModelFacts, genres: list[str]) -> sp.csr_matrix:
@@ -219,10 +233,13 @@ def served_table(served: pd.DataFrame, facts: ModelFacts, profile: DriftProfile)
     counts = np.bincount(row_of[known], minlength=len(head))
     popularity = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
     genre_hits = _item_genre_codes(facts, profile.genres)[flat[known]]
-    per_row = sp.csr_matrix(
-        (np.ones(known.sum(), np.float32), (row_of[known], np.arange(known.sum()))),
-        shape=(len(head), int(known.sum())),
-    ) @ genre_hits
+    per_row = (
+        sp.csr_matrix(
+            (np.ones(known.sum(), np.float32), (row_of[known], np.arange(known.sum()))),
+            shape=(len(head), int(known.sum())),
+        )
+        @ genre_hits
+    )
     per_row = per_row.toarray()
     # The dominant genre of the list, coded among the leading genres ("other": any other genre,
     # or none).
@@ -234,8 +251,11 @@ def served_table(served: pd.DataFrame, facts: ModelFacts, profile: DriftProfile)
 
 def score_table(served: pd.DataFrame) -> FeatureTable:
     """`scores` rows: the top score of each served row that carries scores."""
-    tops = [float(s[0]) for s in served.get("scores", pd.Series([], dtype=object))
-            if isinstance(s, (list, tuple, np.ndarray)) and len(s) > 0]
+    tops = [
+        float(s[0])
+        for s in served.get("scores", pd.Series([], dtype=object))
+        if isinstance(s, (list, tuple, np.ndarray)) and len(s) > 0
+    ]
     return _table("scores", np.asarray(tops, dtype=np.float32).reshape(-1, 1))
 
 
@@ -254,7 +274,9 @@ def rating_table(ratings: np.ndarray, profile: DriftProfile) -> FeatureTable:
     """`ratings` rows: each rating's bin."""
     ratings = np.asarray(ratings, dtype=float)
     ratings = ratings[np.isfinite(ratings)]
-    return _table("ratings", bucket(ratings, profile.rating_edges).astype(np.float32).reshape(-1, 1))
+    return _table(
+        "ratings", bucket(ratings, profile.rating_edges).astype(np.float32).reshape(-1, 1)
+    )
 
 
 def _activity_codes(users: np.ndarray, facts: ModelFacts, profile: DriftProfile) -> np.ndarray:
@@ -271,8 +293,15 @@ def _table(view: str, values: np.ndarray) -> FeatureTable:
 
 
 # ---------------------------------------------------------------- references
-def fit_profile(facts: ModelFacts, served_users: np.ndarray, event_items: np.ndarray,
-                ratings: np.ndarray, *, buckets: int, default_k: int = 10) -> DriftProfile:
+def fit_profile(
+    facts: ModelFacts,
+    served_users: np.ndarray,
+    event_items: np.ndarray,
+    ratings: np.ndarray,
+    *,
+    buckets: int,
+    default_k: int = 10,
+) -> DriftProfile:
     """Cut points from the reference: activity over the requesting users, popularity over the
     consumed known items, rating bins over the ratings."""
     users = facts.index(served_users, facts.user_ids)
@@ -288,8 +317,9 @@ def fit_profile(facts: ModelFacts, served_users: np.ndarray, event_items: np.nda
     )
 
 
-def reference_tables(model, heldout: pd.DataFrame, *, buckets: int, max_rows: int,
-                     default_k: int = 10, seed: int = 0) -> tuple[DriftProfile, dict[str, FeatureTable]]:
+def reference_tables(
+    model, heldout: pd.DataFrame, *, buckets: int, max_rows: int, default_k: int = 10, seed: int = 0
+) -> tuple[DriftProfile, dict[str, FeatureTable]]:
     """The views as serving would have seen them over the held-out period: each held-out
     interaction is a request by its user (answered with `default_k` items, as the model answers
     it) and a consumption event; rated ones are rating events. At most `max_rows` per view,
@@ -300,16 +330,24 @@ def reference_tables(model, heldout: pd.DataFrame, *, buckets: int, max_rows: in
     facts = ModelFacts.from_model(model)
     users = heldout["user_id"].astype(str).to_numpy()
     ratings = heldout["rating"].to_numpy(dtype=float) if "rating" in heldout else np.zeros(0)
-    profile = fit_profile(facts, users, heldout["item_id"].astype(str).to_numpy(), ratings,
-                          buckets=buckets, default_k=default_k)
+    profile = fit_profile(
+        facts,
+        users,
+        heldout["item_id"].astype(str).to_numpy(),
+        ratings,
+        buckets=buckets,
+        default_k=default_k,
+    )
     distinct, row_of = np.unique(users, return_inverse=True)
     answers = model.recommend(distinct.tolist(), default_k)
-    served = pd.DataFrame({
-        "user_id": users,
-        "k": default_k,
-        "item_ids": [list(r) for r in answers.item_ids[row_of]],
-        "scores": [list(r) for r in answers.scores[row_of].astype(float)],
-    })
+    served = pd.DataFrame(
+        {
+            "user_id": users,
+            "k": default_k,
+            "item_ids": [list(r) for r in answers.item_ids[row_of]],
+            "scores": [list(r) for r in answers.scores[row_of].astype(float)],
+        }
+    )
     # A genre that rarely leads a list would be a chi-squared cell with an expected count near
     # zero in a small window, where one or two lists make a "significant" difference: those
     # genres join "other".

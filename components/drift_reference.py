@@ -10,6 +10,7 @@ The reference of each view is what serving would have observed over the held-out
 `save_model(..., write_extra=...)` writes it before the artifact's checksums are taken, so a
 changed reference fails `verify_files` like any other file of the model.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,20 +39,24 @@ class References:
     summary: dict[str, Any]
 
 
-def fit_references(model, heldout: pd.DataFrame, config: MonitoringConfig, *,
-                   source: str = "held-out interactions") -> References | None:
+def fit_references(
+    model, heldout: pd.DataFrame, config: MonitoringConfig, *, source: str = "held-out interactions"
+) -> References | None:
     """Reference tables from the model's answers and the held-out interactions, and a
     detector fitted on each. None, with a warning, where alibi-detect is not installed: the
     model still trains and serves, and a drift check on it says it has no references."""
     from components.drift import available, fit_detectors
 
     if not available():
-        log.warning("no drift references: alibi-detect is not installed (pip install "
-                    "'recsys-mlops[monitoring]'; the pipeline image has it)")
+        log.warning(
+            "no drift references: alibi-detect is not installed (pip install "
+            "'recsys-mlops[monitoring]'; the pipeline image has it)"
+        )
         return None
 
-    profile, tables = reference_tables(model, heldout, buckets=config.buckets,
-                                       max_rows=config.reference_size)
+    profile, tables = reference_tables(
+        model, heldout, buckets=config.buckets, max_rows=config.reference_size
+    )
     detectors = fit_detectors(tables, p_value=config.p_value, correction=config.correction)
     summary = {
         "source": source,
@@ -94,8 +99,11 @@ def load_references(artifact_dir: Path) -> References:
         detectors = load_detectors(directory, list(VIEWS))
     except RecsysError:  # alibi-detect is not installed: say that, not "bad artifact"
         raise
-    except Exception as exc:  # noqa: BLE001 (a bad reference in a checksummed artifact: a bad artifact)
-        raise ArtifactError(f"{directory}: cannot load drift references: {type(exc).__name__}: {exc}") from None
+    # A bad reference inside a checksummed artifact is a bad artifact.
+    except Exception as exc:  # noqa: BLE001
+        raise ArtifactError(
+            f"{directory}: cannot load drift references: {type(exc).__name__}: {exc}"
+        ) from None
     return References(profile, detectors, summary)
 
 

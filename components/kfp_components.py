@@ -191,8 +191,8 @@ def monitoring_summary_op(check: str, training: str) -> str:
                        "retraining": json.loads(training) if training else None})
 
 
-_STEPS = (fingerprint_op, ingest_op, validate_op, split_op, train_op, evaluate_op, register_op, deploy_op,
-          drift_check_op, monitoring_summary_op)
+_STEPS = (fingerprint_op, ingest_op, validate_op, split_op, train_op, evaluate_op, register_op,
+          deploy_op, drift_check_op, monitoring_summary_op)
 
 
 def make_components(image: str = DEFAULT_IMAGE) -> dict:

@@ -8,10 +8,11 @@ Reasons, each with its threshold in the `monitoring` section of the config:
 - online metric degradation: the champion's click-through rate in the window fell by more than
   `max_ctr_drop` against the window before, and a one-sided two-proportion z-test at `p_value`
   says the fall is not noise (feedback store only; both windows need `min_impressions`);
-- new data volume: feedback interactions since the champion was trained reach
+- new data volume: feedback interactions newer than the champion's training data reach
   `new_data_fraction` of its training interactions.
 A view with fewer than `min_window` rows is not tested, and the decision says so.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -76,7 +77,11 @@ class OnlineMetric:
 
     @property
     def previous_ctr(self) -> float:
-        return self.previous_clicks / self.previous_impressions if self.previous_impressions else math.nan
+        return (
+            self.previous_clicks / self.previous_impressions
+            if self.previous_impressions
+            else math.nan
+        )
 
 
 @dataclass
@@ -92,7 +97,9 @@ class Decision:
 
     def to_json(self) -> str:
         """Strict JSON: a value that is not a finite number (a CTR with no impressions) is null."""
-        return json.dumps(finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False, default=str)
+        return json.dumps(
+            finite(asdict(self)), indent=2, sort_keys=True, allow_nan=False, default=str
+        )
 
 
 def finite(value: Any) -> Any:
@@ -107,8 +114,9 @@ def finite(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- the window
-def read_window(*, request_log: str | Path | None, feedback: str | None, as_of: float,
-                config: MonitoringConfig) -> Window:
+def read_window(
+    *, request_log: str | Path | None, feedback: str | None, as_of: float, config: MonitoringConfig
+) -> Window:
     """The most recent `window_size` served rows and positive events of the `window_hours`
     before `as_of`. Served rows come from the request log when there is one, else from the
     feedback store's impressions; events from the store or an events file."""
@@ -120,7 +128,8 @@ def read_window(*, request_log: str | Path | None, feedback: str | None, as_of: 
         raise RecsysError(
             f"nothing to check: {where} and no feedback events; serve the model with "
             "`recsys serve` (it logs its answers), post events with `recsys events serve`, or "
-            "pass --request-log DIR")
+            "pass --request-log DIR"
+        )
     sources = []
     if has_log:
         served = served_from_request_log(read_request_log(log_dir))
@@ -133,7 +142,9 @@ def read_window(*, request_log: str | Path | None, feedback: str | None, as_of: 
     served = served[(served["unix_time"] >= since) & (served["unix_time"] < until)]
     served = served.tail(config.window_size).reset_index(drop=True)
     if feedback:
-        events = read_feedback_events(feedback, since=since, until=until, types=POSITIVE_EVENT_TYPES)
+        events = read_feedback_events(
+            feedback, since=since, until=until, types=POSITIVE_EVENT_TYPES
+        )
         events = events.sort_values("timestamp", kind="stable").tail(config.window_size)
         sources.append(f"events in {redact(feedback)}")
     else:
@@ -141,7 +152,9 @@ def read_window(*, request_log: str | Path | None, feedback: str | None, as_of: 
     return Window(served, events.reset_index(drop=True), since, until, sources)
 
 
-def window_tables(window: Window, facts: ModelFacts, references: References) -> dict[str, FeatureTable]:
+def window_tables(
+    window: Window, facts: ModelFacts, references: References
+) -> dict[str, FeatureTable]:
     profile = references.profile
     ratings = window.events.loc[window.events["type"] == "rating", "value"]
     return {
@@ -163,15 +176,22 @@ def online_metric(feedback: str, model_version: str, window: Window) -> OnlineMe
     if impressions.empty:
         return None
     impressions = impressions[impressions["model_version"].astype(str) == model_version]
-    events = read_feedback_events(feedback, since=window.since - length, until=window.until,
-                                  types=CLICK_TYPES)
+    events = read_feedback_events(
+        feedback, since=window.since - length, until=window.until, types=CLICK_TYPES
+    )
     clicked = set(zip(events["request_id"].astype(str), events["item_id"].astype(str)))
-    hit = [(r, i) in clicked for r, i in zip(impressions["request_id"].astype(str),
-                                             impressions["item_id"].astype(str))]
+    hit = [
+        (r, i) in clicked
+        for r, i in zip(impressions["request_id"].astype(str), impressions["item_id"].astype(str))
+    ]
     current = (impressions["timestamp"] >= window.since).to_numpy()
     hits = pd.Series(hit, dtype=bool).to_numpy()
-    return OnlineMetric(int(hits[current].sum()), int(current.sum()),
-                        int(hits[~current].sum()), int((~current).sum()))
+    return OnlineMetric(
+        int(hits[current].sum()),
+        int(current.sum()),
+        int(hits[~current].sum()),
+        int((~current).sum()),
+    )
 
 
 def ctr_drop_p_value(metric: OnlineMetric) -> float:
@@ -193,9 +213,17 @@ def model_age_days(manifest: dict[str, Any], now: float) -> float:
     return (now - stamp) / 86_400.0
 
 
-def decide(*, references: References, facts: ModelFacts, manifest: dict[str, Any], window: Window,
-           config: MonitoringConfig, new_interactions: int = 0,
-           online: OnlineMetric | None = None, now: float | None = None) -> tuple[Decision, list[ViewResult]]:
+def decide(
+    *,
+    references: References,
+    facts: ModelFacts,
+    manifest: dict[str, Any],
+    window: Window,
+    config: MonitoringConfig,
+    new_interactions: int = 0,
+    online: OnlineMetric | None = None,
+    now: float | None = None,
+) -> tuple[Decision, list[ViewResult]]:
     """Run the detectors on the window and weigh every reason; returns the decision and the
     view results (for the report)."""
     now = time.time() if now is None else now
@@ -206,8 +234,10 @@ def decide(*, references: References, facts: ModelFacts, manifest: dict[str, Any
         if name not in references.detectors:
             notes.append(f"{name}: no reference for this view in the model")
         elif len(table) < config.min_window:
-            notes.append(f"{name}: {len(table)} rows in the window, fewer than "
-                         f"monitoring.min_window ({config.min_window}): not tested")
+            notes.append(
+                f"{name}: {len(table)} rows in the window, fewer than "
+                f"monitoring.min_window ({config.min_window}): not tested"
+            )
         else:
             tested[name] = table
     results = run_detectors(references.detectors, tested)
@@ -217,8 +247,14 @@ def decide(*, references: References, facts: ModelFacts, manifest: dict[str, Any
         for f in view.features:
             key = f"{f.view}.{f.feature}"
             counted = f.drift and key not in ignored
-            drift[key] = {"p_value": f.p_value, "drift": f.drift, "statistic": f.statistic,
-                          "threshold": f.threshold, "test": f.test, "counted": counted}
+            drift[key] = {
+                "p_value": f.p_value,
+                "drift": f.drift,
+                "statistic": f.statistic,
+                "threshold": f.threshold,
+                "test": f.test,
+                "counted": counted,
+            }
             if counted:
                 drifted.append(f"{key} ({f.test} p={f.p_value:.2g} < {f.threshold:.2g})")
     reasons = []
@@ -226,30 +262,38 @@ def decide(*, references: References, facts: ModelFacts, manifest: dict[str, Any
         reasons.append("drift: " + ", ".join(drifted))
     age = model_age_days(manifest, now)
     if age > config.max_model_age_days:
-        reasons.append(f"staleness: the champion is {age:.1f} days old, more than "
-                       f"monitoring.max_model_age_days ({config.max_model_age_days:g})")
+        reasons.append(
+            f"staleness: the champion is {age:.1f} days old, more than "
+            f"monitoring.max_model_age_days ({config.max_model_age_days:g})"
+        )
     train_size = int(references.summary.get("train_interactions") or facts.n_train_interactions)
     share = new_interactions / train_size if train_size else 0.0
     if share >= config.new_data_fraction:
-        reasons.append(f"new data: {new_interactions:,} feedback interactions since the champion "
-                       f"was trained, {share:.1%} of its {train_size:,} training interactions "
-                       f"(monitoring.new_data_fraction {config.new_data_fraction:.0%})")
+        reasons.append(
+            f"new data: {new_interactions:,} feedback interactions newer than the "
+            f"champion's training data, {share:.1%} of its {train_size:,} training interactions "
+            f"(monitoring.new_data_fraction {config.new_data_fraction:.0%})"
+        )
     online_summary = None
     if online is not None:
         online_summary = {**asdict(online), "ctr": online.ctr, "previous_ctr": online.previous_ctr}
         enough = min(online.impressions, online.previous_impressions) >= config.min_impressions
         if not enough:
-            notes.append(f"online: {online.impressions} and {online.previous_impressions} "
-                         f"impressions in this and the previous window, fewer than "
-                         f"monitoring.min_impressions ({config.min_impressions}): not compared")
+            notes.append(
+                f"online: {online.impressions} and {online.previous_impressions} "
+                f"impressions in this and the previous window, fewer than "
+                f"monitoring.min_impressions ({config.min_impressions}): not compared"
+            )
         elif online.previous_ctr > 0:
             drop = 1 - online.ctr / online.previous_ctr
             p = ctr_drop_p_value(online)
             online_summary.update(relative_drop=drop, p_value=p)
             if drop > config.max_ctr_drop and p < config.p_value:
-                reasons.append(f"online metric: click-through rate fell from {online.previous_ctr:.2%} "
-                               f"to {online.ctr:.2%} ({drop:.0%} down, p={p:.2g}; "
-                               f"monitoring.max_ctr_drop {config.max_ctr_drop:.0%})")
+                reasons.append(
+                    f"online metric: click-through rate fell from {online.previous_ctr:.2%} "
+                    f"to {online.ctr:.2%} ({drop:.0%} down, p={p:.2g}; "
+                    f"monitoring.max_ctr_drop {config.max_ctr_drop:.0%})"
+                )
     decision = Decision(
         decision=RETRAIN if reasons else OK,
         reasons=reasons,
@@ -257,18 +301,25 @@ def decide(*, references: References, facts: ModelFacts, manifest: dict[str, Any
         notes=notes,
         model_version=str(manifest.get("model_version", "")),
         checked_at=now,
-        window={"since": window.since, "until": window.until, "sources": window.sources,
-                "rows": {name: len(t) for name, t in tables.items()},
-                "model_age_days": age, "new_interactions": new_interactions},
+        window={
+            "since": window.since,
+            "until": window.until,
+            "sources": window.sources,
+            "rows": {name: len(t) for name, t in tables.items()},
+            "model_age_days": age,
+            "new_interactions": new_interactions,
+        },
         online=online_summary,
     )
     return decision, results
 
 
 def count_new_interactions(feedback: str | None, manifest: dict[str, Any]) -> int:
-    """Positive feedback events since the champion was created (what retraining would add)."""
+    """Positive feedback events later than the champion's training data (what retraining would
+    add); without timestamps in that data, events since the champion was created."""
     if not feedback:
         return 0
-    created = manifest.get("created_at")
-    since = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) if created else None
-    return len(read_feedback_events(feedback, since=since, types=POSITIVE_EVENT_TYPES))
+    since = float(manifest.get("train_end") or 0.0)
+    if since <= 0 and manifest.get("created_at"):
+        since = calendar.timegm(time.strptime(manifest["created_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    return len(read_feedback_events(feedback, since=since or None, types=POSITIVE_EVENT_TYPES))

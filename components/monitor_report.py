@@ -5,6 +5,7 @@ Self-contained HTML like the evaluation report (`components.report`: inline PNGs
 matplotlib's object API, every data-derived text escaped); it is the monitoring pipeline's KFP
 `HTML` artifact and is logged to MLflow with the check.
 """
+
 from __future__ import annotations
 
 import html
@@ -49,8 +50,9 @@ def category_labels(profile: DriftProfile, feature: str) -> list[str]:
     return []
 
 
-def _feature_figure(view: str, reference: FeatureTable, current: FeatureTable,
-                    profile: DriftProfile) -> str:
+def _feature_figure(
+    view: str, reference: FeatureTable, current: FeatureTable, profile: DriftProfile
+) -> str:
     from matplotlib.figure import Figure
 
     n = len(reference.names)
@@ -67,8 +69,12 @@ def _feature_figure(view: str, reference: FeatureTable, current: FeatureTable,
             axis.bar(x - 0.2, ref_share, 0.4, label="reference", color="#8da0cb")
             axis.bar(x + 0.2, cur_share, 0.4, label="window", color="#fc8d62")
             axis.set_xticks(x)
-            axis.set_xticklabels([labels[c] if 0 <= c < len(labels) else str(c) for c in codes],
-                                 rotation=45, ha="right", fontsize=7)
+            axis.set_xticklabels(
+                [labels[c] if 0 <= c < len(labels) else str(c) for c in codes],
+                rotation=45,
+                ha="right",
+                fontsize=7,
+            )
             axis.set_ylabel("share")
         else:
             bins = np.histogram_bin_edges(np.concatenate([ref, cur]), bins=30)
@@ -80,9 +86,13 @@ def _feature_figure(view: str, reference: FeatureTable, current: FeatureTable,
     return _png_base64(figure)
 
 
-def render_drift_report(decision: Decision, results: list[ViewResult],
-                        reference: dict[str, FeatureTable], current: dict[str, FeatureTable],
-                        profile: DriftProfile) -> str:
+def render_drift_report(
+    decision: Decision,
+    results: list[ViewResult],
+    reference: dict[str, FeatureTable],
+    current: dict[str, FeatureTable],
+    profile: DriftProfile,
+) -> str:
     esc = html.escape
     verdict = decision.decision.upper()
     reasons = "".join(f"<li>{esc(r)}</li>" for r in decision.reasons) or "<li>none</li>"
@@ -91,7 +101,7 @@ def render_drift_report(decision: Decision, results: list[ViewResult],
         "model version": decision.model_version,
         "checked at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(decision.checked_at)),
         "window": f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(decision.window['since']))} to "
-                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(decision.window['until']))} UTC",
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(decision.window['until']))} UTC",
         "sources": "; ".join(decision.window.get("sources", [])) or "none",
         "rows": ", ".join(f"{k} {v}" for k, v in decision.window.get("rows", {}).items()),
     }
@@ -105,8 +115,11 @@ def render_drift_report(decision: Decision, results: list[ViewResult],
         )
         image = ""
         if view.view in reference and view.view in current:
-            image = (f'<p><img alt="{esc(view.view)}: reference against window" src="data:image/png;'
-                     f'base64,{_feature_figure(view.view, reference[view.view], current[view.view], profile)}"></p>')
+            png = _feature_figure(view.view, reference[view.view], current[view.view], profile)
+            image = (
+                f'<p><img alt="{esc(view.view)}: reference against window" '
+                f'src="data:image/png;base64,{png}"></p>'
+            )
         sections.append(
             f"<h2>{esc(view.view)}: {'drift' if view.drift else 'no drift'} "
             f"({view.rows:,} rows, reference {view.reference_rows:,})</h2>"

@@ -6,6 +6,7 @@ references, reads the window, decides, and writes the decision (JSON) and the HT
 check is also logged to MLflow (experiment `<registry.experiment>-monitoring`: p-values as
 metrics, the report and the decision as artifacts) and, given a Pushgateway, pushed there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,10 @@ def _champion_dir(tracking_uri: str, model_name: str, scratch: Path) -> Path:
 
     champion = current_champion(tracking_uri, model_name)
     if champion is None:
-        raise RecsysError(f"model '{model_name}' has no champion in {tracking_uri}: train one "
-                          "first (`recsys run`)")
+        raise RecsysError(
+            f"model '{model_name}' has no champion in {tracking_uri}: train one "
+            "first (`recsys run`)"
+        )
     version, source = champion
     log.info("checking the champion, %s version %s", model_name, version)
     return download_model(tracking_uri, source, scratch)
@@ -63,28 +66,55 @@ def drift_check(
     tracking_uri = tracking_uri or default_tracking_uri()
     now = as_of or time.time()
     with tempfile.TemporaryDirectory() as scratch:
-        directory = Path(model_dir) if model_dir else _champion_dir(
-            tracking_uri, config.registry.model_name, Path(scratch))
+        directory = (
+            Path(model_dir)
+            if model_dir
+            else _champion_dir(tracking_uri, config.registry.model_name, Path(scratch))
+        )
         manifest = read_manifest(directory)
         verify_files(directory, manifest)
         references = load_references(directory)
         facts = ModelFacts.from_artifact(directory)
-    window = read_window(request_log=request_log or None, feedback=feedback or None, as_of=now,
-                         config=config.monitoring)
-    online = online_metric(feedback, str(manifest.get("model_version")), window) if feedback else None
-    decision, results = decide(
-        references=references, facts=facts, manifest=manifest, window=window,
-        config=config.monitoring, new_interactions=count_new_interactions(feedback or None, manifest),
-        online=online, now=now,
+    window = read_window(
+        request_log=request_log or None,
+        feedback=feedback or None,
+        as_of=now,
+        config=config.monitoring,
     )
-    html = render_drift_report(decision, results, reference_rows(references),
-                               window_tables(window, facts, references), references.profile)
+    online = (
+        online_metric(feedback, str(manifest.get("model_version")), window) if feedback else None
+    )
+    decision, results = decide(
+        references=references,
+        facts=facts,
+        manifest=manifest,
+        window=window,
+        config=config.monitoring,
+        new_interactions=count_new_interactions(feedback or None, manifest),
+        online=online,
+        now=now,
+    )
+    html = render_drift_report(
+        decision,
+        results,
+        reference_rows(references),
+        window_tables(window, facts, references),
+        references.profile,
+    )
     Path(report_out).write_text(html)
     Path(decision_out).write_text(decision.to_json())
-    log.info("drift check: %s%s", decision.decision,
-             "".join(f"\n  - {r}" for r in decision.reasons + decision.notes))
-    _log_to_mlflow(tracking_uri, config.registry.experiment + "-monitoring", decision,
-                   Path(report_out), Path(decision_out))
+    log.info(
+        "drift check: %s%s",
+        decision.decision,
+        "".join(f"\n  - {r}" for r in decision.reasons + decision.notes),
+    )
+    _log_to_mlflow(
+        tracking_uri,
+        config.registry.experiment + "-monitoring",
+        decision,
+        Path(report_out),
+        Path(decision_out),
+    )
     if pushgateway:
         from components.errors import RecsysError
         from components.monitor_metrics import push_decision
@@ -96,8 +126,9 @@ def drift_check(
     return decision
 
 
-def _log_to_mlflow(tracking_uri: str, experiment: str, decision: Decision, report: Path,
-                   decision_file: Path) -> None:
+def _log_to_mlflow(
+    tracking_uri: str, experiment: str, decision: Decision, report: Path, decision_file: Path
+) -> None:
     from mlflow.entities import Metric
 
     from components.registry import _client, _experiment_id, mlflow_metric_name
@@ -105,14 +136,19 @@ def _log_to_mlflow(tracking_uri: str, experiment: str, decision: Decision, repor
     client = _client(tracking_uri)
     run = client.create_run(
         _experiment_id(client, experiment, tracking_uri),
-        tags={"decision": decision.decision, "model_version": decision.model_version,
-              "reasons": "; ".join(decision.reasons)[:5000] or "none"},
+        tags={
+            "decision": decision.decision,
+            "model_version": decision.model_version,
+            "reasons": "; ".join(decision.reasons)[:5000] or "none",
+        },
     )
     stamp = int(decision.checked_at * 1000)
     metrics = [Metric("retrain", float(decision.decision == "retrain"), stamp, 0)]
     for key, result in decision.drift.items():
         metrics.append(Metric(mlflow_metric_name(f"p_value.{key}"), result["p_value"], stamp, 0))
-        metrics.append(Metric(mlflow_metric_name(f"statistic.{key}"), result["statistic"], stamp, 0))
+        metrics.append(
+            Metric(mlflow_metric_name(f"statistic.{key}"), result["statistic"], stamp, 0)
+        )
     for view, rows in decision.window.get("rows", {}).items():
         metrics.append(Metric(f"rows.{view}", float(rows), stamp, 0))
     client.log_batch(run.info.run_id, metrics=metrics)

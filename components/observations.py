@@ -11,6 +11,7 @@
 - Impressions (the store's record of every item shown) become served rows when there is no
   request log: the same users, k and items, without scores.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,19 @@ from components.feedback_events import EVENT_FIELDS, POSITIVE_TYPES, InvalidEven
 
 REQUEST_LOG_PATTERN = "requests-*.jsonl*"
 REQUEST_LOG_COLUMNS = [
-    "timestamp", "unix_time", "model_name", "model_version", "request_id", "row", "user_id",
-    "item_id", "resolved_item_id", "cold_start", "k", "item_ids", "scores",
+    "timestamp",
+    "unix_time",
+    "model_name",
+    "model_version",
+    "request_id",
+    "row",
+    "user_id",
+    "item_id",
+    "resolved_item_id",
+    "cold_start",
+    "k",
+    "item_ids",
+    "scores",
 ]
 POSITIVE_EVENT_TYPES = POSITIVE_TYPES
 
@@ -50,10 +62,12 @@ def read_request_log(directory: str | Path) -> pd.DataFrame:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataValidationError(
-                        f"{path}: line {number} is not JSON ({exc.msg}); not a request log") from None
+                        f"{path}: line {number} is not JSON ({exc.msg}); not a request log"
+                    ) from None
                 if not isinstance(record, dict) or "unix_time" not in record:
                     raise DataValidationError(
-                        f"{path}: line {number} is not a request-log record (no unix_time)")
+                        f"{path}: line {number} is not a request-log record (no unix_time)"
+                    )
                 records.append(record)
         if records:
             frames.append(pd.DataFrame.from_records(records))
@@ -61,38 +75,52 @@ def read_request_log(directory: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=REQUEST_LOG_COLUMNS)
     frame = pd.concat(frames, ignore_index=True).reindex(columns=REQUEST_LOG_COLUMNS)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-    return frame.sort_values(["unix_time", "request_id", "row"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["unix_time", "request_id", "row"], kind="stable").reset_index(
+        drop=True
+    )
 
 
 def served_from_request_log(log: pd.DataFrame) -> pd.DataFrame:
     """Recommendation rows (not similar-item ones) as served rows: user_id, k, item_ids,
     scores, unix_time, model_version."""
     rows = log[log["user_id"].notna()] if len(log) else log
-    return pd.DataFrame({
-        "user_id": rows["user_id"].astype(str).to_numpy(),
-        "k": pd.to_numeric(rows["k"], errors="coerce").fillna(0).astype(int).to_numpy(),
-        "item_ids": [list(v) if isinstance(v, list) else [] for v in rows["item_ids"]],
-        "scores": [list(v) if isinstance(v, list) else None for v in rows["scores"]],
-        "unix_time": rows["unix_time"].astype(float).to_numpy(),
-        "model_version": rows["model_version"].astype(str).to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": rows["user_id"].astype(str).to_numpy(),
+            "k": pd.to_numeric(rows["k"], errors="coerce").fillna(0).astype(int).to_numpy(),
+            "item_ids": [list(v) if isinstance(v, list) else [] for v in rows["item_ids"]],
+            "scores": [list(v) if isinstance(v, list) else None for v in rows["scores"]],
+            "unix_time": rows["unix_time"].astype(float).to_numpy(),
+            "model_version": rows["model_version"].astype(str).to_numpy(),
+        }
+    )
 
 
 def served_from_impressions(impressions: pd.DataFrame) -> pd.DataFrame:
     """One served row per (request, user) of the store's impressions, items in position order;
     k is the number of positions shown; there are no scores."""
     if impressions.empty:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in
-                             ("user_id", "k", "item_ids", "scores", "unix_time", "model_version")})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=object)
+                for c in ("user_id", "k", "item_ids", "scores", "unix_time", "model_version")
+            }
+        )
     ordered = impressions.sort_values(["request_id", "user_id", "position"], kind="stable")
     grouped = ordered.groupby(["request_id", "user_id"], sort=False)
-    frame = grouped.agg(item_ids=("item_id", list), unix_time=("timestamp", "min"),
-                        model_version=("model_version", "first")).reset_index()
+    frame = grouped.agg(
+        item_ids=("item_id", list),
+        unix_time=("timestamp", "min"),
+        model_version=("model_version", "first"),
+    ).reset_index()
     frame["k"] = frame["item_ids"].map(len)
     frame["scores"] = None
     frame["user_id"] = frame["user_id"].astype(str)
-    return frame[["user_id", "k", "item_ids", "scores", "unix_time", "model_version"]].sort_values(
-        "unix_time", kind="stable").reset_index(drop=True)
+    return (
+        frame[["user_id", "k", "item_ids", "scores", "unix_time", "model_version"]]
+        .sort_values("unix_time", kind="stable")
+        .reset_index(drop=True)
+    )
 
 
 # ---------------------------------------------------------------- feedback events
@@ -104,8 +132,13 @@ def read_events_file(path: str | Path) -> list[dict[str, Any]]:
         raise DataValidationError(f"{path}: no such events file")
     if path.suffix.lower() not in {".jsonl", ".json", ".ndjson"}:
         try:
-            frame = pd.read_csv(path, dtype={c: str for c in ("event_id", "user_id", "item_id",
-                                                              "request_id", "model_version")})
+            frame = pd.read_csv(
+                path,
+                dtype={
+                    c: str
+                    for c in ("event_id", "user_id", "item_id", "request_id", "model_version")
+                },
+            )
         except (ValueError, OSError, pd.errors.ParserError) as exc:
             raise DataValidationError(f"{path}: cannot be read as a CSV of events: {exc}") from None
         return frame.to_dict("records")
@@ -139,8 +172,9 @@ def _as_sent(record: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def validate_events(records: list[dict[str, Any]], *, source: str,
-                    now: float | None = None) -> pd.DataFrame:
+def validate_events(
+    records: list[dict[str, Any]], *, source: str, now: float | None = None
+) -> pd.DataFrame:
     """Every event through the events contract (`feedback_events.normalize_event`, the check
     the events service applies); the first bad one is named by its row (1-based) and event id.
     Returns the stored form, one row per event."""
@@ -173,7 +207,9 @@ def events_to_interactions(events: pd.DataFrame) -> pd.DataFrame:
     out = pairs.merge(latest, on=["user_id", "item_id"], how="left")
     out["rating"] = out["rating"].astype(float)
     out["timestamp"] = np.floor(out["timestamp"].astype(float)).astype("int64")
-    return out.sort_values(["timestamp", "user_id", "item_id"], kind="stable")[columns].reset_index(drop=True)
+    return out.sort_values(["timestamp", "user_id", "item_id"], kind="stable")[columns].reset_index(
+        drop=True
+    )
 
 
 # ---------------------------------------------------------------- the feedback store
@@ -190,8 +226,13 @@ def redact(location: str) -> str:
     return display_url(location)
 
 
-def read_feedback_events(location: str, *, since: float | None = None, until: float | None = None,
-                         types: tuple[str, ...] | None = None) -> pd.DataFrame:
+def read_feedback_events(
+    location: str,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    types: tuple[str, ...] | None = None,
+) -> pd.DataFrame:
     """Validated events (stored form) of a store URL or an events file, with since <=
     timestamp < until and of the given types (each optional)."""
     if is_store_url(location):
@@ -199,8 +240,9 @@ def read_feedback_events(location: str, *, since: float | None = None, until: fl
 
         with FeedbackStore(location) as store:
             raw = store.read_events(since=since, until=until, types=list(types) if types else None)
-        events = validate_events(raw.to_dict("records"),
-                                 source=f"feedback store {redact(location)} (table events)")
+        events = validate_events(
+            raw.to_dict("records"), source=f"feedback store {redact(location)} (table events)"
+        )
     else:
         events = validate_events(read_events_file(location), source=str(location))
     keep = np.ones(len(events), dtype=bool)
@@ -213,12 +255,23 @@ def read_feedback_events(location: str, *, since: float | None = None, until: fl
     return events[keep].reset_index(drop=True)
 
 
-def read_impressions(location: str, *, since: float | None = None,
-                     until: float | None = None) -> pd.DataFrame:
+def read_impressions(
+    location: str, *, since: float | None = None, until: float | None = None
+) -> pd.DataFrame:
     """The store's impressions with since <= timestamp < until (an events file has none)."""
     if not is_store_url(location):
-        return pd.DataFrame(columns=["request_id", "user_id", "item_id", "position",
-                                     "model_version", "source_version", "variant", "timestamp"])
+        return pd.DataFrame(
+            columns=[
+                "request_id",
+                "user_id",
+                "item_id",
+                "position",
+                "model_version",
+                "source_version",
+                "variant",
+                "timestamp",
+            ]
+        )
     from components.feedback_store import FeedbackStore
 
     with FeedbackStore(location) as store:

@@ -150,8 +150,8 @@ def split(interactions_in: str, train_out: str, test_out: str, *, config_yaml: s
 
 
 def train(
-    train_in: str, items_in: str, model_out: str, *, config_yaml: str = "", data_fingerprint: str = "",
-    heldout_in: str = "",
+    train_in: str, items_in: str, model_out: str, *, config_yaml: str = "",
+    data_fingerprint: str = "", heldout_in: str = "",
 ) -> str:
     """Fit the two-stage model, and its drift references on the held-out interactions (what
     serving will see next); returns its model version."""

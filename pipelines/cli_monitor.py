@@ -5,6 +5,7 @@ With no flags it checks what `recsys serve` (request log in `<home>/requests`) a
 champion the last `recsys run` registered; on `retrain` the training pipeline runs on the source
 that `recsys run` trained on (recorded in `<home>/training_source.json`) plus the feedback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,25 +48,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "HTML report, and on retrain run the training pipeline on the source plus the feedback "
         "(its gate decides whether the new model becomes the challenger).",
     )
-    p.add_argument("--home", type=Path, default=None,
-                   help="run home (default: $RECSYS_HOME or ./runs)")
-    p.add_argument("--request-log", default=None, metavar="DIR",
-                   help="request-log directory (default: <home>/requests when it exists, else the "
-                   "feedback store's impressions)")
-    p.add_argument("--feedback", default=None, metavar="URL_OR_FILE",
-                   help="feedback store URL or events file (JSON lines or CSV) (default: "
-                   "<home>/feedback.db when it exists)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="YAML config; its `monitoring` keys are the thresholds (default: the one "
-                   "the last `recsys run` used)")
-    p.add_argument("--as-of", type=float, default=0.0, metavar="UNIX_SECONDS",
-                   help="end of the checked window (default: now)")
+    p.add_argument(
+        "--home", type=Path, default=None, help="run home (default: $RECSYS_HOME or ./runs)"
+    )
+    p.add_argument(
+        "--request-log",
+        default=None,
+        metavar="DIR",
+        help="request-log directory (default: <home>/requests when it exists, else the "
+        "feedback store's impressions)",
+    )
+    p.add_argument(
+        "--feedback",
+        default=None,
+        metavar="URL_OR_FILE",
+        help="feedback store URL or events file (JSON lines or CSV) (default: "
+        "<home>/feedback.db when it exists)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML config; its `monitoring` keys are the thresholds (default: the one "
+        "the last `recsys run` used)",
+    )
+    p.add_argument(
+        "--as-of",
+        type=float,
+        default=0.0,
+        metavar="UNIX_SECONDS",
+        help="end of the checked window (default: now)",
+    )
     p.add_argument("--check-only", action="store_true", help="decide and report, never retrain")
-    p.add_argument("--pushgateway", default="", metavar="HOST:PORT",
-                   help="also push the decision and per-feature drift to this Prometheus "
-                   "Pushgateway (job recsys-monitoring)")
-    p.add_argument("--json", action="store_true",
-                   help='print {"decision", "reasons", "drift": {feature: {"p_value", "drift"}}, ...}')
+    p.add_argument(
+        "--pushgateway",
+        default="",
+        metavar="HOST:PORT",
+        help="also push the decision and per-feature drift to this Prometheus "
+        "Pushgateway (job recsys-monitoring)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"decision", "reasons", "drift": {feature: {"p_value", "drift"}}, ...}',
+    )
     p.set_defaults(func=cmd_monitor)
 
 
@@ -94,17 +120,25 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         raise RecsysError(
             f"nothing to check under {home}: no request log ({home / 'requests'}) and no feedback "
             "store (feedback.db); serve the model with `recsys serve` (it logs its answers there), "
-            "post events with `recsys events serve`, or pass --request-log DIR / --feedback")
+            "post events with `recsys events serve`, or pass --request-log DIR / --feedback"
+        )
     started = time.monotonic()
     summary = run_monitoring_local(
-        home=home, request_log=request_log, feedback=feedback, config_yaml=config_yaml,
-        as_of=args.as_of, allow_retrain=not args.check_only, quiet_stdout=args.json,
+        home=home,
+        request_log=request_log,
+        feedback=feedback,
+        config_yaml=config_yaml,
+        as_of=args.as_of,
+        allow_retrain=not args.check_only,
+        quiet_stdout=args.json,
         pushgateway=args.pushgateway,
-        source=source.get("data", "movielens-dslabs"), items=source.get("items", ""),
+        source=source.get("data", "movielens-dslabs"),
+        items=source.get("items", ""),
         synthetic_users=source.get("synthetic_users", 1000),
         synthetic_items=source.get("synthetic_items", 500),
         synthetic_interactions=source.get("synthetic_interactions", 50000),
-        seed=source.get("seed", 42), data_version=source.get("data_version", ""),
+        seed=source.get("seed", 42),
+        data_version=source.get("data_version", ""),
     )
     check, retraining = summary["check"], summary.get("retraining")
     report = _keep_report(home, summary)
@@ -112,8 +146,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         out = {
             "decision": check["decision"],
             "reasons": check["reasons"],
-            "drift": {key: {"p_value": value["p_value"], "drift": value["drift"]}
-                      for key, value in check["drift"].items()},
+            "drift": {
+                key: {"p_value": value["p_value"], "drift": value["drift"]}
+                for key, value in check["drift"].items()
+            },
             "notes": check["notes"],
             "model_version": check["model_version"],
             "window": check["window"],
@@ -130,12 +166,16 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     for note in check["notes"]:
         print(f"  note:   {note}")
     drifted = [k for k, v in check["drift"].items() if v["drift"]]
-    print(f"  {len(check['drift'])} features tested, drift in {len(drifted)}"
-          + (f": {', '.join(drifted)}" if drifted else ""))
+    print(
+        f"  {len(check['drift'])} features tested, drift in {len(drifted)}"
+        + (f": {', '.join(drifted)}" if drifted else "")
+    )
     brief = _retraining_brief(retraining)
     if brief:
-        print(f"Retrained: MLflow model '{brief['model_name']}' version {brief['version']}: alias "
-              f"{brief['alias'] or 'none (gate refused)'} - {brief['reason']}")
+        print(
+            f"Retrained: MLflow model '{brief['model_name']}' version {brief['version']}: alias "
+            f"{brief['alias'] or 'none (gate refused)'} - {brief['reason']}"
+        )
     elif check["decision"] == "retrain":
         print("Not retrained (--check-only).")
     if report:
@@ -147,8 +187,13 @@ def _retraining_brief(retraining: dict[str, Any] | None) -> dict[str, Any] | Non
     if not retraining:
         return None
     reg = retraining["registration"]
-    return {"model_name": reg["model_name"], "version": reg["version"], "alias": reg["alias"],
-            "reason": reg["reason"], "deployment": retraining.get("deployment")}
+    return {
+        "model_name": reg["model_name"],
+        "version": reg["version"],
+        "alias": reg["alias"],
+        "reason": reg["reason"],
+        "deployment": retraining.get("deployment"),
+    }
 
 
 def _keep_report(home: Path, summary: dict[str, Any]) -> Path | None:

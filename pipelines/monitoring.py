@@ -62,38 +62,62 @@ def build_monitoring_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = S
     ) -> str:
         check = _configure(
             ops["drift_check_op"](
-                config_yaml=config_yaml, mlflow_tracking_uri=mlflow_tracking_uri,
-                request_log=request_log, feedback=feedback, as_of=as_of, pushgateway=pushgateway,
+                config_yaml=config_yaml,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                request_log=request_log,
+                feedback=feedback,
+                as_of=as_of,
+                pushgateway=pushgateway,
                 allow_retrain=allow_retrain,
             ),
-            "drift-check", retries=1, cache=False,
+            "drift-check",
+            retries=1,
+            cache=False,
         )
         with dsl.If(check.outputs["action"] == "retrain", name="retrain"):
             retrained = training(
-                source=source, items=items, config_yaml=config_yaml,
+                source=source,
+                items=items,
+                config_yaml=config_yaml,
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 mlflow_artifacts_destination=mlflow_artifacts_destination,
-                deploy_target=deploy_target, namespace=namespace, service_name=service_name,
-                canary_traffic_percent=canary_traffic_percent, synthetic_users=synthetic_users,
-                synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions,
-                seed=seed, data_version=data_version, data_secret=data_secret, feedback=feedback,
+                deploy_target=deploy_target,
+                namespace=namespace,
+                service_name=service_name,
+                canary_traffic_percent=canary_traffic_percent,
+                synthetic_users=synthetic_users,
+                synthetic_items=synthetic_items,
+                synthetic_interactions=synthetic_interactions,
+                seed=seed,
+                data_version=data_version,
+                data_secret=data_secret,
+                feedback=feedback,
             ).set_display_name("training")
             after_training = _configure(
-                ops["monitoring_summary_op"](check=check.outputs["summary"], training=retrained.output),
-                "summary", retries=0, cache=False,
+                ops["monitoring_summary_op"](
+                    check=check.outputs["summary"], training=retrained.output
+                ),
+                "summary",
+                retries=0,
+                cache=False,
             )
         with dsl.Else(name="keep"):
             kept = _configure(
                 ops["monitoring_summary_op"](check=check.outputs["summary"], training=""),
-                "summary", retries=0, cache=False,
+                "summary",
+                retries=0,
+                cache=False,
             )
         return dsl.OneOf(after_training.output, kept.output)
 
     return recsys_monitoring
 
 
-def compile_monitoring_pipeline(path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE,
-                                serving_image: str = SERVING_IMAGE) -> Path:
+def compile_monitoring_pipeline(
+    path: Path = COMPILED_PATH, image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAGE
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_monitoring_pipeline(image, serving_image), package_path=str(path))
+    compiler.Compiler().compile(
+        build_monitoring_pipeline(image, serving_image), package_path=str(path)
+    )
     return path

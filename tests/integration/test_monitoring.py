@@ -10,6 +10,7 @@ monitoring pipeline with the KFP local runner, decides `retrain`, and the traini
 in the same run on the source plus the feedback: the new version is registered and the gate
 decides whether it becomes the challenger.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,15 +35,24 @@ import drift_shifts  # tests/ is not a package: its directory is on the path abo
 from events_process import free_port, start_service, stop_service
 
 REPO = Path(__file__).resolve().parents[2]
-SYNTHETIC = {"synthetic_users": 200, "synthetic_items": 120, "synthetic_interactions": 5000, "seed": 42}
+SYNTHETIC = {
+    "synthetic_users": 200,
+    "synthetic_items": 120,
+    "synthetic_interactions": 5000,
+    "seed": 42,
+}
 # A lighter model keeps the two trainings of the test short; the loop is the same.
-LIGHT = ("model:\n  als: {enabled: false}\n  content: {enabled: false}\n"
-         "  ranker: {folds: 2, n_estimators: 40}\n")
+LIGHT = (
+    "model:\n  als: {enabled: false}\n  content: {enabled: false}\n"
+    "  ranker: {folds: 2, n_estimators: 40}\n"
+)
 
 
 def test_committed_monitoring_pipeline_is_in_sync_with_the_code(tmp_path):
     fresh = compile_monitoring_pipeline(tmp_path / "m.yaml")
-    assert fresh.read_text() == COMPILED_PATH.read_text(), "run `make compile` and commit the result"
+    assert fresh.read_text() == COMPILED_PATH.read_text(), (
+        "run `make compile` and commit the result"
+    )
 
 
 def test_the_retraining_branch_is_the_training_pipeline_under_a_condition(tmp_path):
@@ -57,9 +67,19 @@ def test_the_retraining_branch_is_the_training_pipeline_under_a_condition(tmp_pa
     inner = spec["components"][retrain["componentRef"]["name"]]["dag"]["tasks"]
     training = next(t for t in inner.values() if t["taskInfo"]["name"] == "training")
     trained = spec["components"][training["componentRef"]["name"]]["dag"]["tasks"]
-    assert {"fingerprint-op", "ingest-op", "train-op", "evaluate-op", "register-op", "deploy-op"} <= set(trained)
+    assert {
+        "fingerprint-op",
+        "ingest-op",
+        "train-op",
+        "evaluate-op",
+        "register-op",
+        "deploy-op",
+    } <= set(trained)
     # The feedback reaches ingest (and the fingerprint that keys its cache).
-    assert training["inputs"]["parameters"]["feedback"]["componentInputParameter"] == "pipelinechannel--feedback"
+    assert (
+        training["inputs"]["parameters"]["feedback"]["componentInputParameter"]
+        == "pipelinechannel--feedback"
+    )
     assert "feedback" in trained["ingest-op"]["inputs"]["parameters"]
     for executor in spec["deploymentSpec"]["executors"].values():
         assert executor["container"]["image"] == "reg.example/r:2"
@@ -71,8 +91,15 @@ def test_the_retraining_branch_is_the_training_pipeline_under_a_condition(tmp_pa
 def _recsys(*args: str, home: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "RECSYS_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], check=False, capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def test_monitor_with_nothing_to_check_is_one_line(tmp_path):
@@ -80,8 +107,9 @@ def test_monitor_with_nothing_to_check_is_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("recsys monitor: error: nothing to check under")
     assert len(result.stderr.strip().splitlines()) == 1
-    result = _recsys("monitor", "--home", str(tmp_path), "--feedback", str(tmp_path / "no.jsonl"),
-                     home=tmp_path)
+    result = _recsys(
+        "monitor", "--home", str(tmp_path), "--feedback", str(tmp_path / "no.jsonl"), home=tmp_path
+    )
     assert "no such events file" in result.stderr and result.returncode == 1
 
 
@@ -97,21 +125,41 @@ def _champion(home: Path, monkeypatch) -> tuple:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     work = home / "steps"
     work.mkdir(parents=True)
-    f = {name: str(work / name) for name in ("raw", "raw_items", "inter", "items", "train", "test",
-                                             "results", "report")}
+    f = {
+        name: str(work / name)
+        for name in ("raw", "raw_items", "inter", "items", "train", "test", "results", "report")
+    }
     info = steps.ingest("synthetic", "", f["raw"], f["raw_items"], **SYNTHETIC)
     fingerprint = steps.validate(f["raw"], f["raw_items"], f["inter"], f["items"], **info)
     steps.split(f["inter"], f["train"], f["test"], config_yaml=LIGHT)
-    steps.train(f["train"], f["items"], str(work / "model"), data_fingerprint=fingerprint,
-                heldout_in=f["test"], config_yaml=LIGHT)
+    steps.train(
+        f["train"],
+        f["items"],
+        str(work / "model"),
+        data_fingerprint=fingerprint,
+        heldout_in=f["test"],
+        config_yaml=LIGHT,
+    )
     tracking = default_tracking_uri(home)
-    steps.evaluate(str(work / "model"), f["test"], f["results"], f["report"], tracking_uri=tracking,
-                   config_yaml=LIGHT)
-    registration = steps.register(str(work / "model"), f["results"], tracking_uri=tracking,
-                                  data_fingerprint=fingerprint, config_yaml=LIGHT)
+    steps.evaluate(
+        str(work / "model"),
+        f["test"],
+        f["results"],
+        f["report"],
+        tracking_uri=tracking,
+        config_yaml=LIGHT,
+    )
+    registration = steps.register(
+        str(work / "model"),
+        f["results"],
+        tracking_uri=tracking,
+        data_fingerprint=fingerprint,
+        config_yaml=LIGHT,
+    )
     steps.deploy(registration, target="local")
-    record_training_source(home, {"data": "synthetic", "items": "", "config_yaml": LIGHT,
-                                  **SYNTHETIC})
+    record_training_source(
+        home, {"data": "synthetic", "items": "", "config_yaml": LIGHT, **SYNTHETIC}
+    )
     return pd.read_parquet(f["train"]), pd.read_parquet(f["test"]), pd.read_parquet(f["items"])
 
 
@@ -121,8 +169,21 @@ def _serve(home: Path, log: Path) -> tuple[subprocess.Popen, str]:
     env.pop("MLFLOW_TRACKING_URI", None)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "serve", "--http-port", str(port),
-             "--grpc-port", str(free_port())], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "serve",
+                "--http-port",
+                str(port),
+                "--grpc-port",
+                str(free_port()),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -143,8 +204,12 @@ def _ask(url: str, users: list[str]) -> list[str]:
     ids = []
     with httpx.Client(timeout=30) as client:
         for user in users:
-            body = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [user]},
-                               {"name": "k", "datatype": "INT32", "shape": [1], "data": [10]}]}
+            body = {
+                "inputs": [
+                    {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [user]},
+                    {"name": "k", "datatype": "INT32", "shape": [1], "data": [10]},
+                ]
+            }
             answer = client.post(f"{url}/v2/models/recsys/infer", json=body)
             assert answer.status_code == 200, answer.text
             ids.append(answer.json()["id"])
@@ -168,14 +233,26 @@ def test_end_to_end_serve_shift_monitor_retrain(tmp_path, capsys, monkeypatch):
         # Events: held-out interactions with popularity inverted and a quarter on new items,
         # each tied to an answer, happening now.
         window = heldout.iloc[rng.choice(len(heldout), 400, replace=False)]
-        window = drift_shifts.new_items(drift_shifts.popularity_inverted(window, ctx, rng), ctx, rng, 0.25)
+        window = drift_shifts.new_items(
+            drift_shifts.popularity_inverted(window, ctx, rng), ctx, rng, 0.25
+        )
         now = time.time()
-        events = [{"event_id": f"e{i}", "type": "rating", "user_id": str(r.user_id),
-                   "item_id": str(r.item_id), "value": float(r.rating), "timestamp": now - 60 + i * 0.1,
-                   "request_id": request_ids[i % len(request_ids)]}
-                  for i, r in enumerate(window.itertuples())]
+        events = [
+            {
+                "event_id": f"e{i}",
+                "type": "rating",
+                "user_id": str(r.user_id),
+                "item_id": str(r.item_id),
+                "value": float(r.rating),
+                "timestamp": now - 60 + i * 0.1,
+                "request_id": request_ids[i % len(request_ids)],
+            }
+            for i, r in enumerate(window.itertuples())
+        ]
         for start in range(0, len(events), 100):
-            answer = httpx.post(f"{events_url}/v1/events", json=events[start:start + 100], timeout=30)
+            answer = httpx.post(
+                f"{events_url}/v1/events", json=events[start : start + 100], timeout=30
+            )
             assert answer.status_code == 200, answer.text
     finally:
         server.send_signal(signal.SIGTERM)  # flushes the request log
@@ -191,10 +268,15 @@ def test_end_to_end_serve_shift_monitor_retrain(tmp_path, capsys, monkeypatch):
     assert out["decision"] == "retrain"
     assert out["reasons"][0].startswith("drift: ")
     assert out["drift"]["events.item_popularity"]["drift"]
-    assert any(out["drift"][f"requests.{f}"]["drift"] for f in ("user_activity", "items_genre",
-                                                                   "items_popularity"))
+    assert any(
+        out["drift"][f"requests.{f}"]["drift"]
+        for f in ("user_activity", "items_genre", "items_popularity")
+    )
     assert out["window"]["rows"] == {"requests": 300, "scores": 300, "events": 400, "ratings": 400}
-    assert Path(out["report"]).is_file() and "Drift check: RETRAIN" in Path(out["report"]).read_text()
+    assert out["window"]["new_interactions"] == 400  # all later than the training data
+    assert (
+        Path(out["report"]).is_file() and "Drift check: RETRAIN" in Path(out["report"]).read_text()
+    )
 
     retrained = out["retraining"]
     assert retrained["version"] == "2"
@@ -218,4 +300,6 @@ def test_end_to_end_serve_shift_monitor_retrain(tmp_path, capsys, monkeypatch):
     runs = client.search_runs([client.get_experiment_by_name("recsys-monitoring").experiment_id])
     assert runs and runs[0].data.tags["decision"] == "retrain"
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "check")} == {
-        "check/drift-report.html", "check/decision.json"}
+        "check/drift-report.html",
+        "check/decision.json",
+    }

@@ -4,6 +4,7 @@ The model is trained on the temporal split of the synthetic dataset (as the pipe
 its references are fitted on one half of the held-out interactions and windows are drawn from
 the other half, so a stationary window is new data from the same period (fixed seeds).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,18 +52,28 @@ CONFIG = Config()
 def trained(small_dataset):
     parts = split_interactions(small_dataset.interactions, CONFIG.split)
     model = TwoStageRecommender(CONFIG.model, CONFIG.split).fit(
-        parts.train, small_dataset.items, progress=lambda _: None)
+        parts.train, small_dataset.items, progress=lambda _: None
+    )
     heldout = parts.test.reset_index(drop=True)
     half = np.random.default_rng(0).random(len(heldout)) < 0.5
-    return model, parts.train, heldout[half].reset_index(drop=True), heldout[~half].reset_index(drop=True)
+    return (
+        model,
+        parts.train,
+        heldout[half].reset_index(drop=True),
+        heldout[~half].reset_index(drop=True),
+    )
 
 
 @pytest.fixture(scope="module")
 def artifact(trained, tmp_path_factory):
     model, _, reference, _ = trained
     references = fit_references(model, reference, CONFIG.monitoring)
-    directory = save_model(model, tmp_path_factory.mktemp("drift") / "model", data_fingerprint="f",
-                           write_extra=lambda d: save_references(references, d))
+    directory = save_model(
+        model,
+        tmp_path_factory.mktemp("drift") / "model",
+        data_fingerprint="f",
+        write_extra=lambda d: save_references(references, d),
+    )
     return directory, references
 
 
@@ -70,19 +81,39 @@ def _window(model, events: pd.DataFrame, *, now: float = 1e9) -> Window:
     """Served rows (each event's user asking for 10, answered by the model) and rating events."""
     users = events["user_id"].astype(str).tolist()
     answers = model.recommend(users, 10)
-    served = pd.DataFrame({"user_id": users, "k": 10,
-                           "item_ids": [list(r) for r in answers.item_ids],
-                           "scores": [list(map(float, r)) for r in answers.scores],
-                           "unix_time": now - 1, "model_version": "v"})
-    feedback = events.assign(type="rating", value=events["rating"].astype(float),
-                             timestamp=now - 1.0)
+    served = pd.DataFrame(
+        {
+            "user_id": users,
+            "k": 10,
+            "item_ids": [list(r) for r in answers.item_ids],
+            "scores": [list(map(float, r)) for r in answers.scores],
+            "unix_time": now - 1,
+            "model_version": "v",
+        }
+    )
+    feedback = events.assign(
+        type="rating", value=events["rating"].astype(float), timestamp=now - 1.0
+    )
     return Window(served, feedback.reset_index(drop=True), now - 3600, now)
 
 
-def _decide(artifact_dir: Path, references, window: Window, config: MonitoringConfig = CONFIG.monitoring, **kw):
+def _decide(
+    artifact_dir: Path,
+    references,
+    window: Window,
+    config: MonitoringConfig = CONFIG.monitoring,
+    **kw,
+):
     manifest = read_manifest(artifact_dir)
-    return decide(references=references, facts=ModelFacts.from_artifact(artifact_dir),
-                  manifest=manifest, window=window, config=config, now=kw.pop("now", time.time()), **kw)
+    return decide(
+        references=references,
+        facts=ModelFacts.from_artifact(artifact_dir),
+        manifest=manifest,
+        window=window,
+        config=config,
+        now=kw.pop("now", time.time()),
+        **kw,
+    )
 
 
 def test_references_live_in_the_artifact_and_give_identical_p_values(artifact, trained):
@@ -91,7 +122,11 @@ def test_references_live_in_the_artifact_and_give_identical_p_values(artifact, t
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
     drift_files = {f for f in manifest["files"] if f.startswith("drift/")}
-    assert {"drift/profile.json", "drift/events/x_ref.npy", "drift/events/config.toml"} <= drift_files
+    assert {
+        "drift/profile.json",
+        "drift/events/x_ref.npy",
+        "drift/events/config.toml",
+    } <= drift_files
     assert has_references(directory)
     loaded = load_references(directory)
     assert loaded.profile == fitted.profile and set(loaded.detectors) == set(fitted.detectors)
@@ -122,7 +157,9 @@ def test_a_model_without_references_is_one_clear_error(small_model_dir):
         load_references(small_model_dir)
 
 
-def test_a_stationary_window_is_ok_and_planted_shifts_are_detected(artifact, trained, small_dataset):
+def test_a_stationary_window_is_ok_and_planted_shifts_are_detected(
+    artifact, trained, small_dataset
+):
     directory, references = artifact
     model, train, _, pool = trained
     ctx = drift_shifts.ShiftContext.build(train, small_dataset.items, genre="Genre3")
@@ -133,8 +170,10 @@ def test_a_stationary_window_is_ok_and_planted_shifts_are_detected(artifact, tra
     assert decision.notes == [] and len(decision.drift) == 8
     shifted = {
         "new items": (drift_shifts.new_items(stationary, ctx, rng, 0.3), "events.item_popularity"),
-        "popularity inverted": (drift_shifts.popularity_inverted(stationary, ctx, rng),
-                                "events.item_popularity"),
+        "popularity inverted": (
+            drift_shifts.popularity_inverted(stationary, ctx, rng),
+            "events.item_popularity",
+        ),
         "ratings": (drift_shifts.ratings_shifted(stationary, ctx, rng, 1.0), "ratings.rating"),
         "segment": (drift_shifts.segment(pool, 400, ctx, rng), "requests.items_genre"),
     }
@@ -152,15 +191,30 @@ def test_ignored_features_are_reported_but_not_counted(artifact, trained, small_
     window = drift_shifts.ratings_shifted(pool.sample(400, random_state=3), ctx, None, 1.0)
     config = MonitoringConfig(ignore_features=("ratings.rating",))
     decision, _ = _decide(directory, references, _window(model, window), config)
-    assert decision.drift["ratings.rating"]["drift"] and not decision.drift["ratings.rating"]["counted"]
+    assert (
+        decision.drift["ratings.rating"]["drift"]
+        and not decision.drift["ratings.rating"]["counted"]
+    )
     assert decision.decision == OK
 
 
 def test_empty_and_small_windows_are_reported_not_tested(artifact):
     directory, references = artifact
-    empty = Window(pd.DataFrame({"user_id": [], "k": [], "item_ids": [], "scores": [],
-                                 "unix_time": [], "model_version": []}),
-                   pd.DataFrame(columns=["type", "user_id", "item_id", "timestamp", "value"]), 0, 1)
+    empty = Window(
+        pd.DataFrame(
+            {
+                "user_id": [],
+                "k": [],
+                "item_ids": [],
+                "scores": [],
+                "unix_time": [],
+                "model_version": [],
+            }
+        ),
+        pd.DataFrame(columns=["type", "user_id", "item_id", "timestamp", "value"]),
+        0,
+        1,
+    )
     decision, results = _decide(directory, references, empty)
     assert decision.decision == OK and results == [] and decision.drift == {}
     assert len(decision.notes) == 4
@@ -172,7 +226,9 @@ def test_staleness_and_new_data_volume_are_reasons(artifact, trained):
     model, _, _, pool = trained
     window = _window(model, pool.sample(300, random_state=2))
     decision, _ = _decide(directory, references, window, now=time.time() + 31 * 86_400)
-    assert decision.decision == RETRAIN and decision.reasons[0].startswith("staleness: the champion is 31")
+    assert decision.decision == RETRAIN and decision.reasons[0].startswith(
+        "staleness: the champion is 31"
+    )
     train_size = references.summary["train_interactions"]
     decision, _ = _decide(directory, references, window, new_interactions=train_size // 5)
     assert decision.reasons == [next(r for r in decision.reasons if r.startswith("new data:"))]
@@ -185,10 +241,17 @@ def test_a_significant_click_through_drop_is_a_reason(artifact, trained):
     directory, references = artifact
     model, _, _, pool = trained
     window = _window(model, pool.sample(300, random_state=2))
-    fell = OnlineMetric(clicks=300, impressions=10_000, previous_clicks=500, previous_impressions=10_000)
+    fell = OnlineMetric(
+        clicks=300, impressions=10_000, previous_clicks=500, previous_impressions=10_000
+    )
     decision, _ = _decide(directory, references, window, online=fell)
-    assert decision.decision == RETRAIN and "click-through rate fell from 5.00% to 3.00%" in decision.reasons[0]
-    noise = OnlineMetric(clicks=48, impressions=1_200, previous_clicks=62, previous_impressions=1_200)
+    assert (
+        decision.decision == RETRAIN
+        and "click-through rate fell from 5.00% to 3.00%" in decision.reasons[0]
+    )
+    noise = OnlineMetric(
+        clicks=48, impressions=1_200, previous_clicks=62, previous_impressions=1_200
+    )
     assert ctr_drop_p_value(noise) > 0.05
     decision, _ = _decide(directory, references, window, online=noise)
     assert decision.decision == OK and decision.online["relative_drop"] > 0.2
@@ -198,7 +261,9 @@ def test_a_significant_click_through_drop_is_a_reason(artifact, trained):
     # No impressions before: no CTR to compare, and the JSON stays strict (null, not NaN).
     first = OnlineMetric(clicks=0, impressions=3000, previous_clicks=0, previous_impressions=0)
     decision, _ = _decide(directory, references, window, online=first)
-    assert json.loads(decision.to_json(), parse_constant=pytest.fail)["online"]["previous_ctr"] is None
+    assert (
+        json.loads(decision.to_json(), parse_constant=pytest.fail)["online"]["previous_ctr"] is None
+    )
 
 
 def test_decision_json_has_the_documented_shape(artifact, trained):
@@ -218,7 +283,12 @@ def test_bonferroni_and_fdr_thresholds_per_feature():
     # No feature passes Benjamini-Hochberg: alibi returns the ladder q*i/n; each feature gets its
     # rank's step.
     ladder = 0.0001 * np.arange(1, 5) / 4
-    assert list(_feature_thresholds(p, ladder, "fdr")) == [ladder[0], ladder[2], ladder[3], ladder[1]]
+    assert list(_feature_thresholds(p, ladder, "fdr")) == [
+        ladder[0],
+        ladder[2],
+        ladder[3],
+        ladder[1],
+    ]
 
 
 def test_cut_points():
@@ -244,21 +314,68 @@ def test_read_window_from_a_request_log_and_an_events_file(tmp_path):
     log = RequestLog(tmp_path / "requests", "recsys").start()
     now = time.time()
     for i in range(3):
-        log.log(LogEntry(now - 10 + i, f"r{i}", "v1", np.array(["u1", "u2"], dtype=object),
-                         np.array([2, 2]), np.array([["a", "b"], ["c", ""]], dtype=object),
-                         np.array([[2.0, 1.0], [3.0, 0.0]]), cold_start=np.array([False, True])))
-    log.log(LogEntry(now - 1e6, "old", "v1", np.array(["u9"], dtype=object), np.array([1]),
-                     np.array([["z"]], dtype=object), np.array([[1.0]]), cold_start=np.array([False])))
+        log.log(
+            LogEntry(
+                now - 10 + i,
+                f"r{i}",
+                "v1",
+                np.array(["u1", "u2"], dtype=object),
+                np.array([2, 2]),
+                np.array([["a", "b"], ["c", ""]], dtype=object),
+                np.array([[2.0, 1.0], [3.0, 0.0]]),
+                cold_start=np.array([False, True]),
+            )
+        )
+    log.log(
+        LogEntry(
+            now - 1e6,
+            "old",
+            "v1",
+            np.array(["u9"], dtype=object),
+            np.array([1]),
+            np.array([["z"]], dtype=object),
+            np.array([[1.0]]),
+            cold_start=np.array([False]),
+        )
+    )
     log.close()
     events = tmp_path / "events.jsonl"
-    events.write_text("\n".join(json.dumps(e) for e in [
-        {"event_id": "e1", "type": "click", "user_id": "u1", "item_id": "a", "timestamp": now - 5},
-        {"event_id": "e2", "type": "rating", "user_id": "u1", "item_id": "b", "value": 4,
-         "timestamp": now - 4},
-        {"event_id": "e3", "type": "impression", "user_id": "u1", "item_id": "c", "timestamp": now - 4},
-    ]) + "\n")
-    window = read_window(request_log=tmp_path / "requests", feedback=str(events), as_of=now,
-                         config=MonitoringConfig())
+    events.write_text(
+        "\n".join(
+            json.dumps(e)
+            for e in [
+                {
+                    "event_id": "e1",
+                    "type": "click",
+                    "user_id": "u1",
+                    "item_id": "a",
+                    "timestamp": now - 5,
+                },
+                {
+                    "event_id": "e2",
+                    "type": "rating",
+                    "user_id": "u1",
+                    "item_id": "b",
+                    "value": 4,
+                    "timestamp": now - 4,
+                },
+                {
+                    "event_id": "e3",
+                    "type": "impression",
+                    "user_id": "u1",
+                    "item_id": "c",
+                    "timestamp": now - 4,
+                },
+            ]
+        )
+        + "\n"
+    )
+    window = read_window(
+        request_log=tmp_path / "requests",
+        feedback=str(events),
+        as_of=now,
+        config=MonitoringConfig(),
+    )
     assert len(window.served) == 6 and set(window.served["user_id"]) == {"u1", "u2"}
     assert window.served.iloc[1]["item_ids"] == ["c"]  # the padding is not an item
     assert list(window.events["event_id"]) == ["e1", "e2"]  # impressions are not consumption
@@ -267,16 +384,22 @@ def test_read_window_from_a_request_log_and_an_events_file(tmp_path):
 def test_bad_sources_are_one_clear_line(tmp_path):
     config = MonitoringConfig()
     with pytest.raises(RecsysError, match="nothing to check: no request log at"):
-        read_window(request_log=tmp_path / "absent", feedback=None, as_of=time.time(), config=config)
+        read_window(
+            request_log=tmp_path / "absent", feedback=None, as_of=time.time(), config=config
+        )
     logs = tmp_path / "requests"
     logs.mkdir()
     (logs / "requests-h-1.jsonl").write_text('{"unix_time": 1, "user_id": "u"}\nnot json\n')
     with pytest.raises(DataValidationError, match=r"requests-h-1.jsonl: line 2 is not JSON"):
         read_window(request_log=logs, feedback=None, as_of=time.time(), config=config)
     events = tmp_path / "events.jsonl"
-    events.write_text('{"event_id": "a", "type": "click", "user_id": "u", "item_id": "i"}\n'
-                      '{"event_id": "b", "type": "clik", "user_id": "u", "item_id": "i"}\n')
-    with pytest.raises(DataValidationError, match=r"events.jsonl: row 2 \(event 'b'\): type: 'clik' is not"):
+    events.write_text(
+        '{"event_id": "a", "type": "click", "user_id": "u", "item_id": "i"}\n'
+        '{"event_id": "b", "type": "clik", "user_id": "u", "item_id": "i"}\n'
+    )
+    with pytest.raises(
+        DataValidationError, match=r"events.jsonl: row 2 \(event 'b'\): type: 'clik' is not"
+    ):
         read_window(request_log=None, feedback=str(events), as_of=time.time(), config=config)
 
 
@@ -311,15 +434,21 @@ def test_the_decision_is_pushed_to_a_pushgateway(artifact, trained):
         push_decision(f"127.0.0.1:{server.server_port}", decision, "recsys")
     finally:
         server.shutdown()
-    (method, path, body), = received
+    ((method, path, body),) = received
     assert (method, path) == ("PUT", f"/metrics/job/{JOB}")
-    samples = {(s.name, s.labels.get("view"), s.labels.get("feature")): s.value
-               for family in text_string_to_metric_families(body) for s in family.samples}
+    samples = {
+        (s.name, s.labels.get("view"), s.labels.get("feature")): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
     assert samples[("recsys_monitoring_retrain", None, None)] == float(decision.decision == RETRAIN)
     assert samples[("recsys_drift_p_value", "events", "item_popularity")] == pytest.approx(
-        decision.drift["events.item_popularity"]["p_value"])
+        decision.drift["events.item_popularity"]["p_value"]
+    )
     assert samples[("recsys_monitoring_window_rows", "requests", None)] == 300
-    with pytest.raises(RecsysError, match="cannot push the drift check to the Pushgateway at 127.0.0.1:9"):
+    with pytest.raises(
+        RecsysError, match="cannot push the drift check to the Pushgateway at 127.0.0.1:9"
+    ):
         push_decision("127.0.0.1:9", decision, "recsys", timeout=2)
 
 
@@ -337,21 +466,44 @@ def test_the_feedback_store_gives_served_rows_events_and_the_click_through_rate(
         for r in range(10):
             request = f"req-{n}-{r}"
             for position in range(3):
-                impressions.append({"request_id": request, "user_id": f"u{r}", "item_id": f"i{position}",
-                                    "position": position, "model_version": "v1",
-                                    "timestamp": start + r})
+                impressions.append(
+                    {
+                        "request_id": request,
+                        "user_id": f"u{r}",
+                        "item_id": f"i{position}",
+                        "position": position,
+                        "model_version": "v1",
+                        "timestamp": start + r,
+                    }
+                )
             if r < clicked:
-                events.append({"event_id": f"c-{n}-{r}", "type": "click", "user_id": f"u{r}",
-                               "item_id": "i1", "request_id": request, "timestamp": start + r + 1})
+                events.append(
+                    {
+                        "event_id": f"c-{n}-{r}",
+                        "type": "click",
+                        "user_id": f"u{r}",
+                        "item_id": "i1",
+                        "request_id": request,
+                        "timestamp": start + r + 1,
+                    }
+                )
     with FeedbackStore(url) as store:
         store.add_impressions(impressions)
         store.add_events(events)
     window = read_window(request_log=None, feedback=url, as_of=now, config=MonitoringConfig())
     assert len(window.served) == 10 and set(window.served["k"]) == {3}
-    assert window.served.iloc[0]["item_ids"] == ["i0", "i1", "i2"] and window.served["scores"].isna().all()
+    assert (
+        window.served.iloc[0]["item_ids"] == ["i0", "i1", "i2"]
+        and window.served["scores"].isna().all()
+    )
     assert len(window.events) == 1 and window.sources[0].startswith("impressions in sqlite:///")
     metric = online_metric(url, "v1", window)
-    assert (metric.clicks, metric.impressions, metric.previous_clicks, metric.previous_impressions) == (1, 30, 4, 30)
+    assert (
+        metric.clicks,
+        metric.impressions,
+        metric.previous_clicks,
+        metric.previous_impressions,
+    ) == (1, 30, 4, 30)
     assert online_metric(url, "another-version", window).impressions == 0
 
 
@@ -360,19 +512,25 @@ def test_serving_and_the_cli_never_import_alibi_detect():
     `components.drift` imports it only when a detector is fitted or loaded."""
     import subprocess
 
-    code = ("import sys, serving.predictor, serving.events, pipelines.cli, components.drift, "
-            "components.monitor, components.monitor_metrics; "
-            "pipelines.cli.build_parser(); print('alibi_detect' in sys.modules)")
+    code = (
+        "import sys, serving.predictor, serving.events, pipelines.cli, components.drift, "
+        "components.monitor, components.monitor_metrics; "
+        "pipelines.cli.build_parser(); print('alibi_detect' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
-def test_without_alibi_detect_training_goes_on_and_checking_says_why(trained, artifact, monkeypatch, caplog):
+def test_without_alibi_detect_training_goes_on_and_checking_says_why(
+    trained, artifact, monkeypatch, caplog
+):
     import components.drift
 
     model, _, reference, _ = trained
     monkeypatch.setattr(components.drift, "available", lambda: False)
     assert fit_references(model, reference, CONFIG.monitoring) is None
     assert "alibi-detect is not installed" in caplog.text
-    with pytest.raises(RecsysError, match=r"needs alibi-detect: pip install 'recsys-mlops\[monitoring\]'"):
+    with pytest.raises(
+        RecsysError, match=r"needs alibi-detect: pip install 'recsys-mlops\[monitoring\]'"
+    ):
         load_references(artifact[0])
