@@ -7,6 +7,7 @@ directory reads it. The cluster target lives in `kube_deploy` (an InferenceServi
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -49,12 +50,15 @@ def resolve_served_model(home: Path | None = None) -> Path:
         path = Path(json.loads(record.read_text())["model_dir"])
         if path.exists():
             return path
+    missing = RecsysError(
+        f"no deployed model under {home}: run `recsys run` first, or pass --model-dir DIR"
+    )
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (home / "mlflow.db").exists():
+        raise missing  # no store to ask: creating an empty one would only leave a file behind
     tracking_uri = default_tracking_uri(home)
     from components.config import RegistryConfig
 
     name = RegistryConfig().model_name
     if current_champion(tracking_uri, name) is not None:
         return Path(deploy_local(tracking_uri=tracking_uri, model_name=name, home=home)["model_dir"])
-    raise RecsysError(
-        f"no deployed model under {home}: run `recsys run` first, or pass --model-dir DIR"
-    )
+    raise missing

@@ -107,14 +107,22 @@ class RecsysDataPlane(DataPlane):
         return super().decode_inference_request(body, headers, model_name)
 
 
+class RepositoryDisabled(NotImplementedError):
+    """501 over REST, UNIMPLEMENTED over gRPC (whose interceptor reads `.reason`)."""
+
+    def __init__(self):
+        super().__init__(REPOSITORY_DISABLED)
+        self.reason = REPOSITORY_DISABLED
+
+
 class DisabledModelRepository(ModelRepositoryExtension):
     """The v2 model-repository extension, refused: listing stays, load and unload do not."""
 
     async def load(self, model_name: str) -> None:
-        raise NotImplementedError(REPOSITORY_DISABLED)
+        raise RepositoryDisabled()
 
     async def unload(self, model_name: str) -> None:
-        raise NotImplementedError(REPOSITORY_DISABLED)
+        raise RepositoryDisabled()
 
 
 class _BoundGRPCServer(GRPCServer):

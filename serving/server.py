@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import sys
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "recsys"
@@ -225,6 +226,9 @@ def serve(args: argparse.Namespace) -> int:
 
     configure_logging()  # before load(), so its outcome is logged in KServe's format
     quiet_logging(args.latency_logging)
+    # The event loop shares the GIL with the model's worker thread: a 1 ms switch interval
+    # (Python's default is 5 ms) bounds how long a probe or a cached answer waits for it.
+    sys.setswitchinterval(0.001)
     try:  # `recsys serve` imported numpy before the entry point could set OPENBLAS_NUM_THREADS
         from threadpoolctl import threadpool_limits
 
