@@ -7,8 +7,12 @@ input artifacts, never on file content, and a step downstream of an uncached one
 the cache. So a small uncached first step hashes the source (file bytes, dataset version), and
 ingest, validate, split and train are cached on that hash: unchanged data and config re-use
 them, a file changed under the same path runs them again. Evaluate reads the registry's
-champion, register and deploy change the world: none of those is cached, and register is not
-retried (a retry could register twice).
+champion, register and deploy change the world: none of those is cached.
+
+Only the steps that call a service are retried (evaluate: MLflow; deploy: the Kubernetes API),
+where a second try can succeed. The others fail the same way every time they fail (bad data,
+a bad config, a file that is not there): a retry with back-off would only delay the one line
+that says what is wrong. Register is not retried either: a retry could register twice.
 """
 
 from pathlib import Path
@@ -75,10 +79,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions, seed=seed,
         )
         # Never cached: it is what tells whether the content behind a path changed.
-        fingerprint = _configure(ops["fingerprint_op"](**source_args), "fingerprint", retries=2, cache=False)
+        fingerprint = _configure(ops["fingerprint_op"](**source_args), "fingerprint", retries=0, cache=False)
         ingest = _configure(
             ops["ingest_op"](**source_args, source_fingerprint=fingerprint.output),
-            "ingest", retries=2, cache=True,
+            "ingest", retries=0, cache=True,
         )
         validate = _configure(
             ops["validate_op"](
@@ -86,7 +90,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 name=ingest.outputs["name"], origin=ingest.outputs["origin"],
                 items_origin=ingest.outputs["items_origin"],
             ),
-            "validate", retries=0, cache=True,  # bad data fails the same way: no retry
+            "validate", retries=0, cache=True,
         )
         fingerprint = validate.outputs["Output"]
         split = _configure(
@@ -94,14 +98,14 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 interactions=validate.outputs["interactions"], config_yaml=config_yaml,
                 data_fingerprint=fingerprint,
             ),
-            "split", retries=1, cache=True,
+            "split", retries=0, cache=True,
         )
         train = _configure(
             ops["train_op"](
                 train=split.outputs["train"], item_table=validate.outputs["item_table"],
                 config_yaml=config_yaml, data_fingerprint=fingerprint,
             ),
-            "train", retries=1, cache=True,
+            "train", retries=0, cache=True,
         )
         evaluate = _configure(
             ops["evaluate_op"](
