@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import yaml
 
 from components.config import Config, config_from_dict, config_to_dict
+
+T = TypeVar("T")
 
 log = logging.getLogger("recsys")
 if not log.handlers and not logging.getLogger().handlers:
@@ -43,6 +47,29 @@ def _read_items(path: str | Path) -> pd.DataFrame | None:
     return None if frame.empty else frame
 
 
+# What a second try cannot fix: the data, the config or the artifact is wrong, and says so.
+_DETERMINISTIC = ("DataValidationError", "ConfigError", "ArtifactError")
+
+
+def retry_transient(call: Callable[[], T], *, attempts: int = 3, first_delay: float = 5.0,
+                    sleep: Callable[[float], None] = time.sleep) -> T:
+    """`call()`, tried again (after 5 s, then 10 s) when it fails in a way a second try can pass
+    (an unreachable store, a dropped connection), and not when the data or config is at fault:
+    that error is the same every time, and the user should read it at once. Kubeflow's own retry
+    policy cannot tell the two apart, so the steps that read a source retry here instead."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if type(exc).__name__ in _DETERMINISTIC or attempt == attempts:
+                raise
+            delay = first_delay * 2 ** (attempt - 1)
+            log.warning("attempt %d of %d failed (%s: %s); trying again in %.0fs",
+                        attempt, attempts, type(exc).__name__, exc, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def fingerprint_source(
     source: str,
     items: str,
@@ -51,15 +78,19 @@ def fingerprint_source(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50_000,
     seed: int = 42,
+    data_version: str = "",
 ) -> str:
-    """The source's content hash (see `data.source_fingerprint`); a missing source fails here."""
+    """The source's content hash (see `data.source_fingerprint`); a missing, unreachable or
+    forbidden source fails here, in one line."""
     from components.data import source_fingerprint
+    from components.sources import is_remote, open_source
 
-    digest = source_fingerprint(
+    digest = retry_transient(lambda: source_fingerprint(
         source, items or None, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
-        synthetic_interactions=synthetic_interactions, seed=seed,
-    )
-    log.info("source %s fingerprint %s", source, digest)
+        synthetic_interactions=synthetic_interactions, seed=seed, data_version=data_version,
+    ))
+    shown = open_source(source).url if is_remote(source) else source
+    log.info("source %s fingerprint %s", shown, digest)
     return digest
 
 
@@ -77,14 +108,14 @@ def ingest(
     """Read the source as it is; returns where it came from (for validation messages)."""
     from components.data import read_raw
 
-    raw = read_raw(
+    raw = retry_transient(lambda: read_raw(
         source,
         items or None,
         synthetic_users=synthetic_users,
         synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions,
         seed=seed,
-    )
+    ))
     _write_frame(raw.interactions, interactions_out)
     _write_frame(raw.items, items_out)
     log.info("ingested %s: %s rows from %s", raw.name, f"{len(raw.interactions):,}", raw.origin)
@@ -204,9 +235,14 @@ def register(
     tracking_uri: str = "",
     data_fingerprint: str = "",
     report_in: str = "",
+    source: str = "",
+    items: str = "",
+    source_fingerprint: str = "",
 ) -> dict[str, Any]:
-    """Log and register in MLflow, applying the champion-challenger gate."""
+    """Log and register in MLflow, applying the champion-challenger gate; the run records the
+    training source (URL and fingerprint) as an `mlflow.data` input when `source` is given."""
     from components.registry import default_tracking_uri, register_model
+    from components.sources.lineage import training_input
 
     config = parse_config(config_yaml)
     results = json.loads(Path(results_in).read_text())
@@ -220,6 +256,9 @@ def register(
         registry=config.registry,
         tracking_uri=tracking_uri or default_tracking_uri(),
         report_path=Path(report_in) if report_in else None,
+        datasets=[training_input(
+            source, items, source_fingerprint=source_fingerprint, data_fingerprint=data_fingerprint,
+        )] if source else [],
     )
     log.info(
         "registered %s version %s, alias %s: %s",

@@ -105,6 +105,7 @@ def run_local(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50000,
     seed: int = 42,
+    data_version: str = "",
     verbose: bool = False,
     progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
@@ -151,6 +152,7 @@ def run_local(
                     synthetic_items=synthetic_items,
                     synthetic_interactions=synthetic_interactions,
                     seed=seed,
+                    data_version=data_version,
                 )
         except RuntimeError as exc:
             sink.flush()

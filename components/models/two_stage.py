@@ -85,6 +85,7 @@ class TwoStageRecommender:
         cfg = self.config
         self.ranker_ = None
         if cfg.ranker.enabled:
+            progress(self.ranker_label_source())
             folds = self._ranker_folds(interactions)
             rng = np.random.default_rng(cfg.seed)
             examples = [
@@ -109,6 +110,23 @@ class TwoStageRecommender:
         self.stats_ = ItemStats.from_training(data)
         self.user_time_ = np.asarray(data.user_mean_time, dtype=np.float64)
         self._user_rows = self._title_index = None  # lookups of the previous data, if any
+
+    def ranker_label_source(self) -> str:
+        """Which split the ranker learns from, in words: it decides which evaluation the model
+        fits (a ranker taught to predict users' latest interactions loses on a random split,
+        and one taught on random folds loses on a chronological one)."""
+        if self.split.method == "temporal" or self.config.ranker.folds == 1:
+            return (
+                f"ranker learns from a {self.split.method} slice of each user's interactions "
+                f"({100 * self.split.validation_fraction:.0f}%, "
+                f"{'the most recent' if self.split.method == 'temporal' else 'at random'}; "
+                f"split.method: {self.split.method}): it fits a "
+                f"{'chronological' if self.split.method == 'temporal' else 'random-split'} evaluation"
+            )
+        return (
+            f"ranker learns from {self.config.ranker.folds} folds of each user's interactions in "
+            "random order (split.method: stratified): it fits a random-split evaluation"
+        )
 
     def _ranker_folds(self, interactions: pd.DataFrame) -> list:
         """Where the ranker's labels come from. Cross-fitting (K folds of the training data)

@@ -270,3 +270,46 @@ def test_gate_decision_is_frozen():
     decision = gate({"ndcg@10": 0.625, "recall@10": 0.5, "coverage@10": 0.25})
     with pytest.raises(AttributeError):
         decision.accepted = False  # type: ignore[misc]
+
+
+def test_accuracy_equals_the_benchmark_packages_own_metrics_on_real_data():
+    """Our vectorised NDCG, precision, recall and MAP@k give the figures of Microsoft
+    Recommenders' own `python_evaluation` functions, on the default data's benchmark split with
+    top-10 lists that hit at every rank: each user's most popular unseen items, with some of
+    their held-out items planted at random positions."""
+    import pandas as pd
+    from recommenders.evaluation import python_evaluation as reference
+
+    from components.data import load_dataset
+    from components.split import stratified_split
+
+    df = load_dataset("movielens-dslabs").interactions
+    parts = stratified_split(df, 0.25, seed=42)
+    items = np.unique(df.item_id.to_numpy(str))
+    users = np.unique(parts.test.user_id.to_numpy(str))
+    rng = np.random.default_rng(0)
+    order = np.argsort(-np.bincount(np.searchsorted(items, parts.train.item_id.to_numpy(str)),
+                                    minlength=len(items)), kind="stable")
+    seen = parts.train.groupby("user_id").item_id.agg(set)
+    held = parts.test.groupby("user_id").item_id.agg(list)
+    lists = []
+    for user in users:
+        ranked = [i for i in items[order[:200]] if i not in seen.get(user, ())][:10]
+        for position, item in zip(rng.choice(10, size=3, replace=False), rng.permutation(held[user])):
+            if rng.random() < 0.5 and item not in ranked:
+                ranked[position] = item
+        lists.append(ranked)
+    recommended = np.searchsorted(items, np.asarray(lists))
+    relevant = sp.csr_matrix(
+        (np.ones(len(parts.test)), (np.searchsorted(users, parts.test.user_id.to_numpy(str)),
+                                    np.searchsorted(items, parts.test.item_id.to_numpy(str)))),
+        shape=(len(users), len(items)),
+    )
+    ours = ranking_metrics(recommended, relevant, k_values=(10,))
+    truth = parts.test.rename(columns={"user_id": "userID", "item_id": "itemID"})[["userID", "itemID", "rating"]]
+    pred = pd.DataFrame({"userID": np.repeat(users, 10), "itemID": np.asarray(lists).ravel(),
+                         "prediction": np.tile(np.arange(10, 0, -1), len(users)).astype(float)})
+    for ours_name, fn in [("ndcg@10", reference.ndcg_at_k), ("precision@10", reference.precision_at_k),
+                          ("recall@10", reference.recall_at_k), ("map@10", reference.map_at_k)]:
+        assert ours[ours_name] == pytest.approx(fn(truth, pred, k=10), rel=1e-9, abs=1e-12), ours_name
+    assert 0.05 < ours["precision@10"] < 0.5  # hits at many ranks, not a degenerate case

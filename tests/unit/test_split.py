@@ -51,9 +51,12 @@ def test_stratified_split_is_seeded_and_random_within_users(small_dataset):
     assert 0.2 < ratio < 0.3
 
 
-@pytest.mark.parametrize(("size", "held_out"), [(2, 1), (3, 1), (4, 1), (5, 2), (20, 5), (21, 6), (22, 6)])
+@pytest.mark.parametrize(
+    ("size", "held_out"), [(2, 0), (3, 1), (4, 1), (5, 1), (6, 2), (20, 5), (21, 5), (22, 6)]
+)
 def test_stratified_split_follows_the_benchmark_rule(size, held_out):
-    """Microsoft Recommenders keeps rank/count <= 0.75 in training: 25 % of 21 holds out 6."""
+    """Microsoft Recommenders keeps round(0.75 n) in training, numpy rounding (half to even):
+    2 keep 2 (round(1.5) = 2), 6 keep 4 (round(4.5) = 4), 21 keep 16, 22 keep 16."""
     df = pd.DataFrame({"user_id": ["u"] * size, "item_id": [f"i{n}" for n in range(size)]})
     parts = stratified_split(df, 0.25, seed=7)
     assert len(parts.test) == held_out
@@ -70,6 +73,35 @@ def test_stratified_split_draws_like_the_benchmark():
         rows = np.flatnonzero(df.user_id.to_numpy() == user)
         expected |= set(df.item_id.to_numpy()[rows[np.argsort(key[rows])[-2:]]])  # 8 rows: 6 kept, 2 out
     assert set(stratified_split(df, 0.25, seed=5).test.item_id) == expected
+
+
+def _benchmark_split(df: pd.DataFrame, seed: int) -> set[tuple[str, str]]:
+    """The held-out pairs of Microsoft Recommenders' own `python_stratified_split`."""
+    from recommenders.datasets.python_splitters import python_stratified_split
+
+    frame = df.rename(columns={"user_id": "userID", "item_id": "itemID"})
+    _, test = python_stratified_split(frame, ratio=0.75, col_user="userID", col_item="itemID", seed=seed)
+    return set(zip(test.userID, test.itemID))
+
+
+@pytest.mark.parametrize("seed", [42, 3])
+def test_stratified_split_is_the_benchmarks_row_for_row_on_the_default_data(seed):
+    """On the built-in default data (100,004 real ratings), our split holds out exactly the
+    pairs the benchmark package's own splitter holds out."""
+    from components.data import load_dataset
+
+    df = load_dataset("movielens-dslabs").interactions
+    ours = stratified_split(df, 0.25, seed=seed).test
+    assert _pairs(ours) == _benchmark_split(df, seed) and len(ours) == len(_pairs(ours))
+
+
+def test_stratified_split_is_the_benchmarks_row_for_row_on_ml100k(ml100k_dir):
+    """The benchmark's own data: 25,008 ratings held out at seed 42, the same ones."""
+    from components.data import load_dataset
+
+    df = load_dataset(str(ml100k_dir)).interactions
+    ours = stratified_split(df, 0.25, seed=42).test
+    assert len(ours) == 25_008 and _pairs(ours) == _benchmark_split(df, 42)
 
 
 def test_temporal_split_needs_timestamps():
