@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: install tools run test bench compile lock clean
+.PHONY: install tools run test bench fuzz compile lock clean
 
 install: $(STAMP)
 
@@ -34,11 +34,17 @@ run: install
 
 ## The test suite (what CI runs).
 test: install tools
-	$(BIN)/python -m pytest -m "not bench" tests
+	$(BIN)/python -m pytest -m "not bench and not fuzz" tests
 
 ## Speed, memory and quality targets (not part of `make test`).
 bench: install
 	$(BIN)/python -m pytest -m bench -s --timeout=5400 tests/benchmarks
+
+## Fuzz and load runs against a live predictor (the model `make run` deployed, else a small
+## one): schemathesis on /openapi.json, structure-aware v1/v2 fuzzers, load ended by SIGTERM.
+## Sizes: FUZZ_EXAMPLES, FUZZ_CASES, LOAD_SECONDS (see tests/fuzz/fuzz_serving.py).
+fuzz: install
+	$(BIN)/python -m pytest -m fuzz -s -p no:cacheprovider --timeout=7200 tests/fuzz
 
 ## Rewrite the committed pipeline IR YAML from the code.
 compile: install

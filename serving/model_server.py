@@ -10,7 +10,7 @@ Small subclasses and a logging filter, no patches of KServe's code:
   `binary_data=False`) is read as the JSON it is.
 - `DisabledModelRepository`: the v2 model-repository extension (`/v2/repository/models/NAME/
   load|unload`, and its gRPC twins) lets any caller unload the model for good; here it refuses
-  (501 / UNIMPLEMENTED) and the server metadata no longer lists it.
+  (403 / PERMISSION_DENIED) and the server metadata no longer lists it.
 - `RecsysModelServer`: binds REST and gRPC to `--host` (KServe hard-codes every interface),
   and on SIGTERM/SIGINT drains: readiness turns false at once (a load balancer stops sending),
   requests keep being answered for `drain_seconds`, then the REST server stops accepting and
@@ -27,6 +27,7 @@ import asyncio
 import logging
 import signal
 
+from grpc_interceptor.exceptions import PermissionDenied
 from kserve import ModelServer
 from kserve.errors import (
     InvalidInput,
@@ -45,7 +46,7 @@ from kserve.protocol.rest.server import RESTServer
 
 INFERENCE_CONTENT_LENGTH_HEADER = "inference-header-content-length"
 CLIENT_ERRORS = (InvalidInput, ModelNotFound, ModelNotReady, NotImplementedError, ServerNotReady,
-                 ServerNotLive, UnsupportedProtocol)
+                 ServerNotLive, UnsupportedProtocol, PermissionDenied)
 REPOSITORY_DISABLED = ("the model-repository extension (load/unload) is disabled on this "
                        "server: the model is set at start-up")
 
@@ -107,12 +108,18 @@ class RecsysDataPlane(DataPlane):
         return super().decode_inference_request(body, headers, model_name)
 
 
-class RepositoryDisabled(NotImplementedError):
-    """501 over REST, UNIMPLEMENTED over gRPC (whose interceptor reads `.reason`)."""
+class RepositoryDisabled(PermissionDenied):
+    """403 over REST (`repository_disabled_handler`), PERMISSION_DENIED over gRPC."""
 
     def __init__(self):
         super().__init__(REPOSITORY_DISABLED)
         self.reason = REPOSITORY_DISABLED
+
+
+async def repository_disabled_handler(request, exc):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=403, content={"error": REPOSITORY_DISABLED})
 
 
 class DisabledModelRepository(ModelRepositoryExtension):
@@ -177,9 +184,6 @@ class RecsysModelServer(ModelServer):
         self.model_repository_extension = DisabledModelRepository(self.registered_models)
         self._stopping = False
         self._rest_done: asyncio.Event | None = None
-        from kserve.model_server import app
-
-        app.add_middleware(CloseWhileDraining, dataplane=self.dataplane)
 
     def start(self, models) -> None:
         """KServe's start(), with the host and our gRPC server: it builds both servers and
@@ -240,6 +244,7 @@ class RecsysModelServer(ModelServer):
         from kserve.logging import logger
 
         self.dataplane.draining = True
+        RecsysMiddleware.draining = True
         logger.info("%s: draining for %.1fs, then stopping", signal.Signals(sig).name,
                     self.drain_seconds)
         await asyncio.sleep(self.drain_seconds)
@@ -256,26 +261,53 @@ class RecsysModelServer(ModelServer):
             self.registered_models.unload(name)  # the model's stop(): worker done, log flushed
 
 
-class CloseWhileDraining:
-    """While the server drains, every answer says `Connection: close`, so that clients stop
-    reusing connections before the listener closes (a request sent on an idle keep-alive
-    connection as it is closed would get a reset instead of an answer)."""
+class RecsysMiddleware:
+    """In front of KServe's routes (pure ASGI, cheap):
 
-    def __init__(self, app, dataplane: RecsysDataPlane):
+    - what this server does not serve is a 4xx, not KServe's 501 (a server error to any client
+      or fuzzer): a model version (`?model_version=` or `/versions/V/`: one version is served,
+      `model_version` in every answer says which) and `:explain` (no explainer);
+    - while the server drains, every answer says `Connection: close`, so that clients stop
+      reusing connections before the listener closes (a request sent on an idle keep-alive
+      connection as it is closed would get a reset instead of an answer).
+    """
+
+    draining = False  # set by RecsysModelServer.drain_and_stop, in the serving process
+
+    def __init__(self, app):
         self.app = app
-        self.dataplane = dataplane
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.dataplane.draining:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = _unserved(scope)
+        if refusal is not None:
+            from fastapi.responses import JSONResponse
+
+            return await JSONResponse(status_code=refusal[0], content={"error": refusal[1]})(
+                scope, receive, send)
+        if not self.draining:
             return await self.app(scope, receive, send)
 
         async def closing(message):
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.lower() != b"connection"]
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         return await self.app(scope, receive, closing)
+
+
+def _unserved(scope) -> tuple[int, str] | None:
+    path = scope.get("path", "")
+    if "/versions/" in path and path.startswith("/v2/models/"):
+        return 404, "model versions are not served by path: this server serves one version"
+    if path.endswith(":explain"):
+        return 404, "no explainer is served"
+    if b"model_version=" in scope.get("query_string", b""):
+        return 400, "model_version: this server serves one version; leave the parameter out"
+    return None
 
 
 class _NoCapture:

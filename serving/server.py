@@ -94,8 +94,17 @@ def install_request_error_handler() -> None:
     from kserve.model_server import app
     from starlette.exceptions import HTTPException
 
+    from serving.model_server import (
+        RecsysMiddleware,
+        RepositoryDisabled,
+        repository_disabled_handler,
+    )
+
     app.add_exception_handler(RequestValidationError, _unparsable_request)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RepositoryDisabled, repository_disabled_handler)
+    if not any(m.cls is RecsysMiddleware for m in app.user_middleware):
+        app.add_middleware(RecsysMiddleware)
     if not getattr(app.openapi, "documents_errors", False):
         app.openapi = _openapi_with_errors(app, app.openapi)
 
@@ -112,7 +121,7 @@ _ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, 
 
 def _openapi_with_errors(app, generate):
     """KServe's schema lists 200 and FastAPI's 422 for every path; ours answers 400 (never 422),
-    404 for an unknown model, 503 while not ready, 501 for what is disabled."""
+    404 for an unknown model, 503 while not ready, 403 for what is disabled."""
 
     def openapi() -> dict:
         if app.openapi_schema:
@@ -127,8 +136,8 @@ def _openapi_with_errors(app, generate):
                     errors["404"] = "no model of that name"
                 if path.endswith(("/infer", ":predict", "/ready", ":explain")) or "health" in path:
                     errors["503"] = "the model or the server is not ready"
-                if "/repository/" in path or "{model_version}" in path or path.endswith(":explain"):
-                    errors["501"] = "not supported by this server"
+                if "/repository/" in path:
+                    errors["403"] = "the model-repository extension is disabled"
                 for code, text in errors.items():
                     responses[code] = {"description": text, "content": {
                         "application/json": {"schema": _ERROR_SCHEMA}}}
