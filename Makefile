@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: install tools run test bench fuzz compile lock clean
+.PHONY: install tools run test bench fuzz readme-example compile lock clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ bench: install
 ## Sizes: FUZZ_EXAMPLES, FUZZ_CASES, LOAD_SECONDS (see tests/fuzz/fuzz_serving.py).
 fuzz: install
 	$(BIN)/python -m pytest -m fuzz -s -p no:cacheprovider --timeout=7200 tests/fuzz
+
+## Rewrite the README's serving example from what the model `make run` deployed answers.
+readme-example: install
+	$(BIN)/python -m serving.example --write README.md
 
 ## Rewrite the committed pipeline IR YAML from the code.
 compile: install
