@@ -189,9 +189,9 @@ class RecsysModelServer(ModelServer):
         """KServe's start(), with the host and our gRPC server: it builds both servers and
         runs them in one call, so there is no hook between building and running."""
         self._register_and_check_atleast_one_model_is_ready(models)
-        common = dict(access_log_format=self.access_log_format, workers=self.workers,
-                      grace_period=self.grace_period, event_loop=self.event_loop,
-                      timeout_keep_alive=self.timeout_keep_alive)
+        common = {"access_log_format": self.access_log_format, "workers": self.workers,
+                  "grace_period": self.grace_period, "event_loop": self.event_loop,
+                  "timeout_keep_alive": self.timeout_keep_alive}
         if self.workers > 1:
             from kserve.model_server import args as kserve_args
 
