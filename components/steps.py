@@ -47,21 +47,21 @@ def _read_items(path: str | Path) -> pd.DataFrame | None:
     return None if frame.empty else frame
 
 
-# What a second try cannot fix: the data, the config or the artifact is wrong, and says so.
-_DETERMINISTIC = ("DataValidationError", "ConfigError", "ArtifactError")
-
-
 def retry_transient(call: Callable[[], T], *, attempts: int = 3, first_delay: float = 5.0,
                     sleep: Callable[[float], None] = time.sleep) -> T:
-    """`call()`, tried again (after 5 s, then 10 s) when it fails in a way a second try can pass
-    (an unreachable store, a dropped connection), and not when the data or config is at fault:
-    that error is the same every time, and the user should read it at once. Kubeflow's own retry
-    policy cannot tell the two apart, so the steps that read a source retry here instead."""
+    """`call()`, tried again (after 5 s, then 10 s) when it fails with an error nobody wrote for
+    the user (a connection dropped mid-read, an OSError from a store), and not on a RecsysError:
+    those say what is wrong with the data, the config or the source (no such bucket, not UTF-8,
+    a bad column), which is the same on every try and should be read at once. The clients
+    underneath (boto3, psycopg, DVC) retry their own transient errors first. Kubeflow's retry
+    policy cannot tell the two kinds apart, so the steps that read a source retry here."""
+    from components.errors import RecsysError
+
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except Exception as exc:
-            if type(exc).__name__ in _DETERMINISTIC or attempt == attempts:
+            if isinstance(exc, RecsysError) or attempt == attempts:
                 raise
             delay = first_delay * 2 ** (attempt - 1)
             log.warning("attempt %d of %d failed (%s: %s); trying again in %.0fs",

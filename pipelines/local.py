@@ -156,9 +156,8 @@ def run_local(
                 )
         except RuntimeError as exc:
             sink.flush()
-            step = sink.failed_step or "a step"
-            cause = sink.cause or _ANSI.sub("", str(exc))
-            raise RecsysError(f"{step} failed: {cause}") from None
+            # The step's line above already says which step failed: the last line is its cause.
+            raise RecsysError(sink.cause or _ANSI.sub("", str(exc))) from None
         finally:
             root.handlers, root.level = saved_handlers, saved_level
     summary = json.loads(task.output)

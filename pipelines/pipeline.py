@@ -13,9 +13,9 @@ Kubeflow retries a failed step whatever failed, so only the steps that call a se
 retried by it (evaluate: MLflow; deploy: the Kubernetes API). Bad data, a bad config or a file
 that is not there fail the same way every time: a retry with back-off would only delay the one
 line that says what is wrong. Fingerprint and ingest, which may read a remote source, retry
-inside the step what can pass on a second try (`steps.retry_transient`: an unreachable store,
-a dropped connection) and fail at once on the rest. Register is not retried: it could register
-twice.
+inside the step what can pass on a second try (`steps.retry_transient`: a connection dropped
+mid-read) and fail at once on our one-line errors (bad data, no such bucket or table). Register
+is not retried: it could register twice.
 
 Remote sources (`s3://`, SQL URLs, `dvc://`) need credentials in the two steps that touch them:
 fingerprint and ingest get the keys of the Secret named by `data_secret` (in the run's

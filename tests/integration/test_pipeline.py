@@ -118,9 +118,9 @@ def test_bad_data_stops_the_run_and_registers_nothing(tmp_path):
     bad.write_text("user_id,item_id,rating\n1,10,4\n1,11,five\n")
     result = _recsys("run", "--data", str(bad), "--home", str(tmp_path / "home"), home=tmp_path / "home")
     assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("recsys run: error: validate failed:"), result.stderr[-2000:]
-    assert "bad.csv" in last and "'rating'" in last
+    *_, step, last = result.stderr.strip().splitlines()
+    assert step.split()[0] == "validate" and step.endswith("FAILED"), result.stderr[-2000:]
+    assert last.startswith("recsys run: error: ") and "bad.csv" in last and "'rating'" in last
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
@@ -137,8 +137,9 @@ def test_unreadable_data_fails_once_with_its_cause_last(tmp_path):
     home = tmp_path / "home"
     result = _recsys("run", "--data", str(data), "--home", str(home), home=home)
     assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("recsys run: error: ingest failed:") and "u.data" in last, result.stderr
+    *_, step, last = result.stderr.strip().splitlines()
+    assert step.split()[0] == "ingest" and step.endswith("FAILED"), result.stderr
+    assert last.startswith("recsys run: error: ") and "u.data" in last, result.stderr
     assert "Traceback" not in result.stderr
     (log,) = (home / "logs").glob("run-*.log")
     assert log.read_text().count("Executing task 'ingest-op'") == 1 and "Retrying" not in log.read_text()

@@ -27,8 +27,15 @@ def test_bad_data_fails_at_once():
     assert len(calls) == 1 and waits == []
 
 
-def test_an_unreachable_source_is_tried_again_with_back_off():
-    call, calls = _failing([DataSourceError("s3://b: unreachable"), ConnectionError("reset")])
+def test_a_source_error_written_for_the_user_fails_at_once():
+    call, calls = _failing([DataSourceError("s3://b/nothing/: empty prefix")])
+    with pytest.raises(DataSourceError):
+        retry_transient(call, sleep=lambda _: None)
+    assert len(calls) == 1
+
+
+def test_a_dropped_connection_is_tried_again_with_back_off():
+    call, calls = _failing([OSError("connection reset"), ConnectionError("reset")])
     waits = []
     assert retry_transient(call, sleep=waits.append) == "read"
     assert len(calls) == 3 and waits == [5.0, 10.0]
