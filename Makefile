@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: install tools run test bench simulate screenshots monitor-demo compile lock clean
+.PHONY: install tools run test bench simulate screenshots monitor-demo fuzz readme-example compile lock clean
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ run: install
 
 ## The test suite (what CI runs).
 test: install tools
-	$(BIN)/python -m pytest -m "not bench" tests
+	$(BIN)/python -m pytest -m "not bench and not fuzz" tests
 
 ## Speed, memory and quality targets (not part of `make test`).
 bench: install
@@ -53,6 +53,16 @@ screenshots: install
 monitor-demo: install
 	$(BIN)/python -m pytest -s -q -p no:cacheprovider \
 		"tests/integration/test_monitoring.py::test_end_to_end_serve_shift_monitor_retrain"
+
+## Fuzz and load runs against a live predictor (the model `make run` deployed, else a small
+## one): schemathesis on /openapi.json, structure-aware v1/v2 fuzzers, load ended by SIGTERM.
+## Sizes: FUZZ_EXAMPLES, FUZZ_CASES, LOAD_SECONDS (see tests/fuzz/fuzz_serving.py).
+fuzz: install
+	$(BIN)/python -m pytest -m fuzz -s -p no:cacheprovider --timeout=7200 tests/fuzz
+
+## Rewrite the README's serving example from what the model `make run` deployed answers.
+readme-example: install
+	$(BIN)/python -m serving.example --write README.md
 
 ## Rewrite the committed pipeline IR YAML from the code (training and monitoring).
 compile: install

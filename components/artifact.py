@@ -80,6 +80,40 @@ def _read_state(directory: Path) -> dict[str, Any]:
     return state
 
 
+def check_output_dir(directory: str | Path, *, keep: tuple[str | Path, ...] = ()) -> Path:
+    """Where an artifact may be written: a new path, an empty directory, or an artifact this
+    code wrote before (every file in it listed in its manifest), which is then replaced. Never
+    a file, the current directory or one above it, a directory holding anything else, or one
+    holding a path of `keep` (the training input): writing an artifact never deletes what the
+    project did not create. One ArtifactError line otherwise, before any work is done."""
+    target = Path(directory)
+    resolved = target.resolve()
+    if target.exists() and not target.is_dir():
+        raise ArtifactError(f"{target}: is a file, not a directory; give a new directory")
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise ArtifactError(f"{target}: is the current directory or contains it; give a new directory")
+    for path in keep:
+        if path and Path(path).exists() and resolved in Path(path).resolve().parents:
+            raise ArtifactError(f"{target}: holds the input {path}; give another directory")
+    if target.is_dir() and any(target.iterdir()):
+        manifest = target / MANIFEST
+        try:
+            listed = set(json.loads(manifest.read_text()).get("files", {})) | {MANIFEST}
+        except (OSError, ValueError, AttributeError):
+            raise ArtifactError(
+                f"{target}: is a directory that is not a model artifact and is not empty; "
+                "give a new or empty directory"
+            ) from None
+        foreign = sorted(str(p.relative_to(target)) for p in target.rglob("*")
+                         if p.is_file() and str(p.relative_to(target)) not in listed)
+        if foreign:
+            raise ArtifactError(
+                f"{target}: holds files that are not part of the model artifact ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); give a new or empty directory"
+            )
+    return target
+
+
 def save_model(
     model: TwoStageRecommender,
     directory: str | Path,
@@ -90,12 +124,14 @@ def save_model(
     extra: dict[str, Any] | None = None,
     write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write the artifact atomically: a partial directory never looks like a model.
+    """Write the artifact atomically: a partial directory never looks like a model. It is
+    written beside the target and renamed into place; what the target held is only removed
+    when it is an earlier artifact (see `check_output_dir`).
 
     `write_extra(directory)` may add files (e.g. drift references) before the checksums are
     taken, so they are verified like the rest."""
-    target = Path(directory)
-    staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    target = check_output_dir(directory)
+    staging = target.resolve().with_name(f".{target.resolve().name}.partial-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
     try:
         data = model.data_
@@ -131,9 +167,11 @@ def save_model(
             **(extra or {}),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        previous = staging.with_name(staging.name.replace(".partial-", ".previous-"))
         if target.exists():
-            shutil.rmtree(target)
+            target.rename(previous)  # checked above: an earlier artifact, or empty
         staging.rename(target)
+        shutil.rmtree(previous, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -142,6 +180,8 @@ def save_model(
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
+    if not Path(directory).exists():
+        raise ArtifactError(f"{directory}: no such directory")
     if not path.is_file():
         raise ArtifactError(f"{directory}: not a model artifact (no {MANIFEST})")
     try:

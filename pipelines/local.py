@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import sys
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +23,71 @@ from components.registry import default_tracking_uri
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class _ErrorWatcher(io.TextIOBase):
-    """Passes the steps' output through and remembers the last error meant for the user.
+class StepLog(io.TextIOBase):
+    """Everything the local runner prints goes here: all of it to the run's log file (and to
+    the terminal with --verbose), one line per step to `progress` (name, seconds, status), and
+    the cause of a failure kept for the last line of `recsys run`.
 
-    The local runner prints each step's output and then raises a generic RuntimeError; the
-    step's own one-line error (bad data, bad config) is what the user needs to read last."""
+    The runner prints each step's output, then its own status lines, and raises a generic
+    RuntimeError ("Task 'ingest-op' finished with status FAILURE"); the step's own error (its
+    traceback's last line, one line for our RecsysErrors) is what the user needs to read."""
 
-    _pattern = re.compile(r"components\.errors\.\w+: (.*)")
+    _started = re.compile(r"Executing task '([\w-]+)'")
+    _finished = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+    _cached = re.compile(r"Task '?([\w-]+)'? cache hit")
+    _retry = re.compile(r"Task '?([\w-]+)'? failed \(attempt (\d+)/(\d+)\)\. Retrying in ([\d.]+)s")
+    _exception = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit)\w*)): (.+)$")
 
-    def __init__(self, stream: io.TextIOBase):
-        self.stream = stream
-        self.last_error: str | None = None
+    def __init__(self, log_file: io.TextIOBase, progress: Callable[[str], None],
+                 echo: io.TextIOBase | None = None):
+        self.log_file = log_file
+        self.progress = progress
+        self.echo = echo
+        self.failed_step: str | None = None
+        self.cause: str | None = None
+        self._step: str | None = None
+        self._step_started = 0.0
+        self._step_error: str | None = None
+        self._pending = ""
+
+    @staticmethod
+    def step_name(task: str) -> str:
+        return task.removesuffix("-op")
 
     def write(self, text: str) -> int:
-        match = self._pattern.search(text)
-        if match:
-            self.last_error = match.group(1).strip()
-        return self.stream.write(text)
+        self.log_file.write(_ANSI.sub("", text))  # colours are for terminals
+        if self.echo is not None:
+            self.echo.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if match := self._started.search(line):
+            self._step, self._step_started, self._step_error = match.group(1), time.monotonic(), None
+        elif match := self._finished.search(line):
+            name, status = self.step_name(match.group(1)), match.group(2)
+            seconds = time.monotonic() - self._step_started
+            self.progress(f"  {name:<12} {seconds:6.1f}s  {'done' if status == 'SUCCESS' else 'FAILED'}")
+            if status != "SUCCESS":
+                self.failed_step, self.cause = name, self._step_error
+        elif match := self._cached.search(line):
+            self.progress(f"  {self.step_name(match.group(1)):<12} {'':>6}   cached")
+        elif match := self._retry.search(line):
+            self.progress(f"  {self.step_name(match.group(1)):<12} failed (attempt {match.group(2)} "
+                          f"of {match.group(3)}), retrying in {float(match.group(4)):.0f}s")
+        elif self._step is not None and (match := self._exception.match(line)):
+            qualified, message = match.group(1), match.group(3).strip()
+            # Ours are written for the user: the message alone. Anything else: its type too.
+            self._step_error = message if qualified.startswith("components.errors.") else (
+                f"{match.group(2)}: {message}")
 
     def flush(self) -> None:
-        self.stream.flush()
+        self.log_file.flush()
+        if self.echo is not None:
+            self.echo.flush()
 
 
 def _absolute_if_path(value: str) -> str:
@@ -47,10 +95,15 @@ def _absolute_if_path(value: str) -> str:
     return str(Path(value).resolve()) if value and Path(value).exists() else value
 
 
-def _run(pipeline, home: Path, arguments: dict[str, Any], *, quiet_stdout: bool = False) -> str:
-    """Run a pipeline function with the local runner in `home`; returns its output. A failed
-    step's own one-line error becomes the RecsysError. `quiet_stdout` sends the steps' output
-    to stderr (for a caller that prints JSON on stdout)."""
+def _run(pipeline, home: Path, arguments: dict[str, Any], *, name: str, verbose: bool = False,
+         quiet_stdout: bool = False,
+         progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+         ) -> tuple[str, Path]:
+    """Run a pipeline function with the local runner in `home`; returns its output and the
+    path of its full log. The steps' output (hundreds of lines) goes to
+    `logs/<name>-<time>.log` under the run home; the terminal gets one line per step, or
+    everything with `verbose` (on stderr with `quiet_stdout`, for a caller printing JSON). A
+    failed step's own cause becomes the RecsysError, the last line the user reads."""
     from kfp import local
 
     os.environ["RECSYS_HOME"] = str(home)  # the deploy step writes its record here
@@ -63,13 +116,27 @@ def _run(pipeline, home: Path, arguments: dict[str, Any], *, quiet_stdout: bool 
     # warnings about them would only bury the progress.
     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"kfp\.local")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"kfp\.local")
-    watcher = _ErrorWatcher(sys.stderr if quiet_stdout else sys.stdout)
-    try:
-        with contextlib.redirect_stdout(watcher):
-            task = pipeline(**arguments)
-    except RuntimeError as exc:
-        raise RecsysError(watcher.last_error or _ANSI.sub("", str(exc))) from None
-    return task.output
+    log_path = home / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"full log: {log_path}")
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    echo = (sys.stderr if quiet_stdout else sys.stdout) if verbose else None
+    with log_path.open("w") as log_file:
+        sink = StepLog(log_file, progress, echo=echo)
+        # The runner also logs outside its steps (start, retries, end) through the root logger.
+        root.handlers = [logging.StreamHandler(sink)]
+        root.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(sink):
+                task = pipeline(**arguments)
+        except RuntimeError as exc:
+            sink.flush()
+            # The step's line above already says which step failed: the last line is its cause.
+            raise RecsysError(sink.cause or _ANSI.sub("", str(exc))) from None
+        finally:
+            root.handlers, root.level = saved_handlers, saved_level
+    return task.output, log_path
 
 
 def run_local(
@@ -84,6 +151,7 @@ def run_local(
     seed: int = 42,
     data_version: str = "",
     feedback: str = "",
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline; returns the deploy step's summary (registration, metrics, ...)."""
     from pipelines.pipeline import build_pipeline
@@ -91,7 +159,7 @@ def run_local(
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     tracking_uri = default_tracking_uri(home)
-    output = _run(build_pipeline(), home, {
+    output, log_path = _run(build_pipeline(), home, {
         "source": _absolute_if_path(source),
         "items": _absolute_if_path(items),
         "config_yaml": config_yaml,
@@ -103,9 +171,10 @@ def run_local(
         "seed": seed,
         "data_version": data_version,
         "feedback": _absolute_if_path(feedback),
-    })
+    }, name="run", verbose=verbose)
     summary = json.loads(output)
     summary["tracking_uri"] = tracking_uri
+    summary["log_path"] = str(log_path)
     return summary
 
 
@@ -126,6 +195,7 @@ def run_monitoring_local(
     synthetic_interactions: int = 50000,
     seed: int = 42,
     data_version: str = "",
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run the monitoring pipeline once (check, and on retrain the training pipeline on the
     source plus the feedback, deploying locally); returns {"check": ..., "retraining": ...}."""
@@ -134,7 +204,7 @@ def run_monitoring_local(
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     tracking_uri = default_tracking_uri(home)
-    output = _run(build_monitoring_pipeline(), home, {
+    output, log_path = _run(build_monitoring_pipeline(), home, {
         "feedback": _absolute_if_path(feedback),
         "request_log": _absolute_if_path(request_log),
         "config_yaml": config_yaml,
@@ -150,7 +220,8 @@ def run_monitoring_local(
         "synthetic_interactions": synthetic_interactions,
         "seed": seed,
         "data_version": data_version,
-    }, quiet_stdout=quiet_stdout)
+    }, name="monitor", quiet_stdout=quiet_stdout, verbose=verbose)
     summary = json.loads(output)
     summary["tracking_uri"] = tracking_uri
+    summary["log_path"] = str(log_path)
     return summary

@@ -7,8 +7,15 @@ input artifacts, never on file content, and a step downstream of an uncached one
 the cache. So a small uncached first step hashes the source (file bytes, dataset version), and
 ingest, validate, split and train are cached on that hash: unchanged data and config re-use
 them, a file changed under the same path runs them again. Evaluate reads the registry's
-champion, register and deploy change the world: none of those is cached, and register is not
-retried (a retry could register twice).
+champion, register and deploy change the world: none of those is cached.
+
+Kubeflow retries a failed step whatever failed, so only the steps that call a service are
+retried by it (evaluate: MLflow; deploy: the Kubernetes API). Bad data, a bad config or a file
+that is not there fail the same way every time: a retry with back-off would only delay the one
+line that says what is wrong. Fingerprint and ingest, which may read a remote source, retry
+inside the step what can pass on a second try (`steps.retry_transient`: a connection dropped
+mid-read) and fail at once on our one-line errors (bad data, no such bucket or table). Register
+is not retried: it could register twice.
 
 Remote sources (`s3://`, SQL URLs, `dvc://`) need credentials in the two steps that touch them:
 fingerprint and ingest get the keys of the Secret named by `data_secret` (in the run's
@@ -109,11 +116,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
         # Never cached: it is what tells whether the content behind a path changed.
         source_check = _configure(
             ops["fingerprint_op"](**source_args, data_version=data_version), "fingerprint",
-            retries=2, cache=False,
+            retries=0, cache=False,
         )
         ingest = _configure(
             ops["ingest_op"](**source_args, source_fingerprint=source_check.output),
-            "ingest", retries=2, cache=True,
+            "ingest", retries=0, cache=True,
         )
         _with_data_credentials(source_check, data_secret)
         _with_data_credentials(ingest, data_secret)
@@ -123,7 +130,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
                 name=ingest.outputs["name"], origin=ingest.outputs["origin"],
                 items_origin=ingest.outputs["items_origin"],
             ),
-            "validate", retries=0, cache=True,  # bad data fails the same way: no retry
+            "validate", retries=0, cache=True,
         )
         fingerprint = validate.outputs["Output"]
         split = _configure(
@@ -131,7 +138,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
                 interactions=validate.outputs["interactions"], config_yaml=config_yaml,
                 data_fingerprint=fingerprint,
             ),
-            "split", retries=1, cache=True,
+            "split", retries=0, cache=True,
         )
         train = _configure(
             ops["train_op"](
@@ -139,7 +146,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
                 item_table=validate.outputs["item_table"],
                 config_yaml=config_yaml, data_fingerprint=fingerprint,
             ),
-            "train", retries=1, cache=True,
+            "train", retries=0, cache=True,
         )
         evaluate = _configure(
             ops["evaluate_op"](

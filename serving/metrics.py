@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from serving.request_log import DROP_REASONS
+
 RECOMMENDATIONS = Counter(
     "recsys_recommendations",
     "Recommendation rows answered (one per user or item in a request)",
@@ -33,8 +35,9 @@ ERRORS = Counter(
 )
 REQUEST_LOG_DROPPED = Counter(
     "recsys_request_log_dropped",
-    "Request-log records dropped because the writer fell behind",
-    ["model_name"],
+    "Answered rows not written to the request log, by reason (queue_full: the writer fell "
+    "behind; encode: a value JSON cannot carry; write: disk full or file unwritable; closed)",
+    ["model_name", "reason"],
 )
 MODEL_INFO = Gauge(
     "recsys_model_info",
@@ -56,9 +59,14 @@ class ModelMetrics:
         self.invalid_input = ERRORS.labels(model_name, "invalid_input")
         self.internal = ERRORS.labels(model_name, "internal")
         self.not_ready = ERRORS.labels(model_name, "not_ready")
-        self.log_dropped = REQUEST_LOG_DROPPED.labels(model_name)
+        self._log_dropped = {
+            reason: REQUEST_LOG_DROPPED.labels(model_name, reason) for reason in DROP_REASONS
+        }
         self.ready = MODEL_READY.labels(model_name)
         self.ready.set(0)
+
+    def log_dropped(self, rows: int, reason: str) -> None:
+        self._log_dropped[reason].inc(rows)
 
     def set_model(self, model_version: str, data_fingerprint: str) -> None:
         MODEL_INFO.labels(self.model_name, model_version, data_fingerprint).set(1)

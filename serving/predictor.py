@@ -7,15 +7,24 @@ loop over catalogue items. Requests are validated here because KServe checks nei
 nor shapes against data: whatever a client sends is either answered or refused with
 `InvalidInput` (HTTP 400, gRPC INVALID_ARGUMENT) naming the field at fault.
 
+Work per request is bounded (rows, `B x k` answer entries, ids in exclude/history lists, title
+queries and their length), and only a table lookup runs on the event loop: every model call
+(fuzzy title matching, a request with exclusions or a history, k past the answer cache) runs
+in one worker thread of the model's own, so REST, gRPC and the health probes keep answering
+while it works (rapidfuzz and numpy release the GIL), and heavy requests queue there instead
+of taking every core.
+
 The module is longer than most here because the contract lives in one place: both protocols'
 parsing, the model call (with the answer cache) and both protocols' responses.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,23 +34,28 @@ import orjson
 from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.logging import logger as kserve_logger
-from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
 from components.artifact import MANIFEST, load_model
 from components.errors import ArtifactError
+from serving.limits import (
+    DEFAULT_MAX_ANSWER_ITEMS,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_TITLE_QUERIES,
+    MAX_LIST_IDS,
+    MAX_LIST_LENGTH,
+    MAX_QUERY_LENGTH,
+)
 from serving.metrics import ModelMetrics
 from serving.request_log import DEFAULT_K, LogEntry, RequestLog
 
 log = kserve_logger.getChild("recsys")
 
-DEFAULT_MAX_BATCH_SIZE = 1000
 # Known users' answers (and the cold-start one) are precomputed at load up to this k...
 CACHE_K = 100
 # ...when the table stays small (users x k entries; 8 bytes each).
 CACHE_MAX_ENTRIES = 25_000_000
 _CACHE_CHUNK = 256
-MAX_LIST_LENGTH = 10_000  # per-row width of exclude_item_ids / history_item_ids
 USER_INPUTS = ("user_id", "k", "exclude_item_ids", "history_item_ids")
 ITEM_INPUTS = ("item_id", "k")
 _ID_TYPES = ("BYTES", "INT64", "INT32")
@@ -138,8 +152,29 @@ def _tensor(inp: InferInput, allowed: tuple[str, ...], ndim: int) -> np.ndarray:
             raise InvalidInput(f"{name}: BYTES data must be UTF-8 text") from None
         if not all(isinstance(v, str) for v in strings):
             raise InvalidInput(f"{name}: BYTES data must be strings")
+        _check_text(name, strings)
         array = np.asarray(strings, dtype=object).reshape(shape)
     return array
+
+
+def _check_text(name: str, strings: list[str]) -> None:
+    """JSON may carry a lone surrogate (`"\\ud800"`); UTF-8 cannot, so neither can an id, the
+    answer's encoder or the request log. One encode of the whole list finds it."""
+    try:
+        "".join(strings).encode("utf-8")
+    except UnicodeEncodeError:
+        row = next(i for i, v in enumerate(strings) if not _is_utf8(v))
+        raise InvalidInput(
+            f"{name}: value {row} is not valid Unicode text (a lone surrogate)"
+        ) from None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _ids(inp: InferInput, max_batch: int) -> np.ndarray:
@@ -164,14 +199,16 @@ def _check_k(k: np.ndarray, batch: int, limit: int, what: str) -> np.ndarray:
 
 
 def _id_lists(inp: InferInput, batch: int) -> list[list[str]]:
-    array = _tensor(inp, ("BYTES",), 2)
-    if array.shape[0] != batch:
+    shape = _declared_shape(inp.name, inp.shape, 2)
+    if shape[0] != batch:
         raise InvalidInput(
-            f"{inp.name}: shape must be [{batch}, M] (one padded row per user), got {list(array.shape)}"
+            f"{inp.name}: shape must be [{batch}, M] (one padded row per user), got {list(shape)}"
         )
-    if array.shape[1] > MAX_LIST_LENGTH:
-        raise InvalidInput(f"{inp.name}: {array.shape[1]} ids per row exceeds {MAX_LIST_LENGTH}")
-    return array.tolist()  # "" padding matches no item and is ignored by the model
+    if shape[1] > MAX_LIST_LENGTH:
+        raise InvalidInput(f"{inp.name}: {shape[1]} ids per row exceeds {MAX_LIST_LENGTH}")
+    if math.prod(shape) > MAX_LIST_IDS:
+        raise InvalidInput(f"{inp.name}: {math.prod(shape)} ids exceeds {MAX_LIST_IDS} per request")
+    return _tensor(inp, ("BYTES",), 2).tolist()  # "" padding matches no item: ignored
 
 
 def _pad(item_ids: np.ndarray, scores: np.ndarray, k: np.ndarray) -> None:
@@ -191,6 +228,8 @@ class RecommenderModel(Model):
         model_dir: str | Path,
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_answer_items: int = DEFAULT_MAX_ANSWER_ITEMS,
+        max_title_queries: int = DEFAULT_MAX_TITLE_QUERIES,
         request_log_dir: str | Path | None = None,
         online_store: str | None = None,
         online_store_prefix: str = "recsys:",
@@ -198,6 +237,9 @@ class RecommenderModel(Model):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.max_batch_size = max_batch_size
+        self.max_answer_items = max_answer_items
+        self.max_title_queries = max_title_queries
+        self._executor: ThreadPoolExecutor | None = None
         self.request_log_dir = request_log_dir
         self.load_error: str | None = None
         self.model_version = ""
@@ -247,6 +289,7 @@ class RecommenderModel(Model):
         data = model.data_
         self.n_items = int(data.n_items)
         self._item_ids = data.item_ids.astype(object)
+        self._item_id_set = frozenset(self._item_ids.tolist())
         titles = data.items["title"] if "title" in data.items else data.items["item_id"]
         self._titles = titles.fillna("").astype(str).to_numpy(dtype=object)
         self._model = model
@@ -286,7 +329,7 @@ class RecommenderModel(Model):
 
     def _start_request_log(self) -> None:
         self._request_log = RequestLog(
-            self.request_log_dir, self.name, on_drop=self._metrics.log_dropped.inc
+            self.request_log_dir, self.name, on_drop=self._metrics.log_dropped
         ).start()
 
     def _start_feedback(self) -> None:
@@ -305,12 +348,16 @@ class RecommenderModel(Model):
             self._start_request_log()
 
     def stop(self) -> None:
+        self.ready = False
+        self._metrics.ready.set(0)  # the gauge follows readiness, whatever ends it
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)  # answers in the worker finish, and get logged
+            self._executor = None
         if self._request_log is not None:
             self._request_log.close()
         if self._feedback is not None:
             self._feedback.close()
             self._feedback = None
-        self.ready = False
 
     def __getstate__(self) -> dict[str, Any]:
         # REST workers (--workers > 1) are spawned with a pickled copy; each opens its own log.
@@ -319,12 +366,15 @@ class RecommenderModel(Model):
         state["_request_log"] = None
         state["_metrics"] = None
         state["_feedback"] = None
+        state["_executor"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        from serving.model_server import quiet_logging
         from serving.server import install_request_error_handler
 
         install_request_error_handler()  # a spawned REST worker imports KServe's app afresh
+        quiet_logging(bool(state.get("enable_latency_logging")))
         self.__dict__.update(state)
         self._metrics = ModelMetrics(self.name)
         if self.ready:
@@ -342,20 +392,25 @@ class RecommenderModel(Model):
         return [dict(t) for t in OUTPUT_TYPES]
 
     # ------------------------------------------------------------------ inference
-    def predict(
+    def not_ready_error(self) -> ModelNotReady:
+        """The refusal of a request while the model is not ready, counted, with the reason."""
+        self._metrics.not_ready.inc()
+        error = ModelNotReady(self.name, self.load_error or "")
+        error.reason = str(error)  # KServe's gRPC interceptor reads .reason (else: UNKNOWN)
+        return error
+
+    async def predict(
         self,
         payload: InferRequest | dict,
         headers: Mapping[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse | dict:
         if not self.ready:
-            self._metrics.not_ready.inc()
-            error = ModelNotReady(self.name, self.load_error or "")
-            error.reason = str(error)  # KServe's gRPC interceptor reads .reason (else: UNKNOWN)
-            raise error
+            raise self.not_ready_error()
         is_v2 = isinstance(payload, InferRequest)
         try:
             query = self._parse_v2(payload) if is_v2 else self._parse_v1(payload)
+            self._check_bounds(query)
         except InvalidInput:
             self._metrics.invalid_input.inc()
             raise
@@ -366,13 +421,44 @@ class RecommenderModel(Model):
         if self._feedback is not None and not query.by_item:  # what users did since training
             query.history = self._feedback.add_fresh_history(query.ids.tolist(), query.history)
         try:
-            answer = self._similar(query) if query.by_item else self._recommend(query)
+            answer = await self._answer(query)
         except Exception:
             self._metrics.internal.inc()
             raise
         request_id = self._request_id(payload if is_v2 else None, headers)
         self._count_and_log(query, answer, request_id)
         return self._v2_response(payload, answer, request_id) if is_v2 else self._v1_response(query, answer, request_id)
+
+    async def _answer(self, query: Query) -> Answer:
+        """A cached answer on the spot; anything that calls the model in the worker thread."""
+        if not query.by_item and self._is_cached(query):
+            return self._recommend(query)
+        if self._executor is None:  # one thread: model calls run one at a time, off the loop
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
+        work = self._similar if query.by_item else self._recommend
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, query)
+
+    def _check_bounds(self, query: Query) -> None:
+        batch, width = len(query.ids), int(query.k.max())
+        if batch * width > self.max_answer_items:
+            raise InvalidInput(
+                f"k: a batch of {batch} at k={width} asks for {batch * width:,} items, above the "
+                f"limit of {self.max_answer_items:,} per request (ask for a smaller k or batch)"
+            )
+        if not query.by_item:
+            return
+        long = [i for i, q in enumerate(query.ids.tolist()) if len(q) > MAX_QUERY_LENGTH]
+        if long:
+            raise InvalidInput(
+                f"item_id: value {long[0]} has {len(query.ids[long[0]]):,} characters, above the "
+                f"limit of {MAX_QUERY_LENGTH} for an id or a title"
+            )
+        titles = sum(1 for q in query.ids.tolist() if q not in self._item_id_set)
+        if titles > self.max_title_queries:
+            raise InvalidInput(
+                f"item_id: {titles} values are titles to match, above the limit of "
+                f"{self.max_title_queries} per request (exact item ids are not limited)"
+            )
 
     @staticmethod
     def _request_id(payload: InferRequest | None, headers: Mapping[str, str] | None) -> str:
@@ -443,7 +529,7 @@ class RecommenderModel(Model):
         by_item = "item_id" in instances[0]
         key, expected = ("item_id", ITEM_INPUTS) if by_item else ("user_id", USER_INPUTS)
         limit = self.n_items - 1 if by_item else self.n_items
-        ids, ks, exclude, history = [], [], [], []
+        ids, ks, exclude, history, listed = [], [], [], [], 0
         for row, inst in enumerate(instances):
             where = f"instances[{row}]"
             unknown = sorted(set(inst) - set(expected))
@@ -461,6 +547,7 @@ class RecommenderModel(Model):
             value = inst[key]
             if isinstance(value, bool) or not isinstance(value, (str, int)):
                 raise InvalidInput(f"{where}.{key}: must be a string or an integer")
+            _check_text(f"{where}.{key}", [str(value)])
             ids.append(str(value))
             k = inst.get("k", min(DEFAULT_K, limit))
             if isinstance(k, bool) or not isinstance(k, int):
@@ -476,7 +563,11 @@ class RecommenderModel(Model):
                     raise InvalidInput(f"{where}.{name}: must be a list of item ids")
                 if len(value) > MAX_LIST_LENGTH:
                     raise InvalidInput(f"{where}.{name}: more than {MAX_LIST_LENGTH} ids")
+                listed += len(value)
+                if listed > MAX_LIST_IDS:
+                    raise InvalidInput(f"{name}: more than {MAX_LIST_IDS} ids per request")
                 lists.append([str(v) for v in value])
+                _check_text(f"{where}.{name}", lists[-1])
         query = Query(by_item, np.asarray(ids, dtype=object), np.asarray(ks, dtype=np.int64))
         if any(exclude):
             query.exclude = exclude
@@ -485,13 +576,16 @@ class RecommenderModel(Model):
         return query
 
     # ------------------------------------------------------------------ the model call
+    def _is_cached(self, query: Query) -> bool:
+        return (
+            getattr(self, "_cache_top", None) is not None
+            and query.exclude is None and query.history is None
+            and int(query.k.max()) <= self._cache_width
+        )
+
     def _recommend(self, query: Query) -> Answer:
         width = int(query.k.max())
-        cached = (
-            getattr(self, "_cache_top", None) is not None
-            and query.exclude is None and query.history is None and width <= self._cache_width
-        )
-        if cached:
+        if self._is_cached(query):
             users = self._model.user_index(query.ids.tolist())
             cold = users < 0
             rows = np.where(cold, len(self._cache_top) - 1, users)
@@ -592,30 +686,3 @@ class RecommenderModel(Model):
         # `id`, as v2 answers have: what a client sends back with its feedback (request_id)
         return {"predictions": predictions, "model_name": self.name,
                 "model_version": self.model_version, "id": request_id}
-
-
-class RecsysDataPlane(DataPlane):
-    """KServe's data plane with two corrections (module level: REST workers get it pickled).
-
-    - Server readiness (`/v2/health/ready`, gRPC ServerReady) is false while a registered model
-      is not ready; KServe answers true as soon as the process is up.
-    - A body KServe itself cannot decode (say, a binary request whose JSON header has no
-      `inputs`) is a 400, not a 500.
-    """
-
-    async def ready(self) -> bool:
-        models = self.model_registry.get_models()
-        if not models or not await super().ready():
-            return False
-        for model in models.values():
-            if not await model.healthy():
-                return False
-        return True
-
-    def decode(self, body, headers, *args, **kwargs):
-        try:
-            return super().decode(body, headers, *args, **kwargs)
-        except InvalidInput:
-            raise
-        except Exception as exc:
-            raise InvalidInput(f"malformed request body: {type(exc).__name__}: {exc}") from None

@@ -1,11 +1,17 @@
 """The request log: what the server recommended, one JSON line per answered row.
 
 It feeds later checks (drift of the users and items asked for, of the scores, of the share of
-cold starts) without a log pipeline. Records are handed to a queue on the request path and
-written by the standard library's `QueueListener` thread into a `RotatingFileHandler`, so
-predict never waits on disk; when the writer falls behind, records are dropped and counted
-(`recsys_request_log_dropped_total`) rather than slowing answers. The listener is stopped, and
-the queue drained, when the model is unloaded at shutdown.
+cold starts) without a log pipeline. Answered requests are handed to a bounded queue on the
+request path and written by one writer thread, so predict never waits on disk. Every row
+answered is either written or counted as dropped, with the reason
+(`recsys_request_log_dropped_total{reason}`): `queue_full` (the writer fell behind),
+`encode` (a value JSON cannot carry), `write` (the disk is full, the file cannot be opened or
+written). A write error is one warning line, not a dead writer and not a dead server; the
+writer opens the file again for the next request, so logging resumes once the disk has room.
+
+The file itself is `serving.jsonl_file.RotatingJsonLines` (why not the standard library's
+rotating handler: see there): it knows to the line what reached the disk.
+`read_request_log` skips a line that is not JSON (a fragment torn by a crash or a full disk).
 
 Record (the same one `records_from_cloudevents` rebuilds from KServe's payload logger)::
 
@@ -19,15 +25,16 @@ Record (the same one `records_from_cloudevents` rebuilds from KServe's payload l
 `user_id` is set for recommendations, `item_id` (the query as sent) and `resolved_item_id` for
 similar-item rows (`cold_start` is then null). `item_ids`/`scores` hold the row's answer without
 padding (at most `k` entries). Files are `requests-<host>-<pid>.jsonl` (several processes or
-replicas can share a directory), rotated at `max_bytes` into `.jsonl.1`, `.jsonl.2`, ...
+replicas can share a directory), rotated when the next line would take them past `max_bytes`
+into `.jsonl.1`, `.jsonl.2`, ...
 """
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,9 +49,10 @@ import numpy as np
 from components.observations import REQUEST_LOG_COLUMNS as COLUMNS
 from components.observations import REQUEST_LOG_PATTERN as FILE_PATTERN
 from components.observations import read_request_log
+from serving.jsonl_file import RotatingJsonLines
 
-__all__ = ["COLUMNS", "FILE_PATTERN", "LogEntry", "RequestLog", "read_request_log",
-           "records_from_cloudevents"]
+__all__ = ["COLUMNS", "FILE_PATTERN", "LogEntry", "RequestLog", "check_writable",
+           "read_request_log", "records_from_cloudevents"]
 
 try:  # orjson ships with kserve; the reader side works without it
     import orjson
@@ -52,16 +60,32 @@ try:  # orjson ships with kserve; the reader side works without it
     def _dumps(obj: Any) -> str:
         return orjson.dumps(obj).decode()
 
+    def _line(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+
+    _loads = orjson.loads
+
 except ImportError:  # pragma: no cover
     import json
 
     def _dumps(obj: Any) -> str:
         return json.dumps(obj, separators=(",", ":"))
 
+    def _line(obj: Any) -> bytes:
+        return (_dumps(obj) + "\n").encode("utf-8")
+
+    _loads = json.loads
+
+
+log = logging.getLogger("recsys.request_log")
 
 DEFAULT_K = 10  # the serving contract's default number of recommendations
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUP_COUNT = 10
+# Why rows were not written (the `reason` label of the dropped-rows counter).
+DROP_REASONS = ("queue_full", "encode", "write", "closed")
+WARN_INTERVAL = 60.0  # seconds between two warnings about drops of one reason
+_STOP = object()
 
 
 @dataclass
@@ -113,19 +137,8 @@ def entry_records(entry: LogEntry, model_name: str) -> list[dict[str, Any]]:
     return out
 
 
-class _JsonLinesFormatter(logging.Formatter):
-    def __init__(self, model_name: str):
-        super().__init__()
-        self.model_name = model_name
-
-    def format(self, record: logging.LogRecord) -> str:
-        # RotatingFileHandler formats twice (to size the rollover, then to write): cache it.
-        cached = getattr(record, "_jsonl", None)
-        if cached is None:
-            records = record.msg if isinstance(record.msg, list) else entry_records(record.msg, self.model_name)
-            cached = "\n".join(_dumps(r) for r in records)
-            record._jsonl = cached
-        return cached
+def _row_count(entry: LogEntry | list[dict[str, Any]]) -> int:
+    return len(entry) if isinstance(entry, list) else len(entry.queries)
 
 
 class RequestLog:
@@ -139,65 +152,130 @@ class RequestLog:
         max_bytes: int = DEFAULT_MAX_BYTES,
         backup_count: int = DEFAULT_BACKUP_COUNT,
         queue_size: int = 10_000,
-        on_drop: Callable[[], None] | None = None,
+        on_drop: Callable[[int, str], None] | None = None,
     ):
         self.directory = Path(directory)
         self.model_name = model_name
         self.max_bytes = max_bytes
         self.backup_count = backup_count
         self.queue_size = queue_size
-        self.on_drop = on_drop
+        self.on_drop = on_drop  # (rows, reason): counts what was answered but not logged
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._queue: queue.Queue | None = None
-        self._listener: logging.handlers.QueueListener | None = None
-        self._handler: logging.Handler | None = None
+        self._thread: threading.Thread | None = None
+        self._file: RotatingJsonLines | None = None
+        self._lock = threading.Lock()
+        self._warned: dict[str, float] = {}
+        self._unreported = dict.fromkeys(DROP_REASONS, 0)
 
     @property
     def path(self) -> Path:
         return self.directory / f"requests-{socket.gethostname()}-{os.getpid()}.jsonl"
 
     def start(self) -> "RequestLog":
-        if self._listener is not None:
+        if self._thread is not None:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            self.path, maxBytes=self.max_bytes, backupCount=self.backup_count, encoding="utf-8"
-        )
-        handler.setFormatter(_JsonLinesFormatter(self.model_name))
+        self._file = RotatingJsonLines(self.path, self.max_bytes, self.backup_count)
         self._queue = queue.Queue(self.queue_size)
-        self._handler = handler
-        self._listener = logging.handlers.QueueListener(self._queue, handler)
-        self._listener.start()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._queue, self._file), name="recsys-request-log", daemon=True
+        )
+        self._thread.start()
         return self
 
     def log(self, entry: LogEntry | list[dict[str, Any]]) -> bool:
         """Hand one answered request (or its ready-made records) to the writer; False (and
-        counted) when the queue is full."""
-        if self._queue is None:
+        its rows counted as dropped) when the queue is full or the log is closed."""
+        q = self._queue
+        if q is None:
+            self._drop(_row_count(entry), "closed", "the request log is closed")
             return False
-        record = logging.LogRecord("recsys.requests", logging.INFO, "", 0, entry, None, None)
         try:
-            self._queue.put_nowait(record)
+            q.put_nowait(entry)
         except queue.Full:
-            if self.on_drop is not None:
-                self.on_drop()
+            self._drop(_row_count(entry), "queue_full", f"{self.queue_size} requests waiting")
             return False
         return True
 
-    def close(self) -> None:
-        """Write what is queued, then close the file (idempotent)."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.stop()  # enqueues a sentinel and joins: everything queued is written
-        if self._handler is not None:
-            self._handler.close()
-            self._handler = None
-        self._queue = None
+    def _run(self, entries: queue.Queue, file: RotatingJsonLines) -> None:
+        while True:
+            entry = entries.get()
+            if entry is _STOP:
+                break
+            try:
+                self._write(entry, file)
+            except Exception as exc:  # the writer must outlive whatever one entry does
+                self._drop(_row_count(entry), "encode", f"{type(exc).__name__}: {exc}")
+        file.close()
+
+    def _write(self, entry: LogEntry | list[dict[str, Any]], file: RotatingJsonLines) -> None:
+        records = entry if isinstance(entry, list) else entry_records(entry, self.model_name)
+        lines, bad, why = [], 0, ""
+        for record in records:
+            try:
+                lines.append(_line(record))
+            except Exception as exc:  # e.g. a lone surrogate, which UTF-8 cannot carry
+                bad, why = bad + 1, f"{type(exc).__name__}: {exc}"
+        if bad:
+            self._drop(bad, "encode", why)
+        written, error = file.write(lines)
+        if error is not None:
+            self._drop(len(lines) - written, "write", f"{file.path}: {error}")
+
+    def _drop(self, rows: int, reason: str, detail: str) -> None:
+        if rows <= 0:
+            return
+        with self._lock:
+            self.dropped[reason] += rows
+            self._unreported[reason] += rows
+            now = time.monotonic()
+            due = now - self._warned.get(reason, -WARN_INTERVAL) >= WARN_INTERVAL
+            if due:
+                count, self._unreported[reason] = self._unreported[reason], 0
+                self._warned[reason] = now
+        if self.on_drop is not None:
+            self.on_drop(rows, reason)
+        if due:  # one line a minute at most per reason, however fast rows are lost
+            log.warning("request log: %d row(s) not logged (%s): %s", count, reason, detail)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then close the file (idempotent, never raises)."""
+        thread, q = self._thread, self._queue
+        self._thread = self._queue = None
+        if thread is None:
+            return
+        try:
+            q.put(_STOP, timeout=timeout)
+            thread.join(timeout)
+        except queue.Full:
+            log.warning("request log: the writer did not drain its queue in %.0fs", timeout)
+        if thread.is_alive():
+            log.warning("request log: the writer did not finish in %.0fs", timeout)
+        elif q.qsize():
+            self._drop(q.qsize(), "closed", "left in the queue at shutdown")
 
     # A RequestLog travels to worker processes (KServe spawns REST workers) unstarted.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_queue=None, _listener=None, _handler=None)
+        state.update(_queue=None, _thread=None, _file=None, _lock=None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def check_writable(directory: str | Path) -> None:
+    """Raise OSError with a clear message unless `directory` is (or can be made) a directory
+    this process can create files in: what `--request-log` checks before the model loads."""
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write-test-{os.getpid()}"
+    probe.touch()
+    probe.unlink()
 
 
 # ---------------------------------------------------------------- KServe payload logger

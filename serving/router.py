@@ -22,9 +22,11 @@ restart (the record is polled every `poll_seconds`).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +145,9 @@ class ExperimentRouter(Model):
 
     def stop(self) -> None:
         self._stopping.set()
+        if getattr(self, "_executor", None) is not None:
+            self._executor.shutdown(wait=True)  # answers in the worker finish, and get logged
+            self._executor = None
         if self._request_log is not None:
             self._request_log.close()
         self._request_log = None
@@ -152,7 +157,7 @@ class ExperimentRouter(Model):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # REST workers get a pickled copy; threads start there
-        state.update(_request_log=None, _watcher=None, _stopping=None)
+        state.update(_request_log=None, _watcher=None, _stopping=None, _executor=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -220,24 +225,33 @@ class ExperimentRouter(Model):
                      f"users, interleaved for {new.interleave_percent:g}%" if challenger else "")
 
     # ------------------------------------------------------------------ inference
-    def predict(self, payload: InferRequest | dict, headers: Mapping[str, str] | None = None,
-                response_headers: dict[str, str] | None = None) -> InferResponse | dict:
+    async def _in_worker(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Model calls run one at a time in the router's own thread, off the event loop, so that
+        health probes and other requests are answered while a heavy one is scored (as in the
+        predictor)."""
+        if getattr(self, "_executor", None) is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-router")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+    async def predict(self, payload: InferRequest | dict, headers: Mapping[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> InferResponse | dict:
         arms = self._arms
         lead = arms.champion
         if not lead.ready:
-            return lead.predict(payload, headers, response_headers)  # raises "not ready"
+            raise lead.not_ready_error()
         if self._watcher is None and self.record is not None:
             self._start_watcher()  # a REST worker process starts its own
         is_v2 = isinstance(payload, InferRequest)
         query = _parse(lead, payload, is_v2)
         request_id = lead._request_id(payload if is_v2 else None, headers)
         if query.by_item:
-            answer = _timed(self.name, lead, lead._similar, query)
+            answer = await self._in_worker(_timed, self.name, lead, lead._similar, query)
             lead._count_and_log(query, answer, request_id)
             return (lead._v2_response(payload, answer, request_id) if is_v2
                     else lead._v1_response(query, answer, request_id))
         variants = [arms.variant(u) for u in query.ids.tolist()]
-        answer, versions, sources = self._answer(arms, query, variants, request_id)
+        answer, versions, sources = await self._in_worker(
+            self._answer, arms, query, variants, request_id)
         self._count_and_log(lead, query, answer, request_id, versions, sources, variants)
         response_version = ",".join(dict.fromkeys(versions))
         if arms.challenger is None:  # one model serves: the predictor's own answer, unchanged
@@ -349,9 +363,11 @@ def split_of(entry: Mapping[str, Any] | None,
 
 
 def _parse(model: RecommenderModel, payload: Any, is_v2: bool) -> Query:
-    """The predictor's own validation, counted the same way."""
+    """The predictor's own validation and bounds, counted the same way."""
     try:
-        return model._parse_v2(payload) if is_v2 else model._parse_v1(payload)
+        query = model._parse_v2(payload) if is_v2 else model._parse_v1(payload)
+        model._check_bounds(query)
+        return query
     except InvalidInput:
         model._metrics.invalid_input.inc()
         raise

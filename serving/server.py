@@ -4,18 +4,18 @@ Importing this module is cheap (kserve is imported only when a server starts), s
 CLI can add the `serve` options without paying for it. Every option also takes KServe's
 underscore spelling (`--model_dir`, `--http_port`, ...) so KServe-style container args work.
 
-Two adjustments to KServe's server (`RecsysDataPlane`, in predictor.py), small subclasses, no patches:
-- readiness (`/v2/health/ready`, gRPC ServerReady) is false while the model is not ready
-  (KServe answers true as soon as the process is up), and a model that failed to load is still
-  registered, so the server starts, stays live, and tells the truth about readiness;
-- a body KServe itself cannot decode (say, a binary request whose JSON header lacks `inputs`)
-  is a 400, not a 500.
+The adjustments to KServe's server (readiness, drain, host, the model-repository extension
+refused, quiet client errors) are in serving/model_server.py. A model that failed to load is
+still registered, so the server starts, stays live, and tells the truth about readiness. Every
+error body is `{"error": "..."}` (FastAPI's own are `{"detail": ...}`), and `/openapi.json`
+documents the error answers.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
 import os
+import sys
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "recsys"
@@ -27,7 +27,14 @@ def default_model_dir() -> str:
 
 
 def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: str | None) -> None:
-    """The server options; `model_dir_default=None` makes --model-dir optional with no default."""
+    """The server options; `model_dir_default=None` makes --model-dir optional with no default
+    (`recsys serve`, which also listens on loopback only unless told otherwise)."""
+    from serving.limits import (
+        DEFAULT_MAX_ANSWER_ITEMS,
+        DEFAULT_MAX_BATCH_SIZE,
+        DEFAULT_MAX_TITLE_QUERIES,
+    )
+
     help_dir = (
         "model artifact directory (default: $MODEL_DIR, else %(default)s, where KServe's storage "
         "initializer mounts the model)" if model_dir_default else
@@ -39,6 +46,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         "registry at $MLFLOW_TRACKING_URI (default: the local store)")
     parser.add_argument("--model-name", "--model_name", dest="model_name", default=DEFAULT_MODEL_NAME,
                         help="name on the endpoint path, /v2/models/NAME (default: %(default)s)")
+    parser.add_argument("--host", default="0.0.0.0" if model_dir_default else "127.0.0.1",
+                        help="interface REST and gRPC listen on (default: %(default)s; neither "
+                        "port has authentication of its own: see the README's Security section)")
     parser.add_argument("--http-port", "--http_port", dest="http_port", type=int, default=8080,
                         help="REST port: v1, v2, /metrics (default: %(default)s)")
     parser.add_argument("--grpc-port", "--grpc_port", dest="grpc_port", type=int, default=8081,
@@ -46,9 +56,24 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
     parser.add_argument("--workers", type=int, default=1,
                         help="REST worker processes, each with its own copy of the model and its "
                         "own metrics (default: %(default)s; prefer more pods)")
-    parser.add_argument("--max-batch-size", "--max_batch_size", dest="max_batch_size", type=int, default=1000,
+    parser.add_argument("--max-batch-size", "--max_batch_size", dest="max_batch_size", type=int,
+                        default=DEFAULT_MAX_BATCH_SIZE,
                         help="largest batch (rows) a request may carry; larger ones are refused "
                         "with 400 (default: %(default)s)")
+    parser.add_argument("--max-answer-items", dest="max_answer_items", type=int,
+                        default=DEFAULT_MAX_ANSWER_ITEMS,
+                        help="largest answer, batch x k, a request may ask for; larger ones are "
+                        "refused with 400 (default: %(default)s, about 2.5 MB of JSON)")
+    parser.add_argument("--max-title-queries", dest="max_title_queries", type=int,
+                        default=DEFAULT_MAX_TITLE_QUERIES,
+                        help="item_id values per request that are titles to match fuzzily (each "
+                        "is scored against every title); exact ids are not limited "
+                        "(default: %(default)s)")
+    parser.add_argument("--drain-seconds", dest="drain_seconds", type=float, default=0.0,
+                        help="on SIGTERM, report not ready and keep answering this long before "
+                        "closing the listener; in-flight requests are always finished "
+                        "(default: %(default)s; on a cluster, the time its endpoints take to "
+                        "drop the pod)")
     parser.add_argument("--request-log", "--request_log", dest="request_log", default=None, metavar="DIR",
                         help="append every answered row to size-rotated JSON-lines files in DIR")
     parser.add_argument("--online-store", dest="online_store", metavar="URL",
@@ -87,14 +112,68 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
 
 def install_request_error_handler() -> None:
     """Answer a body FastAPI cannot parse (not JSON, or not a v2 request's shape) with 400 and
-    {"error": ...}, like every other malformed request, instead of FastAPI's 422. KServe builds
-    its REST app at import time (`kserve.model_server.app`), so the handler goes there; REST
-    workers (--workers > 1) are spawned and import it afresh, so RecommenderModel, which each
-    worker unpickles, installs it there too (a test checks every worker)."""
+    {"error": ...}, like every other malformed request, instead of FastAPI's 422; answer
+    FastAPI's own errors (a body that is not UTF-8 or nests too deep, an unknown path) with
+    {"error": ...} too, not {"detail": ...}; document the error answers in /openapi.json.
+    KServe builds its REST app at import time (`kserve.model_server.app`), so the handlers go
+    there; REST workers (--workers > 1) are spawned and import it afresh, so RecommenderModel,
+    which each worker unpickles, installs them there too (a test checks every worker)."""
     from fastapi.exceptions import RequestValidationError
     from kserve.model_server import app
+    from starlette.exceptions import HTTPException
+
+    from serving.model_server import (
+        RecsysMiddleware,
+        RepositoryDisabled,
+        repository_disabled_handler,
+    )
 
     app.add_exception_handler(RequestValidationError, _unparsable_request)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RepositoryDisabled, repository_disabled_handler)
+    if not any(m.cls is RecsysMiddleware for m in app.user_middleware):
+        app.add_middleware(RecsysMiddleware)
+    if not getattr(app.openapi, "documents_errors", False):
+        app.openapi = _openapi_with_errors(app, app.openapi)
+
+
+async def _http_error(request, exc):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)},
+                        headers=getattr(exc, "headers", None))
+
+
+_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+
+
+def _openapi_with_errors(app, generate):
+    """KServe's schema lists 200 and FastAPI's 422 for every path; ours answers 400 (never 422),
+    404 for an unknown model, 503 while not ready, 403 for what is disabled."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                errors = {"400": "malformed request"}
+                if "{model_name}" in path:
+                    errors["404"] = "no model of that name"
+                if path.endswith(("/infer", ":predict", "/ready", ":explain")) or "health" in path:
+                    errors["503"] = "the model or the server is not ready"
+                if "/repository/" in path:
+                    errors["403"] = "the model-repository extension is disabled"
+                for code, text in errors.items():
+                    responses[code] = {"description": text, "content": {
+                        "application/json": {"schema": _ERROR_SCHEMA}}}
+        app.openapi_schema = schema
+        return schema
+
+    openapi.documents_errors = True
+    return openapi
 
 
 async def _unparsable_request(request, exc):
@@ -135,6 +214,11 @@ def _validate(args: argparse.Namespace) -> None:
         raise RecsysError(f"--workers must be at least 1, got {args.workers}")
     if args.max_batch_size < 1:
         raise RecsysError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    for name in ("max_answer_items", "max_title_queries"):
+        if getattr(args, name) < 1:
+            raise RecsysError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.drain_seconds < 0:
+        raise RecsysError(f"--drain-seconds must not be negative, got {args.drain_seconds}")
     if args.online_store:
         _check_online_store(args.online_store)
     if not is_remote(args.model_dir) and not Path(args.model_dir).exists():
@@ -148,6 +232,14 @@ def _validate(args: argparse.Namespace) -> None:
             raise RecsysError(f"{name} must be between 0 and 100, got {value:g}")
     if sum(v or 0.0 for v in shares) > 100.0:
         raise RecsysError("--challenger-percent and --interleave-percent add up to more than 100")
+    if args.request_log is not None:  # before the model loads, not after
+        from serving.request_log import check_writable
+
+        try:
+            check_writable(args.request_log)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise RecsysError(f"--request-log {args.request_log}: not a writable directory ({reason})") from None
 
 
 def _check_online_store(url: str) -> None:
@@ -193,12 +285,16 @@ def fetch_model(uri: str, destination: Path) -> Path:
 def serve(args: argparse.Namespace) -> int:
     """Load the model and run the server until it is stopped (SIGTERM/SIGINT)."""
     _validate(args)
-    import kserve
     from kserve.logging import configure_logging
 
-    from serving.predictor import RecommenderModel, RecsysDataPlane
+    from serving.model_server import RecsysModelServer, quiet_logging
+    from serving.predictor import RecommenderModel
 
     configure_logging()  # before load(), so its outcome is logged in KServe's format
+    quiet_logging(args.latency_logging)
+    # The event loop shares the GIL with the model's worker thread: a 1 ms switch interval
+    # (Python's default is 5 ms) bounds how long a probe or a cached answer waits for it.
+    sys.setswitchinterval(0.001)
     try:  # `recsys serve` imported numpy before the entry point could set OPENBLAS_NUM_THREADS
         from threadpoolctl import threadpool_limits
 
@@ -212,6 +308,8 @@ def serve(args: argparse.Namespace) -> int:
         args.model_name,
         model_dir,
         max_batch_size=args.max_batch_size,
+        max_answer_items=args.max_answer_items,
+        max_title_queries=args.max_title_queries,
         request_log_dir=None if routed else args.request_log,
         online_store=args.online_store or None,
         online_store_prefix=args.online_store_prefix,
@@ -220,13 +318,14 @@ def serve(args: argparse.Namespace) -> int:
         model = _router(args, model)
     model.load()
     atexit.register(model.stop)  # flush the request log however the server ends
-    server = kserve.ModelServer(
+    server = RecsysModelServer(
+        host=args.host,
+        drain_seconds=args.drain_seconds,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=args.workers,
         enable_latency_logging=args.latency_logging,
     )
-    server.dataplane = RecsysDataPlane(model_registry=server.registered_models)
     install_request_error_handler()
     if model.ready:
         server.start([model])
@@ -255,7 +354,8 @@ def _router(args: argparse.Namespace, champion):
     from serving.router import ExperimentRouter
 
     loader = partial(_loaded_model, args.model_name, args.max_batch_size,
-                     args.online_store or None, args.online_store_prefix)
+                     args.online_store or None, args.online_store_prefix,
+                     args.max_answer_items, args.max_title_queries)
     challenger = None
     if args.challenger_dir and not args.no_challenger:
         challenger = loader(_local(args.challenger_dir), load=False)
@@ -278,12 +378,15 @@ def _router(args: argparse.Namespace, champion):
 
 
 def _loaded_model(name: str, max_batch_size: int, online_store: str | None, prefix: str,
-                  model_dir: str, load: bool = True):
+                  max_answer_items: int, max_title_queries: int, model_dir: str,
+                  load: bool = True):
     """A RecommenderModel for the router (module level: REST workers get the router pickled).
     Each has its own online history (fresh items are filtered by its own training data)."""
     from serving.predictor import RecommenderModel
 
     model = RecommenderModel(name, model_dir, max_batch_size=max_batch_size,
+                             max_answer_items=max_answer_items,
+                             max_title_queries=max_title_queries,
                              online_store=online_store, online_store_prefix=prefix)
     if load:
         model.load()

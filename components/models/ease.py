@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive-definite matrix by Cholesky (about 3x cheaper than LU)."""
+    """Inverse of a symmetric positive-definite matrix by Cholesky (about 3x cheaper than LU).
+    An empty matrix (no item with support, as in a tiny file) is its own inverse: LAPACK would
+    refuse it, printing to stdout."""
+    if matrix.shape[0] == 0:
+        return np.zeros_like(matrix)
     factor, info = lapack.dpotrf(matrix, lower=False, overwrite_a=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"Cholesky failed (info={info})")

@@ -1,17 +1,24 @@
 """The `recsys` batch CLI from the outside: fit, recommend, and one-line errors."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 
-def _recsys(*args, cwd=None):
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _recsys(*args, cwd=None, env=None):
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", *map(str, args)],
         check=False, capture_output=True, text=True, cwd=cwd, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
 
 
@@ -43,7 +50,10 @@ def test_recommend_writes_ranked_rows_without_training_items(files, fitted, smal
     result = _recsys("recommend", "--model", fitted, "--users", users, "--k", 5, "--output", root / "recs.csv")
     assert result.returncode == 0, result.stderr[-2000:]
     recs = pd.read_csv(root / "recs.csv", dtype={"user_id": str, "item_id": str})
-    assert list(recs.columns) == ["user_id", "item_id", "rank", "score"]
+    assert list(recs.columns) == ["user_id", "item_id", "rank", "score", "cold_start"]
+    assert recs.groupby("user_id")["cold_start"].first().to_dict() == {
+        "u1": False, "u2": False, "somebody-new": True}
+    assert "1 of them unseen in training" in result.stdout
     assert len(recs) == 15 and recs.groupby("user_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4, 5]).all()
     seen = small_dataset.interactions.groupby("user_id").item_id.agg(set)
     for user in ("u1", "u2"):
@@ -57,7 +67,7 @@ def test_recommend_writes_ranked_rows_without_training_items(files, fitted, smal
     "args, fragment",
     [
         (["fit", "--interactions", "missing.csv", "--output", "out"], "missing.csv"),
-        (["recommend", "--model", "nowhere", "--users", "u.csv", "--k", "3", "--output", "o.csv"], "not a model artifact"),
+        (["recommend", "--model", "nowhere", "--users", "u.csv", "--k", "3", "--output", "o.csv"], "no such directory"),
     ],
 )
 def test_failures_are_one_clear_line(tmp_path, args, fragment):
@@ -66,6 +76,147 @@ def test_failures_are_one_clear_line(tmp_path, args, fragment):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("recsys ") and fragment in last
+
+
+def _main(capfd, *args) -> tuple[int, str, str]:
+    """The CLI in this process (its imports are paid once): exit code, stdout, stderr, with
+    what native code writes to the file descriptors (a LAPACK message) included."""
+    from pipelines.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["recommend", "--model", ".", "--users", "u.csv", "--k", "3", "--output", "o.csv"], "not a model artifact"),
+        (["fit", "--interactions", "movielens", "--output", "out"], "cannot be read as a MovieLens 100K"),
+        (["compile", "--output", "/proc/no/such/dir/p.yaml"], "cannot write"),
+    ],
+)
+def test_more_failures_are_one_clear_line(tmp_path, monkeypatch, capfd, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "movielens").mkdir()  # a MovieLens 100K layout holding bytes that are not UTF-8
+    (tmp_path / "movielens" / "u.data").write_bytes(bytes(range(128, 256)) * 100)
+    code, _, err = _main(capfd, *args)
+    assert code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("recsys ") and fragment in last
+
+
+def test_recommend_errors_on_users_and_output_files_are_one_line(fitted, tmp_path, capfd):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\nu1\n")
+    for args, fragment in [
+        (["--users", empty, "--output", tmp_path / "o.csv"], "empty file"),
+        (["--users", users, "--output", "/proc/no/such/dir/o.csv"], "cannot write"),
+    ]:
+        code, _, err = _main(capfd, "recommend", "--model", fitted, "--k", 3, *args)
+        assert code == 1 and "Traceback" not in err, err
+        assert fragment in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_fit_on_a_tiny_file_trains_quietly(tmp_path, capfd, rows):
+    """One or five rows used to end in LinAlgError and a LAPACK line on stdout."""
+    data = tmp_path / "tiny.csv"
+    data.write_text("user_id,item_id,rating,timestamp\n" + "".join(
+        f"u{i % 2},i{i},5,{100 + i}\n" for i in range(rows)))
+    code, out, err = _main(capfd, "-q", "fit", "--interactions", data, "--output", tmp_path / "model")
+    assert code == 0, err[-2000:]
+    assert "DPOTRF" not in out + err and "Traceback" not in err
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\nu0\nnew\n")
+    code, _, err = _main(capfd, "recommend", "--model", tmp_path / "model", "--users", users,
+                         "--k", 1, "--output", tmp_path / "recs.csv")
+    assert code == 0, err[-2000:]
+    recs = pd.read_csv(tmp_path / "recs.csv")
+    assert recs["score"].map(np.isfinite).all()  # nothing left to recommend: no -inf row
+
+
+# ------------------------------------------------------------------ fit --output never destroys
+def _fit_to(capfd, files, output):
+    _, inter, items = files
+    code, _, err = _main(capfd, "fit", "--interactions", inter, "--items", items, "--output", output)
+    return code, err
+
+
+def test_fit_refuses_an_output_that_holds_something_else_before_training(
+    files, tmp_path, monkeypatch, capfd
+):
+    root, inter, _ = files
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me too")
+    cases = {
+        mine: "not a model artifact",
+        a_file: "is a file",
+        root: "holds the input",  # the directory the interactions file lives in
+        Path("."): "current directory",
+    }
+    monkeypatch.chdir(tmp_path)
+    for output, fragment in cases.items():
+        code, err = _fit_to(capfd, files, output)
+        assert code == 1, (output, err[-1000:])
+        last = err.strip().splitlines()[-1]
+        assert fragment in last, (output, last)
+        assert "loaded" not in err  # refused before the data was even read
+    assert (mine / "notes.txt").read_text() == "keep me" and a_file.read_text() == "keep me too"
+    assert inter.exists() and (tmp_path / "mine").is_dir()
+
+
+def test_fit_replaces_an_earlier_artifact_but_not_one_with_foreign_files(files, fitted, tmp_path, capfd):
+    import json
+    import shutil
+
+    target = tmp_path / "model"
+    shutil.copytree(fitted, target)
+    before = json.loads((target / "manifest.json").read_text())["model_version"]
+    code, err = _fit_to(capfd, files, target)
+    assert code == 0, err[-2000:]
+    assert json.loads((target / "manifest.json").read_text())["model_version"] != before
+    assert not list(tmp_path.glob(".model.*"))  # no staging or previous copy left behind
+    (target / "README.txt").write_text("my notes")
+    code, err = _fit_to(capfd, files, target)
+    assert code == 1 and "README.txt" in err
+    assert (target / "README.txt").read_text() == "my notes"
+
+
+# ------------------------------------------------------------------ serve: errors before loading
+def test_serve_with_nothing_deployed_is_one_line_and_creates_nothing(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"RECSYS_HOME": str(home)}
+    env_clean = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve"], capture_output=True,
+                            text=True, timeout=120, env={**env_clean, **env, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"recsys serve: error: no deployed model under {home}: run `recsys run` first, or pass --model-dir DIR"
+    ]
+    assert list(home.iterdir()) == []  # no empty MLflow store left behind
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+def test_serve_refuses_a_request_log_it_cannot_write_before_loading(fitted, tmp_path, kind):
+    target = tmp_path / "log"
+    if kind == "file":
+        target.write_text("not a directory")
+    else:  # a directory under /proc cannot be created, even by root
+        target = Path("/proc/no-such-dir/requests")
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-dir", str(fitted), "--request-log", str(target),
+         "--http-port", "1", "--grpc-port", "2"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"serving: error: --request-log {target}")
+    assert "Traceback" not in result.stderr and "ready" not in result.stderr
 
 
 def test_bad_k_and_bad_users_file(files, fitted, tmp_path):

@@ -45,7 +45,7 @@ KUSTOMIZATIONS = {
 NAMESPACE = "recsys"
 # Kubernetes version whose schemas validate the core objects (kubernetes-validate ships it).
 K8S_VERSION = "1.32.0"
-CRD_KINDS = {"InferenceService", "PodMonitor", "PrometheusRule"}
+CRD_KINDS = {"InferenceService", "PodMonitor", "PrometheusRule", "AuthorizationPolicy"}
 # The Secrets the base references and never defines (created by the dev overlay or externally).
 SECRETS = {
     "recsys-postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
@@ -685,6 +685,29 @@ def test_network_policies_deny_by_default_and_cover_every_workload(rendered):
             labels = doc["spec"]["template"]["metadata"]["labels"]
             assert any(sel and labels.items() >= sel.items() for sel in selected), doc["metadata"]["name"]
     assert {"serving.kserve.io/inferenceservice": "recsys"} in selected
+
+
+def test_authorization_policies_guard_the_services_without_authentication(rendered):
+    """The predictor and the events sink have no authentication of their own: the mesh's
+    policies name who may call what. (No cluster here: the policies are checked as data.)"""
+    for name in KUSTOMIZATIONS:
+        docs = rendered[name]
+        allow = _one(docs, "AuthorizationPolicy", "recsys-predictor")
+        assert allow["apiVersion"] == "security.istio.io/v1" and allow["spec"]["action"] == "ALLOW"
+        assert allow["spec"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "recsys"}
+        for rule in allow["spec"]["rules"]:
+            assert rule["from"] and all(s["source"] for s in rule["from"])  # never "anyone"
+            paths = [p for op in rule["to"] for p in op["operation"]["paths"]]
+            assert paths and not any(p.startswith("/v2/repository") or p == "*" for p in paths)
+        deny = _one(docs, "AuthorizationPolicy", "recsys-predictor-deny-admin")
+        assert deny["spec"]["action"] == "DENY"
+        denied = deny["spec"]["rules"][0]["to"][0]["operation"]["paths"]
+        assert "/v2/repository/*" in denied and any("RepositoryModel" in p for p in denied)
+        events = _one(docs, "AuthorizationPolicy", "recsys-events")
+        principals = [s["source"].get("principals") for r in events["spec"]["rules"] for s in r["from"]]
+        assert ["cluster.local/ns/recsys/sa/recsys-predictor"] in principals
+        predictor_sa = _isvc(docs)["spec"]["predictor"]["serviceAccountName"]
+        assert principals[0] == [f"cluster.local/ns/{NAMESPACE}/sa/{predictor_sa}"]
 
 
 # --- monitoring --------------------------------------------------------------------------------

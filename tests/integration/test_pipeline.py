@@ -38,8 +38,11 @@ def test_compiled_pipeline_sets_image_resources_retries_and_caching(tmp_path):
         # install_kfp_package=False: the image brings kfp, nothing is pip-installed at run time.
         assert "pip install" not in " ".join(container["command"])
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["train-op"]["retryPolicy"]["maxRetryCount"] == 1
-    assert "retryPolicy" not in tasks["register-op"]
+    # Only the steps that call a service are retried; a retry of bad data only delays its error.
+    for step in ("evaluate-op", "deploy-op"):
+        assert tasks[step]["retryPolicy"]["maxRetryCount"] == 1, step
+    for step in ("fingerprint-op", "ingest-op", "validate-op", "split-op", "train-op", "register-op"):
+        assert "retryPolicy" not in tasks[step], step
     # Kubeflow caches by parameter values and artifact identity: the uncached fingerprint step
     # feeds a content hash to ingest, so the cached chain below it follows the data.
     for step in ("ingest-op", "validate-op", "split-op", "train-op"):
@@ -89,6 +92,18 @@ def test_local_run_trains_registers_and_deploys(first_run):
     assert record["version"] == "1" and Path(record["model_dir"], "manifest.json").exists()
 
 
+def test_local_run_prints_one_line_per_step_and_keeps_the_rest_in_a_log(first_run):
+    home, result = first_run
+    steps = [line.split()[0] for line in result.stderr.splitlines() if line.endswith("  done")]
+    assert steps == ["fingerprint", "ingest", "validate", "split", "train", "evaluate",
+                     "register", "deploy"], result.stderr
+    assert len(result.stdout.splitlines()) + len(result.stderr.splitlines()) < 40
+    assert "Executing task" not in result.stdout + result.stderr
+    (log,) = (home / "logs").glob("run-*.log")
+    assert f"full log: {log}" in result.stderr
+    assert log.read_text().count("Executing task") == 8
+
+
 def test_second_run_meets_the_gate(first_run):
     home, _ = first_run
     result = _recsys("run", *SMALL, "--home", str(home), home=home)
@@ -104,11 +119,31 @@ def test_bad_data_stops_the_run_and_registers_nothing(tmp_path):
     bad.write_text("user_id,item_id,rating\n1,10,4\n1,11,five\n")
     result = _recsys("run", "--data", str(bad), "--home", str(tmp_path / "home"), home=tmp_path / "home")
     assert result.returncode != 0
-    assert "bad.csv" in result.stderr and "'rating'" in result.stderr
+    *_, step, last = result.stderr.strip().splitlines()
+    assert step.split()[0] == "validate" and step.endswith("FAILED"), result.stderr[-2000:]
+    assert last.startswith("recsys run: error: ") and "bad.csv" in last and "'rating'" in last
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     assert client.search_registered_models() == []
+
+
+def test_unreadable_data_fails_once_with_its_cause_last(tmp_path):
+    """A directory of random bytes in MovieLens layout: ingest fails on its first try (no retry
+    of a deterministic error) and the cause is the last line of stderr, not a generic
+    "task failed" with the reason buried in the output."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "u.data").write_bytes(os.urandom(20_000))
+    home = tmp_path / "home"
+    result = _recsys("run", "--data", str(data), "--home", str(home), home=home)
+    assert result.returncode == 1
+    *_, step, last = result.stderr.strip().splitlines()
+    assert step.split()[0] == "ingest" and step.endswith("FAILED"), result.stderr
+    assert last.startswith("recsys run: error: ") and "u.data" in last, result.stderr
+    assert "Traceback" not in result.stderr
+    (log,) = (home / "logs").glob("run-*.log")
+    assert log.read_text().count("Executing task 'ingest-op'") == 1 and "Retrying" not in log.read_text()
 
 
 def test_serve_without_a_model_dir_finds_what_the_run_deployed(first_run, tmp_path):

@@ -10,16 +10,12 @@ both are imported in one process, and other test modules of the suite import kse
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,165 +23,26 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from serving.request_log import read_request_log
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[2]
-MODEL = "recsys"
-MAX_BATCH = 50
+from serving_process import (  # noqa: E402
+    MAX_BATCH,
+    MODEL,
+    REPO,
+    GrpcClient,
+    GrpcError,
+    Server,
+    post_v2,
+    start_server,
+    stop,
+    v2_body,
+    wait_live,
+)
+
+from serving.request_log import read_request_log  # noqa: E402
+
 INPUT_NAMES = {"user_id", "item_id", "k", "exclude_item_ids", "history_item_ids"}
 OUTPUT_NAMES = {"item_ids", "scores", "cold_start", "resolved_item_ids", "resolved_titles"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# The gRPC side of the tests: tritonclient.grpc in a child process, one JSON line per call.
-_GRPC_WORKER = r"""
-import json, sys
-import numpy as np
-import tritonclient.grpc as g
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
-
-client = g.InferenceServerClient(sys.argv[1])
-for line in sys.stdin:
-    req = json.loads(line)
-    try:
-        if req["op"] == "infer":
-            inputs = []
-            for name, dtype, values, shape in req["inputs"]:
-                array = np.asarray(values, dtype=triton_to_np_dtype(dtype))
-                inp = g.InferInput(name, list(array.shape), dtype)
-                inp.set_data_from_numpy(array)
-                if shape is not None:  # lie about the shape (raw contents stay as they are)
-                    inp._input.shape[:] = shape
-                inputs.append(inp)
-            result = client.infer(req["model"], inputs, request_id=req.get("request_id", ""))
-            response = result.get_response()
-            reply = {"ok": {"id": response.id, "outputs": {
-                o.name: result.as_numpy(o.name).tolist() for o in response.outputs}}}
-        elif req["op"] == "metadata":
-            reply = {"ok": client.get_model_metadata(req["model"], as_json=True)}
-        else:
-            reply = {"ok": getattr(client, req["op"])(*req.get("args", []))}
-    except InferenceServerException as exc:
-        reply = {"error": [exc.status(), exc.message()]}
-    print(json.dumps(reply, default=lambda b: b.decode()), flush=True)
-"""
-
-
-class GrpcError(Exception):
-    def __init__(self, status: str, message: str):
-        super().__init__(f"{status}: {message}")
-        self.status, self.message = status, message
-
-
-class GrpcClient:
-    """tritonclient.grpc, driven from a child process (see the module docstring)."""
-
-    def __init__(self, url: str):
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _GRPC_WORKER, url], cwd=REPO, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )
-
-    def _call(self, **request):
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"gRPC helper exited with {self.process.wait(5)}")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise GrpcError(*reply["error"])
-        return reply["ok"]
-
-    def is_server_live(self) -> bool:
-        return self._call(op="is_server_live")
-
-    def is_server_ready(self) -> bool:
-        return self._call(op="is_server_ready")
-
-    def is_model_ready(self, model: str) -> bool:
-        return self._call(op="is_model_ready", args=[model])
-
-    def get_model_metadata(self, model: str) -> dict:
-        return self._call(op="metadata", model=model)
-
-    def infer(self, model: str, inputs: list, request_id: str = "") -> dict:
-        """inputs: (name, datatype, values[, shape to claim]); answers {"id", "outputs"}."""
-        inputs = [list(i) + [None] * (4 - len(i)) for i in inputs]
-        reply = self._call(op="infer", model=model, inputs=inputs, request_id=request_id)
-        reply["outputs"] = {k: np.asarray(v) for k, v in reply["outputs"].items()}
-        return reply
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(10)
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    http: str  # host:port
-    grpc: str
-    log_path: Path
-    request_log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.http}"
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def start_server(model_dir: Path, work: Path, *extra: str) -> Server:
-    http_port, grpc_port = free_port(), free_port()
-    log_path = work / "server.log"
-    request_log = work / "requests"
-    cmd = [
-        sys.executable, "-m", "serving", "--model-dir", str(model_dir),
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--max-batch-size", str(MAX_BATCH), "--request-log", str(request_log), *extra,
-    ]
-    with log_path.open("wb") as out:  # a file, not a pipe: a full pipe would block the server
-        # A session of its own: REST workers (--workers N) outlive a SIGTERM to the parent
-        # alone, so stop() signals the whole group.
-        process = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    return Server(process, f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path, request_log)
-
-
-def wait_live(server: Server, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"server exited with {server.process.returncode}:\n{server.output()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/live", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"server not live after {timeout}s:\n{server.output()[-3000:]}")
-
-
-def stop(server: Server) -> int:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(5)
-    try:
-        os.killpg(server.process.pid, signal.SIGKILL)  # what is left of the group: workers
-    except ProcessLookupError:
-        pass
-    return server.process.returncode
 
 
 @pytest.fixture(scope="module")
@@ -254,18 +111,6 @@ def _int_input(module, name: str, values, datatype: str = "INT32"):
 def _ids(result, name: str = "item_ids") -> np.ndarray:
     out = result.as_numpy(name)
     return np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[object])(out)
-
-
-def post_v2(server: Server, body) -> httpx.Response:
-    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(
-        f"{server.url}/v2/models/{MODEL}/infer", content=content,
-        headers={"content-type": "application/json"}, timeout=10,
-    )
-
-
-def v2_body(*inputs) -> dict:
-    return {"inputs": [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in inputs]}
 
 
 # ---------------------------------------------------------------------------- health & metadata

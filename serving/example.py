@@ -1,0 +1,159 @@
+"""`python -m serving.example [--write README.md]`: the README's serving example, answered by
+the model `make run` deployed (`make readme-example`).
+
+It starts the model server (`python -m serving`) on free loopback ports, sends the README's
+three requests (v2 for a known and an unseen user, the same over v1, similar items from a
+misspelt title), and prints the block of the README that shows them: the requests, the
+answers as the server gave them, and the titles they stand for. With `--write FILE` it
+replaces the block between `<!-- serving-example:start -->` and `<!-- serving-example:end -->`
+in FILE, so that the example never drifts from what the model answers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START, END = "<!-- serving-example:start -->", "<!-- serving-example:end -->"
+V2_REQUEST = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [2], "data": ["1", "new-user"]},
+                         {"name": "k", "datatype": "INT32", "shape": [1], "data": [3]}]}
+V1_USER = {"instances": [{"user_id": "1", "k": 3}]}
+V1_TITLE = {"instances": [{"item_id": "toy stroy", "k": 3}]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rounded(values: list) -> list:
+    return [round(v, 3) if isinstance(v, float) else v for v in values]
+
+
+def ask(model_dir: Path) -> dict:
+    """The three answers, from a server on `model_dir`."""
+    import httpx
+
+    http, grpc = _free_port(), _free_port()
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host", "127.0.0.1",
+             "--http-port", str(http), "--grpc-port", str(grpc)], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{http}"
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if server.poll() is not None:
+                    log.seek(0)
+                    raise SystemExit(f"the server exited:\n{log.read().decode()[-2000:]}")
+                try:
+                    if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not become ready in 300s")
+                time.sleep(0.5)
+            v2 = httpx.post(f"{url}/v2/models/recsys/infer", json=V2_REQUEST, timeout=30).json()
+            v1_user = httpx.post(f"{url}/v1/models/recsys:predict", json=V1_USER, timeout=30).json()
+            v1_title = httpx.post(f"{url}/v1/models/recsys:predict", json=V1_TITLE, timeout=30).json()
+        finally:
+            server.terminate()
+            server.wait(30)
+    return {"v2": v2, "v1_user": v1_user, "v1_title": v1_title}
+
+
+def render(answers: dict, titles: dict[str, str]) -> str:
+    v2 = answers["v2"]
+    outputs = {o["name"]: o for o in v2["outputs"]}
+    lines = [
+        START,
+        "```bash",
+        "curl -s localhost:8080/v2/models/recsys/infer -H 'content-type: application/json' -d '{",
+        '  "inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [2], "data": ["1", "new-user"]},',
+        '             {"name": "k", "datatype": "INT32", "shape": [1], "data": [3]}]}\'',
+        "```",
+        "",
+        "```json",
+        f'{{"model_name": "recsys", "model_version": "{v2["model_version"]}", "id": "{v2["id"][:8]}...",',
+        ' "outputs": [',
+    ]
+    shown = []
+    for name in ("item_ids", "scores", "cold_start"):
+        o = outputs[name]
+        data = _rounded(o["data"])
+        shown.append(f'   {{"name": "{name}", "datatype": "{o["datatype"]}", "shape": {json.dumps(o["shape"])}, '
+                     f'"data": {json.dumps(data)}}}')
+    lines += [",\n".join(shown) + "]}", "```", ""]
+    ids = outputs["item_ids"]["data"]
+    known, cold = ids[:3], ids[3:6]
+    named = lambda items: "; ".join(titles.get(i, i) for i in items)  # titles hold commas
+    lines += [
+        f"User `1` gets {named(known)}.",
+        "`new-user` was never seen, so `cold_start` is true and the answer is the cold-start list,",
+        f"the most popular movies ({named(cold)}).",
+        "The same call over v1, and \"movies like this one\" from a misspelt title (the",
+        "`predictions` of each answer):",
+        "",
+        "```bash",
+        "curl -s localhost:8080/v1/models/recsys:predict -d '" + json.dumps(V1_USER) + "'",
+    ]
+    for key, request in (("v1_user", None), ("v1_title", V1_TITLE)):
+        if request is not None:
+            lines.append("curl -s localhost:8080/v1/models/recsys:predict -d '" + json.dumps(request) + "'")
+        preds = [{**p, "scores": _rounded(p["scores"])} for p in answers[key]["predictions"]]
+        lines.append("# " + json.dumps(preds))
+    title = answers["v1_title"]["predictions"][0]
+    lines += [
+        "```",
+        "",
+        (f"`toy stroy` resolves to {title['resolved_title']} (item {title['resolved_item_id']}); "
+         f"the answer is {named(title['item_ids'])}."),
+        "(Regenerated by `make readme-example` from the model `make run` deployed.)",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    """`text` with the part between the markers (markers included) replaced by `block`."""
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {START} ... {END} block to replace")
+    return text[:start] + block + text[end + len(END):]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from components.artifact import load_model
+    from components.deploy import resolve_served_model
+    from components.errors import RecsysError
+
+    parser = argparse.ArgumentParser(prog="python -m serving.example", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="default: the model the last `recsys run` deployed")
+    parser.add_argument("--write", type=Path, metavar="FILE", help="replace the example block in FILE")
+    args = parser.parse_args(argv)
+    try:
+        model_dir = args.model_dir or resolve_served_model()
+        model = load_model(model_dir)
+    except RecsysError as exc:
+        print(f"serving.example: error: {exc}", file=sys.stderr)
+        return 1
+    items = model.data_.items
+    titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str))) if "title" in items else {}
+    block = render(ask(model_dir), titles)
+    if args.write:
+        args.write.write_text(replace_block(args.write.read_text(), block))
+        print(f"rewrote the serving example in {args.write}")
+    else:
+        print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

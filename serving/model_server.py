@@ -1,0 +1,349 @@
+"""KServe's model server, adjusted where it falls short of the serving contract.
+
+Small subclasses and a logging filter, no patches of KServe's code:
+
+- `RecsysDataPlane`: server readiness (`/v2/health/ready`, gRPC ServerReady) is false while a
+  registered model is not ready or the server drains (KServe answers true as soon as the process
+  is up); a REST inference on a model that is not ready is a 503 that gives the reason and is
+  counted, as over gRPC; a v2 body KServe cannot decode is a 400, not a 500; a v2 JSON body sent
+  without `content-type: application/json` (plain `curl -d`, tritonclient with
+  `binary_data=False`) is read as the JSON it is.
+- `DisabledModelRepository`: the v2 model-repository extension (`/v2/repository/models/NAME/
+  load|unload`, and its gRPC twins) lets any caller unload the model for good; here it refuses
+  (403 / PERMISSION_DENIED) and the server metadata no longer lists it.
+- `RecsysModelServer`: binds REST and gRPC to `--host` (KServe hard-codes every interface),
+  and on SIGTERM/SIGINT drains: readiness turns false at once (a load balancer stops sending),
+  requests keep being answered for `drain_seconds`, then the REST server stops accepting and
+  finishes what is in flight, gRPC gets the same grace, and only then is the model stopped
+  (its worker thread finished, its request log flushed).
+- `ClientErrorFilter`: KServe logs every 4xx/404/501/503 as `ERROR Exception:` with a full
+  traceback (about 2 KB a request); a client's mistake is already one access-log line (and a
+  count in `recsys_errors_total`), so those records are dropped. KServe's two per-request
+  timing lines (`kserve.trace`) are dropped unless `--enable-latency-logging` is on.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from grpc_interceptor.exceptions import PermissionDenied
+from kserve import ModelServer
+from kserve.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotLive,
+    ServerNotReady,
+    UnsupportedProtocol,
+)
+from kserve.model_server import FASTAPI_APP_IMPORT_STRING
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.multiprocess.server import RESTServerMultiProcess
+from kserve.protocol.rest.server import RESTServer
+
+INFERENCE_CONTENT_LENGTH_HEADER = "inference-header-content-length"
+CLIENT_ERRORS = (InvalidInput, ModelNotFound, ModelNotReady, NotImplementedError, ServerNotReady,
+                 ServerNotLive, UnsupportedProtocol, PermissionDenied)
+REPOSITORY_DISABLED = ("the model-repository extension (load/unload) is disabled on this "
+                       "server: the model is set at start-up")
+
+
+class RecsysDataPlane(DataPlane):
+    """KServe's data plane with the corrections above (module level: REST workers get it
+    pickled)."""
+
+    draining = False
+
+    async def ready(self) -> bool:
+        models = self.model_registry.get_models()
+        if self.draining or not models or not await super().ready():
+            return False
+        for model in models.values():
+            if not await model.healthy():
+                return False
+        return True
+
+    async def model_ready(self, model_name: str, disable_predictor_health_check: bool = False) -> bool:
+        ready = await super().model_ready(model_name, disable_predictor_health_check)
+        if not ready and disable_predictor_health_check:  # KServe's REST infer and predict path
+            model = self.model_registry.get_model(model_name)
+            if hasattr(model, "not_ready_error"):
+                raise model.not_ready_error()
+        return ready
+
+    def metadata(self) -> dict:
+        metadata = dict(super().metadata())
+        metadata["extensions"] = [
+            e for e in metadata.get("extensions", []) if e != "model_repository_extension"
+        ]
+        return metadata
+
+    def decode(self, body, headers, *args, **kwargs):
+        try:
+            return super().decode(body, headers, *args, **kwargs)
+        except InvalidInput:
+            raise
+        except Exception as exc:
+            raise InvalidInput(f"malformed request body: {type(exc).__name__}: {exc}") from None
+
+    def decode_inference_request(self, body, headers, model_name):
+        if isinstance(body, bytes) and INFERENCE_CONTENT_LENGTH_HEADER not in (headers or {}):
+            from kserve.protocol.rest.v2_datamodels import InferenceRequest
+            from pydantic import ValidationError
+
+            try:  # JSON sent without its content type
+                body = InferenceRequest.model_validate_json(body)
+            except ValidationError as exc:
+                first = exc.errors()[0] if exc.errors() else {}
+                where = ".".join(str(p) for p in first.get("loc", ()))
+                raise InvalidInput(
+                    "the body is neither a v2 JSON request "
+                    f"({where + ': ' if where else ''}{first.get('msg', 'invalid')}) nor a binary "
+                    f"one (no {INFERENCE_CONTENT_LENGTH_HEADER} header); send JSON with "
+                    "content-type: application/json"
+                ) from None
+        return super().decode_inference_request(body, headers, model_name)
+
+
+class RepositoryDisabled(PermissionDenied):
+    """403 over REST (`repository_disabled_handler`), PERMISSION_DENIED over gRPC."""
+
+    def __init__(self):
+        super().__init__(REPOSITORY_DISABLED)
+        self.reason = REPOSITORY_DISABLED
+
+
+async def repository_disabled_handler(request, exc):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=403, content={"error": REPOSITORY_DISABLED})
+
+
+class DisabledModelRepository(ModelRepositoryExtension):
+    """The v2 model-repository extension, refused: listing stays, load and unload do not."""
+
+    async def load(self, model_name: str) -> None:
+        raise RepositoryDisabled()
+
+    async def unload(self, model_name: str) -> None:
+        raise RepositoryDisabled()
+
+
+class _BoundGRPCServer(GRPCServer):
+    """KServe's gRPC server on one interface: KServe's start() binds `[::]`, so this is its
+    start() with the address as the one change."""
+
+    def __init__(self, host: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._host = f"[{host}]" if ":" in host else host
+
+    async def start(self, max_workers):
+        from concurrent import futures
+
+        from grpc import aio
+        from kserve.logging import logger
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+        from kserve.protocol.grpc.interceptors import (
+            ExceptionToStatusInterceptor,
+            LoggingInterceptor,
+        )
+        from kserve.protocol.grpc.servicer import InferenceServicer
+
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+            options=[
+                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                ("grpc.max_receive_message_length",
+                 self._kwargs.get("grpc_max_receive_message_length")),
+            ],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+        )
+        address = f"{self._host}:{self._port}"
+        if not self._server.add_insecure_port(address):
+            raise OSError(f"gRPC cannot listen on {address}")
+        logger.info("Starting gRPC server on %s", address)
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+class RecsysModelServer(ModelServer):
+    """KServe's ModelServer bound to one host, with our data plane, the model-repository
+    extension refused, and a drain on SIGTERM (see the module docstring)."""
+
+    def __init__(self, *, host: str = "0.0.0.0", drain_seconds: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.host = host
+        self.drain_seconds = drain_seconds
+        self.dataplane = RecsysDataPlane(model_registry=self.registered_models)
+        self.model_repository_extension = DisabledModelRepository(self.registered_models)
+        self._stopping = False
+        self._rest_done: asyncio.Event | None = None
+
+    def start(self, models) -> None:
+        """KServe's start(), with the host and our gRPC server: it builds both servers and
+        runs them in one call, so there is no hook between building and running."""
+        self._register_and_check_atleast_one_model_is_ready(models)
+        common = {"access_log_format": self.access_log_format, "workers": self.workers,
+                  "grace_period": self.grace_period, "event_loop": self.event_loop,
+                  "timeout_keep_alive": self.timeout_keep_alive}
+        if self.workers > 1:
+            from kserve.model_server import args as kserve_args
+
+            self._rest_multiprocess_server = RESTServerMultiProcess(
+                FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
+                self.http_port, log_config_file=kserve_args.log_config_file, **common,
+            )
+            self._rest_multiprocess_server._rest_server.config.host = self.host
+            self.servers.append(self._rest_multiprocess_server.start())
+        else:
+            self._rest_server = RESTServer(
+                FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
+                self.http_port, **common,
+            )
+            self._rest_server.config.host = self.host
+            self.servers.append(self._serve_rest())
+        if self.enable_grpc:
+            from kserve.model_server import args as kserve_args
+
+            self._grpc_server = _BoundGRPCServer(
+                self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
+                kwargs=vars(kserve_args), grace_period=self.grace_period,
+            )
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        asyncio.run(self._serve())
+
+    async def _serve_rest(self) -> None:
+        # uvicorn takes SIGTERM/SIGINT while it serves; ours must decide the order instead.
+        server = self._rest_server._server
+        server.capture_signals = _no_capture
+        self._rest_done = asyncio.Event()
+        try:
+            await self._rest_server.start()
+        finally:
+            self._rest_done.set()
+
+    async def _serve(self):
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+            loop.add_signal_handler(sig, lambda s=sig: loop.create_task(self.drain_and_stop(s)))
+        await asyncio.gather(*self.servers)
+
+    async def drain_and_stop(self, sig: int) -> None:
+        """Not ready at once; keep answering for `drain_seconds`; then stop accepting, finish
+        what is in flight (REST and gRPC, up to the grace period), and stop the model last."""
+        if self._stopping:
+            return
+        self._stopping = True
+        from kserve.logging import logger
+
+        self.dataplane.draining = True
+        RecsysMiddleware.draining = True
+        logger.info("%s: draining for %.1fs, then stopping", signal.Signals(sig).name,
+                    self.drain_seconds)
+        await asyncio.sleep(self.drain_seconds)
+        stops = []
+        if self._rest_server is not None:
+            self._rest_server._server.should_exit = True  # uvicorn's graceful shutdown
+            stops.append(self._rest_done.wait())
+        if self._rest_multiprocess_server is not None:
+            stops.append(self._rest_multiprocess_server.stop(sig))
+        if self._grpc_server is not None:
+            stops.append(self._grpc_server.stop(sig))
+        await asyncio.gather(*stops, return_exceptions=True)
+        for name in list(self.registered_models.get_models()):
+            self.registered_models.unload(name)  # the model's stop(): worker done, log flushed
+
+
+class RecsysMiddleware:
+    """In front of KServe's routes (pure ASGI, cheap):
+
+    - what this server does not serve is a 4xx, not KServe's 501 (a server error to any client
+      or fuzzer): a model version (`?model_version=` or `/versions/V/`: one version is served,
+      `model_version` in every answer says which) and `:explain` (no explainer);
+    - while the server drains, every answer says `Connection: close`, so that clients stop
+      reusing connections before the listener closes (a request sent on an idle keep-alive
+      connection as it is closed would get a reset instead of an answer).
+    """
+
+    draining = False  # set by RecsysModelServer.drain_and_stop, in the serving process
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = _unserved(scope)
+        if refusal is not None:
+            from fastapi.responses import JSONResponse
+
+            return await JSONResponse(status_code=refusal[0], content={"error": refusal[1]})(
+                scope, receive, send)
+        if not self.draining:
+            return await self.app(scope, receive, send)
+
+        async def closing(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return await self.app(scope, receive, closing)
+
+
+def _unserved(scope) -> tuple[int, str] | None:
+    path = scope.get("path", "")
+    if "/versions/" in path and path.startswith("/v2/models/"):
+        return 404, "model versions are not served by path: this server serves one version"
+    if path.endswith(":explain"):
+        return 404, "no explainer is served"
+    if b"model_version=" in scope.get("query_string", b""):
+        return 400, "model_version: this server serves one version; leave the parameter out"
+    return None
+
+
+class _NoCapture:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _no_capture():
+    return _NoCapture()
+
+
+class ClientErrorFilter(logging.Filter):
+    """Drops KServe's error records (with tracebacks) for what a client did wrong: the access
+    log already has the request, /metrics counts it, the client has the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        return not isinstance(exc, CLIENT_ERRORS)
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def quiet_logging(latency_logging: bool) -> None:
+    """Install the filters (idempotent; filters survive KServe's logging reconfiguration in a
+    REST worker process)."""
+    kserve_logger = logging.getLogger("kserve")
+    if not any(isinstance(f, ClientErrorFilter) for f in kserve_logger.filters):
+        kserve_logger.addFilter(ClientErrorFilter())
+    trace = logging.getLogger("kserve.trace")
+    for f in [f for f in trace.filters if isinstance(f, _DropAll)]:
+        trace.removeFilter(f)
+    if not latency_logging:
+        trace.addFilter(_DropAll())
