@@ -103,6 +103,11 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--items", help="items CSV/Parquet (item_id[, title, genres, year, description])")
     p.add_argument("--config", type=Path, help="YAML config")
     p.add_argument("--output", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--workers", type=int, default=0,
+                   help="build the ranker's examples and train it on an embedded Dask cluster of "
+                   "this many worker processes (default: 0, single process)")
+    p.add_argument("--scheduler", default="",
+                   help="address of a running Dask scheduler to use instead (tcp://host:8786)")
     p.set_defaults(func=cmd_fit)
 
 
@@ -112,13 +117,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from components.data import load_dataset
     from components.models.two_stage import TwoStageRecommender
 
+    from components.distributed import dask_client
+
     config = load_config(args.config)
+    if args.workers < 0:
+        raise RecsysError(f"--workers must be 0 or more, not {args.workers}")
     started = time.monotonic()
     dataset = load_dataset(args.interactions, args.items)
     log.info("loaded %s", dataset.describe())
-    model = TwoStageRecommender(config.model, config.split).fit(
-        dataset.interactions, dataset.items, progress=log.info
-    )
+    with dask_client(args.workers, args.scheduler) as client:
+        model = TwoStageRecommender(config.model, config.split).fit(
+            dataset.interactions, dataset.items, progress=log.info, client=client
+        )
     save_model(model, args.output, data_fingerprint=dataset.fingerprint,
                extra={"full_config": config_to_dict(config), "dataset": dataset.name})
     print(f"wrote {args.output} in {time.monotonic() - started:.1f}s")

@@ -69,6 +69,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         synthetic_items: int = 500,
         synthetic_interactions: int = 50000,
         seed: int = 42,
+        # > 0: the train step runs its ranker on a Dask cluster of this many workers, created
+        # (dask-kubernetes operator) in `namespace` for the step and deleted after it.
+        dask_workers: int = 0,
+        dask_worker_memory: str = "8Gi",
     ) -> str:
         source_args = dict(
             source=source, items=items, synthetic_users=synthetic_users,
@@ -99,7 +103,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         train = _configure(
             ops["train_op"](
                 train=split.outputs["train"], item_table=validate.outputs["item_table"],
-                config_yaml=config_yaml, data_fingerprint=fingerprint,
+                config_yaml=config_yaml, data_fingerprint=fingerprint, dask_workers=dask_workers,
+                dask_image=image, dask_namespace=namespace, dask_worker_memory=dask_worker_memory,
             ),
             "train", retries=1, cache=True,
         )

@@ -95,14 +95,24 @@ class FactorIndex:
     """Exact maximum inner product search over item vectors (FAISS `IndexFlatIP`)."""
 
     def __init__(self, item_vectors: np.ndarray):
+        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        self._build()
+
+    def _build(self) -> None:
         import faiss  # imported here: only large catalogues need it
 
-        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.index = faiss.IndexFlatIP(self.item_vectors.shape[1])
         self.index.add(self.item_vectors)
         vectors = self.item_vectors.astype(np.float64)
         self.column_sum = vectors.sum(axis=0)
         self.gram = vectors.T @ vectors
+
+    def __getstate__(self) -> dict:
+        return {"item_vectors": self.item_vectors}  # a FAISS index does not pickle: rebuilt
+
+    def __setstate__(self, state: dict) -> None:
+        self.item_vectors = state["item_vectors"]
+        self._build()
 
     def retrieve(self, user_vectors: np.ndarray, history: sp.csr_matrix, n: int) -> Retrieved:
         users = np.ascontiguousarray(user_vectors, dtype=np.float32)

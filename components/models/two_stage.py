@@ -103,10 +103,18 @@ class TwoStageRecommender:
         items: pd.DataFrame | None = None,
         *,
         progress: Callable[[str], None] = log.info,
+        client=None,
     ) -> "TwoStageRecommender":
+        """Fit; with a Dask `client` the ranker's examples are built by user partition on its
+        workers and LightGBM trains there (`components.distributed`)."""
         cfg = self.config
         self.ranker_ = None
-        if cfg.ranker.enabled:
+        if cfg.ranker.enabled and client is not None:
+            from components.distributed import fit_ranker_on_dask
+
+            progress(self.ranker_label_source())
+            self.ranker_ = fit_ranker_on_dask(self, client, self._ranker_folds(interactions), items, progress)
+        elif cfg.ranker.enabled:
             progress(self.ranker_label_source())
             folds = self._ranker_folds(interactions)
             rng = np.random.default_rng(cfg.seed)
@@ -178,6 +186,23 @@ class TwoStageRecommender:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Candidates of the held-out users, labelled by their held-out items: features, labels,
         group sizes (one group per user) and each group's user id."""
+        labels, target_users = self._fold_labels(fit_part, held_out, items, rng, progress, fold)
+        x, y, g, who = self.examples_for_users(target_users, labels, rng)
+        recall = y.sum() / max(labels[target_users].nnz, 1)
+        progress(f"  {len(g):,} users, {len(y):,} candidate pairs, candidate recall {recall:.3f}")
+        return x, y, g, who
+
+    def _fold_labels(
+        self,
+        fit_part: pd.DataFrame,
+        held_out: pd.DataFrame,
+        items: pd.DataFrame | None,
+        rng: np.random.Generator,
+        progress: Callable[[str], None],
+        fold: str,
+    ) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Fit the fold's generators (the model's state becomes the fold's); returns the
+        held-out items as a [users, items] label matrix and the users the ranker learns from."""
         cfg = self.config
         progress(
             f"ranker fold {fold}: generators on {len(fit_part):,} interactions, "
@@ -199,8 +224,16 @@ class TwoStageRecommender:
         target_users = np.unique(users[known])
         cap = cfg.scale.ranker_max_users
         if len(target_users) > cap:  # the ranker's cost stops growing with the data
+            progress(f"  ranker learns from {cap:,} of {len(target_users):,} users (model.scale.ranker_max_users)")
             target_users = np.sort(rng.choice(target_users, cap, replace=False))
-            progress(f"  ranker learns from {cap:,} of {len(np.unique(users[known])):,} users (model.scale.ranker_max_users)")
+        return labels, target_users
+
+    def examples_for_users(
+        self, target_users: np.ndarray, labels: sp.csr_matrix, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The ranker's examples for these users, built in chunks: features, labels, group
+        sizes and each group's user id (a Dask worker runs this on its partition of users)."""
+        data = self.data_
         feats, label, groups, group_users = [], [], [], []
         for start in range(0, len(target_users), _CHUNK):
             batch = target_users[start : start + _CHUNK]
@@ -223,9 +256,25 @@ class TwoStageRecommender:
         y = np.concatenate(label) if label else np.zeros(0)
         g = np.concatenate(groups) if groups else np.zeros(0, np.int64)
         who = np.concatenate(group_users) if group_users else np.zeros(0, dtype=str)
-        recall = y.sum() / max(labels[target_users].nnz, 1)
-        progress(f"  {len(g):,} users, {len(y):,} candidate pairs, candidate recall {recall:.3f}")
         return x, y, g, who
+
+    def lightgbm_params(self) -> dict:
+        r = self.config.ranker
+        return {
+            "objective": r.objective,
+            "metric": "ndcg",
+            "eval_at": [r.eval_at],
+            "learning_rate": r.learning_rate,
+            "num_leaves": r.num_leaves,
+            "min_child_samples": r.min_child_samples,
+            "lambdarank_truncation_level": max(r.eval_at * 2, 20),
+            "feature_fraction": 0.9,
+            "seed": self.config.seed,
+            "deterministic": True,
+            "force_col_wise": True,
+            "num_threads": 2,
+            "verbose": -1,
+        }
 
     def _train_lightgbm(
         self,
@@ -244,21 +293,7 @@ class TwoStageRecommender:
         valid_groups = np.isin(group_users, valid_users)
         row_group = np.repeat(np.arange(len(groups)), groups)
         in_valid = valid_groups[row_group]
-        params = {
-            "objective": r.objective,
-            "metric": "ndcg",
-            "eval_at": [r.eval_at],
-            "learning_rate": r.learning_rate,
-            "num_leaves": r.num_leaves,
-            "min_child_samples": r.min_child_samples,
-            "lambdarank_truncation_level": max(r.eval_at * 2, 20),
-            "feature_fraction": 0.9,
-            "seed": self.config.seed,
-            "deterministic": True,
-            "force_col_wise": True,
-            "num_threads": 2,
-            "verbose": -1,
-        }
+        params = self.lightgbm_params()
         names = feature_names(list(self.generators_))
         train = lgb.Dataset(x[~in_valid], y[~in_valid], group=groups[~valid_groups], feature_name=names)
         valid = lgb.Dataset(x[in_valid], y[in_valid], group=groups[valid_groups], reference=train)
