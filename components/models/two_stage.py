@@ -34,7 +34,7 @@ from components.models.base import TrainingData, build_training_data, history_ma
 from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.popularity import PopularityModel
-from components.models.retrieval import SparseLookup
+from components.models.retrieval import SparseLookup, top_unseen
 from components.split import kfold_splits, split_interactions
 
 log = logging.getLogger(__name__)
@@ -374,8 +374,14 @@ class TwoStageRecommender:
         cold = np.diff(history.indptr) == 0
         if generator is not None or self.ranker_ is None:
             name = generator or ("ease" if "ease" in self.generators_ else "popularity")
-            found = self.generators_[name].retrieve(users, banned, k)
-            items, scores = found.items, found.scores
+            # Scored on the history alone; exclusions are dropped afterwards, so ask for more.
+            extra = int(np.diff(banned.indptr).max(initial=0) - np.diff(history.indptr).min(initial=0))
+            found = self.generators_[name].retrieve(users, history, k + max(extra, 0))
+            items, scores = top_unseen(found.items, found.scores, banned, k)
+            if items.shape[1] < k:  # a generator that proposed fewer: popularity fills below
+                short = k - items.shape[1]
+                items = np.hstack([items, np.full((len(items), short), -1, np.int64)])
+                scores = np.hstack([scores, np.full((len(items), short), -np.inf, np.float32)])
         else:
             cand = self._candidates(users, history)
             keep = ~SparseLookup(banned).contains(cand.rows, cand.items)

@@ -98,3 +98,20 @@ def test_large_path_trains_saves_loads_and_serves(small_dataset, tmp_path):
         seen = set(small_dataset.interactions.loc[small_dataset.interactions["user_id"] == user, "item_id"])
         assert not seen & set(recs.item_ids[row])
     np.testing.assert_array_equal(recs.item_ids, model.recommend(users, 10, history_item_ids=[[]] * 50 + [[str(loaded.data_.item_ids[0])]]).item_ids)
+
+
+def test_large_path_exclusions_are_not_history(small_dataset):
+    """Excluded items are never shown, and do not count as what the user liked: a generator's
+    answer with exclusions is its answer without them, less the excluded items."""
+    from components.config import ModelConfig, ScaleConfig
+    from components.models.two_stage import TwoStageRecommender
+
+    config = ModelConfig(scale=ScaleConfig(large_catalogue_items=50, item_item_items=120, neighbours=30))
+    model = TwoStageRecommender(config).fit(small_dataset.interactions, small_dataset.items, progress=lambda _: None)
+    users = np.arange(20)
+    history = model.data_.matrix[users]
+    for name in ("ease", "als"):
+        plain, _ = model.recommend_indices(users, history, 10, generator=name)
+        exclude = sp.csr_matrix((np.ones(20, np.float32), (users, plain[:, 0])), shape=history.shape)
+        shown, _ = model.recommend_indices(users, history, 10, exclude=exclude, generator=name)
+        np.testing.assert_array_equal(shown[:, :9], plain[:, 1:])
