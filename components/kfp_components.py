@@ -22,12 +22,13 @@ def fingerprint_op(
     synthetic_items: int,
     synthetic_interactions: int,
     seed: int,
+    data_version: str,
 ) -> str:
     from components.steps import fingerprint_source
 
     return fingerprint_source(
         source, items, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
-        synthetic_interactions=synthetic_interactions, seed=seed,
+        synthetic_interactions=synthetic_interactions, seed=seed, data_version=data_version,
     )
 
 
@@ -117,7 +118,7 @@ def evaluate_op(
 
 def register_op(
     model: Input[Model], results: Input[Dataset], report: Input[HTML], config_yaml: str,
-    tracking_uri: str, data_fingerprint: str,
+    tracking_uri: str, data_fingerprint: str, source: str, items: str, source_fingerprint: str,
 ) -> str:
     import json
 
@@ -125,7 +126,8 @@ def register_op(
 
     return json.dumps(register(
         model.path, results.path, config_yaml=config_yaml, tracking_uri=tracking_uri,
-        data_fingerprint=data_fingerprint, report_in=report.path,
+        data_fingerprint=data_fingerprint, report_in=report.path, source=source, items=items,
+        source_fingerprint=source_fingerprint,
     ))
 
 

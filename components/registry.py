@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,12 @@ def register_model(
     registry: RegistryConfig,
     tracking_uri: str,
     report_path: Path | None = None,
+    datasets: Sequence[Any] = (),
 ) -> Registration:
     """Log the run, create a model version, and apply the gate's alias.
+
+    `datasets` are `mlflow.entities.DatasetInput`s (the training source, see
+    `components.sources.lineage`), logged as the run's inputs.
 
     `results` maps "two_stage" (the new model), each baseline and "champion" (when there is
     one, evaluated on the same split) to their metrics; all are logged, prefixed by name."""
@@ -182,6 +187,8 @@ def register_model(
     )
     try:
         _log_run(client, run.info.run_id, params, logged)
+        if datasets:
+            client.log_inputs(run.info.run_id, datasets=list(datasets))
         client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
         if report_path is not None and report_path.exists():
             client.log_artifact(run.info.run_id, str(report_path), artifact_path="report")

@@ -51,15 +51,19 @@ def fingerprint_source(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50_000,
     seed: int = 42,
+    data_version: str = "",
 ) -> str:
-    """The source's content hash (see `data.source_fingerprint`); a missing source fails here."""
+    """The source's content hash (see `data.source_fingerprint`); a missing, unreachable or
+    forbidden source fails here, in one line."""
     from components.data import source_fingerprint
+    from components.sources import is_remote, open_source
 
     digest = source_fingerprint(
         source, items or None, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
-        synthetic_interactions=synthetic_interactions, seed=seed,
+        synthetic_interactions=synthetic_interactions, seed=seed, data_version=data_version,
     )
-    log.info("source %s fingerprint %s", source, digest)
+    shown = open_source(source).url if is_remote(source) else source
+    log.info("source %s fingerprint %s", shown, digest)
     return digest
 
 
@@ -230,9 +234,14 @@ def register(
     tracking_uri: str = "",
     data_fingerprint: str = "",
     report_in: str = "",
+    source: str = "",
+    items: str = "",
+    source_fingerprint: str = "",
 ) -> dict[str, Any]:
-    """Log and register in MLflow, applying the champion-challenger gate."""
+    """Log and register in MLflow, applying the champion-challenger gate; the run records the
+    training source (URL and fingerprint) as an `mlflow.data` input when `source` is given."""
     from components.registry import default_tracking_uri, register_model
+    from components.sources.lineage import training_input
 
     config = parse_config(config_yaml)
     results = json.loads(Path(results_in).read_text())
@@ -246,6 +255,9 @@ def register(
         registry=config.registry,
         tracking_uri=tracking_uri or default_tracking_uri(),
         report_path=Path(report_in) if report_in else None,
+        datasets=[training_input(
+            source, items, source_fingerprint=source_fingerprint, data_fingerprint=data_fingerprint,
+        )] if source else [],
     )
     log.info(
         "registered %s version %s, alias %s: %s",

@@ -27,8 +27,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", default="movielens-dslabs",
                    help="built-in name (movielens-dslabs, synthetic), an ml-100k or MovieLens CSV "
-                   "directory, or an interactions CSV/Parquet file (default: %(default)s)")
-    p.add_argument("--items", default="", help="items CSV/Parquet file for a generic interactions file")
+                   "directory, an interactions CSV/Parquet file, s3://BUCKET/KEY or PREFIX/, a "
+                   "SQL URL with ?table=NAME or ?query=SELECT ... (postgresql+psycopg://, "
+                   "sqlite:///), or dvc://REPO//PATH@REV (default: %(default)s)")
+    p.add_argument("--items", default="",
+                   help="items CSV/Parquet file for a generic interactions file (or a URL as --data)")
+    p.add_argument("--data-version", default="",
+                   help="the data's version, for a SQL source with no timestamp column or one "
+                   "updated in place: the fingerprint that caching and lineage follow")
     p.add_argument("--config", type=Path, help="YAML config (unknown keys are errors)")
     p.add_argument("--home", type=Path, default=None,
                    help="where runs, the MLflow store and reports go (default: $RECSYS_HOME or ./runs)")
@@ -53,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         source=args.data, items=args.items, config_yaml=config_yaml, home=home,
         synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
         synthetic_interactions=args.synthetic_interactions, seed=args.seed,
+        data_version=args.data_version,
     )
     reg, dep = summary["registration"], summary["deployment"]
     results = json.loads(Path(summary["results_path"]).read_text())
@@ -99,8 +106,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                        "model artifact directory.")
     p.add_argument("--interactions", required=True,
                    help="interactions CSV/Parquet (user_id, item_id[, rating, timestamp]), a "
-                   "MovieLens directory or a built-in dataset name")
-    p.add_argument("--items", help="items CSV/Parquet (item_id[, title, genres, year, description])")
+                   "MovieLens directory, a built-in dataset name, or an s3://, SQL or dvc:// URL "
+                   "(as `recsys run --data`)")
+    p.add_argument("--items", help="items CSV/Parquet (item_id[, title, genres, year, description]) "
+                   "or URL")
     p.add_argument("--config", type=Path, help="YAML config")
     p.add_argument("--output", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--workers", type=int, default=0,

@@ -57,6 +57,7 @@ def run_local(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50000,
     seed: int = 42,
+    data_version: str = "",
 ) -> dict[str, Any]:
     """Run the whole pipeline; returns the deploy step's summary (registration, metrics, ...)."""
     from kfp import local
@@ -89,6 +90,7 @@ def run_local(
                 synthetic_items=synthetic_items,
                 synthetic_interactions=synthetic_interactions,
                 seed=seed,
+                data_version=data_version,
             )
     except RuntimeError as exc:
         raise RecsysError(watcher.last_error or _ANSI.sub("", str(exc))) from None

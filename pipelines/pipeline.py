@@ -9,11 +9,16 @@ ingest, validate, split and train are cached on that hash: unchanged data and co
 them, a file changed under the same path runs them again. Evaluate reads the registry's
 champion, register and deploy change the world: none of those is cached, and register is not
 retried (a retry could register twice).
+
+Remote sources (`s3://`, SQL URLs, `dvc://`) need credentials in the two steps that touch them:
+fingerprint and ingest get the keys of the Secret named by `data_secret` (in the run's
+namespace) as environment variables, through kfp-kubernetes. The Secret is optional: a run on a
+built-in dataset or a public source starts without it.
 """
 
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 from components.kfp_components import DEFAULT_IMAGE, make_components
 
@@ -31,6 +36,21 @@ _RESOURCES = {
     "register": ("250m", "1", "512Mi", "1Gi"),
     "deploy": ("100m", "500m", "256Mi", "512Mi"),
 }
+
+
+# Keys of the data-source Secret, each set as the environment variable of the same name:
+# boto3 (S3, MinIO, DVC remotes on S3) and libpq (PostgreSQL) read them from there.
+DATA_SECRET_KEYS = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION", "PGPASSWORD",
+)
+
+
+def _with_data_credentials(task: dsl.PipelineTask, secret_name) -> dsl.PipelineTask:
+    return kubernetes.use_secret_as_env(
+        task, secret_name=secret_name, secret_key_to_env={k: k for k in DATA_SECRET_KEYS},
+        optional=True,
+    )
 
 
 def _configure(task: dsl.PipelineTask, step: str, *, retries: int, cache: bool) -> dsl.PipelineTask:
@@ -69,6 +89,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         synthetic_items: int = 500,
         synthetic_interactions: int = 50000,
         seed: int = 42,
+        # For a SQL source without a `timestamp` column, or one updated in place: the version
+        # of the data (e.g. the time of the last load); it becomes the source's fingerprint.
+        data_version: str = "",
+        # The Secret (in the run's namespace) with the data source's credentials.
+        data_secret: str = "recsys-data-source",
         # > 0: the train step runs its ranker on a Dask cluster of this many workers, created
         # (dask-kubernetes operator) in `namespace` for the step and deleted after it.
         dask_workers: int = 0,
@@ -79,11 +104,16 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions, seed=seed,
         )
         # Never cached: it is what tells whether the content behind a path changed.
-        fingerprint = _configure(ops["fingerprint_op"](**source_args), "fingerprint", retries=2, cache=False)
+        source_check = _configure(
+            ops["fingerprint_op"](**source_args, data_version=data_version), "fingerprint",
+            retries=2, cache=False,
+        )
         ingest = _configure(
-            ops["ingest_op"](**source_args, source_fingerprint=fingerprint.output),
+            ops["ingest_op"](**source_args, source_fingerprint=source_check.output),
             "ingest", retries=2, cache=True,
         )
+        _with_data_credentials(source_check, data_secret)
+        _with_data_credentials(ingest, data_secret)
         validate = _configure(
             ops["validate_op"](
                 raw_interactions=ingest.outputs["interactions"], raw_items=ingest.outputs["item_table"],
@@ -119,7 +149,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             ops["register_op"](
                 model=train.outputs["model"], results=evaluate.outputs["results"],
                 report=evaluate.outputs["report"], config_yaml=config_yaml,
-                tracking_uri=mlflow_tracking_uri, data_fingerprint=fingerprint,
+                tracking_uri=mlflow_tracking_uri, data_fingerprint=fingerprint, source=source,
+                items=items, source_fingerprint=source_check.output,
             ),
             "register", retries=0, cache=False,
         )

@@ -500,6 +500,33 @@ def test_dev_generates_every_referenced_secret_with_fake_values(rendered):
     assert s3["serving.kserve.io/s3-endpoint"].startswith("recsys-minio.recsys.svc")
 
 
+def test_pipeline_runs_get_the_data_source_secret_for_the_manifests_minio(kubectl, rendered):
+    """manifests/kubeflow: the Secret the pipeline's fingerprint and ingest steps mount (by the
+    name the pipeline defaults to), in the namespace Kubeflow runs steps in, pointing at the
+    base's MinIO with the dev key; MinIO admits that namespace and has the data bucket."""
+    import inspect
+
+    from pipelines.pipeline import DATA_SECRET_KEYS, build_pipeline
+
+    (secret,) = [d for d in yaml.safe_load_all(_kustomize(kubectl, MANIFESTS / "kubeflow")) if d]
+    default_name = inspect.signature(build_pipeline().pipeline_func).parameters["data_secret"].default
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == default_name
+    assert secret["metadata"]["namespace"] == "kubeflow"
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data.keys() <= set(DATA_SECRET_KEYS)
+    dev_s3 = _one(rendered["dev"], "Secret", "recsys-s3")["data"]
+    assert data["AWS_ACCESS_KEY_ID"] == base64.b64decode(dev_s3["AWS_ACCESS_KEY_ID"]).decode()
+    assert "dev-only" in data["AWS_SECRET_ACCESS_KEY"]
+    service = _one(rendered["base"], "Service", "recsys-minio")
+    port = service["spec"]["ports"][0]["port"]
+    assert data["AWS_ENDPOINT_URL"] == f"http://recsys-minio.{NAMESPACE}.svc.cluster.local:{port}"
+    policy = _one(rendered["base"], "NetworkPolicy", "recsys-minio")
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}} in sources
+    job = _one(rendered["base"], "Job", "recsys-minio-bucket")
+    assert "mb --ignore-existing store/recsys-data" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
 def test_network_policies_deny_by_default_and_cover_every_workload(rendered):
     docs = rendered["base"]
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]

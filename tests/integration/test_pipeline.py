@@ -24,7 +24,10 @@ def test_committed_pipeline_is_in_sync_with_the_code(tmp_path):
 
 
 def test_compiled_pipeline_sets_image_resources_retries_and_caching(tmp_path):
-    spec = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", image="registry.example/recsys:9").read_text())
+    # The second YAML document is the Kubernetes platform spec (the data-source Secret).
+    spec, platform = yaml.safe_load_all(
+        compile_pipeline(tmp_path / "p.yaml", image="registry.example/recsys:9").read_text()
+    )
     executors = spec["deploymentSpec"]["executors"]
     assert len(executors) == 8
     for executor in executors.values():
@@ -45,6 +48,16 @@ def test_compiled_pipeline_sets_image_resources_retries_and_caching(tmp_path):
         assert not tasks[step]["cachingOptions"].get("enableCache"), step
     ingest_inputs = tasks["ingest-op"]["inputs"]["parameters"]
     assert ingest_inputs["source_fingerprint"]["taskOutputParameter"]["producerTask"] == "fingerprint-op"
+    # The two steps that touch the data get the data-source Secret (optional, named by a
+    # parameter) as environment variables; no other step sees it.
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-fingerprint-op", "exec-ingest-op"}
+    for executor in executors.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["optional"] is True
+        assert secret["secretNameParameter"] == {"componentInputParameter": "data_secret"}
+        envs = {pair["envVar"] for pair in secret["keyToEnv"]}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "PGPASSWORD"} <= envs
 
 
 def _recsys(*args: str, home: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -120,7 +120,11 @@ def test_submit_creates_the_experiment_and_one_run_with_the_arguments(kfp_api):
     [run] = kfp_api.posts("/apis/v2beta1/runs")
     assert run["display_name"] == "try-1" and run["experiment_id"] == "exp-1"
     assert run["runtime_config"]["parameters"] == {"seed": 7, "source": "synthetic"}
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "recsys-training"
+    # With a platform spec (the data-source Secret), kfp sends both documents under one key.
+    sent = run["pipeline_spec"]
+    assert sent["pipeline_spec"]["pipelineInfo"]["name"] == "recsys-training"
+    ingest = sent["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-ingest-op"]
+    assert ingest["secretAsEnv"][0]["secretNameParameter"] == {"componentInputParameter": "data_secret"}
 
     submit_run(kfp_api.host, DEFAULT_PACKAGE, experiment="recsys-nightly", params={})
     assert len(kfp_api.posts("/apis/v2beta1/experiments")) == 1  # found, not created again
