@@ -433,8 +433,8 @@ def test_deployer_role_grants_only_inferenceservice_verbs(rendered):
     docs = rendered["base"]
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
     roles = [d for d in docs if d["kind"] == "Role"]
-    assert [r["metadata"]["name"] for r in roles] == ["recsys-deployer"]
-    assert roles[0]["rules"] == [{
+    assert sorted(r["metadata"]["name"] for r in roles) == ["recsys-dask", "recsys-deployer"]
+    assert _one(docs, "Role", "recsys-deployer")["rules"] == [{
         "apiGroups": ["serving.kserve.io"],
         "resources": ["inferenceservices"],
         "verbs": ["get", "list", "watch", "create", "patch", "update"],
@@ -447,6 +447,20 @@ def test_deployer_role_grants_only_inferenceservice_verbs(rendered):
         {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"},
     ]
     _one(docs, "ServiceAccount", "recsys-deployer")
+
+
+def test_dask_role_lets_the_train_step_create_and_delete_only_daskclusters(rendered):
+    """A distributed fit's train step (KFP's pipeline-runner) creates one DaskCluster for its
+    ranker and deletes it afterwards; the operator makes the pods, so nothing else is granted."""
+    docs = rendered["base"]
+    assert _one(docs, "Role", "recsys-dask")["rules"] == [{
+        "apiGroups": ["kubernetes.dask.org"],
+        "resources": ["daskclusters"],
+        "verbs": ["get", "list", "watch", "create", "delete"],
+    }]
+    binding = _one(docs, "RoleBinding", "recsys-dask")
+    assert binding["roleRef"]["name"] == "recsys-dask"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
 
 def _secret_references(docs: list[dict]) -> dict[str, set[str]]:
