@@ -97,12 +97,33 @@ class RankerConfig(_Strict):
     eval_at: int = Field(10, ge=1)
 
 
+class ScaleConfig(_Strict):
+    """Where the fit stops scoring every user against the whole catalogue (see
+    components/models/retrieval.py). At or below `large_catalogue_items` nothing here applies
+    and the models are exact; above it, the generators retrieve candidates instead."""
+
+    # Above this many items: ALS and content by exact FAISS inner-product search, EASE and
+    # sequence EASE solved on the `item_item_items` most-supported items with each item's
+    # `neighbours` largest weights kept (sparse), ranker features from the candidate lists.
+    large_catalogue_items: int = Field(20_000, ge=1)
+    # The item-item models' dense solve is O(n^3): 8,000 items hold 98% of the interactions
+    # of MovieLens-25M-shaped data; the rest are proposed by ALS, whose factors cover every item.
+    item_item_items: int = Field(8_000, ge=2)
+    neighbours: int = Field(200, ge=1)
+    # LSA dimensions of the content model's TF-IDF vectors above the threshold.
+    content_dimensions: int = Field(64, ge=2)
+    # The ranker learns from at most this many users' candidates (a seeded sample): its cost
+    # stops growing with the data (any size).
+    ranker_max_users: int = Field(40_000, ge=2)
+
+
 class ModelConfig(_Strict):
     ease: EaseConfig = EaseConfig()
     seq_ease: SeqEaseConfig = SeqEaseConfig()
     als: AlsConfig = AlsConfig()
     content: ContentConfig = ContentConfig()
     ranker: RankerConfig = RankerConfig()
+    scale: ScaleConfig = ScaleConfig()
     # Interactions below this rating are not positive feedback (None: every interaction is).
     positive_rating_threshold: float | None = None
     seed: int = 42

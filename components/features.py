@@ -150,12 +150,21 @@ def build_candidates(
         std = np.sqrt(np.maximum((masked**2).sum(axis=1) / n_unseen - mean**2, 0.0))
         z = (picked - mean[rows]) / np.maximum(std[rows], 1e-12)
         columns += [z, ranks[name][rows, items], relative]
+    columns += _pair_columns(history, stats, rows, items, user_time)
+    features = np.column_stack(columns).astype(np.float32)
+    return Candidates(rows=rows, items=items, features=features)
+
+
+def _pair_columns(
+    history: sp.csr_matrix, stats: ItemStats, rows: np.ndarray, items: np.ndarray, user_time: np.ndarray
+) -> list[np.ndarray]:
+    """The item and user features of (batch row, item) pairs, whatever proposed them."""
     activity = np.diff(history.indptr).astype(np.float32)
     # Share of the user's history in the item's genres.
     profile = np.asarray(history @ stats.genres, dtype=np.float32)
     profile /= np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
     overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
-    columns += [
+    return [
         stats.log_share[items],
         stats.days_since_last_seen[items],
         stats.year[items],
@@ -165,5 +174,42 @@ def build_candidates(
         # Items people used around the time this user was active (NaN without timestamps).
         (stats.mean_time[items] - user_time[rows]) / 86_400.0,
     ]
+
+
+def build_candidates_from_retrieval(
+    retrieved: dict,
+    history: sp.csr_matrix,
+    stats: ItemStats,
+    user_time: np.ndarray,
+) -> Candidates:
+    """`build_candidates` for large catalogues: the union of each generator's retrieved top-N
+    (`components.models.retrieval.Retrieved`, history already excluded) and the same features,
+    from the pairs' scores and each user's unseen-item moments instead of dense score rows."""
+    n_items = history.shape[1]
+    keys = []
+    for found in retrieved.values():
+        valid = found.items >= 0
+        keys.append(np.nonzero(valid)[0].astype(np.int64) * n_items + found.items[valid])
+    keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    rows, items = keys // n_items, keys % n_items  # row-major, items ascending: as np.nonzero
+    columns = []
+    for found in retrieved.values():
+        width = found.items.shape[1]
+        picked = found.pair(rows, items).astype(np.float64)
+        top = found.scores[:, 0].astype(np.float64)[rows] if width else np.zeros(len(rows))
+        top = np.where(np.isfinite(top), top, 0.0)
+        relative = np.where(np.abs(top) > 1e-12, picked / np.where(top == 0, 1, top), 0.0)
+        z = (picked - found.mean[rows]) / np.maximum(found.std[rows], 1e-12)
+        # Place in this generator's list, `width` for items it did not propose.
+        listed = found.items >= 0
+        list_rows = np.nonzero(listed)[0].astype(np.int64)
+        list_keys = list_rows * n_items + found.items[listed]
+        list_rank = np.nonzero(listed)[1].astype(np.float32)
+        order = np.argsort(list_keys)
+        at = np.minimum(np.searchsorted(list_keys[order], keys), max(len(list_keys) - 1, 0))
+        hit = list_keys[order][at] == keys if len(list_keys) else np.zeros(len(keys), bool)
+        rank = np.where(hit, list_rank[order][at] if len(list_keys) else 0, np.float32(width))
+        columns += [z, rank, relative]
+    columns += _pair_columns(history, stats, rows, items, user_time)
     features = np.column_stack(columns).astype(np.float32)
     return Candidates(rows=rows, items=items, features=features)

@@ -92,14 +92,18 @@ def split_op(
 
 def train_op(
     train: Input[Dataset], heldout: Input[Dataset], item_table: Input[Dataset], config_yaml: str,
-    data_fingerprint: str, model: Output[Model],
+    data_fingerprint: str, dask_workers: int, dask_image: str, dask_namespace: str,
+    dask_worker_memory: str, model: Output[Model],
 ) -> str:
     from components.steps import train as train_step
 
-    # The held-out split is what the drift references are fitted on (serving's "future").
+    # The held-out split is what the drift references are fitted on (serving's "future");
+    # dask_workers > 0: the step creates a DaskCluster for its ranker and deletes it at the end.
     version = train_step(
         train.path, item_table.path, model.path, config_yaml=config_yaml,
         data_fingerprint=data_fingerprint, heldout_in=heldout.path,
+        dask_workers=dask_workers, dask_image=dask_image, dask_namespace=dask_namespace,
+        dask_worker_memory=dask_worker_memory,
     )
     model.metadata["model_version"] = version
     return version

@@ -178,18 +178,26 @@ def split(interactions_in: str, train_out: str, test_out: str, *, config_yaml: s
 
 def train(
     train_in: str, items_in: str, model_out: str, *, config_yaml: str = "",
-    data_fingerprint: str = "", heldout_in: str = "",
+    data_fingerprint: str = "", heldout_in: str = "", dask_workers: int = 0,
+    dask_image: str = "", dask_namespace: str = "", dask_worker_memory: str = "8Gi",
 ) -> str:
     """Fit the two-stage model, and its drift references on the held-out interactions (what
-    serving will see next); returns its model version."""
+    serving will see next); returns its model version. With `dask_workers` > 0 the ranker's
+    heavy steps run on a Dask cluster created for this step in `dask_namespace` (the
+    dask-kubernetes operator's DaskCluster, from `dask_image`) and deleted when it ends."""
     from components.artifact import read_manifest, save_model
     from components.drift_reference import fit_references, save_references
     from components.models.two_stage import TwoStageRecommender
 
     config = parse_config(config_yaml)
-    model = TwoStageRecommender(config.model, config.split).fit(
-        pd.read_parquet(train_in), _read_items(items_in), progress=log.info
-    )
+    interactions, items = pd.read_parquet(train_in), _read_items(items_in)
+    if dask_workers > 0:
+        model = _train_on_dask(config, interactions, items, dask_workers, dask_image,
+                               dask_namespace, dask_worker_memory)
+    else:
+        model = TwoStageRecommender(config.model, config.split).fit(
+            interactions, items, progress=log.info
+        )
     references = None
     if heldout_in:
         references = fit_references(model, pd.read_parquet(heldout_in), config.monitoring)
@@ -201,6 +209,26 @@ def train(
         write_extra=(lambda d: save_references(references, d)) if references else None,
     )
     return read_manifest(model_out)["model_version"]
+
+
+def _train_on_dask(config: Config, interactions: pd.DataFrame, items: pd.DataFrame | None,
+                   workers: int, image: str, namespace: str, memory: str):
+    import uuid
+
+    from components.dask_cluster import create_cluster, delete_cluster
+    from components.distributed import dask_client
+    from components.models.two_stage import TwoStageRecommender
+
+    name = f"recsys-fit-{uuid.uuid4().hex[:8]}"
+    address = create_cluster(name, namespace, image, workers, memory=memory)
+    try:
+        with dask_client(address=address) as client:
+            client.wait_for_workers(workers, timeout=900)
+            log.info("Dask cluster %s: %d workers at %s", name, workers, address)
+            return TwoStageRecommender(config.model, config.split).fit(
+                interactions, items, progress=log.info, client=client)
+    finally:
+        delete_cluster(name, namespace)
 
 
 def evaluate(

@@ -159,6 +159,11 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, required=True,
                    help="artifact directory to write: a new or empty directory, or an earlier "
                    "artifact to replace (anything else is refused, never deleted)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="build the ranker's examples and train it on an embedded Dask cluster of "
+                   "this many worker processes (default: 0, single process)")
+    p.add_argument("--scheduler", default="",
+                   help="address of a running Dask scheduler to use instead (tcp://host:8786)")
     p.set_defaults(func=cmd_fit)
 
 
@@ -169,15 +174,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from components.drift_reference import save_references
     from components.models.two_stage import TwoStageRecommender
 
+    from components.distributed import dask_client
+
     # Before any work: a wrong --output is found in a second, not after training.
     check_output_dir(args.output, keep=(args.interactions, args.items or "", args.config or ""))
     config = load_config(args.config)
+    if args.workers < 0:
+        raise RecsysError(f"--workers must be 0 or more, not {args.workers}")
     started = time.monotonic()
     dataset = load_dataset(args.interactions, args.items)
     log.info("loaded %s", dataset.describe())
-    model = TwoStageRecommender(config.model, config.split).fit(
-        dataset.interactions, dataset.items, progress=log.info
-    )
+    with dask_client(args.workers, args.scheduler) as client:
+        model = TwoStageRecommender(config.model, config.split).fit(
+            dataset.interactions, dataset.items, progress=log.info, client=client
+        )
     references = _fit_references_on_holdout(model, dataset.interactions, config)
     save_model(model, args.output, data_fingerprint=dataset.fingerprint,
                extra={"full_config": config_to_dict(config), "dataset": dataset.name},

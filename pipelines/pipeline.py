@@ -107,6 +107,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
         # Feedback events to train on beside the source: a feedback store URL
         # (postgresql+psycopg://..., sqlite:///...) or an events file; empty: the source alone.
         feedback: str = "",
+        # > 0: the train step runs its ranker on a Dask cluster of this many workers, created
+        # (dask-kubernetes operator) in `namespace` for the step and deleted after it.
+        dask_workers: int = 0,
+        dask_worker_memory: str = "8Gi",
     ) -> str:
         source_args = dict(
             source=source, items=items, synthetic_users=synthetic_users,
@@ -144,7 +148,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
             ops["train_op"](
                 train=split.outputs["train"], heldout=split.outputs["test"],
                 item_table=validate.outputs["item_table"],
-                config_yaml=config_yaml, data_fingerprint=fingerprint,
+                config_yaml=config_yaml, data_fingerprint=fingerprint, dask_workers=dask_workers,
+                dask_image=image, dask_namespace=namespace, dask_worker_memory=dask_worker_memory,
             ),
             "train", retries=0, cache=True,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,10 @@ log = kserve_logger.getChild("recsys")
 CACHE_K = 100
 # ...when the table stays small (users x k entries; 8 bytes each).
 CACHE_MAX_ENTRIES = 25_000_000
+# Up to this many users the table is filled before the model is ready; above it, a background
+# thread fills it after load (in user order, the cold-start row first) so that loading stays
+# within seconds, and until a user's row is in, that user's answer is computed per request.
+CACHE_SYNC_MAX_USERS = 10_000
 _CACHE_CHUNK = 256
 USER_INPUTS = ("user_id", "k", "exclude_item_ids", "history_item_ids")
 ITEM_INPUTS = ("item_id", "k")
@@ -311,21 +316,43 @@ class RecommenderModel(Model):
         batch are scored independently), so a plain request (no exclude/history, k within the
         cache) is a table lookup instead of a model call of a few milliseconds."""
         self._cache_top = self._cache_scores = None
+        self._cache_filled = 0  # rows [0, filled) and the cold-start row are answers
         n_users, width = int(model.data_.n_users), min(CACHE_K, self.n_items)
         if (n_users + 1) * width > CACHE_MAX_ENTRIES:
             log.info("answer cache off: %d users x k=%d is above %d entries",
                      n_users, width, CACHE_MAX_ENTRIES)
             return
-        started = time.perf_counter()
         users = np.append(model.data_.user_ids.astype(object), "\x00cold")  # last row: cold start
         top = np.empty((len(users), width), dtype=np.int32)
         scores = np.empty((len(users), width), dtype=np.float32)
-        for start in range(0, len(users), _CACHE_CHUNK):
-            rec = model.recommend(users[start : start + _CACHE_CHUNK].tolist(), width)
-            top[start : start + len(rec.item_ids)] = np.searchsorted(model.data_.item_ids, rec.item_ids)
-            scores[start : start + len(rec.item_ids)] = rec.scores
+        self._fill_cache_rows(model, users, top, scores, len(users) - 1, len(users))
         self._cache_top, self._cache_scores, self._cache_width = top, scores, width
-        log.info("answer cache: %d users x k=%d in %.1fs", n_users, width, time.perf_counter() - started)
+        self._cache_stop = threading.Event()
+        if n_users <= CACHE_SYNC_MAX_USERS:
+            self._fill_cache(model, users)
+        else:
+            log.info("answer cache: %d users filled in the background", n_users)
+            self._cache_thread = threading.Thread(
+                target=self._fill_cache, args=(model, users), name="answer-cache", daemon=True
+            )
+            self._cache_thread.start()
+
+    def _fill_cache(self, model, users: np.ndarray) -> None:
+        started = time.perf_counter()
+        for start in range(0, len(users) - 1, _CACHE_CHUNK):
+            if self._cache_stop.is_set():
+                return
+            end = min(start + _CACHE_CHUNK, len(users) - 1)
+            self._fill_cache_rows(model, users, self._cache_top, self._cache_scores, start, end)
+            self._cache_filled = end  # published after the rows are written
+        log.info("answer cache: %d users x k=%d in %.1fs",
+                 len(users) - 1, self._cache_width, time.perf_counter() - started)
+
+    @staticmethod
+    def _fill_cache_rows(model, users, top, scores, start: int, end: int) -> None:
+        rec = model.recommend(users[start:end].tolist(), top.shape[1])
+        top[start:end] = np.searchsorted(model.data_.item_ids, rec.item_ids)
+        scores[start:end] = rec.scores
 
     def _start_request_log(self) -> None:
         self._request_log = RequestLog(
@@ -350,6 +377,8 @@ class RecommenderModel(Model):
     def stop(self) -> None:
         self.ready = False
         self._metrics.ready.set(0)  # the gauge follows readiness, whatever ends it
+        if getattr(self, "_cache_stop", None) is not None:
+            self._cache_stop.set()
         if self._executor is not None:
             self._executor.shutdown(wait=True)  # answers in the worker finish, and get logged
             self._executor = None
@@ -367,6 +396,8 @@ class RecommenderModel(Model):
         state["_metrics"] = None
         state["_feedback"] = None
         state["_executor"] = None
+        state.pop("_cache_thread", None)  # a worker gets the rows filled so far
+        state.pop("_cache_stop", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -576,17 +607,27 @@ class RecommenderModel(Model):
         return query
 
     # ------------------------------------------------------------------ the model call
-    def _is_cached(self, query: Query) -> bool:
-        return (
-            getattr(self, "_cache_top", None) is not None
-            and query.exclude is None and query.history is None
-            and int(query.k.max()) <= self._cache_width
-        )
+    def _is_cached(self, query: Query, users: np.ndarray | None = None) -> bool:
+        """Whether the answer table holds this query's answer: no exclusions or history, k
+        within the table, and (while a background thread still fills it) every user's row in."""
+        if (
+            getattr(self, "_cache_top", None) is None
+            or query.exclude is not None or query.history is not None
+            or int(query.k.max()) > self._cache_width
+        ):
+            return False
+        if self._cache_filled >= len(self._cache_top) - 1:
+            return True
+        if users is None:
+            users = self._model.user_index(query.ids.tolist())
+        return bool((users < self._cache_filled).all())  # unknown users: -1, always in
 
     def _recommend(self, query: Query) -> Answer:
         width = int(query.k.max())
-        if self._is_cached(query):
+        users = None
+        if getattr(self, "_cache_top", None) is not None and query.exclude is None and query.history is None:
             users = self._model.user_index(query.ids.tolist())
+        if users is not None and self._is_cached(query, users):
             cold = users < 0
             rows = np.where(cold, len(self._cache_top) - 1, users)
             item_ids = self._item_ids[self._cache_top[rows, :width]]

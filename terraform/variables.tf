@@ -114,16 +114,17 @@ variable "cluster_endpoint_public_access_cidrs" {
 variable "versions" {
   description = "Helm chart (or manifest) versions of the platform components; override one key to upgrade one component."
   type = object({
-    cert_manager          = optional(string, "v1.16.2")
-    istio                 = optional(string, "1.24.2")
-    knative_operator      = optional(string, "v1.16.0")
-    knative_serving       = optional(string, "1.16.0")
-    kserve                = optional(string, "v0.16.0")
-    kubeflow_pipelines    = optional(string, "2.14.3")
-    mlflow                = optional(string, "1.12.0")
-    postgresql            = optional(string, "16.2.5")
-    minio                 = optional(string, "5.4.0")
-    kube_prometheus_stack = optional(string, "65.1.1")
+    cert_manager             = optional(string, "v1.16.2")
+    istio                    = optional(string, "1.24.2")
+    knative_operator         = optional(string, "v1.16.0")
+    knative_serving          = optional(string, "1.16.0")
+    kserve                   = optional(string, "v0.16.0")
+    kubeflow_pipelines       = optional(string, "2.14.3")
+    mlflow                   = optional(string, "1.12.0")
+    postgresql               = optional(string, "16.2.5")
+    minio                    = optional(string, "5.4.0")
+    kube_prometheus_stack    = optional(string, "65.1.1")
+    dask_kubernetes_operator = optional(string, "2026.3.0")
   })
   default = {}
 }

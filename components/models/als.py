@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from components.models.base import TrainingData
+from components.models.retrieval import FactorIndex, Retrieved
 
 
 class AlsModel:
@@ -69,6 +70,13 @@ class AlsModel:
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         return self.user_factors(users, history) @ self.item_factors_.T
+
+    def retrieve(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> Retrieved:
+        """Top-n unseen items by exact inner-product search (large catalogues)."""
+        index = getattr(self, "_index", None)
+        if index is None:
+            index = self._index = FactorIndex(self.item_factors_)
+        return index.retrieve(self.user_factors(users, history), history, n)
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {

@@ -2,6 +2,11 @@
 
 It answers "items similar to X", scores users by the similarity of items to their history
 profile, and so serves users with no interactions in training but a few known items.
+
+Large catalogues (`dimensions` set, see `ScaleConfig`): the TF-IDF vectors are reduced by LSA
+(truncated SVD, scikit-learn) to `dimensions` and normalised, so a user's scores are one exact
+FAISS inner-product search instead of a [users x items] sparse product; the cosine is then
+taken in that space.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from components.models.base import TrainingData
+from components.models.retrieval import FactorIndex, Retrieved
 
 
 def item_text(items: pd.DataFrame, title_weight: float = 1.0) -> list[str]:
@@ -32,9 +38,10 @@ def item_text(items: pd.DataFrame, title_weight: float = 1.0) -> list[str]:
 class ContentModel:
     name = "content"
 
-    def __init__(self, max_features: int = 20_000, title_weight: float = 1.0):
+    def __init__(self, max_features: int = 20_000, title_weight: float = 1.0, dimensions: int | None = None):
         self.max_features = max_features
         self.title_weight = title_weight
+        self.dimensions = dimensions
 
     def fit(self, data: TrainingData) -> "ContentModel":
         docs = item_text(data.items, self.title_weight)
@@ -46,15 +53,35 @@ class ContentModel:
         except ValueError:  # no text at all (e.g. interactions without an items file)
             vectors = sp.csr_matrix((data.n_items, 1), dtype=np.float32)
         self.item_vectors_ = normalize(vectors.astype(np.float32).tocsr())
+        self.item_embeddings_ = None
+        if self.dimensions is not None and min(self.item_vectors_.shape) > self.dimensions:
+            from sklearn.decomposition import TruncatedSVD
+
+            svd = TruncatedSVD(self.dimensions, random_state=0)
+            self.item_embeddings_ = normalize(svd.fit_transform(self.item_vectors_)).astype(np.float32)
         self._prepare()
         return self
 
     def _prepare(self) -> None:
         # The transpose is materialised once so scoring is one sparse product per request.
         self.item_vectors_t_ = self.item_vectors_.T.tocsr()
+        self._index = None
+
+    def _profiles(self, history: sp.csr_matrix) -> np.ndarray:
+        """[B, d] unit-length sums of the history's item embeddings (LSA mode)."""
+        profile = np.asarray(history @ self.item_embeddings_, dtype=np.float32)
+        return profile / np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
+
+    def retrieve(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> Retrieved:
+        """Top-n unseen items by cosine in LSA space (large catalogues)."""
+        if self._index is None:
+            self._index = FactorIndex(self.item_embeddings_)
+        return self._index.retrieve(self._profiles(history), history, n)
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         """Cosine between each item and the user's profile (the sum of their items' vectors)."""
+        if self.item_embeddings_ is not None:
+            return self._profiles(history) @ self.item_embeddings_.T
         # A dense profile makes the product sparse-matrix x dense, far cheaper than sparse x sparse.
         profile = (history @ self.item_vectors_).toarray()
         norms = np.linalg.norm(profile, axis=1, keepdims=True)
@@ -65,12 +92,16 @@ class ContentModel:
         """[len(items), n_items] cosine similarity of the given item indices to every item."""
         return (self.item_vectors_[items] @ self.item_vectors_t_).toarray().astype(np.float32)
 
-    def get_state(self) -> dict[str, sp.csr_matrix]:
-        return {"item_vectors": self.item_vectors_}
+    def get_state(self) -> dict[str, sp.csr_matrix | np.ndarray]:
+        state = {"item_vectors": self.item_vectors_}
+        if self.item_embeddings_ is not None:
+            state["item_embeddings"] = self.item_embeddings_
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, sp.csr_matrix]) -> "ContentModel":
         model = cls()
         model.item_vectors_ = state["item_vectors"].tocsr()
+        model.item_embeddings_ = state.get("item_embeddings")
         model._prepare()
         return model

@@ -5,6 +5,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from components.models.base import TrainingData
+from components.models.retrieval import Retrieved, top_unseen, unseen_moments
 
 
 class PopularityModel:
@@ -19,6 +20,23 @@ class PopularityModel:
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         return np.broadcast_to(self.scores_, (history.shape[0], self.scores_.shape[0])).copy()
+
+    def retrieve(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> Retrieved:
+        """The most popular unseen items: the global order's first n + (history length)."""
+        order = getattr(self, "_order", None)
+        if order is None:
+            order = self._order = np.argsort(-self.scores_, kind="stable")
+        width = min(n + int(np.diff(history.indptr).max(initial=0)), len(order))
+        candidates = np.broadcast_to(order[:width], (history.shape[0], width))
+        items, scores = top_unseen(candidates, self.scores_[candidates], history, n)
+
+        def pair(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            return self.scores_[cols]
+
+        batch = np.ones(history.shape[0])
+        scores64 = self.scores_.astype(np.float64)
+        mean, std = unseen_moments(batch * scores64.sum(), batch * (scores64**2).sum(), history, pair)
+        return Retrieved(items, scores, mean, std, pair)
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts_}

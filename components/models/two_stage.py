@@ -22,12 +22,19 @@ import pandas as pd
 import scipy.sparse as sp
 
 from components.config import ModelConfig, SplitConfig
-from components.features import ItemStats, build_candidates, feature_names, top_n
+from components.features import (
+    ItemStats,
+    build_candidates,
+    build_candidates_from_retrieval,
+    feature_names,
+    top_n,
+)
 from components.models.als import AlsModel
 from components.models.base import TrainingData, build_training_data, history_matrix
 from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.popularity import PopularityModel
+from components.models.retrieval import SparseLookup, top_unseen
 from components.split import kfold_splits, split_interactions
 
 log = logging.getLogger(__name__)
@@ -45,24 +52,39 @@ class Recommendations:
     cold_start: np.ndarray  # [B] bool: the user was not seen in training
 
 
-def make_generators(config: ModelConfig) -> dict[str, Generator]:
+def is_large(config: ModelConfig, n_items: int) -> bool:
+    """Whether a catalogue takes the retrieval path (see `ScaleConfig`)."""
+    return n_items > config.scale.large_catalogue_items
+
+
+def make_generators(config: ModelConfig, large: bool = False) -> dict[str, Generator]:
+    scale = config.scale
+    head = {"head_items": scale.item_item_items, "neighbours": scale.neighbours} if large else {}
     gens: dict[str, Generator] = {"popularity": PopularityModel()}
     if config.ease.enabled:
         e = config.ease
-        gens["ease"] = EaseModel(e.l2, e.max_items, e.min_item_support, e.dropout)
+        gens["ease"] = EaseModel(e.l2, e.max_items, e.min_item_support, e.dropout, **head)
     if config.seq_ease.enabled:
         q = config.seq_ease
-        gens["seq_ease"] = SequenceEaseModel(q.l2, q.length_scale, q.window, q.max_items, q.min_item_support)
+        gens["seq_ease"] = SequenceEaseModel(
+            q.l2, q.length_scale, q.window, q.max_items, q.min_item_support, **head
+        )
     if config.als.enabled:
         a = config.als
         gens["als"] = AlsModel(a.factors, a.regularization, a.iterations, a.alpha, config.seed)
     if config.content.enabled:
-        gens["content"] = ContentModel(config.content.max_features, config.content.title_weight)
+        c = config.content
+        gens["content"] = ContentModel(
+            c.max_features, c.title_weight, scale.content_dimensions if large else None
+        )
     return gens
 
 
 def fit_generators(data: TrainingData, config: ModelConfig, progress: Callable[[str], None]) -> dict[str, Generator]:
-    gens = make_generators(config)
+    large = is_large(config, data.n_items)
+    if large:
+        progress(f"  {data.n_items:,} items: candidate retrieval (model.scale.large_catalogue_items)")
+    gens = make_generators(config, large)
     for name, gen in gens.items():
         progress(f"  fitting {name} on {data.matrix.nnz:,} interactions")
         gen.fit(data)
@@ -81,10 +103,18 @@ class TwoStageRecommender:
         items: pd.DataFrame | None = None,
         *,
         progress: Callable[[str], None] = log.info,
+        client=None,
     ) -> "TwoStageRecommender":
+        """Fit; with a Dask `client` the ranker's examples are built by user partition on its
+        workers and LightGBM trains there (`components.distributed`)."""
         cfg = self.config
         self.ranker_ = None
-        if cfg.ranker.enabled:
+        if cfg.ranker.enabled and client is not None:
+            from components.distributed import fit_ranker_on_dask
+
+            progress(self.ranker_label_source())
+            self.ranker_ = fit_ranker_on_dask(self, client, self._ranker_folds(interactions), items, progress)
+        elif cfg.ranker.enabled:
             progress(self.ranker_label_source())
             folds = self._ranker_folds(interactions)
             rng = np.random.default_rng(cfg.seed)
@@ -110,6 +140,10 @@ class TwoStageRecommender:
         self.stats_ = ItemStats.from_training(data)
         self.user_time_ = np.asarray(data.user_mean_time, dtype=np.float64)
         self._user_rows = self._title_index = None  # lookups of the previous data, if any
+
+    @property
+    def large_(self) -> bool:
+        return is_large(self.config, self.data_.n_items)
 
     def ranker_label_source(self) -> str:
         """Which split the ranker learns from, in words: it decides which evaluation the model
@@ -152,6 +186,23 @@ class TwoStageRecommender:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Candidates of the held-out users, labelled by their held-out items: features, labels,
         group sizes (one group per user) and each group's user id."""
+        labels, target_users = self._fold_labels(fit_part, held_out, items, rng, progress, fold)
+        x, y, g, who = self.examples_for_users(target_users, labels, rng)
+        recall = y.sum() / max(labels[target_users].nnz, 1)
+        progress(f"  {len(g):,} users, {len(y):,} candidate pairs, candidate recall {recall:.3f}")
+        return x, y, g, who
+
+    def _fold_labels(
+        self,
+        fit_part: pd.DataFrame,
+        held_out: pd.DataFrame,
+        items: pd.DataFrame | None,
+        rng: np.random.Generator,
+        progress: Callable[[str], None],
+        fold: str,
+    ) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Fit the fold's generators (the model's state becomes the fold's); returns the
+        held-out items as a [users, items] label matrix and the users the ranker learns from."""
         cfg = self.config
         progress(
             f"ranker fold {fold}: generators on {len(fit_part):,} interactions, "
@@ -171,6 +222,18 @@ class TwoStageRecommender:
             shape=(data.n_users, data.n_items),
         )
         target_users = np.unique(users[known])
+        cap = cfg.scale.ranker_max_users
+        if len(target_users) > cap:  # the ranker's cost stops growing with the data
+            progress(f"  ranker learns from {cap:,} of {len(target_users):,} users (model.scale.ranker_max_users)")
+            target_users = np.sort(rng.choice(target_users, cap, replace=False))
+        return labels, target_users
+
+    def examples_for_users(
+        self, target_users: np.ndarray, labels: sp.csr_matrix, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The ranker's examples for these users, built in chunks: features, labels, group
+        sizes and each group's user id (a Dask worker runs this on its partition of users)."""
+        data = self.data_
         feats, label, groups, group_users = [], [], [], []
         for start in range(0, len(target_users), _CHUNK):
             batch = target_users[start : start + _CHUNK]
@@ -193,9 +256,25 @@ class TwoStageRecommender:
         y = np.concatenate(label) if label else np.zeros(0)
         g = np.concatenate(groups) if groups else np.zeros(0, np.int64)
         who = np.concatenate(group_users) if group_users else np.zeros(0, dtype=str)
-        recall = y.sum() / max(labels.nnz, 1)
-        progress(f"  {len(g):,} users, {len(y):,} candidate pairs, candidate recall {recall:.3f}")
         return x, y, g, who
+
+    def lightgbm_params(self) -> dict:
+        r = self.config.ranker
+        return {
+            "objective": r.objective,
+            "metric": "ndcg",
+            "eval_at": [r.eval_at],
+            "learning_rate": r.learning_rate,
+            "num_leaves": r.num_leaves,
+            "min_child_samples": r.min_child_samples,
+            "lambdarank_truncation_level": max(r.eval_at * 2, 20),
+            "feature_fraction": 0.9,
+            "seed": self.config.seed,
+            "deterministic": True,
+            "force_col_wise": True,
+            "num_threads": 2,
+            "verbose": -1,
+        }
 
     def _train_lightgbm(
         self,
@@ -214,21 +293,7 @@ class TwoStageRecommender:
         valid_groups = np.isin(group_users, valid_users)
         row_group = np.repeat(np.arange(len(groups)), groups)
         in_valid = valid_groups[row_group]
-        params = {
-            "objective": r.objective,
-            "metric": "ndcg",
-            "eval_at": [r.eval_at],
-            "learning_rate": r.learning_rate,
-            "num_leaves": r.num_leaves,
-            "min_child_samples": r.min_child_samples,
-            "lambdarank_truncation_level": max(r.eval_at * 2, 20),
-            "feature_fraction": 0.9,
-            "seed": self.config.seed,
-            "deterministic": True,
-            "force_col_wise": True,
-            "num_threads": 2,
-            "verbose": -1,
-        }
+        params = self.lightgbm_params()
         names = feature_names(list(self.generators_))
         train = lgb.Dataset(x[~in_valid], y[~in_valid], group=groups[~valid_groups], feature_name=names)
         valid = lgb.Dataset(x[in_valid], y[in_valid], group=groups[valid_groups], reference=train)
@@ -253,10 +318,14 @@ class TwoStageRecommender:
         return {name: gen.score(users, history) for name, gen in self.generators_.items()}
 
     def _candidates(self, users: np.ndarray, history: sp.csr_matrix):
-        scores = self._generator_scores(users, history)
         user_time = self.stats_.history_time(history)
         known = users >= 0
         user_time[known] = self.user_time_[users[known]]
+        if self.large_:
+            n = self.config.ranker.candidates_per_generator
+            found = {name: gen.retrieve(users, history, n) for name, gen in self.generators_.items()}
+            return build_candidates_from_retrieval(found, history, self.stats_, user_time)
+        scores = self._generator_scores(users, history)
         return build_candidates(
             scores, history, self.stats_, self.config.ranker.candidates_per_generator, user_time
         )
@@ -276,6 +345,8 @@ class TwoStageRecommender:
         """
         banned = history if exclude is None else (history + exclude)
         popularity = self.stats_.log_popularity
+        if self.large_:
+            return self._recommend_retrieved(users, history, k, banned.tocsr(), generator)
         if generator is not None:
             final = self.generators_[generator].score(users, history)
         elif self.ranker_ is None:
@@ -291,6 +362,56 @@ class TwoStageRecommender:
         k = min(k, final.shape[1])
         top = top_n(final, k)
         return top, np.take_along_axis(final, top, axis=1)
+
+    def _recommend_retrieved(
+        self, users: np.ndarray, history: sp.csr_matrix, k: int, banned: sp.csr_matrix, generator: str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`recommend_indices` for large catalogues: the ranker orders the retrieved candidates
+        (or one generator its own top-k), and popularity fills what they leave, as in the dense
+        path, without a [batch x items] array."""
+        k = min(k, self.data_.n_items)
+        banned.data[:] = 1.0
+        cold = np.diff(history.indptr) == 0
+        if generator is not None or self.ranker_ is None:
+            name = generator or ("ease" if "ease" in self.generators_ else "popularity")
+            # Scored on the history alone; exclusions are dropped afterwards, so ask for more.
+            extra = int(np.diff(banned.indptr).max(initial=0) - np.diff(history.indptr).min(initial=0))
+            found = self.generators_[name].retrieve(users, history, k + max(extra, 0))
+            items, scores = top_unseen(found.items, found.scores, banned, k)
+            if items.shape[1] < k:  # a generator that proposed fewer: popularity fills below
+                short = k - items.shape[1]
+                items = np.hstack([items, np.full((len(items), short), -1, np.int64)])
+                scores = np.hstack([scores, np.full((len(items), short), -np.inf, np.float32)])
+        else:
+            cand = self._candidates(users, history)
+            keep = ~SparseLookup(banned).contains(cand.rows, cand.items)
+            rows, cand_items = cand.rows[keep], cand.items[keep]
+            score = self.ranker_.predict(cand.features[keep]).astype(np.float32)
+            order = np.lexsort((-score, rows))
+            rows, cand_items, score = rows[order], cand_items[order], score[order]
+            rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+            picked = rank < k
+            items = np.full((len(users), k), -1, dtype=np.int64)
+            scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+            items[rows[picked], rank[picked]] = cand_items[picked]
+            scores[rows[picked], rank[picked]] = score[picked]
+        popular = self.generators_["popularity"]
+        # Cold rows get the popularity answer; short rows are filled in popularity order.
+        items[cold], scores[cold] = -1, -np.inf
+        short = np.flatnonzero((items < 0).any(axis=1))
+        if len(short):
+            taken = sp.csr_matrix(
+                (np.ones(int((items[short] >= 0).sum()), np.float32),
+                 (np.nonzero(items[short] >= 0)[0], items[short][items[short] >= 0])),
+                shape=(len(short), self.data_.n_items),
+            )
+            fill = popular.retrieve(users[short], (banned[short] + taken).tocsr(), k)
+            fill_scores = np.where(cold[short, None], fill.scores, _FALLBACK_OFFSET + fill.scores / (popular.scores_.max() + 1))
+            for row, at in enumerate(short):
+                free = items[at] < 0
+                items[at, free] = fill.items[row, : int(free.sum())]
+                scores[at, free] = fill_scores[row, : int(free.sum())]
+        return items, scores
 
     # --------------------------------------------------------------- id facing
     def user_index(self, user_ids: Sequence[str]) -> np.ndarray:

@@ -553,7 +553,7 @@ def test_deployer_role_grants_only_inferenceservice_verbs(rendered):
     docs = rendered["base"]
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
-    assert sorted(roles) == ["recsys-console", "recsys-deployer"]
+    assert sorted(roles) == ["recsys-console", "recsys-dask", "recsys-deployer"]
     assert roles["recsys-deployer"]["rules"] == [{
         "apiGroups": ["serving.kserve.io"],
         "resources": ["inferenceservices"],
@@ -594,6 +594,18 @@ def test_console_reads_the_inferenceservice_and_changes_nothing(rendered):
         assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": target}
         assert policy["ingress"][0]["from"] == [
             {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "recsys-console"}}}]
+def test_dask_role_lets_the_train_step_create_and_delete_only_daskclusters(rendered):
+    """A distributed fit's train step (KFP's pipeline-runner) creates one DaskCluster for its
+    ranker and deletes it afterwards; the operator makes the pods, so nothing else is granted."""
+    docs = rendered["base"]
+    assert _one(docs, "Role", "recsys-dask")["rules"] == [{
+        "apiGroups": ["kubernetes.dask.org"],
+        "resources": ["daskclusters"],
+        "verbs": ["get", "list", "watch", "create", "delete"],
+    }]
+    binding = _one(docs, "RoleBinding", "recsys-dask")
+    assert binding["roleRef"]["name"] == "recsys-dask"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
 
 def _secret_references(docs: list[dict]) -> dict[str, set[str]]:

@@ -2,7 +2,7 @@
 # traffic-splitting layer under Knative, which does KServe's canary split).
 
 locals {
-  namespaces = ["cert-manager", "istio-system", "knative-operator", "knative-serving", "kserve", "mlflow", "monitoring"]
+  namespaces = ["cert-manager", "istio-system", "knative-operator", "knative-serving", "kserve", "mlflow", "monitoring", "dask-operator"]
 }
 
 resource "kubernetes_namespace_v1" "this" {

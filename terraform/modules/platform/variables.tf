@@ -11,16 +11,17 @@ variable "cluster_type" {
 variable "versions" {
   description = "Chart/manifest versions of the components (see the root variable of the same name)."
   type = object({
-    cert_manager          = string
-    istio                 = string
-    knative_operator      = string
-    knative_serving       = string
-    kserve                = string
-    kubeflow_pipelines    = string
-    mlflow                = string
-    postgresql            = string
-    minio                 = string
-    kube_prometheus_stack = string
+    cert_manager             = string
+    istio                    = string
+    knative_operator         = string
+    knative_serving          = string
+    kserve                   = string
+    kubeflow_pipelines       = string
+    mlflow                   = string
+    postgresql               = string
+    minio                    = string
+    kube_prometheus_stack    = string
+    dask_kubernetes_operator = string
   })
 }
 
