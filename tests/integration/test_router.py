@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test_serving import REPO, Server, free_port, start_server, stop, wait_live
+from serving_process import REPO, Server, free_port, start_server, stop, wait_live
 
 from components.artifact import load_model
 from components.assignment import assign_variant, interleaved_version, request_seed, user_bucket
