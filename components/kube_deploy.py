@@ -312,6 +312,12 @@ def build_inference_service(
                             {"name": "PROTOCOL", "value": "v2"},
                             {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
                             {"name": "HOME", "value": "/tmp"},
+                            # Users' feedback since training, for the next answer: the events
+                            # service's per-user lists in Redis (as the manifests' service).
+                            {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {
+                                "name": "recsys-redis", "key": "REDIS_PASSWORD"}}},
+                            {"name": "RECSYS_ONLINE_STORE", "value": "redis://:$(REDIS_PASSWORD)@"
+                             f"recsys-redis.{namespace}.svc.cluster.local:6379/0"},
                         ],
                         "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
                         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080},

@@ -171,8 +171,10 @@ def test_the_manifests_placeholder_service_is_taken_over_whole():
         assert {**new, "containers": None} == {**old, "containers": None}
         old_env = old["containers"][0]["env"]
         assert [e["name"] for e in new["containers"][0]["env"]] == [e["name"] for e in old_env]
-        assert {e["name"]: e["value"] for e in new["containers"][0]["env"]} == {
-            **{e["name"]: e["value"] for e in old_env}, "STORAGE_URI": "s3://mlflow/1/model"}
+        assert {e["name"]: e.get("value") for e in new["containers"][0]["env"]} == {
+            **{e["name"]: e.get("value") for e in old_env}, "STORAGE_URI": "s3://mlflow/1/model"}
+        assert new["containers"][0]["env"] == [
+            {**e, "value": "s3://mlflow/1/model"} if e["name"] == "STORAGE_URI" else e for e in old_env]
         assert after["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] == "1"
         assert CANARY_STARTED_ANNOTATION not in after["metadata"]["annotations"]
 
@@ -260,6 +262,8 @@ def test_a_created_service_is_as_hardened_and_wired_as_the_manifests_one():
     for probe in ("readinessProbe", "livenessProbe"):
         assert mine[probe]["httpGet"] == theirs[probe]["httpGet"], probe
     assert {e["name"] for e in mine["env"]} == {e["name"] for e in theirs["env"]}
+    secret_refs = lambda env: {e["name"]: e.get("valueFrom") for e in env if "valueFrom" in e}  # noqa: E731
+    assert secret_refs(mine["env"]) == secret_refs(theirs["env"])
     assert set(mine["resources"]) == {"requests", "limits"}
 
 

@@ -720,6 +720,14 @@ def test_authorization_policies_guard_the_services_without_authentication(render
         assert ["cluster.local/ns/recsys/sa/recsys-predictor"] in principals
         predictor_sa = _isvc(docs)["spec"]["predictor"]["serviceAccountName"]
         assert principals[0] == [f"cluster.local/ns/{NAMESPACE}/sa/{predictor_sa}"]
+        # The payload logger's path is the predictor's alone; feedback comes from the namespace.
+        logger_rule, feedback_rule = events["spec"]["rules"][:2]
+        assert logger_rule["to"][0]["operation"]["paths"] == ["/"]
+        assert feedback_rule["to"][0]["operation"]["paths"] == ["/v1/events"]
+        assert NAMESPACE in feedback_rule["from"][0]["source"]["namespaces"]
+        console = _one(docs, "AuthorizationPolicy", "recsys-console")["spec"]
+        assert console["selector"]["matchLabels"] == {"app.kubernetes.io/name": "recsys-console"}
+        assert all(s["source"] for r in console["rules"] for s in r["from"])  # never "anyone"
 
 
 # --- monitoring --------------------------------------------------------------------------------
