@@ -137,7 +137,7 @@ class ExperimentRouter(Model):
         if self.request_log_dir is not None and self._request_log is None:
             lead = self._arms.champion
             self._request_log = RequestLog(self.request_log_dir, self.name,
-                                           on_drop=lead._metrics.log_dropped.inc).start()
+                                           on_drop=lead._metrics.log_dropped).start()
 
     def start(self) -> None:
         self._start_writers()
