@@ -111,11 +111,11 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="write the pipelines' IR YAML for a Kubeflow UI",
                        description="Compile the training and the monitoring pipelines to KFP v2 IR "
                        "YAML.")
-    p.add_argument("--pipeline", choices=("all", "training", "monitoring"), default="all",
-                   help="which pipeline (default: %(default)s)")
+    p.add_argument("--pipeline", choices=("all", "training", "monitoring"), default=None,
+                   help="which pipeline (default: all, or training when --output names a file)")
     p.add_argument("--output", type=Path, default=None,
-                   help=f"file to write, with --pipeline training or monitoring (default: "
-                   f"{COMPILED_PATH} and {MONITORING_PATH})")
+                   help=f"file to write, for one pipeline (default: {COMPILED_PATH} and "
+                   f"{MONITORING_PATH})")
     p.add_argument("--image", default=DEFAULT_IMAGE,
                    help="the pipeline image every step runs in (the Dockerfile's pipeline target) "
                    "(default: %(default)s)")
@@ -131,6 +131,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines.monitoring import compile_monitoring_pipeline
     from pipelines.pipeline import COMPILED_PATH, compile_pipeline
 
+    if args.pipeline is None:
+        args.pipeline = "training" if args.output is not None else "all"
     if args.output is not None and args.pipeline == "all":
         raise ConfigError("--output names one file: add --pipeline training or --pipeline monitoring")
     try:
