@@ -239,7 +239,7 @@ def load_model(directory: str | Path) -> TwoStageRecommender:
             model.ranker_ = lgb.Booster(model_file=str(ranker))
     except ArtifactError:
         raise
-    except Exception as exc:  # any inconsistency inside a checksummed artifact is a bad artifact
+    except Exception as exc:  # noqa: BLE001 - any inconsistency inside a checksummed artifact is a bad artifact
         raise ArtifactError(f"{directory}: cannot load model: {type(exc).__name__}: {exc}") from None
     if matrix.shape != (len(users), len(model.data_.item_ids)):
         raise ArtifactError(f"{directory}: interaction matrix does not match the id maps")

@@ -26,10 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DATASET = "movielens-dslabs"
 BUILTIN_DATASETS = (DEFAULT_DATASET, "synthetic")
 
-_ML100K_GENRES = (
-    "unknown|Action|Adventure|Animation|Children's|Comedy|Crime|Documentary|Drama|Fantasy|"
-    "Film-Noir|Horror|Musical|Mystery|Romance|Sci-Fi|Thriller|War|Western"
-).split("|")
+_ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 
 
 @dataclass(frozen=True)

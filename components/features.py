@@ -31,7 +31,7 @@ class ItemStats:
     mean_rating: np.ndarray  # [n_items], NaN when unknown
 
     @classmethod
-    def from_training(cls, data) -> "ItemStats":
+    def from_training(cls, data) -> ItemStats:
         matrix, items, last_seen, train_end = data.matrix, data.items, data.item_last_seen, data.train_end
         counts = np.asarray(matrix.sum(axis=0)).ravel()
         if train_end > 0:
@@ -64,7 +64,7 @@ class ItemStats:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "ItemStats":
+    def from_state(cls, state: dict) -> ItemStats:
         return cls(
             state["log_popularity"],
             state["days_since_last_seen"],

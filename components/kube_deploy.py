@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -368,7 +368,7 @@ def canary_patch(
         MODEL_VERSION_ANNOTATION: model_version,
         # null removes the key: an unknown champion must not keep a stale version on record.
         PREVIOUS_VERSION_ANNOTATION: previous_version,
-        CANARY_STARTED_ANNOTATION: started_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        CANARY_STARTED_ANNOTATION: started_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     patch_meta: dict[str, Any] = {"annotations": notes}
     if meta.get("resourceVersion"):
@@ -407,7 +407,7 @@ def deploy_inference_service(
         # champion to protect; the first real model takes all traffic, as on a first deploy.
         patch = canary_patch(existing, storage_uri=storage_uri, model_version=model_version,
                              previous_version=None, percent=None,
-                             started_at=datetime.now(timezone.utc))
+                             started_at=datetime.now(UTC))
         patch["metadata"]["annotations"][CANARY_STARTED_ANNOTATION] = None
         patch_inference_service(api, name, namespace, patch, f"set the first model of InferenceService {where}")
         revision = wait_for_new_revision(api, name, namespace, latest_created_revision(existing), revision_timeout)
@@ -459,7 +459,7 @@ def deploy_inference_service(
                     canary, where, model_version)
     patch = canary_patch(
         existing, storage_uri=storage_uri, model_version=model_version, previous_version=champion,
-        percent=canary_traffic_percent, started_at=datetime.now(timezone.utc),
+        percent=canary_traffic_percent, started_at=datetime.now(UTC),
     )
     patch_inference_service(api, name, namespace, patch, f"start a canary on InferenceService {where}")
     revision = wait_for_new_revision(api, name, namespace, latest_created_revision(existing), revision_timeout)

@@ -171,6 +171,8 @@ def register_model(
 
     `results` maps "two_stage" (the new model), each baseline and "champion" (when there is
     one, evaluated on the same split) to their metrics; all are logged, prefixed by name."""
+    from mlflow.exceptions import MlflowException
+
     metrics = results["two_stage"]
     champion_metrics = results.get("champion")
     client = _client(tracking_uri)
@@ -199,7 +201,7 @@ def register_model(
     source = f"{run.info.artifact_uri}/model"
     try:
         client.create_registered_model(registry.model_name)
-    except Exception:  # already exists (the error type differs between stores)
+    except MlflowException:  # already exists (the subclass differs between stores)
         pass
     version = client.create_model_version(
         registry.model_name, source, run_id=run.info.run_id, tags={"data_fingerprint": data_fingerprint}

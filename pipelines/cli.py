@@ -173,10 +173,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from components.artifact import check_output_dir, save_model
     from components.config import config_to_dict, load_config
     from components.data import load_dataset
+    from components.distributed import dask_client
     from components.drift_reference import save_references
     from components.models.two_stage import TwoStageRecommender
-
-    from components.distributed import dask_client
 
     # Before any work: a wrong --output is found in a second, not after training.
     check_output_dir(args.output, keep=(args.interactions, args.items or "", args.config or ""))

@@ -112,11 +112,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
         dask_workers: int = 0,
         dask_worker_memory: str = "8Gi",
     ) -> str:
-        source_args = dict(
-            source=source, items=items, synthetic_users=synthetic_users,
-            synthetic_items=synthetic_items, synthetic_interactions=synthetic_interactions, seed=seed,
-            feedback=feedback,
-        )
+        source_args = {
+            "source": source, "items": items, "synthetic_users": synthetic_users,
+            "synthetic_items": synthetic_items, "synthetic_interactions": synthetic_interactions, "seed": seed,
+            "feedback": feedback,
+        }
         # Never cached: it is what tells whether the content behind a path changed.
         source_check = _configure(
             ops["fingerprint_op"](**source_args, data_version=data_version), "fingerprint",

@@ -111,7 +111,7 @@ def _client(host: str, namespace: str | None, client: Any = None) -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
             return kfp.Client(host=host, **kwargs)
-    except Exception as exc:  # the client probes the host (healthz) while it is built
+    except Exception as exc:  # noqa: BLE001 - the client probes the host (healthz) while it is built
         raise _kfp_error(exc, f"connect to {host}") from None
     finally:
         retry_log.setLevel(level)

@@ -7,10 +7,10 @@ import os
 # hand-off overhead (measured: ~25% slower single-user calls). Must precede numpy's import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import sys  # noqa: E402
+import sys
 
-from components.errors import RecsysError  # noqa: E402
-from serving.server import build_parser, serve  # noqa: E402
+from components.errors import RecsysError
+from serving.server import build_parser, serve
 
 
 def main(argv: list[str] | None = None) -> int:

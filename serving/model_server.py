@@ -86,7 +86,7 @@ class RecsysDataPlane(DataPlane):
             return super().decode(body, headers, *args, **kwargs)
         except InvalidInput:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever breaks in decoding is the body's fault
             raise InvalidInput(f"malformed request body: {type(exc).__name__}: {exc}") from None
 
     def decode_inference_request(self, body, headers, model_name):

@@ -144,7 +144,7 @@ def _tensor(inp: InferInput, allowed: tuple[str, ...], ndim: int) -> np.ndarray:
             array = array.astype(np.int64)
     except InvalidInput:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy's conversion errors are the client's data
         raise InvalidInput(f"{name}: data does not match datatype {inp.datatype}: {exc}") from None
     if array.size != size:
         raise InvalidInput(f"{name}: shape {list(shape)} needs {size} values, data has {array.size}")

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ class LogEntry:
 
 
 def iso_time(unix_time: float) -> str:
-    return datetime.fromtimestamp(unix_time, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(unix_time, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def entry_records(entry: LogEntry, model_name: str) -> list[dict[str, Any]]:
@@ -172,7 +172,7 @@ class RequestLog:
     def path(self) -> Path:
         return self.directory / f"requests-{socket.gethostname()}-{os.getpid()}.jsonl"
 
-    def start(self) -> "RequestLog":
+    def start(self) -> RequestLog:
         if self._thread is not None:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ class RequestLog:
                 break
             try:
                 self._write(entry, file)
-            except Exception as exc:  # the writer must outlive whatever one entry does
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive whatever one entry does
                 self._drop(_row_count(entry), "encode", f"{type(exc).__name__}: {exc}")
         file.close()
 
@@ -215,7 +215,7 @@ class RequestLog:
         for record in records:
             try:
                 lines.append(_line(record))
-            except Exception as exc:  # e.g. a lone surrogate, which UTF-8 cannot carry
+            except Exception as exc:  # noqa: BLE001 - e.g. a lone surrogate, which UTF-8 cannot carry
                 bad, why = bad + 1, f"{type(exc).__name__}: {exc}"
         if bad:
             self._drop(bad, "encode", why)
@@ -312,7 +312,7 @@ def records_from_cloudevents(
     h = {k.lower(): v for k, v in headers.items()}
     when = h.get("ce-time")
     unix_time = (
-        datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp() if when else time.time()
+        datetime.fromisoformat(when).timestamp() if when else time.time()
     )
     request_id = h.get("ce-id") or str(response_body.get("id") or "")
     model_name = response_body.get("model_name") or h.get("ce-inferenceservicename") or ""
@@ -336,7 +336,7 @@ def records_from_cloudevents(
         by_item = "item_id" in inputs
         queries = inputs["item_id" if by_item else "user_id"].reshape(-1).astype(str).astype(object)
         item_ids = outputs["item_ids"].astype(object)
-        item_ids[item_ids == None] = ""  # noqa: E711 (elementwise)
+        item_ids[item_ids == None] = ""
         scores = np.asarray(outputs["scores"], dtype=float)
         k_in = inputs.get("k")
         k = np.full(len(queries), item_ids.shape[1]) if k_in is None else np.broadcast_to(

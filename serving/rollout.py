@@ -18,7 +18,7 @@ would start yet another revision.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from components.errors import RecsysError
@@ -103,10 +103,10 @@ def _age_seconds(started_at: str | None) -> float | None:
     if not started_at:
         return None
     try:
-        started = datetime.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        started = datetime.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return None
-    return max(0.0, (datetime.now(timezone.utc) - started).total_seconds())
+    return max(0.0, (datetime.now(UTC) - started).total_seconds())
 
 
 def _status_of(isvc: dict[str, Any], aliases: dict[str, str], model_name: str,
@@ -315,8 +315,8 @@ def format_status(status: RolloutStatus) -> str:
                      f"{s.canary_percent}%", "yes" if s.canary_ready else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines += ["", f"MLflow '{s.model_name}': {CHAMPION} -> {s.registry_champion or '-'}, "
-                  f"{CHALLENGER} -> {s.registry_challenger or '-'}"]
+    lines += ["", (f"MLflow '{s.model_name}': {CHAMPION} -> {s.registry_champion or '-'}, "
+                  f"{CHALLENGER} -> {s.registry_challenger or '-'}")]
     lines += [f"done: {a}" for a in s.actions]
     lines += [f"note: {n}" for n in s.notes]
     return "\n".join(lines)

@@ -277,7 +277,7 @@ def fetch_model(uri: str, destination: Path) -> Path:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     try:
         return download_model(tracking_uri, uri, destination)
-    except Exception as exc:  # MLflow raises many kinds; the user needs the one line
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the one line
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RecsysError(f"--model-dir {uri}: cannot download from {tracking_uri}: {message}") from None
 

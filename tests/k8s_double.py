@@ -18,7 +18,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 PREFIX = "/apis/serving.kserve.io/v1beta1/namespaces/"
 _PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?$")
@@ -73,17 +73,17 @@ class KubeApiDouble:
     _revisions: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
     # --- lifecycle ---
-    def __enter__(self) -> "KubeApiDouble":
+    def __enter__(self) -> Self:
         double = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):
                 double._serve(self, "GET")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 double._serve(self, "POST")
 
-            def do_PATCH(self):  # noqa: N802
+            def do_PATCH(self):
                 double._serve(self, "PATCH")
 
             def log_message(self, *args):  # keep test output clean

@@ -30,7 +30,7 @@ class AlsModel:
         self.alpha = alpha
         self.seed = seed
 
-    def fit(self, data: TrainingData) -> "AlsModel":
+    def fit(self, data: TrainingData) -> AlsModel:
         from implicit.cpu.als import AlternatingLeastSquares  # heavy import, fit-time only
         from threadpoolctl import threadpool_limits
 
@@ -87,7 +87,7 @@ class AlsModel:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "AlsModel":
+    def from_state(cls, state: dict[str, np.ndarray]) -> AlsModel:
         model = cls(regularization=float(state["regularization"]), alpha=float(state["alpha"]))
         model.item_factors_ = state["item_factors"]
         model.user_factors_ = state["user_factors"]

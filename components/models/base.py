@@ -136,7 +136,7 @@ class CandidateGenerator(Protocol):
 
     name: str
 
-    def fit(self, data: TrainingData) -> "CandidateGenerator": ...
+    def fit(self, data: TrainingData) -> CandidateGenerator: ...
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         """[B, n_items] float32 scores; `users` holds indices (-1 for users unseen in

@@ -27,7 +27,7 @@ def item_text(items: pd.DataFrame, title_weight: float = 1.0) -> list[str]:
     year = pd.to_numeric(items["year"], errors="coerce")
     decade = np.where(year.notna(), "decade_" + (year // 10 * 10).fillna(0).astype(int).astype(str), "")
     titles = items["title"].fillna("").str.replace(r"\(\d{4}\)\s*$", "", regex=True)
-    repeat = max(int(round(title_weight)), 0)
+    repeat = max(round(title_weight), 0)
     parts = [genre_tokens, pd.Series(decade, index=items.index), items["description"].fillna("")]
     docs = (titles + " ") * repeat
     for part in parts:
@@ -43,7 +43,7 @@ class ContentModel:
         self.title_weight = title_weight
         self.dimensions = dimensions
 
-    def fit(self, data: TrainingData) -> "ContentModel":
+    def fit(self, data: TrainingData) -> ContentModel:
         docs = item_text(data.items, self.title_weight)
         vectorizer = TfidfVectorizer(
             max_features=self.max_features, token_pattern=r"(?u)\b\w\w+\b", sublinear_tf=True
@@ -99,7 +99,7 @@ class ContentModel:
         return state
 
     @classmethod
-    def from_state(cls, state: dict[str, sp.csr_matrix]) -> "ContentModel":
+    def from_state(cls, state: dict[str, sp.csr_matrix]) -> ContentModel:
         model = cls()
         model.item_vectors_ = state["item_vectors"].tocsr()
         model.item_embeddings_ = state.get("item_embeddings")

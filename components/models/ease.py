@@ -65,7 +65,7 @@ class EaseModel:
         self.head_items = head_items
         self.neighbours = neighbours
 
-    def fit(self, data: TrainingData) -> "EaseModel":
+    def fit(self, data: TrainingData) -> EaseModel:
         support = np.asarray(data.matrix.sum(axis=0)).ravel()
         self.items_ = np.flatnonzero(support >= self.min_item_support).astype(np.int64)
         if self.head_items is not None and len(self.items_) > self.head_items:
@@ -116,7 +116,7 @@ class EaseModel:
         return {"items": self.items_, "weights": self.weights_, "n_items": np.array(self.n_items_)}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "EaseModel":
+    def from_state(cls, state: dict[str, np.ndarray]) -> EaseModel:
         model = cls()
         model.items_ = state["items"]
         model.weights_ = state["weights"]

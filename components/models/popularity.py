@@ -11,7 +11,7 @@ from components.models.retrieval import Retrieved, top_unseen, unseen_moments
 class PopularityModel:
     name = "popularity"
 
-    def fit(self, data: TrainingData) -> "PopularityModel":
+    def fit(self, data: TrainingData) -> PopularityModel:
         counts = np.asarray(data.matrix.sum(axis=0)).ravel()
         self.counts_ = counts.astype(np.float32)
         # log1p keeps the feature's scale sane for the ranker on long-tailed catalogues.
@@ -42,7 +42,7 @@ class PopularityModel:
         return {"counts": self.counts_}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "PopularityModel":
+    def from_state(cls, state: dict[str, np.ndarray]) -> PopularityModel:
         model = cls()
         model.counts_ = state["counts"].astype(np.float32)
         model.scores_ = np.log1p(model.counts_)

@@ -104,7 +104,7 @@ class TwoStageRecommender:
         *,
         progress: Callable[[str], None] = log.info,
         client=None,
-    ) -> "TwoStageRecommender":
+    ) -> TwoStageRecommender:
         """Fit; with a Dask `client` the ranker's examples are built by user partition on its
         workers and LightGBM trains there (`components.distributed`)."""
         cfg = self.config

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving_process import (  # noqa: E402
+from serving_process import (
     MODEL,
     REPO,
     metric,
@@ -49,7 +49,7 @@ from serving_process import (  # noqa: E402
     wait_ready,
 )
 
-from serving.request_log import DROP_REASONS, read_request_log  # noqa: E402
+from serving.request_log import DROP_REASONS, read_request_log
 
 pytestmark = pytest.mark.fuzz
 

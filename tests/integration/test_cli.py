@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -195,7 +194,7 @@ def test_serve_with_nothing_deployed_is_one_line_and_creates_nothing(tmp_path):
     env = {"RECSYS_HOME": str(home)}
     env_clean = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve"], capture_output=True,
-                            text=True, timeout=120, env={**env_clean, **env, "PYTHONPATH": str(REPO)})
+                            text=True, timeout=120, env={**env_clean, **env, "PYTHONPATH": str(REPO)}, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"recsys serve: error: no deployed model under {home}: run `recsys run` first, or pass --model-dir DIR"
@@ -213,7 +212,7 @@ def test_serve_refuses_a_request_log_it_cannot_write_before_loading(fitted, tmp_
     result = subprocess.run(
         [sys.executable, "-m", "serving", "--model-dir", str(fitted), "--request-log", str(target),
          "--http-port", "1", "--grpc-port", "2"],
-        capture_output=True, text=True, timeout=120, cwd=REPO)
+        capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"serving: error: --request-log {target}")
     assert "Traceback" not in result.stderr and "ready" not in result.stderr

@@ -13,10 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from k8s_double import KubeApiDouble  # noqa: E402
+from k8s_double import KubeApiDouble
 
-from components.errors import ClusterError, ConfigError  # noqa: E402
-from components.kube_deploy import (  # noqa: E402
+from components.errors import ClusterError, ConfigError
+from components.kube_deploy import (
     CANARY_STARTED_ANNOTATION,
     MODEL_VERSION_ANNOTATION,
     PREVIOUS_VERSION_ANNOTATION,
@@ -262,7 +262,7 @@ def test_a_created_service_is_as_hardened_and_wired_as_the_manifests_one():
     for probe in ("readinessProbe", "livenessProbe"):
         assert mine[probe]["httpGet"] == theirs[probe]["httpGet"], probe
     assert {e["name"] for e in mine["env"]} == {e["name"] for e in theirs["env"]}
-    secret_refs = lambda env: {e["name"]: e.get("valueFrom") for e in env if "valueFrom" in e}  # noqa: E731
+    secret_refs = lambda env: {e["name"]: e.get("valueFrom") for e in env if "valueFrom" in e}
     assert secret_refs(mine["env"]) == secret_refs(theirs["env"])
     assert set(mine["resources"]) == {"requests", "limits"}
 

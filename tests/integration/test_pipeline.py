@@ -67,7 +67,8 @@ def _recsys(*args: str, home: Path, env_extra: dict | None = None) -> subprocess
     env = {**os.environ, "RECSYS_HOME": str(home), **(env_extra or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=600,
+        check=False,
     )
 
 

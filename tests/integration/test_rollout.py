@@ -15,14 +15,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from k8s_double import KubeApiDouble  # noqa: E402
+from k8s_double import KubeApiDouble
 
-from components.errors import ClusterError, RecsysError  # noqa: E402
-from components.kube_deploy import deploy_inference_service  # noqa: E402
-from serving.rollout import NoCanaryError, format_status, promote, rollback, rollout_status  # noqa: E402
+from components.errors import ClusterError, RecsysError
+from components.kube_deploy import deploy_inference_service
+from serving.rollout import NoCanaryError, format_status, promote, rollback, rollout_status
 
 MODEL = "recsys-rollout-test"
-WHERE = dict(name="recsys", namespace="recsys", model_name=MODEL)
+WHERE = {"name": "recsys", "namespace": "recsys", "model_name": MODEL}
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving_process import (  # noqa: E402
+from serving_process import (
     MODEL,
     GrpcClient,
     GrpcError,
@@ -40,7 +40,7 @@ from serving_process import (  # noqa: E402
     wait_ready,
 )
 
-from serving.request_log import read_request_log  # noqa: E402
+from serving.request_log import read_request_log
 
 MAX_ANSWER_ITEMS = 1_000
 DRAIN_SECONDS = 2.0

@@ -43,10 +43,10 @@ class KfpApiDouble:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self._answer("GET")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 self._answer("POST")
 
             def log_message(self, *args):

@@ -114,5 +114,5 @@ def test_training_is_deterministic_with_a_seed(small_dataset, small_model):
 def test_similar_items_and_fuzzy_titles(small_model):
     idx = small_model.resolve_items(["Item 12", "itme 12", "i12", "zzzz qqqq xxxx"])
     assert idx[0] == idx[1] == idx[2] and idx[3] == -1
-    ids, scores = small_model.similar_items(idx[:1], 5)
+    ids, _scores = small_model.similar_items(idx[:1], 5)
     assert "i12" not in ids[0] and ids.shape == (1, 5)

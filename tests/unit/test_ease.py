@@ -42,7 +42,7 @@ def test_dropout_penalises_popular_items_more(data):
     counts = np.asarray(data.matrix.sum(axis=0)).ravel()
     popular, rare = np.argmax(counts), np.argmin(np.where(counts > 0, counts, np.inf))
     # Relative shrinkage of what each item predicts: larger for the popular one.
-    shrink = lambda i: np.abs(emphasised[i]).sum() / np.abs(plain[i]).sum()  # noqa: E731
+    shrink = lambda i: np.abs(emphasised[i]).sum() / np.abs(plain[i]).sum()
     assert shrink(popular) < shrink(rare)
 
 
