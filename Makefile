@@ -16,8 +16,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock tools/requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip uv
-	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -r requirements.lock
-	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -r tools/requirements-nodeps.txt
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --compile-bytecode -r requirements.lock
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --compile-bytecode --no-deps -r tools/requirements-nodeps.txt
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -25,7 +25,7 @@ tools: $(TOOLS_STAMP)
 
 $(TOOLS_STAMP): tools/requirements-scan.lock | $(STAMP)
 	$(PYTHON) -m venv $(TOOLS_VENV)
-	VIRTUAL_ENV=$(TOOLS_VENV) $(BIN)/uv pip install -q -r tools/requirements-scan.lock
+	VIRTUAL_ENV=$(TOOLS_VENV) $(BIN)/uv pip install -q --compile-bytecode -r tools/requirements-scan.lock
 	touch $(TOOLS_STAMP)
 
 ## The main job: the KFP pipeline run locally on the built-in default data.
