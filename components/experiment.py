@@ -467,10 +467,10 @@ def analyze_labelled(labelled: pd.DataFrame, *, champion: str, challenger: str,
     if config.mixed_users == "drop":
         notes.append("users who saw both versions are left out (mixed_users: drop)")
     outcome = "clicked" if config.primary_metric == "ctr" else "liked"
-    test, minimum, maximum = _ab_test(rows, outcome, config)
+    test, minimum, maximum = ab_test(rows, outcome, config)
     like_test = test
     if outcome != "liked" and test is not None and min(test.n_a, test.n_b) >= minimum:
-        like_test = _ab_test(rows, "liked", config)[0]  # judged from the minimum sample on
+        like_test = ab_test(rows, "liked", config)[0]  # judged from the minimum sample on
     guardrails = [*serving, like_rate_guardrail(like_test, minimum or BURN_IN, config.guardrails)]
     decision = decide(test, minimum, maximum, guardrails, alpha=config.alpha,
                       metric=f"{config.primary_metric}@{config.k}")
@@ -478,7 +478,13 @@ def analyze_labelled(labelled: pd.DataFrame, *, champion: str, challenger: str,
                     metrics, test, minimum, maximum, guardrails, decision, notes, impressions=len(rows))
 
 
-def _ab_test(rows: pd.DataFrame, outcome: str, config: ExperimentConfig):
+def ab_test(rows: pd.DataFrame, outcome: str, config: ExperimentConfig
+            ) -> tuple[SequentialResult | None, int | None, int | None]:
+    """The always-valid test of `outcome` (a 0/1 column) between the arms of `rows` (0: the
+    champion, 1: the challenger; as `experiment_rows` selects them), with the minimum sample
+    its power analysis asks for and the maximum after which "no difference" is decided.
+    (None, None, None) until both arms have their burn-in rows. `analyze` decides from it; the console
+    replays it on growing prefixes of the same rows."""
     champion_rows = rows[rows["arm"] == 0]
     rate_a = float(champion_rows[outcome].mean()) if len(champion_rows) else 0.0
     tau = config.mixture_sd or max(config.min_detectable_effect * rate_a, 1e-6)

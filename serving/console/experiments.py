@@ -81,7 +81,7 @@ def trajectory(labelled, *, champion: str, challenger: str, config,
     impression: what the analysis would have said then (p-value, effect and always-valid
     interval). The rows are selected once (`experiment_rows`, as `analyze` selects them) and
     the test is rerun on growing prefixes of them, with `analyze`'s own test function."""
-    from components.experiment import _ab_test, experiment_rows, experiment_start
+    from components.experiment import ab_test, experiment_rows, experiment_start
 
     out = Trajectory()
     start = experiment_start(labelled, challenger)
@@ -96,7 +96,7 @@ def trajectory(labelled, *, champion: str, challenger: str, config,
     end = float(stamps[-1])
     moments = np.linspace(start, end, points + 1)[1:] if end > start else np.asarray([end])
     for moment in moments:
-        test = _ab_test(rows.iloc[: int(np.searchsorted(stamps, moment, side="right"))],
+        test = ab_test(rows.iloc[: int(np.searchsorted(stamps, moment, side="right"))],
                         outcome, config)[0]
         out.times.append(float(moment))
         out.p_value.append(finite(test.p_value) if test else None)
