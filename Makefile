@@ -35,7 +35,7 @@ run: install
 ## The test suite (what CI runs).
 test: install tools
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not bench and not fuzz" tests
+	$(BIN)/python -m pytest -m "not bench and not fuzz" --durations=15 tests
 
 ## Speed, memory and quality targets (not part of `make test`).
 bench: install
