@@ -37,8 +37,10 @@ test: install tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not bench and not fuzz" --durations=15 tests
 
-## Speed, memory and quality targets (not part of `make test`).
+## Speed, memory and quality targets (not part of `make test`). The HTTP figures need `wrk`
+## (apt-get install wrk): without it a Python load generator is the bottleneck, and says so.
 bench: install
+	@command -v wrk >/dev/null || echo "make bench: wrk is not installed; HTTP throughput figures will measure the Python load generator (apt-get install wrk)" >&2
 	$(BIN)/python -m pytest -m bench -s --timeout=5400 tests/benchmarks
 
 ## The closed loop locally: simulated users, the events service and the model server, decisions.
