@@ -68,3 +68,22 @@ def test_fit_and_serve_at_scale(tmp_path):
     print(scale_table(rows))
     for row in rows:
         assert row["truth_ndcg@10"]["two_stage"] > row["truth_ndcg@10"]["popularity"]
+
+
+def test_exact_against_retrieval_on_one_data_set(tmp_path):
+    """The evidence for `model.scale.large_catalogue_items`: the 1M set (12,485 items) fitted
+    on both paths one after the other (thresholds above and below its catalogue)."""
+    n = int(os.environ.get("RECSYS_BENCH_PATHS_SIZE", "1000000"))
+    exact = _child("fit", str(n), str(tmp_path / "exact"), str(10**9))
+    retrieval = _child("fit", str(n), str(tmp_path / "retrieval"), "1")
+    assert not exact["large"] and retrieval["large"]
+    print(f"\n{n:,} interactions, {exact['items']:,} items: exact against retrieval")
+    for key, label in [("fit_s", "fit s"), ("fit_cpu_s", "fit CPU s"), ("fit_peak_mb", "peak MB"),
+                       ("artifact_mb", "artifact MB")]:
+        print(f"{label:12} {exact[key]:10,.1f} {retrieval[key]:10,.1f}   "
+              f"x{retrieval[key] / exact[key]:.2f}")
+    for name in exact["truth_ndcg@10"]:
+        print(f"truth NDCG@10 {name:10} {exact['truth_ndcg@10'][name]:.3f} "
+              f"{retrieval['truth_ndcg@10'][name]:.3f}")
+    for row in (exact, retrieval):
+        assert row["truth_ndcg@10"]["two_stage"] > row["truth_ndcg@10"]["popularity"]

@@ -1,6 +1,7 @@
 """One measurement of bench_scale.py, in a fresh process so its peak memory is its own.
 
-    python scale_child.py fit N ARTIFACT_DIR   # generate, fit, save, score against the truth
+    python scale_child.py fit N ARTIFACT_DIR [LARGE_CATALOGUE_ITEMS]
+                                               # generate, fit, save, score against the truth
     python scale_child.py serve ARTIFACT_DIR   # load as the KServe predictor does
 
 Each prints one JSON line. Peak memory is the process's own high-water mark (VmHWM), not
@@ -27,8 +28,11 @@ def _status(field: str) -> float:
     return float("nan")
 
 
-def fit(n: int, out: Path) -> dict:
+def fit(n: int, out: Path, large_catalogue_items: int | None = None) -> dict:
+    """`large_catalogue_items` overrides the default config's threshold (to measure both paths
+    on one data set)."""
     from components.artifact import save_model
+    from components.config import config_from_dict
     from components.models.two_stage import TwoStageRecommender
     from components.synthetic import movielens_like, truth_quality
     from components.validate import validate_interactions
@@ -44,7 +48,9 @@ def fit(n: int, out: Path) -> dict:
         print(steps[-1], file=sys.stderr, flush=True)
 
     fit_start, fit_cpu = time.perf_counter(), time.process_time()
-    model = TwoStageRecommender().fit(inter, items, progress=progress)
+    scale = {} if large_catalogue_items is None else {"large_catalogue_items": large_catalogue_items}
+    model = TwoStageRecommender(config_from_dict({"model": {"scale": scale}}).model).fit(
+        inter, items, progress=progress)
     fit_seconds, fit_cpu = time.perf_counter() - fit_start, time.process_time() - fit_cpu
     fit_peak = _status("VmHWM")
     save_model(model, out, data_fingerprint=f"movielens-like-{n}")
@@ -88,5 +94,9 @@ def serve(directory: Path) -> dict:
 
 if __name__ == "__main__":
     command = sys.argv[1]
-    result = fit(int(sys.argv[2]), Path(sys.argv[3])) if command == "fit" else serve(Path(sys.argv[2]))
+    if command == "fit":
+        threshold = int(sys.argv[4]) if len(sys.argv) > 4 else None
+        result = fit(int(sys.argv[2]), Path(sys.argv[3]), threshold)
+    else:
+        result = serve(Path(sys.argv[2]))
     print(json.dumps(result))
