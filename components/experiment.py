@@ -483,8 +483,8 @@ def ab_test(rows: pd.DataFrame, outcome: str, config: ExperimentConfig
     """The always-valid test of `outcome` (a 0/1 column) between the arms of `rows` (0: the
     champion, 1: the challenger; as `experiment_rows` selects them), with the minimum sample
     its power analysis asks for and the maximum after which "no difference" is decided.
-    (None, None, None) until both arms have their burn-in rows. `analyze` decides from it; the console
-    replays it on growing prefixes of the same rows."""
+    (None, None, None) until both arms have their burn-in rows. `analyze` decides from it; the
+    console replays it on growing prefixes of the same rows."""
     champion_rows = rows[rows["arm"] == 0]
     rate_a = float(champion_rows[outcome].mean()) if len(champion_rows) else 0.0
     tau = config.mixture_sd or max(config.min_detectable_effect * rate_a, 1e-6)
