@@ -107,9 +107,10 @@ class ScaleConfig(_Strict):
     # Above this many items: ALS and content by exact FAISS inner-product search, EASE and
     # sequence EASE solved on the `item_item_items` most-supported items with each item's
     # `neighbours` largest weights kept (sparse), ranker features from the candidate lists.
-    # 10,000: on 1M synthetic interactions (12,485 items) the retrieval path fitted in 0.54x
-    # the exact path's time and 0.25x its peak memory, with a 24 MB artifact instead of 1.1 GB,
-    # and scored truth NDCG@10 0.799 against the exact path's 0.785 (same hour, one seed).
+    # 10,000: on 1M synthetic interactions (12,485 items) the retrieval path fitted in 0.56x
+    # the exact path's time and 0.26x its peak memory, with a 24 MB artifact instead of 1.1 GB,
+    # and scored truth NDCG@10 0.799 against the exact path's 0.785 (one seed; bench_scale.py,
+    # test_exact_against_retrieval_on_one_data_set).
     large_catalogue_items: int = Field(10_000, ge=1)
     # The item-item models' dense solve is O(n^3): 8,000 items hold 98% of the interactions
     # of MovieLens-25M-shaped data; the rest are proposed by ALS, whose factors cover every item.
