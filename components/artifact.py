@@ -137,7 +137,9 @@ def save_model(
         data = model.data_
         items = data.items.copy()
         items.to_parquet(staging / "items.parquet", index=False)
-        pd.DataFrame({"user_id": data.user_ids, "mean_time": model.user_time_}).to_parquet(
+        times = model.user_time_
+        pd.DataFrame({"user_id": data.user_ids, "mean_time": times[:, 0], "first_time": times[:, 1],
+                      "last_time": times[:, 2]}).to_parquet(
             staging / "users.parquet", index=False
         )
         sp.save_npz(staging / "interactions.npz", data.matrix)
@@ -228,7 +230,10 @@ def load_model(directory: str | Path) -> TwoStageRecommender:
             train_end=float(manifest["train_end"]),
         )
         model.stats_ = ItemStats.from_state(_read_state(directory / "item_stats"))
-        model.user_time_ = user_frame["mean_time"].to_numpy(dtype=np.float64)
+        model.user_time_ = np.column_stack([  # artifacts before first/last time hold the mean only
+            user_frame.get(column, user_frame["mean_time"]).to_numpy(dtype=np.float64)
+            for column in ("mean_time", "first_time", "last_time")
+        ])
         model.generators_ = {
             name: _GENERATOR_TYPES[name].from_state(_read_state(directory / "generators" / name))
             for name in manifest["generators"]

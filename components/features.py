@@ -2,8 +2,9 @@
 
 Candidates are the union of each generator's top-N for the user (items the user already has are
 never candidates). Each pair is described by every generator's score and rank, item popularity
-and recency, item year, user activity, and the genre overlap between the item and the user's
-history. Everything is computed on whole [B, n_items] score matrices: no loop over items.
+and recency, item year, user activity, the genre overlap between the item and the user's
+history, the item's popularity and year against the means of the user's history (a taste for
+popular or for older films), and whether the item was in use while the user was active. Everything is computed on whole [B, n_items] score matrices: no loop over items.
 """
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ import scipy.sparse as sp
 from sklearn.preprocessing import MultiLabelBinarizer
 
 ITEM_FEATURES = ("item_log_share", "item_days_since_last_seen", "item_year", "item_mean_rating")
-USER_FEATURES = ("user_log_activity", "user_genre_overlap", "user_item_days_apart")
+USER_FEATURES = (
+    "user_log_activity",
+    "user_genre_overlap",
+    "user_item_days_apart",
+    "item_first_seen_after_user_last_days",
+    "item_last_seen_before_user_first_days",
+    "item_share_over_user_mean",
+    "item_year_over_user_mean",
+)
 
 
 @dataclass
@@ -29,6 +38,9 @@ class ItemStats:
     genres: np.ndarray  # [n_items, n_genres] float32 0/1 (dense: genres are few)
     mean_time: np.ndarray  # [n_items] mean interaction time (Unix s), NaN when unknown
     mean_rating: np.ndarray  # [n_items], NaN when unknown
+    # [n_items] first and last interaction time (Unix s), NaN when unknown
+    first_seen: np.ndarray
+    last_seen: np.ndarray
 
     @classmethod
     def from_training(cls, data) -> ItemStats:
@@ -51,6 +63,8 @@ class ItemStats:
             genres=genres,
             mean_time=np.asarray(data.item_mean_time, dtype=np.float64),
             mean_rating=np.asarray(data.item_mean_rating, dtype=np.float32),
+            first_seen=_times(data.item_first_seen, len(counts)),
+            last_seen=np.where(last_seen > 0, last_seen, np.nan).astype(np.float64),
         )
 
     def get_state(self) -> dict[str, np.ndarray | sp.csr_matrix]:
@@ -61,6 +75,8 @@ class ItemStats:
             "genres": self.genres,
             "mean_time": self.mean_time,
             "mean_rating": self.mean_rating,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
         }
 
     @classmethod
@@ -72,6 +88,10 @@ class ItemStats:
             np.asarray(state["genres"], dtype=np.float32),
             state["mean_time"],
             state["mean_rating"],
+            # Artifacts written before these existed load (their ranker is then refused by
+            # name, see components.artifact).
+            _times(state.get("first_seen"), len(state["log_popularity"])),
+            _times(state.get("last_seen"), len(state["log_popularity"])),
         )
 
     @cached_property
@@ -90,6 +110,10 @@ class ItemStats:
         weight = history @ (~np.isnan(self.mean_time)).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(weight > 0, (history @ known) / np.maximum(weight, 1), np.nan)
+
+
+def _times(values: np.ndarray | None, n: int) -> np.ndarray:
+    return np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
 
 
 @dataclass
@@ -117,7 +141,7 @@ def build_candidates(
     history: sp.csr_matrix,
     stats: ItemStats,
     n_per_generator: int,
-    user_time: np.ndarray,
+    user_time: np.ndarray,  # [B, 3] mean, first and last interaction time (Unix s), NaN if unknown
 ) -> Candidates:
     """Union of each generator's top-N (history excluded) and the pairs' features."""
     batch, n_items = history.shape
@@ -164,6 +188,14 @@ def _pair_columns(
     profile = np.asarray(history @ stats.genres, dtype=np.float32)
     profile /= np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
     overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
+    # The user's taste for popular and for older items: the mean popularity share and year of
+    # their history, against which each candidate's is measured.
+    share = np.asarray(history @ stats.log_share.astype(np.float64)).ravel() / np.maximum(activity, 1)
+    dated = ~np.isnan(stats.year)
+    year_sum = np.asarray(history @ np.where(dated, stats.year, 0.0)).ravel()
+    year_count = np.asarray(history @ dated.astype(np.float64)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        user_year = np.where(year_count > 0, year_sum / year_count, np.nan)
     return [
         stats.log_share[items],
         stats.days_since_last_seen[items],
@@ -172,7 +204,13 @@ def _pair_columns(
         np.log1p(activity)[rows],
         overlap,
         # Items people used around the time this user was active (NaN without timestamps).
-        (stats.mean_time[items] - user_time[rows]) / 86_400.0,
+        (stats.mean_time[items] - user_time[rows, 0]) / 86_400.0,
+        # Whether the item was in use while the user was active: one first used only after the
+        # user's last interaction, or last used before their first, is unlikely in their history.
+        (stats.first_seen[items] - user_time[rows, 2]) / 86_400.0,
+        (user_time[rows, 1] - stats.last_seen[items]) / 86_400.0,
+        stats.log_share[items] - share[rows],
+        stats.year[items] - user_year[rows],
     ]
 
 
@@ -180,7 +218,7 @@ def build_candidates_from_retrieval(
     retrieved: dict,
     history: sp.csr_matrix,
     stats: ItemStats,
-    user_time: np.ndarray,
+    user_time: np.ndarray,  # [B, 3] mean, first and last interaction time (Unix s), NaN if unknown
 ) -> Candidates:
     """`build_candidates` for large catalogues: the union of each generator's retrieved top-N
     (`components.models.retrieval.Retrieved`, history already excluded) and the same features,

@@ -27,6 +27,10 @@ class TrainingData:
     # [n_users, n_items]: each interaction's 1-based place in its user's history ordered by
     # time (ties keep input order); None when the data has no timestamps.
     positions: sp.csr_matrix | None = None
+    item_first_seen: np.ndarray | None = None  # [n_items] earliest interaction time, NaN if unknown
+    # [n_users] each user's first and last interaction time, NaN if unknown
+    user_first_time: np.ndarray | None = None
+    user_last_time: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -69,9 +73,14 @@ def build_training_data(
     train_end = 0.0
     item_time = np.full(len(item_ids), np.nan)
     user_time = np.full(len(user_ids), np.nan)
+    first_seen = np.full(len(item_ids), np.inf)
+    user_first, user_last = np.full(len(user_ids), np.inf), np.full(len(user_ids), -np.inf)
     if "timestamp" in df.columns and len(df):
         ts = df["timestamp"].to_numpy(dtype=float)
         np.maximum.at(last_seen, item_idx, ts)
+        np.minimum.at(first_seen, item_idx, ts)
+        np.minimum.at(user_first, user_idx, ts)
+        np.maximum.at(user_last, user_idx, ts)
         train_end = float(ts.max())
         item_time = _group_mean(item_idx, ts, len(item_ids))
         user_time = _group_mean(user_idx, ts, len(user_ids))
@@ -85,7 +94,10 @@ def build_training_data(
         repeated = matrix.nnz < len(df)  # (user, item) pairs given more than once
         positions = _positions(user_idx, item_idx, df["timestamp"].to_numpy(dtype=float), matrix.shape, repeated)
     return TrainingData(
-        user_ids, item_ids, matrix, meta, last_seen, train_end, item_time, user_time, item_rating, positions
+        user_ids, item_ids, matrix, meta, last_seen, train_end, item_time, user_time, item_rating, positions,
+        item_first_seen=np.where(np.isfinite(first_seen), first_seen, np.nan),
+        user_first_time=np.where(np.isfinite(user_first), user_first, np.nan),
+        user_last_time=np.where(np.isfinite(user_last), user_last, np.nan),
     )
 
 

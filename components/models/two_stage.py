@@ -138,7 +138,10 @@ class TwoStageRecommender:
     def _set_state(self, data: TrainingData) -> None:
         self.data_ = data
         self.stats_ = ItemStats.from_training(data)
-        self.user_time_ = np.asarray(data.user_mean_time, dtype=np.float64)
+        # [n_users, 3]: each user's mean, first and last interaction time (NaN if unknown).
+        self.user_time_ = np.column_stack(
+            [np.asarray(t, dtype=np.float64) for t in (data.user_mean_time, data.user_first_time, data.user_last_time)]
+        )
         self._user_rows = self._title_index = None  # lookups of the previous data, if any
 
     @property
@@ -318,7 +321,8 @@ class TwoStageRecommender:
         return {name: gen.score(users, history) for name, gen in self.generators_.items()}
 
     def _candidates(self, users: np.ndarray, history: sp.csr_matrix):
-        user_time = self.stats_.history_time(history)
+        # A user known only by a history: its items' mean time stands for all three.
+        user_time = np.repeat(self.stats_.history_time(history)[:, None], 3, axis=1)
         known = users >= 0
         user_time[known] = self.user_time_[users[known]]
         if self.large_:
