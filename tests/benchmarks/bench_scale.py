@@ -44,8 +44,8 @@ def scale_table(rows: list[dict]) -> str:
         lines.append("| " + " | ".join([
             f"{r['interactions']:,}", f"{r['users']:,}", f"{r['items']:,}",
             "retrieval" if r["large"] else "exact", f"{r['fit_s']:,.0f}", f"{r['fit_cpu_s']:,.0f}",
-            f"{r['fit_peak_mb'] / 1024:.1f}", f"{quality['two_stage']:.3f}",
-            f"{best} {generators[best]:.3f}", f"{r['artifact_mb']:,.0f}", f"{r['load_s']:.1f}",
+            f"{r['fit_peak_mb'] / 1024:.1f}", f"{quality['two_stage']:.4f}",
+            f"{best} {generators[best]:.4f}", f"{r['artifact_mb']:,.0f}", f"{r['load_s']:.1f}",
             f"{r['rss_ready_mb'] / 1024:.2f}", f"{r['rss_cached_mb'] / 1024:.2f}"]) + " |")
     for small, large in itertools.pairwise(rows):
         data = large["interactions"] / small["interactions"]
