@@ -41,7 +41,7 @@ test: install tools
 ## (apt-get install wrk): without it a Python load generator is the bottleneck, and says so.
 bench: install
 	@command -v wrk >/dev/null || echo "make bench: wrk is not installed; HTTP throughput figures will measure the Python load generator (apt-get install wrk)" >&2
-	$(BIN)/python -m pytest -m bench -s --timeout=5400 tests/benchmarks
+	$(BIN)/python -m pytest -m bench -s --timeout=10800 tests/benchmarks
 
 ## The closed loop locally: simulated users, the events service and the model server, decisions.
 simulate: install
