@@ -36,7 +36,7 @@ from components.config import ModelConfig, SplitConfig
 from components.errors import ArtifactError
 from components.features import ItemStats, feature_names
 from components.models.als import AlsModel
-from components.models.base import TrainingData
+from components.models.base import USER_TIMES, TrainingData
 from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.popularity import PopularityModel
@@ -137,9 +137,8 @@ def save_model(
         data = model.data_
         items = data.items.copy()
         items.to_parquet(staging / "items.parquet", index=False)
-        times = model.user_time_
-        pd.DataFrame({"user_id": data.user_ids, "mean_time": times[:, 0], "first_time": times[:, 1],
-                      "last_time": times[:, 2]}).to_parquet(
+        times = dict(zip(USER_TIMES, model.user_time_.T))
+        pd.DataFrame({"user_id": data.user_ids, **times}).to_parquet(
             staging / "users.parquet", index=False
         )
         sp.save_npz(staging / "interactions.npz", data.matrix)
@@ -232,7 +231,7 @@ def load_model(directory: str | Path) -> TwoStageRecommender:
         model.stats_ = ItemStats.from_state(_read_state(directory / "item_stats"))
         model.user_time_ = np.column_stack([  # artifacts before first/last time hold the mean only
             user_frame.get(column, user_frame["mean_time"]).to_numpy(dtype=np.float64)
-            for column in ("mean_time", "first_time", "last_time")
+            for column in USER_TIMES
         ])
         model.generators_ = {
             name: _GENERATOR_TYPES[name].from_state(_read_state(directory / "generators" / name))

@@ -4,7 +4,8 @@ Candidates are the union of each generator's top-N for the user (items the user 
 never candidates). Each pair is described by every generator's score and rank, item popularity
 and recency, item year, user activity, the genre overlap between the item and the user's
 history, the item's popularity and year against the means of the user's history (a taste for
-popular or for older films), and whether the item was in use while the user was active. Everything is computed on whole [B, n_items] score matrices: no loop over items.
+popular or for older films), and whether the item was in use while the user was active.
+Everything is computed on whole [B, n_items] score matrices: no loop over items.
 """
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.preprocessing import MultiLabelBinarizer
+
+from components.models.base import USER_TIMES
+
+# Columns of the user times the features take ([B, 3], as `TrainingData.user_times()`).
+MEAN_TIME, FIRST_TIME, LAST_TIME = (USER_TIMES.index(c) for c in ("mean_time", "first_time", "last_time"))
 
 ITEM_FEATURES = ("item_log_share", "item_days_since_last_seen", "item_year", "item_mean_rating")
 USER_FEATURES = (
@@ -33,7 +39,6 @@ class ItemStats:
     """Per-item facts the ranker uses; fitted once with the generators."""
 
     log_popularity: np.ndarray  # [n_items]
-    days_since_last_seen: np.ndarray  # [n_items], NaN when the data has no timestamps
     year: np.ndarray  # [n_items], NaN when unknown
     genres: np.ndarray  # [n_items, n_genres] float32 0/1 (dense: genres are few)
     mean_time: np.ndarray  # [n_items] mean interaction time (Unix s), NaN when unknown
@@ -41,15 +46,12 @@ class ItemStats:
     # [n_items] first and last interaction time (Unix s), NaN when unknown
     first_seen: np.ndarray
     last_seen: np.ndarray
+    train_end: float  # latest training timestamp (0 without timestamps)
 
     @classmethod
     def from_training(cls, data) -> ItemStats:
-        matrix, items, last_seen, train_end = data.matrix, data.items, data.item_last_seen, data.train_end
+        matrix, items = data.matrix, data.items
         counts = np.asarray(matrix.sum(axis=0)).ravel()
-        if train_end > 0:
-            days = np.where(last_seen > 0, (train_end - last_seen) / 86_400.0, np.nan)
-        else:
-            days = np.full(len(counts), np.nan)
         genre_lists = items["genres"].fillna("").str.split("|").apply(lambda g: [x for x in g if x])
         binarizer = MultiLabelBinarizer(sparse_output=True)
         genres = binarizer.fit_transform(genre_lists) if len(items) else sp.csr_matrix((0, 0))
@@ -58,32 +60,31 @@ class ItemStats:
         genres = np.asarray(genres.toarray(), dtype=np.float32)
         return cls(
             log_popularity=np.log1p(counts).astype(np.float32),
-            days_since_last_seen=days.astype(np.float32),
             year=pd.to_numeric(items["year"], errors="coerce").to_numpy(dtype=np.float32),
             genres=genres,
             mean_time=np.asarray(data.item_mean_time, dtype=np.float64),
             mean_rating=np.asarray(data.item_mean_rating, dtype=np.float32),
             first_seen=_times(data.item_first_seen, len(counts)),
-            last_seen=np.where(last_seen > 0, last_seen, np.nan).astype(np.float64),
+            last_seen=np.where(data.item_last_seen > 0, data.item_last_seen, np.nan).astype(np.float64),
+            train_end=float(data.train_end),
         )
 
     def get_state(self) -> dict[str, np.ndarray | sp.csr_matrix]:
         return {
             "log_popularity": self.log_popularity,
-            "days_since_last_seen": self.days_since_last_seen,
             "year": self.year,
             "genres": self.genres,
             "mean_time": self.mean_time,
             "mean_rating": self.mean_rating,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
+            "train_end": np.array(self.train_end),
         }
 
     @classmethod
     def from_state(cls, state: dict) -> ItemStats:
         return cls(
             state["log_popularity"],
-            state["days_since_last_seen"],
             state["year"],
             np.asarray(state["genres"], dtype=np.float32),
             state["mean_time"],
@@ -92,6 +93,7 @@ class ItemStats:
             # name, see components.artifact).
             _times(state.get("first_seen"), len(state["log_popularity"])),
             _times(state.get("last_seen"), len(state["log_popularity"])),
+            float(state.get("train_end", 0.0)),
         )
 
     @cached_property
@@ -104,12 +106,27 @@ class ItemStats:
         counts = np.expm1(self.log_popularity.astype(np.float64))
         return (self.log_popularity - np.log(max(counts.sum(), 1.0))).astype(np.float32)
 
+    @cached_property
+    def days_since_last_seen(self) -> np.ndarray:
+        """[n_items] days from each item's last interaction to the end of training (NaN if
+        unknown)."""
+        if self.train_end <= 0:
+            return np.full(len(self.last_seen), np.nan, dtype=np.float32)
+        return ((self.train_end - self.last_seen) / 86_400.0).astype(np.float32)
+
     def history_time(self, history: sp.csr_matrix) -> np.ndarray:
         """[B] mean time of each history row's items: a user's "when", if not known otherwise."""
-        known = np.where(np.isnan(self.mean_time), 0.0, self.mean_time)
-        weight = history @ (~np.isnan(self.mean_time)).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(weight > 0, (history @ known) / np.maximum(weight, 1), np.nan)
+        return history_mean(history, self.mean_time)
+
+
+def history_mean(history: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
+    """[B] mean of `values` ([n_items]) over each history row's items whose value is known
+    (not NaN); NaN for a row with none."""
+    known = ~np.isnan(values)
+    weight = history @ known.astype(np.float64)
+    total = history @ np.where(known, values, 0.0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, total / np.maximum(weight, 1), np.nan)
 
 
 def _times(values: np.ndarray | None, n: int) -> np.ndarray:
@@ -141,7 +158,7 @@ def build_candidates(
     history: sp.csr_matrix,
     stats: ItemStats,
     n_per_generator: int,
-    user_time: np.ndarray,  # [B, 3] mean, first and last interaction time (Unix s), NaN if unknown
+    user_time: np.ndarray,  # [B, 3] columns of TrainingData.user_times(); NaN if unknown
 ) -> Candidates:
     """Union of each generator's top-N (history excluded) and the pairs' features."""
     batch, n_items = history.shape
@@ -190,12 +207,8 @@ def _pair_columns(
     overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
     # The user's taste for popular and for older items: the mean popularity share and year of
     # their history, against which each candidate's is measured.
-    share = np.asarray(history @ stats.log_share.astype(np.float64)).ravel() / np.maximum(activity, 1)
-    dated = ~np.isnan(stats.year)
-    year_sum = np.asarray(history @ np.where(dated, stats.year, 0.0)).ravel()
-    year_count = np.asarray(history @ dated.astype(np.float64)).ravel()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        user_year = np.where(year_count > 0, year_sum / year_count, np.nan)
+    share = history_mean(history, stats.log_share)
+    user_year = history_mean(history, stats.year)
     return [
         stats.log_share[items],
         stats.days_since_last_seen[items],
@@ -204,11 +217,11 @@ def _pair_columns(
         np.log1p(activity)[rows],
         overlap,
         # Items people used around the time this user was active (NaN without timestamps).
-        (stats.mean_time[items] - user_time[rows, 0]) / 86_400.0,
+        (stats.mean_time[items] - user_time[rows, MEAN_TIME]) / 86_400.0,
         # Whether the item was in use while the user was active: one first used only after the
         # user's last interaction, or last used before their first, is unlikely in their history.
-        (stats.first_seen[items] - user_time[rows, 2]) / 86_400.0,
-        (user_time[rows, 1] - stats.last_seen[items]) / 86_400.0,
+        (stats.first_seen[items] - user_time[rows, LAST_TIME]) / 86_400.0,
+        (user_time[rows, FIRST_TIME] - stats.last_seen[items]) / 86_400.0,
         stats.log_share[items] - share[rows],
         stats.year[items] - user_year[rows],
     ]
@@ -218,7 +231,7 @@ def build_candidates_from_retrieval(
     retrieved: dict,
     history: sp.csr_matrix,
     stats: ItemStats,
-    user_time: np.ndarray,  # [B, 3] mean, first and last interaction time (Unix s), NaN if unknown
+    user_time: np.ndarray,  # [B, 3] columns of TrainingData.user_times(); NaN if unknown
 ) -> Candidates:
     """`build_candidates` for large catalogues: the union of each generator's retrieved top-N
     (`components.models.retrieval.Retrieved`, history already excluded) and the same features,

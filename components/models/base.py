@@ -12,6 +12,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+# The per-user times `TrainingData.user_times()` returns, in its column order.
+USER_TIMES = ("mean_time", "first_time", "last_time")
+
 
 @dataclass
 class TrainingData:
@@ -31,6 +34,13 @@ class TrainingData:
     # [n_users] each user's first and last interaction time, NaN if unknown
     user_first_time: np.ndarray | None = None
     user_last_time: np.ndarray | None = None
+
+    def user_times(self) -> np.ndarray:
+        """[n_users, 3] each user's mean, first and last interaction time (`USER_TIMES`)."""
+        return np.column_stack([
+            np.asarray(t, dtype=np.float64)
+            for t in (self.user_mean_time, self.user_first_time, self.user_last_time)
+        ])
 
     @property
     def n_users(self) -> int:

@@ -30,7 +30,7 @@ from components.features import (
     top_n,
 )
 from components.models.als import AlsModel
-from components.models.base import TrainingData, build_training_data, history_matrix
+from components.models.base import USER_TIMES, TrainingData, build_training_data, history_matrix
 from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.popularity import PopularityModel
@@ -138,10 +138,7 @@ class TwoStageRecommender:
     def _set_state(self, data: TrainingData) -> None:
         self.data_ = data
         self.stats_ = ItemStats.from_training(data)
-        # [n_users, 3]: each user's mean, first and last interaction time (NaN if unknown).
-        self.user_time_ = np.column_stack(
-            [np.asarray(t, dtype=np.float64) for t in (data.user_mean_time, data.user_first_time, data.user_last_time)]
-        )
+        self.user_time_ = data.user_times()  # [n_users, 3], NaN if unknown
         self._user_rows = self._title_index = None  # lookups of the previous data, if any
 
     @property
@@ -322,7 +319,7 @@ class TwoStageRecommender:
 
     def _candidates(self, users: np.ndarray, history: sp.csr_matrix):
         # A user known only by a history: its items' mean time stands for all three.
-        user_time = np.repeat(self.stats_.history_time(history)[:, None], 3, axis=1)
+        user_time = np.repeat(self.stats_.history_time(history)[:, None], len(USER_TIMES), axis=1)
         known = users >= 0
         user_time[known] = self.user_time_[users[known]]
         if self.large_:

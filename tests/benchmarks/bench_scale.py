@@ -6,7 +6,8 @@ model and of its best generator alone, 2,000 users), the artifact's size, and th
 load time and RSS (ready, and once its answer cache is filled).
 
 RECSYS_BENCH_SIZES=1000000,5000000 picks other sizes. The 25M fit took 28 minutes and 6.9 GB,
-its server 20 CPU minutes to fill its answer cache: run it alone. The time ratio from 5M to 25M is printed against the data's (5x).
+its server 20 CPU minutes to fill its answer cache: run it alone. The time ratio from 5M to 25M
+is printed against the data's (5x).
 """
 from __future__ import annotations
 

@@ -25,8 +25,7 @@ def _data():
 def _columns(data):
     """u1's candidates c and d (scored by one generator), as {feature: {item: value}}."""
     stats = ItemStats.from_training(data)
-    times = [data.user_mean_time, data.user_first_time, data.user_last_time]
-    user_time = np.column_stack([t[[0]] for t in times])
+    user_time = data.user_times()[[0]]
     scores = {"g": np.array([[4.0, 3.0, 2.0, 1.0]])}
     cand = build_candidates(scores, data.matrix[[0]], stats, 4, user_time)
     names = feature_names(["g"])
@@ -43,6 +42,8 @@ def test_user_window_and_times():
     # c first used on day 30, u1 last active on day 12; d last used on day 40, u1 first on day 10.
     assert columns["item_first_seen_after_user_last_days"]["c"] == 18.0
     assert columns["item_last_seen_before_user_first_days"]["d"] == -30.0
+    # Training ends on day 40: c was last used 10 days before, d on the day.
+    assert columns["item_days_since_last_seen"] == {"c": 10.0, "d": 0.0}
 
 
 def test_taste_for_popularity_and_year():

@@ -71,8 +71,7 @@ def test_features_from_retrieval_equal_the_dense_features(small_dataset):
                           rng.normal(size=(data.n_users, 6)).astype(np.float32)) for name in ("a", "b")}
     rows = np.arange(40)
     history = data.matrix[rows]
-    times = [data.user_mean_time, data.user_first_time, data.user_last_time]
-    user_time = np.column_stack([t[rows] for t in times])
+    user_time = data.user_times()[rows]
     dense = build_candidates({n: g.score(rows, history) for n, g in gens.items()}, history, stats, 20, user_time)
     found = {n: g.retrieve(rows, history, 20) for n, g in gens.items()}
     sparse = build_candidates_from_retrieval(found, history, stats, user_time)
