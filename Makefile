@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-.PHONY: install tools run test bench simulate screenshots monitor-demo fuzz readme-example compile lock clean
+.PHONY: install tools run test bench bench-sweep simulate screenshots monitor-demo fuzz readme-example compile lock clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ test: install tools
 bench: install
 	@command -v wrk >/dev/null || echo "make bench: wrk is not installed; HTTP throughput figures will measure the Python load generator (apt-get install wrk)" >&2
 	$(BIN)/python -m pytest -m bench -s --timeout=10800 tests/benchmarks
+
+## Variants of the stratified config over the five MovieLens 100K split seeds (about 100 s each).
+RECSYS_SWEEP ?= tests/benchmarks/ml100k_sweep.yaml
+bench-sweep: install
+	RECSYS_SWEEP=$(RECSYS_SWEEP) $(BIN)/python -m pytest -m bench -s --timeout=10800 \
+		tests/benchmarks/bench_training.py -k config_sweep
 
 ## The closed loop locally: simulated users, the events service and the model server, decisions.
 simulate: install

@@ -161,6 +161,7 @@ def save_model(
             "config": {"model": model.config.model_dump(mode="json"), "split": model.split.model_dump(mode="json")},
             "metrics": metrics or {},
             "generators": list(model.generators_),
+            "ranked_by": model.ranked_by,
             "n_users": int(data.n_users),
             "n_items": int(data.n_items),
             "train_end": data.train_end,
@@ -241,6 +242,8 @@ def load_model(directory: str | Path) -> TwoStageRecommender:
         model.ranker_ = None
         if ranker.exists():
             model.ranker_ = lgb.Booster(model_file=str(ranker))
+        # Without a ranker, the generator the fit chose to serve alone (older artifacts: EASE).
+        model.fallback_ = manifest.get("ranked_by")
     except ArtifactError:
         raise
     except Exception as exc:  # noqa: BLE001 - any inconsistency inside a checksummed artifact is a bad artifact

@@ -3,8 +3,10 @@
 Training (`fit`) carves a validation slice out of the training interactions, fits the
 generators on the rest, builds candidates and features for the slice's users and trains the
 ranker to put their held-out items first: early stopping on a share of those users chooses the
-number of trees, and that many are then trained on all of them. The generators are then
-refitted on all training interactions, which is what serves.
+number of trees, and that many are then trained on all of them. If one generator alone orders
+those validation users' candidates better than the ranker (NDCG@k), the ranker is dropped and
+that generator serves alone. The generators are then refitted on all training interactions,
+which is what serves.
 
 Scoring (`recommend_indices`) is vectorised over the batch: every generator scores the whole
 catalogue for the batch, the ranker scores the union of their top-N, and items outside the
@@ -50,6 +52,21 @@ class Recommendations:
     item_ids: np.ndarray  # [B, k] str
     scores: np.ndarray  # [B, k] float32
     cold_start: np.ndarray  # [B] bool: the user was not seen in training
+
+
+def ndcg_of_groups(score: np.ndarray, label: np.ndarray, groups: np.ndarray, k: int) -> float:
+    """Mean NDCG@k (binary gain) over query groups of consecutive rows, ordered by score (ties
+    by row order)."""
+    total, start = 0.0, 0
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    for size in groups:
+        s, y = score[start : start + size], label[start : start + size]
+        start += size
+        ideal = discount[: min(int((y > 0).sum()), k)].sum()
+        if ideal > 0:
+            top = np.argsort(-s, kind="stable")[:k]
+            total += float((y[top] > 0) @ discount[: len(top)]) / ideal
+    return total / max(len(groups), 1)
 
 
 def is_large(config: ModelConfig, n_items: int) -> bool:
@@ -108,7 +125,7 @@ class TwoStageRecommender:
         """Fit; with a Dask `client` the ranker's examples are built by user partition on its
         workers and LightGBM trains there (`components.distributed`)."""
         cfg = self.config
-        self.ranker_ = None
+        self.ranker_ = self.fallback_ = None
         if cfg.ranker.enabled and client is not None:
             from components.distributed import fit_ranker_on_dask
 
@@ -134,6 +151,17 @@ class TwoStageRecommender:
         self._set_state(build_training_data(interactions, items, positive_rating_threshold=cfg.positive_rating_threshold))
         self.generators_ = fit_generators(self.data_, cfg, progress)
         return self
+
+    @property
+    def ranked_by(self) -> str:
+        """What orders the answers: "ranker", or the generator that serves alone (the one the
+        fit found better than the ranker on its validation users, else EASE, else popularity)."""
+        if self.ranker_ is not None:
+            return "ranker"
+        fallback = getattr(self, "fallback_", None)
+        if fallback in self.generators_:
+            return fallback
+        return "ease" if "ease" in self.generators_ else "popularity"
 
     def _set_state(self, data: TrainingData) -> None:
         self.data_ = data
@@ -283,7 +311,9 @@ class TwoStageRecommender:
         groups: np.ndarray,
         group_users: np.ndarray,
         progress: Callable[[str], None],
-    ) -> lgb.Booster:
+    ) -> lgb.Booster | None:
+        """The ranker, or None where one generator alone ranks the validation users better
+        (`fallback_` names it: the model then serves that generator's order)."""
         r = self.config.ranker
         rng = np.random.default_rng(self.config.seed)
         # Early stopping on users the ranker never trains on: every user has a group in every
@@ -307,11 +337,31 @@ class TwoStageRecommender:
         trees = booster.best_iteration
         best = booster.best_score["valid_0"][f"ndcg@{r.eval_at}"]
         progress(f"ranker: {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
+        alone = self._generators_on_validation(
+            booster.predict(x[in_valid], num_iteration=trees), x[in_valid], y[in_valid],
+            groups[valid_groups], names)
+        scored = ", ".join(f"{name} {value:.4f}" for name, value in alone.items())
+        progress(f"validation ndcg@{r.eval_at}: {scored}")
+        rival = max((k for k in alone if k != "ranker"), key=alone.get)
+        if alone[rival] > alone["ranker"]:
+            progress(f"ranker: {rival} alone ranks the validation users better; serving {rival} alone")
+            self.fallback_ = rival
+            return None
         if not r.refit_on_all_users:
             return booster
         progress(f"ranker: {trees} trees again on all {len(groups):,} groups, validation users included")
         full = lgb.Dataset(x, y, group=groups, feature_name=names)
         return lgb.train({**params, "metric": "none"}, full, num_boost_round=trees)
+
+    def _generators_on_validation(
+        self, predicted: np.ndarray, x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[str]
+    ) -> dict[str, float]:
+        """NDCG@k of the validation users' candidates ordered by the ranker and by each
+        generator's own score (its z feature, monotone in the score within a user)."""
+        k = self.config.ranker.eval_at
+        orders = {"ranker": predicted}
+        orders.update({g: x[:, names.index(f"{g}_z")] for g in self.generators_ if g != "popularity"})
+        return {name: ndcg_of_groups(score, y, groups, k) for name, score in orders.items()}
 
     # ------------------------------------------------------------------ scoring
     def _generator_scores(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -351,7 +401,7 @@ class TwoStageRecommender:
         if generator is not None:
             final = self.generators_[generator].score(users, history)
         elif self.ranker_ is None:
-            final = self.generators_.get("ease", self.generators_["popularity"]).score(users, history)
+            final = self.generators_[self.ranked_by].score(users, history)
         else:
             cand = self._candidates(users, history)
             final = np.broadcast_to(_FALLBACK_OFFSET + popularity / (popularity.max() + 1), history.shape).copy()
@@ -374,7 +424,7 @@ class TwoStageRecommender:
         banned.data[:] = 1.0
         cold = np.diff(history.indptr) == 0
         if generator is not None or self.ranker_ is None:
-            name = generator or ("ease" if "ease" in self.generators_ else "popularity")
+            name = generator or self.ranked_by
             # Scored on the history alone; exclusions are dropped afterwards, so ask for more.
             extra = int(np.diff(banned.indptr).max(initial=0) - np.diff(history.indptr).min(initial=0))
             found = self.generators_[name].retrieve(users, history, k + max(extra, 0))

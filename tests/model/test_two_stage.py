@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.config import ModelConfig, SplitConfig
+from components.artifact import load_model, save_model
+from components.config import ModelConfig, RankerConfig, SplitConfig
 from components.data import load_dataset
-from components.models.two_stage import TwoStageRecommender
+from components.models.two_stage import TwoStageRecommender, ndcg_of_groups
 from components.offline_eval import evaluate_model
 from components.split import split_interactions, stratified_split
 
@@ -116,3 +117,49 @@ def test_similar_items_and_fuzzy_titles(small_model):
     assert idx[0] == idx[1] == idx[2] and idx[3] == -1
     ids, _scores = small_model.similar_items(idx[:1], 5)
     assert "i12" not in ids[0] and ids.shape == (1, 5)
+
+
+def test_validation_ndcg_is_lightgbms():
+    """The NDCG@10 the fit compares the ranker and the generators by is LightGBM's own."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    groups = rng.integers(5, 40, 60)
+    x = rng.normal(size=(groups.sum(), 4))
+    y = (x[:, 0] + rng.normal(size=len(x)) > 1.0).astype(float)
+    starts = np.concatenate([[0], np.cumsum(groups)[:-1]])
+    y[starts] = 1.0  # every group has a relevant row, as the ranker's groups do
+    data = lgb.Dataset(x, y, group=groups)
+    result: dict = {}
+    booster = lgb.train({"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "verbose": -1,
+                         "num_leaves": 4, "min_child_samples": 5}, data, num_boost_round=5,
+                        valid_sets=[data], callbacks=[lgb.record_evaluation(result)])
+    ours = ndcg_of_groups(booster.predict(x), y, groups, 10)
+    assert ours == pytest.approx(result["training"]["ndcg@10"][-1], abs=1e-9)
+    assert ndcg_of_groups(y, y, groups, 10) == pytest.approx(1.0)
+    assert ndcg_of_groups(-y, y, groups, 10) < 0.6
+
+
+def test_a_ranker_worse_than_its_generators_is_not_served(small_dataset, tmp_path):
+    """A ranker that cannot split (a leaf needs more rows than there are) scores every candidate
+    alike and loses to its generators on the validation users: the model serves the best of them
+    alone, says so, and keeps that choice through a save and load."""
+    unable = ModelConfig(ranker=RankerConfig(n_estimators=1, min_child_samples=1_000_000))
+    said: list[str] = []
+    model = TwoStageRecommender(unable).fit(small_dataset.interactions, small_dataset.items,
+                                            progress=said.append)
+    assert model.ranker_ is None
+    assert model.ranked_by in set(model.generators_) - {"popularity"}
+    assert any(f"serving {model.ranked_by} alone" in line for line in said)
+    users = np.arange(20)
+    history = model.data_.matrix[users]
+    served, _ = model.recommend_indices(users, history, 10)
+    alone, _ = model.recommend_indices(users, history, 10, generator=model.ranked_by)
+    assert (served == alone).all()
+    loaded = load_model(save_model(model, tmp_path / "artifact", data_fingerprint="test"))
+    assert loaded.ranker_ is None and loaded.ranked_by == model.ranked_by
+    assert (loaded.recommend_indices(users, history, 10)[0] == served).all()
+
+
+def test_a_ranker_that_learns_is_served(small_model):
+    assert small_model.ranker_ is not None and small_model.ranked_by == "ranker"
