@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from components.features import feature_names
+from components.models.two_stage import validation_ndcg
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,37 @@ def fit_ranker_on_dask(model, client, folds: list, items: pd.DataFrame | None,
     trees = int(np.argmax(curve)) + 1 if len(curve) else r.n_estimators
     best = float(curve[trees - 1]) if len(curve) else float("nan")
     progress(f"ranker (Dask): {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
+    if not model.keep_ranker(_validation_ndcg(client, valid, booster, trees, names, model), progress):
+        return None
     if not r.refit_on_all_users:
         return _truncate(booster, trees)
     progress(f"ranker (Dask): {trees} trees again on all {len(all_users):,} users")
     booster, _ = _train(client, parts, [], model.lightgbm_params(), trees, names, r.eval_at)
     return booster
+
+
+def _part_ndcg(part: dict, booster: lgb.Booster, trees: int, names: list[str],
+               generators: list[str], k: int) -> dict[str, tuple[float, int]]:
+    """Each order's NDCG@k summed over a validation partition's groups, and their number."""
+    if not len(part["group"]):
+        return {}
+    predicted = booster.predict(part["x"], num_iteration=trees)
+    alone = validation_ndcg(predicted, part["x"], part["y"], part["group"], names, generators, k)
+    return {name: (value * len(part["group"]), len(part["group"])) for name, value in alone.items()}
+
+
+def _validation_ndcg(client, valid: list, booster: lgb.Booster, trees: int, names: list[str],
+                     model) -> dict[str, float]:
+    """`validation_ndcg` over the validation users of every partition, on the workers."""
+    k, generators = model.config.ranker.eval_at, list(model.generators_)
+    sums = client.gather([client.submit(_part_ndcg, p, booster, trees, names, generators, k)
+                          for p in valid])
+    total = {}
+    for part in sums:
+        for name, (value, count) in part.items():
+            got = total.get(name, (0.0, 0))
+            total[name] = (got[0] + value, got[1] + count)
+    return {name: value / max(count, 1) for name, (value, count) in total.items()}
 
 
 def _dask_arrays(client, parts: list) -> tuple:

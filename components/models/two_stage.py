@@ -69,6 +69,18 @@ def ndcg_of_groups(score: np.ndarray, label: np.ndarray, groups: np.ndarray, k: 
     return total / max(len(groups), 1)
 
 
+def validation_ndcg(
+    predicted: np.ndarray, x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[str],
+    generators: list[str], k: int,
+) -> dict[str, float]:
+    """NDCG@k of validation candidates ordered by the ranker (`predicted`) and by each generator's
+    own score (its z feature, monotone in the score within a user; popularity is left out: it is
+    the cold-start answer, not a ranking to serve)."""
+    orders = {"ranker": predicted}
+    orders.update({g: x[:, names.index(f"{g}_z")] for g in generators if g != "popularity"})
+    return {name: ndcg_of_groups(score, y, groups, k) for name, score in orders.items()}
+
+
 def is_large(config: ModelConfig, n_items: int) -> bool:
     """Whether a catalogue takes the retrieval path (see `ScaleConfig`)."""
     return n_items > config.scale.large_catalogue_items
@@ -337,15 +349,10 @@ class TwoStageRecommender:
         trees = booster.best_iteration
         best = booster.best_score["valid_0"][f"ndcg@{r.eval_at}"]
         progress(f"ranker: {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
-        alone = self._generators_on_validation(
-            booster.predict(x[in_valid], num_iteration=trees), x[in_valid], y[in_valid],
-            groups[valid_groups], names)
-        scored = ", ".join(f"{name} {value:.4f}" for name, value in alone.items())
-        progress(f"validation ndcg@{r.eval_at}: {scored}")
-        rival = max((k for k in alone if k != "ranker"), key=alone.get)
-        if alone[rival] > alone["ranker"]:
-            progress(f"ranker: {rival} alone ranks the validation users better; serving {rival} alone")
-            self.fallback_ = rival
+        predicted = booster.predict(x[in_valid], num_iteration=trees)
+        alone = validation_ndcg(predicted, x[in_valid], y[in_valid], groups[valid_groups], names,
+                                list(self.generators_), r.eval_at)
+        if not self.keep_ranker(alone, progress):
             return None
         if not r.refit_on_all_users:
             return booster
@@ -353,15 +360,18 @@ class TwoStageRecommender:
         full = lgb.Dataset(x, y, group=groups, feature_name=names)
         return lgb.train({**params, "metric": "none"}, full, num_boost_round=trees)
 
-    def _generators_on_validation(
-        self, predicted: np.ndarray, x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[str]
-    ) -> dict[str, float]:
-        """NDCG@k of the validation users' candidates ordered by the ranker and by each
-        generator's own score (its z feature, monotone in the score within a user)."""
-        k = self.config.ranker.eval_at
-        orders = {"ranker": predicted}
-        orders.update({g: x[:, names.index(f"{g}_z")] for g in self.generators_ if g != "popularity"})
-        return {name: ndcg_of_groups(score, y, groups, k) for name, score in orders.items()}
+    def keep_ranker(self, alone: dict[str, float], progress: Callable[[str], None]) -> bool:
+        """Whether the ranker orders the validation users better than every generator alone
+        (`validation_ndcg`); if not, the best of them is set to serve alone (`fallback_`)."""
+        scored = ", ".join(f"{name} {value:.4f}" for name, value in alone.items())
+        progress(f"validation ndcg@{self.config.ranker.eval_at}: {scored}")
+        rivals = [name for name in alone if name != "ranker"]
+        rival = max(rivals, key=alone.get) if rivals else None
+        if rival is None or alone[rival] <= alone["ranker"]:
+            return True
+        progress(f"ranker: {rival} alone ranks the validation users better; serving {rival} alone")
+        self.fallback_ = rival
+        return False
 
     # ------------------------------------------------------------------ scoring
     def _generator_scores(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:

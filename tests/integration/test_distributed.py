@@ -10,7 +10,7 @@ step) cannot run here, there is no Kubernetes cluster: its resource is checked o
 tests/unit/test_dask_cluster.py and its RBAC with the other manifests."""
 from __future__ import annotations
 
-from components.config import SplitConfig
+from components.config import ModelConfig, RankerConfig, SplitConfig
 from components.data import load_dataset
 from components.distributed import dask_client
 from components.models.two_stage import TwoStageRecommender
@@ -49,3 +49,18 @@ def test_two_workers_match_one_process_on_movielens_100k(ml100k_dir):
 def test_no_workers_and_no_scheduler_is_the_single_process_fit():
     with dask_client(0) as client:
         assert client is None
+
+
+def test_a_ranker_worse_than_its_generators_is_not_served_from_workers_either(small_dataset):
+    """The guard of the single-process fit, on the workers' validation partitions: a ranker that
+    cannot split loses to its generators and the best of them serves alone."""
+    unable = ModelConfig(ranker=RankerConfig(n_estimators=1, min_child_samples=1_000_000))
+    said: list[str] = []
+    with dask_client(2) as client:
+        model = TwoStageRecommender(unable).fit(small_dataset.interactions, small_dataset.items,
+                                                progress=said.append, client=client)
+    assert model.ranker_ is None
+    assert model.ranked_by in set(model.generators_) - {"popularity"}
+    scores = next(line for line in said if line.startswith("validation ndcg@10: ranker"))
+    assert all(name in scores for name in ("ease", "seq_ease", "als"))
+    assert any(f"serving {model.ranked_by} alone" in line for line in said)
