@@ -107,26 +107,23 @@ def fit_ranker_on_dask(model, client, folds: list, items: pd.DataFrame | None,
 
 def _part_ndcg(part: dict, booster: lgb.Booster, trees: int, names: list[str],
                generators: list[str], k: int) -> dict[str, tuple[float, int]]:
-    """Each order's NDCG@k summed over a validation partition's groups, and their number."""
+    """`validation_ndcg` of one validation partition (empty for a partition without users)."""
     if not len(part["group"]):
         return {}
     predicted = booster.predict(part["x"], num_iteration=trees)
-    alone = validation_ndcg(predicted, part["x"], part["y"], part["group"], names, generators, k)
-    return {name: (value * len(part["group"]), len(part["group"])) for name, value in alone.items()}
+    return validation_ndcg(predicted, part["x"], part["y"], part["group"], names, generators, k)
 
 
 def _validation_ndcg(client, valid: list, booster: lgb.Booster, trees: int, names: list[str],
                      model) -> dict[str, float]:
-    """`validation_ndcg` over the validation users of every partition, on the workers."""
+    """`validation_ndcg` over the validation users of every partition, on the workers: each
+    partition's mean weighted by the groups it averages."""
     k, generators = model.config.ranker.eval_at, list(model.generators_)
-    sums = client.gather([client.submit(_part_ndcg, p, booster, trees, names, generators, k)
-                          for p in valid])
-    total = {}
-    for part in sums:
-        for name, (value, count) in part.items():
-            got = total.get(name, (0.0, 0))
-            total[name] = (got[0] + value, got[1] + count)
-    return {name: value / max(count, 1) for name, (value, count) in total.items()}
+    shared = client.scatter(booster, broadcast=True)
+    parts = [p for p in client.gather([client.submit(_part_ndcg, p, shared, trees, names, generators, k)
+                                       for p in valid]) if p]
+    return {name: sum(p[name][0] * p[name][1] for p in parts) / max(sum(p[name][1] for p in parts), 1)
+            for name in (parts[0] if parts else {})}
 
 
 def _dask_arrays(client, parts: list) -> tuple:

@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from components.config import ModelConfig, SplitConfig
+from components.evaluate import ranking_metrics
 from components.features import (
     ItemStats,
     build_candidates,
@@ -54,28 +55,30 @@ class Recommendations:
     cold_start: np.ndarray  # [B] bool: the user was not seen in training
 
 
-def ndcg_of_groups(score: np.ndarray, label: np.ndarray, groups: np.ndarray, k: int) -> float:
-    """Mean NDCG@k (binary gain) over query groups of consecutive rows, ordered by score (ties
-    by row order)."""
-    total, start = 0.0, 0
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
-    for size in groups:
-        s, y = score[start : start + size], label[start : start + size]
-        start += size
-        ideal = discount[: min(int((y > 0).sum()), k)].sum()
-        if ideal > 0:
-            top = np.argsort(-s, kind="stable")[:k]
-            total += float((y[top] > 0) @ discount[: len(top)]) / ideal
-    return total / max(len(groups), 1)
+def ndcg_of_groups(score: np.ndarray, label: np.ndarray, groups: np.ndarray, k: int) -> tuple[float, int]:
+    """NDCG@k of query groups of consecutive rows ordered by score (ties in row order), by
+    `components.evaluate.ranking_metrics`, and how many groups it averages (those with a
+    relevant row)."""
+    group_of_row = np.repeat(np.arange(len(groups)), groups)
+    local = np.arange(len(score)) - np.repeat(np.cumsum(groups) - groups, groups)
+    relevant = sp.csr_matrix(((label > 0).astype(np.float64), (group_of_row, local)),
+                             shape=(len(groups), max(int(groups.max(initial=0)), 1)))
+    # Sorted by group, then by score: position i keeps row i's group and place in it.
+    best_first = local[np.lexsort((-score, group_of_row))]
+    shown = local < k
+    recommended = np.full((len(groups), k), -1, dtype=np.int64)
+    recommended[group_of_row[shown], local[shown]] = best_first[shown]
+    ndcg = ranking_metrics(recommended, relevant, k_values=(k,))[f"ndcg@{k}"]
+    return ndcg, int((np.diff(relevant.indptr) > 0).sum())
 
 
 def validation_ndcg(
     predicted: np.ndarray, x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[str],
     generators: list[str], k: int,
-) -> dict[str, float]:
-    """NDCG@k of validation candidates ordered by the ranker (`predicted`) and by each generator's
-    own score (its z feature, monotone in the score within a user; popularity is left out: it is
-    the cold-start answer, not a ranking to serve)."""
+) -> dict[str, tuple[float, int]]:
+    """`ndcg_of_groups` of validation candidates ordered by the ranker (`predicted`) and by each
+    generator's own score (its z feature, monotone in the score within a user; popularity is left
+    out: it is the cold-start answer, not a ranking to serve)."""
     orders = {"ranker": predicted}
     orders.update({g: x[:, names.index(f"{g}_z")] for g in generators if g != "popularity"})
     return {name: ndcg_of_groups(score, y, groups, k) for name, score in orders.items()}
@@ -124,6 +127,8 @@ class TwoStageRecommender:
     def __init__(self, config: ModelConfig | None = None, split: SplitConfig | None = None):
         self.config = config or ModelConfig()
         self.split = split or SplitConfig()
+        # Without a ranker, the generator the fit found best alone (None: EASE, else popularity).
+        self.fallback_: str | None = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -170,9 +175,8 @@ class TwoStageRecommender:
         fit found better than the ranker on its validation users, else EASE, else popularity)."""
         if self.ranker_ is not None:
             return "ranker"
-        fallback = getattr(self, "fallback_", None)
-        if fallback in self.generators_:
-            return fallback
+        if self.fallback_ in self.generators_:
+            return self.fallback_
         return "ease" if "ease" in self.generators_ else "popularity"
 
     def _set_state(self, data: TrainingData) -> None:
@@ -338,7 +342,8 @@ class TwoStageRecommender:
         params = self.lightgbm_params()
         names = feature_names(list(self.generators_))
         train = lgb.Dataset(x[~in_valid], y[~in_valid], group=groups[~valid_groups], feature_name=names)
-        valid = lgb.Dataset(x[in_valid], y[in_valid], group=groups[valid_groups], reference=train)
+        x_valid = x[in_valid]
+        valid = lgb.Dataset(x_valid, y[in_valid], group=groups[valid_groups], reference=train)
         booster = lgb.train(
             params,
             train,
@@ -349,10 +354,9 @@ class TwoStageRecommender:
         trees = booster.best_iteration
         best = booster.best_score["valid_0"][f"ndcg@{r.eval_at}"]
         progress(f"ranker: {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
-        predicted = booster.predict(x[in_valid], num_iteration=trees)
-        alone = validation_ndcg(predicted, x[in_valid], y[in_valid], groups[valid_groups], names,
-                                list(self.generators_), r.eval_at)
-        if not self.keep_ranker(alone, progress):
+        alone = validation_ndcg(booster.predict(x_valid, num_iteration=trees), x_valid, y[in_valid],
+                                groups[valid_groups], names, list(self.generators_), r.eval_at)
+        if not self.keep_ranker({name: ndcg for name, (ndcg, _) in alone.items()}, progress):
             return None
         if not r.refit_on_all_users:
             return booster

@@ -134,10 +134,11 @@ def test_validation_ndcg_is_lightgbms():
     booster = lgb.train({"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "verbose": -1,
                          "num_leaves": 4, "min_child_samples": 5}, data, num_boost_round=5,
                         valid_sets=[data], callbacks=[lgb.record_evaluation(result)])
-    ours = ndcg_of_groups(booster.predict(x), y, groups, 10)
+    ours, averaged = ndcg_of_groups(booster.predict(x), y, groups, 10)
+    assert averaged == len(groups)
     assert ours == pytest.approx(result["training"]["ndcg@10"][-1], abs=1e-9)
-    assert ndcg_of_groups(y, y, groups, 10) == pytest.approx(1.0)
-    assert ndcg_of_groups(-y, y, groups, 10) < 0.6
+    assert ndcg_of_groups(y, y, groups, 10)[0] == pytest.approx(1.0)
+    assert ndcg_of_groups(-y, y, groups, 10)[0] < 0.6
 
 
 def test_a_ranker_worse_than_its_generators_is_not_served(small_dataset, tmp_path):
