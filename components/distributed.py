@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from components.features import feature_names
-from components.models.two_stage import validation_ndcg
+from components.models.two_stage import chosen_trees, validation_ndcg
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def fit_ranker_on_dask(model, client, folds: list, items: pd.DataFrame | None,
     train = [client.submit(_take, p, valid_users, False) for p in parts]
     valid = [client.submit(_take, p, valid_users, True) for p in parts]
     booster, curve = _train(client, train, valid, model.lightgbm_params(), r.n_estimators, names, r.eval_at)
-    trees = int(np.argmax(curve)) + 1 if len(curve) else r.n_estimators
+    trees = chosen_trees(curve, r.early_stopping_rounds) if len(curve) else r.n_estimators
     best = float(curve[trees - 1]) if len(curve) else float("nan")
     progress(f"ranker (Dask): {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
     if not model.keep_ranker(_validation_ndcg(client, valid, booster, trees, names, model), progress):

@@ -2,8 +2,8 @@
 
 Training (`fit`) carves a validation slice out of the training interactions, fits the
 generators on the rest, builds candidates and features for the slice's users and trains the
-ranker to put their held-out items first: early stopping on a share of those users chooses the
-number of trees, and that many are then trained on all of them. If one generator alone orders
+ranker to put their held-out items first: its validation NDCG on a share of those users chooses
+the number of trees (`chosen_trees`), and that many are then trained on all of them. If one generator alone orders
 those validation users' candidates better than the ranker (NDCG@k), the ranker is dropped and
 that generator serves alone. The generators are then refitted on all training interactions,
 which is what serves.
@@ -82,6 +82,19 @@ def validation_ndcg(
     orders = {"ranker": predicted}
     orders.update({g: x[:, names.index(f"{g}_z")] for g in generators if g != "popularity"})
     return {name: ndcg_of_groups(score, y, groups, k) for name, score in orders.items()}
+
+
+def chosen_trees(curve: Sequence[float], patience: int | None = None) -> int:
+    """The ranker's tree count from its validation curve (one NDCG per round): the best round
+    overall, or with `patience` the best before the first `patience` rounds without a strict
+    gain (LightGBM's early stopping). The first of equal bests; 0 for an empty curve."""
+    best, at = -np.inf, -1
+    for i, value in enumerate(curve):
+        if value > best:
+            best, at = value, i
+        elif patience is not None and i - at >= patience:
+            break
+    return at + 1
 
 
 def is_large(config: ModelConfig, n_items: int) -> bool:
@@ -332,8 +345,8 @@ class TwoStageRecommender:
         (`fallback_` names it: the model then serves that generator's order)."""
         r = self.config.ranker
         rng = np.random.default_rng(self.config.seed)
-        # Early stopping on users the ranker never trains on: every user has a group in every
-        # fold, so a split by group would validate on near-copies of training groups.
+        # The tree count is chosen on users the ranker never trains on: every user has a group
+        # in every fold, so a split by group would validate on near-copies of training groups.
         users = np.unique(group_users)
         valid_users = rng.choice(users, max(1, len(users) // 5), replace=False)
         valid_groups = np.isin(group_users, valid_users)
@@ -344,22 +357,21 @@ class TwoStageRecommender:
         train = lgb.Dataset(x[~in_valid], y[~in_valid], group=groups[~valid_groups], feature_name=names)
         x_valid = x[in_valid]
         valid = lgb.Dataset(x_valid, y[in_valid], group=groups[valid_groups], reference=train)
-        booster = lgb.train(
-            params,
-            train,
-            num_boost_round=r.n_estimators,
-            valid_sets=[valid],
-            callbacks=[lgb.early_stopping(r.early_stopping_rounds, verbose=False)],
-        )
-        trees = booster.best_iteration
-        best = booster.best_score["valid_0"][f"ndcg@{r.eval_at}"]
+        evaluated: dict = {}
+        callbacks = [lgb.record_evaluation(evaluated)]
+        if r.early_stopping_rounds is not None:
+            callbacks.append(lgb.early_stopping(r.early_stopping_rounds, verbose=False))
+        booster = lgb.train(params, train, num_boost_round=r.n_estimators, valid_sets=[valid], callbacks=callbacks)
+        curve = evaluated["valid_0"][f"ndcg@{r.eval_at}"]
+        trees = chosen_trees(curve, r.early_stopping_rounds)
+        best = curve[trees - 1]
         progress(f"ranker: {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
         alone = validation_ndcg(booster.predict(x_valid, num_iteration=trees), x_valid, y[in_valid],
                                 groups[valid_groups], names, list(self.generators_), r.eval_at)
         if not self.keep_ranker({name: ndcg for name, (ndcg, _) in alone.items()}, progress):
             return None
-        if not r.refit_on_all_users:
-            return booster
+        if not r.refit_on_all_users:  # the chosen trees alone, not every round trained
+            return lgb.Booster(model_str=booster.model_to_string(num_iteration=trees))
         progress(f"ranker: {trees} trees again on all {len(groups):,} groups, validation users included")
         full = lgb.Dataset(x, y, group=groups, feature_name=names)
         return lgb.train({**params, "metric": "none"}, full, num_boost_round=trees)

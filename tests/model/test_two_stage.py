@@ -8,7 +8,7 @@ import pytest
 from components.artifact import load_model, save_model
 from components.config import ModelConfig, RankerConfig, SplitConfig
 from components.data import load_dataset
-from components.models.two_stage import TwoStageRecommender, ndcg_of_groups
+from components.models.two_stage import TwoStageRecommender, chosen_trees, ndcg_of_groups
 from components.offline_eval import evaluate_model
 from components.split import split_interactions, stratified_split
 
@@ -139,6 +139,37 @@ def test_validation_ndcg_is_lightgbms():
     assert ours == pytest.approx(result["training"]["ndcg@10"][-1], abs=1e-9)
     assert ndcg_of_groups(y, y, groups, 10)[0] == pytest.approx(1.0)
     assert ndcg_of_groups(-y, y, groups, 10)[0] < 0.6
+
+
+def test_tree_count_is_the_best_round_of_the_whole_budget():
+    """By default the ranker keeps its best validation round over every round trained, not the
+    first plateau; with a patience the choice is LightGBM's early stopping."""
+    curve = [0.20, 0.23, 0.22, 0.22, 0.22, 0.25, 0.24]
+    assert chosen_trees(curve) == 6
+    assert chosen_trees(curve, patience=3) == 2  # three rounds without a gain after round 2
+    assert chosen_trees(curve, patience=4) == 6
+    assert chosen_trees([0.3, 0.3, 0.1]) == 1  # the first of equal bests
+    assert chosen_trees([]) == 0
+
+
+@pytest.mark.parametrize("patience", [2, 5])
+def test_chosen_trees_with_a_patience_is_lightgbms_early_stopping(patience):
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(1)
+    groups = rng.integers(5, 30, 80)
+    x = rng.normal(size=(groups.sum(), 3))
+    y = (x[:, 0] + 2 * rng.normal(size=len(x)) > 1.5).astype(float)  # noisy: the curve wanders
+    train = lgb.Dataset(x[: groups[:60].sum()], y[: groups[:60].sum()], group=groups[:60])
+    valid = lgb.Dataset(x[groups[:60].sum():], y[groups[:60].sum():], group=groups[60:], reference=train)
+    result: dict = {}
+    booster = lgb.train({"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "verbose": -1,
+                         "num_leaves": 4, "min_child_samples": 5, "learning_rate": 0.3}, train,
+                        num_boost_round=60, valid_sets=[valid],
+                        callbacks=[lgb.record_evaluation(result), lgb.early_stopping(patience, verbose=False)])
+    curve = result["valid_0"]["ndcg@10"]
+    assert chosen_trees(curve, patience) == booster.best_iteration
+    assert len(curve) < 60  # it did stop early, so the comparison means something
 
 
 def test_a_ranker_worse_than_its_generators_is_not_served(small_dataset, tmp_path):
