@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from components.features import feature_names
-from components.models.two_stage import chosen_trees, validation_ndcg
+from components.models.two_stage import chosen_trees, truncated, validation_ndcg
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,11 @@ def fit_ranker_on_dask(model, client, folds: list, items: pd.DataFrame | None,
     valid = [client.submit(_take, p, valid_users, True) for p in parts]
     booster, curve = _train(client, train, valid, model.lightgbm_params(), r.n_estimators, names, r.eval_at)
     trees = chosen_trees(curve, r.early_stopping_rounds) if len(curve) else r.n_estimators
-    best = float(curve[trees - 1]) if len(curve) else float("nan")
-    progress(f"ranker (Dask): {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
+    progress(f"ranker (Dask): {trees} trees")  # its validation NDCG: keep_ranker's line
     if not model.keep_ranker(_validation_ndcg(client, valid, booster, trees, names, model), progress):
         return None
     if not r.refit_on_all_users:
-        return _truncate(booster, trees)
+        return truncated(booster, trees)
     progress(f"ranker (Dask): {trees} trees again on all {len(all_users):,} users")
     booster, _ = _train(client, parts, [], model.lightgbm_params(), trees, names, r.eval_at)
     return booster
@@ -163,8 +162,3 @@ def _train(client, train: list, valid: list, params: dict, trees: int, names: li
         results = ranker.evals_result_
         curve = next(iter(next(iter(results.values())).values()), []) if results else []
     return ranker.booster_, np.asarray(curve, dtype=np.float64)
-
-
-def _truncate(booster: lgb.Booster, trees: int) -> lgb.Booster:
-    """The booster's first `trees` trees, as a booster of its own."""
-    return lgb.Booster(model_str=booster.model_to_string(num_iteration=trees))

@@ -97,6 +97,11 @@ def chosen_trees(curve: Sequence[float], patience: int | None = None) -> int:
     return at + 1
 
 
+def truncated(booster: lgb.Booster, trees: int) -> lgb.Booster:
+    """The booster's first `trees` trees, as a booster of its own."""
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=trees))
+
+
 def is_large(config: ModelConfig, n_items: int) -> bool:
     """Whether a catalogue takes the retrieval path (see `ScaleConfig`)."""
     return n_items > config.scale.large_catalogue_items
@@ -364,14 +369,13 @@ class TwoStageRecommender:
         booster = lgb.train(params, train, num_boost_round=r.n_estimators, valid_sets=[valid], callbacks=callbacks)
         curve = evaluated["valid_0"][f"ndcg@{r.eval_at}"]
         trees = chosen_trees(curve, r.early_stopping_rounds)
-        best = curve[trees - 1]
-        progress(f"ranker: {trees} trees, validation ndcg@{r.eval_at} {best:.4f}")
+        progress(f"ranker: {trees} trees")  # its validation NDCG: keep_ranker's line
         alone = validation_ndcg(booster.predict(x_valid, num_iteration=trees), x_valid, y[in_valid],
                                 groups[valid_groups], names, list(self.generators_), r.eval_at)
         if not self.keep_ranker({name: ndcg for name, (ndcg, _) in alone.items()}, progress):
             return None
         if not r.refit_on_all_users:  # the chosen trees alone, not every round trained
-            return lgb.Booster(model_str=booster.model_to_string(num_iteration=trees))
+            return truncated(booster, trees)
         progress(f"ranker: {trees} trees again on all {len(groups):,} groups, validation users included")
         full = lgb.Dataset(x, y, group=groups, feature_name=names)
         return lgb.train({**params, "metric": "none"}, full, num_boost_round=trees)

@@ -5,7 +5,7 @@ cannot inflate), peak RSS, quality against the generator's truth (truth NDCG@10 
 model and of its best generator alone, 2,000 users), the artifact's size, and the predictor's
 load time and RSS (ready, and once its answer cache is filled).
 
-RECSYS_BENCH_SIZES=1000000,5000000 picks other sizes. The 25M fit took 14 minutes and 6.9 GB,
+RECSYS_BENCH_SIZES=1000000,5000000 picks other sizes. The 25M fit took 17 minutes and 6.9 GB,
 its server 20 CPU minutes to fill its answer cache: run it alone. The time ratio from 5M to 25M
 is printed against the data's (5x).
 """
