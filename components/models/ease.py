@@ -136,7 +136,7 @@ class SequenceEaseModel(EaseModel):
     plain EASE's 0.481 (mean of five splits), and the two-stage model 0.501 with it as a ranker
     feature against 0.493 without. Those figures are from the package's earlier split rounding;
     on the reference split (`recommenders`' python_stratified_split) sequence EASE scores 0.486
-    against EASE's 0.481, and the two-stage model 0.4965 (README, "Measured quality").
+    against EASE's 0.481, and the two-stage model 0.4965 (docs/benchmarks.md).
     Scoring is EASE's: the history times the weights, so serving needs no order.
 
     Without timestamps there is no order, and every pair counts 1 (plain co-occurrence).
