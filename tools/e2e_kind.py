@@ -1,0 +1,424 @@
+"""Driver of tools/e2e-kind.sh: the end-to-end test on a throwaway kind cluster.
+
+Run it through tools/e2e-kind.sh (--help says what it does). The parts that need no cluster
+live in tools/e2e/ and are tested without one; this file only strings them together against
+Docker, kind, kubectl, helm, Kubeflow Pipelines and the InferenceService.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e import checks, platform
+from e2e.options import parse_args
+from e2e.runner import E2EError, StageFailed, Stages, failure_report, run, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+# The rollback command of README.md, character for character (a test keeps the two alike).
+ROLLBACK_PATCH = '{"spec":{"predictor":{"canaryTrafficPercent":0}}}'
+ROLLBACK = (
+    "kubectl",
+    "patch",
+    "isvc",
+    "recsys",
+    "-n",
+    "recsys",
+    "--type",
+    "merge",
+    "-p",
+    ROLLBACK_PATCH,
+)
+MLFLOW = "http://recsys-mlflow.recsys:5000"
+CANARY_PERCENT = 10
+# Small synthetic data: minutes per run on a laptop cluster, no download.
+DATA_PARAMS = (
+    "source=synthetic",
+    "synthetic_users=300",
+    "synthetic_items=200",
+    "synthetic_interactions=8000",
+)
+# The champion is a deliberately weaker model (no ranker); the second run's full model passes
+# a gate that asks for no gain, so it becomes the canary.
+CHAMPION_CONFIG = "model:\n  ranker:\n    enabled: false\n"
+CANARY_CONFIG = "gate:\n  min_relative_gain: 0.0\n  guardrails: {}\n"
+USERS = ["1", "2", "3"]
+K = 5
+V2_BODY = json.dumps(
+    {
+        "inputs": [
+            {"name": "user_id", "datatype": "BYTES", "shape": [len(USERS)], "data": USERS},
+            {"name": "k", "datatype": "INT32", "shape": [1], "data": [K]},
+        ]
+    }
+).encode()
+
+
+def kubectl_text(args: list[str]) -> str:
+    return run(["kubectl", *args], timeout=120).stdout
+
+
+def kubectl_json(args: list[str]) -> dict:
+    return json.loads(kubectl_text([*args, "-o", "json"]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def port_forward(target: str, namespace: str, remote: int, timeout: float) -> Iterator[int]:
+    """`kubectl port-forward` on a free local port, ended on exit; yields the port."""
+    local = free_port()
+    proc = subprocess.Popen(
+        ["kubectl", "port-forward", "-n", namespace, target, f"{local}:{remote}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def listening() -> bool | None:
+        if proc.poll() is not None:
+            raise E2EError(
+                f"port-forward to {namespace}/{target} exited: {proc.stderr.read()[-300:]}"
+            )
+        with socket.socket() as s:
+            return True if s.connect_ex(("127.0.0.1", local)) == 0 else None
+
+    try:
+        wait_until(f"port-forward to {namespace}/{target}", listening, timeout=timeout, interval=1)
+        yield local
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def install_platform(versions: dict[str, str], workdir: Path) -> None:
+    for step in platform.install_steps(versions):
+        argv = list(step.argv)
+        if step.values:
+            values = workdir / f"{step.name}-values.yaml"
+            values.write_text(step.values)
+            argv += ["-f", str(values)]
+        run(argv, timeout=1200)
+        if step.wait:
+            run(["kubectl", "wait", *step.wait], timeout=1200)
+    rendered = run(platform.prometheus_crds_command(versions), timeout=300).stdout
+    run(["kubectl", "apply", "--server-side", "-f", "-"], input=platform.crds_only(rendered))
+
+
+def apply_manifests(serving: str, pipeline: str, timeout: float) -> None:
+    rendered = kubectl_text(["kustomize", str(REPO / "manifests" / "overlays" / "dev")])
+    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    objects = checks.set_images(
+        objects, {checks.MANIFEST_IMAGES[0]: serving, checks.MANIFEST_IMAGES[1]: pipeline}
+    )
+    checks.check_rendered(objects, serving)
+    run(["kubectl", "apply", "-f", "-"], input=yaml.safe_dump_all(objects, sort_keys=False))
+    run(["kubectl", "apply", "-k", str(REPO / "manifests" / "kubeflow")])
+    run(
+        [
+            "kubectl",
+            "wait",
+            "deployment",
+            "--all",
+            "-n",
+            "recsys",
+            "--for=condition=Available",
+            f"--timeout={timeout:.0f}s",
+        ],
+        timeout=timeout + 60,
+    )
+    run(
+        [
+            "kubectl",
+            "wait",
+            "job",
+            "--all",
+            "-n",
+            "recsys",
+            "--for=condition=Complete",
+            f"--timeout={timeout:.0f}s",
+        ],
+        timeout=timeout + 60,
+    )
+
+
+def train(package: Path, name: str, config_yaml: str, args) -> None:
+    """One training run through `recsys submit`, waited for until it succeeds."""
+    import kfp
+
+    with port_forward("svc/ml-pipeline-ui", "kubeflow", 80, args.ready_timeout) as port:
+        host = f"http://127.0.0.1:{port}"
+        argv = [
+            str(REPO / ".venv" / "bin" / "recsys"),
+            "submit",
+            "--host",
+            host,
+            "--package",
+            str(package),
+            "--run-name",
+            name,
+            "--param",
+            f"mlflow_tracking_uri={MLFLOW}",
+            "--param",
+            f"config_yaml={config_yaml}",
+        ]
+        for param in DATA_PARAMS:
+            argv += ["--param", param]
+        run_id = checks.submitted_run_id(run(argv, timeout=300).stdout)
+        client = kfp.Client(host=host)
+        wait_until(
+            f"pipeline run {run_id} ({name})",
+            lambda: checks.check_run_state(client.get_run(run_id).state, run_id) or None,
+            timeout=args.run_timeout,
+            interval=15,
+        )
+
+
+def isvc() -> dict:
+    return kubectl_json(["get", "isvc", "recsys", "-n", "recsys"])
+
+
+def ready(obj: dict) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def gateway_versions(port: int, host: str, n: int) -> list[str]:
+    """`n` v2 requests through the Istio ingress gateway; each answer's model_version."""
+    versions = []
+    for _ in range(n):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/models/recsys/infer",
+            data=V2_BODY,
+            method="POST",
+            headers={"Host": host, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            versions.append(checks.check_v2_answer(json.load(answer), len(USERS), K))
+    return versions
+
+
+def call_v2_with_tritonclient(timeout: float) -> str:
+    """REST and gRPC v2 calls with tritonclient on the predictor pod; the model version."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    pods = kubectl_json(
+        [
+            "get",
+            "pods",
+            "-n",
+            "recsys",
+            "-l",
+            "serving.kserve.io/inferenceservice=recsys",
+            "--field-selector=status.phase=Running",
+        ]
+    )["items"]
+    if not pods:
+        raise E2EError("no running predictor pod")
+    pod = f"pod/{pods[0]['metadata']['name']}"
+    users = np.asarray(USERS, dtype=object)
+    k = np.asarray([K], dtype=np.int32)
+    versions = []
+    with port_forward(pod, "recsys", 8080, timeout) as port:
+        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
+        inputs = [
+            httpclient.InferInput("user_id", [len(USERS)], "BYTES"),
+            httpclient.InferInput("k", [1], "INT32"),
+        ]
+        inputs[0].set_data_from_numpy(users, binary_data=False)
+        inputs[1].set_data_from_numpy(k, binary_data=False)
+        outputs = [
+            httpclient.InferRequestedOutput(n, binary_data=False) for n in ("item_ids", "scores")
+        ]
+        versions.append(
+            checks.check_v2_answer(
+                client.infer("recsys", inputs, outputs=outputs).get_response(), len(USERS), K
+            )
+        )
+    with port_forward(pod, "recsys", 8081, timeout) as port:
+        client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}")
+        inputs = [
+            grpcclient.InferInput("user_id", [len(USERS)], "BYTES"),
+            grpcclient.InferInput("k", [1], "INT32"),
+        ]
+        inputs[0].set_data_from_numpy(users)
+        inputs[1].set_data_from_numpy(k)
+        result = client.infer("recsys", inputs)
+        answer = result.get_response(as_json=True)
+        ids = result.as_numpy("item_ids")
+        if ids is None or list(ids.shape) != [len(USERS), K]:
+            raise E2EError(f"gRPC item_ids shape {None if ids is None else list(ids.shape)}")
+        versions.append(str(answer.get("model_version") or ""))
+    if len(set(versions)) != 1 or not versions[0]:
+        raise E2EError(f"REST and gRPC answered from different model versions: {versions}")
+    return versions[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    serving = f"kind.local/recsys:{args.tag}"
+    pipeline = f"kind.local/recsys-pipeline:{args.tag}"
+    created = False
+
+    def report(stage: str, reason: str) -> str:
+        return (
+            failure_report(stage, reason, kubectl_text)
+            if created
+            else f"=== end-to-end test failed in stage {stage!r}: {reason} (no cluster yet)"
+        )
+
+    stages = Stages(report=report)
+    started = time.monotonic()
+    state: dict[str, str] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="recsys-e2e-") as tmp:
+            workdir = Path(tmp)
+            with stages.stage("preflight"):
+                for tool in (
+                    ["docker", "info"],
+                    ["kind", "version"],
+                    ["kubectl", "version", "--client"],
+                    ["helm", "version"],
+                ):
+                    run(tool, timeout=60)
+                versions = platform.platform_versions()
+                node_image = platform.kind_node_image()
+                if args.cluster_name in run(["kind", "get", "clusters"]).stdout.split():
+                    raise E2EError(
+                        f"kind cluster {args.cluster_name} exists already: "
+                        f"`kind delete cluster --name {args.cluster_name}` first"
+                    )
+            with stages.stage("cluster"):
+                config = workdir / "kind.yaml"
+                config.write_text(platform.kind_config(args.workers, args.ingress_port))
+                created = True
+                run(
+                    [
+                        "kind",
+                        "create",
+                        "cluster",
+                        "--name",
+                        args.cluster_name,
+                        "--image",
+                        node_image,
+                        "--config",
+                        str(config),
+                        "--wait",
+                        "5m",
+                    ],
+                    timeout=900,
+                )
+            with stages.stage("platform"):
+                install_platform(versions, workdir)
+            with stages.stage("images"):
+                if not args.skip_build:
+                    run(["docker", "build", "-t", serving, str(REPO)], timeout=3600)
+                    run(
+                        ["docker", "build", "--target", "pipeline", "-t", pipeline, str(REPO)],
+                        timeout=3600,
+                    )
+                for image in (serving, pipeline):
+                    run(
+                        ["kind", "load", "docker-image", image, "--name", args.cluster_name],
+                        timeout=1200,
+                    )
+            with stages.stage("manifests"):
+                apply_manifests(serving, pipeline, args.ready_timeout)
+            with stages.stage("compile"):
+                package = workdir / "recsys-e2e.yaml"
+                run(
+                    [
+                        str(REPO / ".venv" / "bin" / "recsys"),
+                        "compile",
+                        "--pipeline",
+                        "training",
+                        "--image",
+                        pipeline,
+                        "--serving-image",
+                        serving,
+                        "--output",
+                        str(package),
+                    ]
+                )
+            with stages.stage("train-champion"):
+                train(package, "e2e-champion", CHAMPION_CONFIG, args)
+                wait_until(
+                    "InferenceService recsys Ready",
+                    lambda: ready(isvc()) or None,
+                    timeout=args.ready_timeout,
+                )
+            with stages.stage("v2-rest-grpc"):
+                state["champion"] = call_v2_with_tritonclient(args.ready_timeout)
+                host = str((isvc().get("status") or {}).get("url", "")).split("://")[-1]
+                state["host"] = host
+                checks.check_all_from(
+                    gateway_versions(args.ingress_port, host, 5), state["champion"]
+                )
+            with stages.stage("train-canary"):
+                train(package, "e2e-canary", CANARY_CONFIG, args)
+
+                def canary_ready() -> bool | None:
+                    obj = isvc()
+                    traffic = obj.get("status", {}).get("components", {}).get("predictor", {})
+                    split = [t.get("percent") for t in traffic.get("traffic") or []]
+                    return True if ready(obj) and CANARY_PERCENT in split else None
+
+                wait_until(
+                    f"the canary at {CANARY_PERCENT}%", canary_ready, timeout=args.ready_timeout
+                )
+            with stages.stage("split"):
+                canary, share = checks.check_split(
+                    gateway_versions(args.ingress_port, state["host"], args.requests),
+                    state["champion"],
+                    CANARY_PERCENT,
+                )
+                print(f"  canary {canary} answered {share:.1%} of {args.requests}", flush=True)
+            with stages.stage("rollback"):
+                run(ROLLBACK)
+                wait_until(
+                    "the champion at 100%",
+                    lambda: checks.check_rolled_back(isvc()) or None,
+                    timeout=args.ready_timeout,
+                )
+                checks.check_all_from(
+                    gateway_versions(args.ingress_port, state["host"], args.requests // 2),
+                    state["champion"],
+                )
+    except StageFailed:
+        passed = False
+    else:
+        passed = True
+    if created and not args.keep:
+        try:
+            with stages.stage("delete-cluster"):
+                run(["kind", "delete", "cluster", "--name", args.cluster_name], timeout=600)
+        except StageFailed:
+            passed = False
+    elif created:
+        print(f"cluster kept: kind delete cluster --name {args.cluster_name}", flush=True)
+    if not passed:
+        return 1
+    print(f"end-to-end test passed in {time.monotonic() - started:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
