@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import checks, platform
+from e2e import checks, platform, v2
 from e2e.options import parse_args
 from e2e.runner import E2EError, StageFailed, Stages, failure_report, run, wait_until
 
@@ -54,16 +53,6 @@ DATA_PARAMS = (
 # a gate that asks for no gain, so it becomes the canary.
 CHAMPION_CONFIG = "model:\n  ranker:\n    enabled: false\n"
 CANARY_CONFIG = "gate:\n  min_relative_gain: 0.0\n  guardrails: {}\n"
-USERS = ["1", "2", "3"]
-K = 5
-V2_BODY = json.dumps(
-    {
-        "inputs": [
-            {"name": "user_id", "datatype": "BYTES", "shape": [len(USERS)], "data": USERS},
-            {"name": "k", "datatype": "INT32", "shape": [1], "data": [K]},
-        ]
-    }
-).encode()
 
 
 def kubectl_text(args: list[str]) -> str:
@@ -199,27 +188,8 @@ def ready(obj: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def gateway_versions(port: int, host: str, n: int) -> list[str]:
-    """`n` v2 requests through the Istio ingress gateway; each answer's model_version."""
-    versions = []
-    for _ in range(n):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v2/models/recsys/infer",
-            data=V2_BODY,
-            method="POST",
-            headers={"Host": host, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            versions.append(checks.check_v2_answer(json.load(answer), len(USERS), K))
-    return versions
-
-
-def call_v2_with_tritonclient(timeout: float) -> str:
-    """REST and gRPC v2 calls with tritonclient on the predictor pod; the model version."""
-    import numpy as np
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
+def predictor_version(timeout: float) -> str:
+    """v2 over REST and gRPC (tritonclient) on a predictor pod, through port-forwards."""
     pods = kubectl_json(
         [
             "get",
@@ -234,47 +204,17 @@ def call_v2_with_tritonclient(timeout: float) -> str:
     if not pods:
         raise E2EError("no running predictor pod")
     pod = f"pod/{pods[0]['metadata']['name']}"
-    users = np.asarray(USERS, dtype=object)
-    k = np.asarray([K], dtype=np.int32)
-    versions = []
-    with port_forward(pod, "recsys", 8080, timeout) as port:
-        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
-        inputs = [
-            httpclient.InferInput("user_id", [len(USERS)], "BYTES"),
-            httpclient.InferInput("k", [1], "INT32"),
-        ]
-        inputs[0].set_data_from_numpy(users, binary_data=False)
-        inputs[1].set_data_from_numpy(k, binary_data=False)
-        outputs = [
-            httpclient.InferRequestedOutput(n, binary_data=False) for n in ("item_ids", "scores")
-        ]
-        versions.append(
-            checks.check_v2_answer(
-                client.infer("recsys", inputs, outputs=outputs).get_response(), len(USERS), K
-            )
-        )
-    with port_forward(pod, "recsys", 8081, timeout) as port:
-        client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}")
-        inputs = [
-            grpcclient.InferInput("user_id", [len(USERS)], "BYTES"),
-            grpcclient.InferInput("k", [1], "INT32"),
-        ]
-        inputs[0].set_data_from_numpy(users)
-        inputs[1].set_data_from_numpy(k)
-        result = client.infer("recsys", inputs)
-        answer = result.get_response(as_json=True)
-        ids = result.as_numpy("item_ids")
-        if ids is None or list(ids.shape) != [len(USERS), K]:
-            raise E2EError(f"gRPC item_ids shape {None if ids is None else list(ids.shape)}")
-        versions.append(str(answer.get("model_version") or ""))
-    if len(set(versions)) != 1 or not versions[0]:
-        raise E2EError(f"REST and gRPC answered from different model versions: {versions}")
-    return versions[0]
+    with (
+        port_forward(pod, "recsys", 8080, timeout) as rest,
+        port_forward(pod, "recsys", 8081, timeout) as grpc,
+    ):
+        return v2.rest_and_grpc_version(f"127.0.0.1:{rest}", f"127.0.0.1:{grpc}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     serving = f"kind.local/recsys:{args.tag}"
+    gateway = f"http://127.0.0.1:{args.ingress_port}"
     pipeline = f"kind.local/recsys-pipeline:{args.tag}"
     created = False
 
@@ -366,12 +306,15 @@ def main(argv: list[str] | None = None) -> int:
                     timeout=args.ready_timeout,
                 )
             with stages.stage("v2-rest-grpc"):
-                state["champion"] = call_v2_with_tritonclient(args.ready_timeout)
+                state["champion"] = predictor_version(args.ready_timeout)
                 host = str((isvc().get("status") or {}).get("url", "")).split("://")[-1]
                 state["host"] = host
-                checks.check_all_from(
-                    gateway_versions(args.ingress_port, host, 5), state["champion"]
+                wait_until(
+                    "the ingress gateway to route to the InferenceService",
+                    lambda: v2.gateway_versions(gateway, host, 1),
+                    timeout=args.ready_timeout,
                 )
+                checks.check_all_from(v2.gateway_versions(gateway, host, 5), state["champion"])
             with stages.stage("train-canary"):
                 train(package, "e2e-canary", CANARY_CONFIG, args)
 
@@ -386,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             with stages.stage("split"):
                 canary, share = checks.check_split(
-                    gateway_versions(args.ingress_port, state["host"], args.requests),
+                    v2.gateway_versions(gateway, state["host"], args.requests),
                     state["champion"],
                     CANARY_PERCENT,
                 )
@@ -399,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                     timeout=args.ready_timeout,
                 )
                 checks.check_all_from(
-                    gateway_versions(args.ingress_port, state["host"], args.requests // 2),
+                    v2.gateway_versions(gateway, state["host"], args.requests // 2),
                     state["champion"],
                 )
     except StageFailed:
