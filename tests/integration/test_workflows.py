@@ -291,3 +291,13 @@ def test_pull_requests_never_push():
     assert images["build-scan"]["permissions"] == {"contents": "read"}
     build = [s for s in images["build-scan"]["steps"] if "build-push-action" in str(s.get("uses"))]
     assert build and all(s["with"]["push"] is False for s in build)
+
+
+def test_the_readme_says_what_each_workflow_does_before_the_tests_section():
+    readme = (REPO / "README.md").read_text()
+    start, tests = readme.index("\n## CI/CD\n"), readme.index("\n## Tests and benchmarks\n")
+    assert start < tests
+    section = readme[start:tests]
+    for workflow in WORKFLOWS:
+        assert f"`{workflow.name}`" in section or f"workflows/{workflow.name}`" in section
+    assert "tools/e2e-kind.sh" in section and "--keep" in section
