@@ -117,7 +117,14 @@ def apply_manifests(serving: str, pipeline: str, timeout: float) -> None:
         objects, {checks.MANIFEST_IMAGES[0]: serving, checks.MANIFEST_IMAGES[1]: pipeline}
     )
     checks.check_rendered(objects, serving)
-    run(["kubectl", "apply", "-f", "-"], input=yaml.safe_dump_all(objects, sort_keys=False))
+    manifest = yaml.safe_dump_all(objects, sort_keys=False)
+    # KServe's and Istio's admission webhooks may still be starting: apply until they answer.
+    wait_until(
+        "the dev overlay to apply",
+        lambda: run(["kubectl", "apply", "-f", "-"], input=manifest),
+        timeout=300,
+        interval=10,
+    )
     run(["kubectl", "apply", "-k", str(REPO / "manifests" / "kubeflow")])
     run(
         [
@@ -147,17 +154,32 @@ def apply_manifests(serving: str, pipeline: str, timeout: float) -> None:
     )
 
 
-def train(package: Path, name: str, config_yaml: str, args) -> None:
-    """One training run through `recsys submit`, waited for until it succeeds."""
+def recsys() -> str:
+    """The `recsys` command of the virtualenv this driver runs in."""
+    return str(Path(sys.executable).parent / "recsys")
+
+
+def run_state(run_id: str, timeout: float) -> bool | None:
+    """One look at a KFP run, through a port-forward of its own: a forward held open for the
+    whole run (up to an hour) may drop, one per look cannot go stale."""
     import kfp
 
+    with port_forward("svc/ml-pipeline-ui", "kubeflow", 80, timeout) as port:
+        try:
+            state = kfp.Client(host=f"http://127.0.0.1:{port}").get_run(run_id).state
+        except Exception as exc:  # urllib3 and kfp_server_api errors: the API is busy, look again
+            raise E2EError(f"cannot read run {run_id}: {type(exc).__name__}: {exc}") from exc
+    return checks.check_run_state(state, run_id) or None
+
+
+def train(package: Path, name: str, config_yaml: str, args) -> None:
+    """One training run through `recsys submit`, waited for until it succeeds."""
     with port_forward("svc/ml-pipeline-ui", "kubeflow", 80, args.ready_timeout) as port:
-        host = f"http://127.0.0.1:{port}"
         argv = [
-            str(REPO / ".venv" / "bin" / "recsys"),
+            recsys(),
             "submit",
             "--host",
-            host,
+            f"http://127.0.0.1:{port}",
             "--package",
             str(package),
             "--run-name",
@@ -170,13 +192,13 @@ def train(package: Path, name: str, config_yaml: str, args) -> None:
         for param in DATA_PARAMS:
             argv += ["--param", param]
         run_id = checks.submitted_run_id(run(argv, timeout=300).stdout)
-        client = kfp.Client(host=host)
-        wait_until(
-            f"pipeline run {run_id} ({name})",
-            lambda: checks.check_run_state(client.get_run(run_id).state, run_id) or None,
-            timeout=args.run_timeout,
-            interval=15,
-        )
+    print(f"  {name}: run {run_id}", flush=True)
+    wait_until(
+        f"pipeline run {run_id} ({name})",
+        lambda: run_state(run_id, args.ready_timeout),
+        timeout=args.run_timeout,
+        interval=30,
+    )
 
 
 def isvc() -> dict:
@@ -286,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 package = workdir / "recsys-e2e.yaml"
                 run(
                     [
-                        str(REPO / ".venv" / "bin" / "recsys"),
+                        recsys(),
                         "compile",
                         "--pipeline",
                         "training",

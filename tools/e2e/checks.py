@@ -191,14 +191,13 @@ def check_all_from(versions: list[str], champion: str) -> None:
 
 
 def check_rolled_back(isvc: dict[str, Any]) -> bool:
-    """True once KServe reports the champion revision at 100% and the latest at 0%."""
-    traffic = (isvc.get("status") or {}).get("components", {}).get("predictor", {}).get(
-        "traffic"
-    ) or []
+    """True once KServe reports the champion revision at 100%: the entries not marked
+    latestRevision sum to 100 and the latest (the canary's), listed or not, has 0."""
+    status = isvc.get("status") or {}
+    traffic = status.get("components", {}).get("predictor", {}).get("traffic") or []
     latest = [t for t in traffic if t.get("latestRevision")]
     previous = [t for t in traffic if not t.get("latestRevision")]
     return (
-        bool(latest)
-        and all((t.get("percent") or 0) == 0 for t in latest)
+        all((t.get("percent") or 0) == 0 for t in latest)
         and sum(t.get("percent") or 0 for t in previous) == 100
     )
