@@ -50,7 +50,9 @@ DATA_PARAMS = (
     "synthetic_interactions=8000",
 )
 # The champion is a deliberately weaker model (no ranker); the second run's full model passes
-# a gate that asks for no gain, so it becomes the canary.
+# a gate that asks for no gain, so it becomes the canary. On this data the local pipeline
+# (`recsys run --data synthetic ...` with these two configs) scored NDCG@10 0.3242 and 0.3696:
+# the second was accepted at +14.0%.
 CHAMPION_CONFIG = "model:\n  ranker:\n    enabled: false\n"
 CANARY_CONFIG = "gate:\n  min_relative_gain: 0.0\n  guardrails: {}\n"
 
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                     v2.gateway_versions(gateway, state["host"], args.requests // 2),
                     state["champion"],
                 )
-    except StageFailed:
+    except (StageFailed, KeyboardInterrupt):
         passed = False
     else:
         passed = True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -590,3 +591,22 @@ def test_run_states():
     for state in ("FAILED", "CANCELED"):
         with pytest.raises(runner.Fatal, match=f"ended {state}"):
             checks.check_run_state(state, "r")
+
+
+def test_a_failing_preflight_reports_exits_1_and_creates_no_cluster(tmp_path):
+    # An empty PATH: no docker, kind, kubectl or helm, whatever this machine has.
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "e2e_kind.py"), "--cluster-name", "recsys-e2e-test"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": str(tmp_path)},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"\[preflight\] FAILED \d+\.\ds: `docker` not found on PATH", lines[0])
+    assert lines[1] == (
+        "=== end-to-end test failed in stage 'preflight': `docker` not found on PATH (no cluster yet)"
+    )
+    assert len(lines) == 2 and "Traceback" not in proc.stderr
