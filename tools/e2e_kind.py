@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from e2e import checks, platform, v2
 from e2e.options import parse_args
-from e2e.runner import E2EError, StageFailed, Stages, failure_report, run, wait_until
+from e2e.runner import E2EError, Fatal, StageFailed, Stages, failure_report, run, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 # The rollback command of README.md, character for character (a test keeps the two alike).
@@ -84,9 +84,7 @@ def port_forward(target: str, namespace: str, remote: int, timeout: float) -> It
 
     def listening() -> bool | None:
         if proc.poll() is not None:
-            raise E2EError(
-                f"port-forward to {namespace}/{target} exited: {proc.stderr.read()[-300:]}"
-            )
+            raise Fatal(f"port-forward to {namespace}/{target} exited: {proc.stderr.read()[-300:]}")
         with socket.socket() as s:
             return True if s.connect_ex(("127.0.0.1", local)) == 0 else None
 
@@ -166,11 +164,11 @@ def run_state(run_id: str, timeout: float) -> bool | None:
     whole run (up to an hour) may drop, one per look cannot go stale."""
     import kfp
 
-    with port_forward("svc/ml-pipeline-ui", "kubeflow", 80, timeout) as port:
-        try:
+    try:
+        with port_forward("svc/ml-pipeline-ui", "kubeflow", 80, timeout) as port:
             state = kfp.Client(host=f"http://127.0.0.1:{port}").get_run(run_id).state
-        except Exception as exc:  # urllib3 and kfp_server_api errors: the API is busy, look again
-            raise E2EError(f"cannot read run {run_id}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # a dropped forward, urllib3 and kfp_server_api errors: look again
+        raise E2EError(f"cannot read run {run_id}: {type(exc).__name__}: {exc}") from exc
     return checks.check_run_state(state, run_id) or None
 
 

@@ -610,3 +610,47 @@ def test_a_failing_preflight_reports_exits_1_and_creates_no_cluster(tmp_path):
         "=== end-to-end test failed in stage 'preflight': `docker` not found on PATH (no cluster yet)"
     )
     assert len(lines) == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.fixture()
+def unreachable_cluster(tmp_path, monkeypatch):
+    """A kubeconfig whose API server port nothing listens on (what a deleted cluster looks like)."""
+    require_tool("kubectl", "the driver's port-forwards run it")
+    port = e2e_kind.free_port()  # bound, then closed: nothing listens there
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(config))
+
+
+def test_a_port_forward_that_exits_is_fatal_for_its_wait(unreachable_cluster):
+    forward = e2e_kind.port_forward("svc/ml-pipeline-ui", "kubeflow", 80, timeout=60)
+    with pytest.raises(runner.Fatal, match="port-forward to kubeflow/svc/ml-pipeline-ui exited"):
+        forward.__enter__()
+
+
+def test_a_dropped_forward_while_a_run_goes_on_is_looked_at_again(unreachable_cluster):
+    # One look fails as a plain (transient) error, so the wait for the run retries it.
+    with pytest.raises(runner.E2EError, match="cannot read run r1: Fatal") as failed:
+        e2e_kind.run_state("r1", timeout=60)
+    assert not isinstance(failed.value, runner.Fatal)
+    clock = Clock()
+    with pytest.raises(runner.E2EError, match="timed out after 60s waiting for run r1"):
+        runner.wait_until(
+            "run r1",
+            lambda: e2e_kind.run_state("r1", timeout=60),
+            timeout=60,
+            interval=30,
+            clock=clock,
+            sleep=clock.sleep,
+        )
