@@ -11,7 +11,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# LightGBM's wheel needs the OpenMP runtime, which the slim image lacks.
+# LightGBM's wheel needs the OpenMP runtime, which the slim image lacks. Not version-pinned:
+# Debian's security updates replace the pinned version, and the base image tag fixes the release.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
@@ -28,7 +30,7 @@ COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
 RUN pip install --no-deps . \
-    && rm -rf build *.egg-info
+    && rm -rf build ./*.egg-info
 USER 1000:1000
 WORKDIR /home/recsys
 # KFP runs each step's own command in this image; by itself it prints the CLI's help.
@@ -44,7 +46,7 @@ COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
 RUN pip install --no-deps . \
-    && rm -rf build *.egg-info
+    && rm -rf build ./*.egg-info
 USER 1000:1000
 WORKDIR /home/recsys
 # 8080: REST (KServe v1 and v2, /metrics); 8081: gRPC (v2).
