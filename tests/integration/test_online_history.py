@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from components.artifact import load_model
-from components.feedback_store import FeedbackStore
+from components.feedback_events import normalize_event
+from components.feedback_store import FeedbackStore, events_table
 from serving.online_history import (
     FreshHistory,
     RedisHistorySource,
@@ -90,6 +91,26 @@ def test_redis_lists_are_read_at_start_and_followed_by_their_change_stream(redis
     finally:
         history.stop()
         writer.close()
+
+
+def test_a_postgresql_transaction_committing_late_is_not_skipped(postgres_url):
+    """A slow transaction: an event stamped, then committed 6 s later (longer than any fixed
+    look-back), while a later event commits and the tail polls meanwhile. Its event is read
+    once it commits; what committed after it waits for it rather than passing it."""
+    with FeedbackStore(postgres_url) as store:
+        history = FreshHistory(SqlHistorySource(postgres_url, poll_seconds=0.05)).start()
+        try:
+            wait_for(history.first_read.is_set)
+            slow = normalize_event(like("u1", "slow"))  # received_at: now
+            with store.engine.begin() as conn:
+                conn.execute(events_table.insert(), [slow])
+                time.sleep(6)
+                store.add_events([like("u2", "fast")])  # committed, stamped 6 s later
+                time.sleep(1)  # polls run meanwhile
+                assert history.lookup(["u1", "u2"]) is None  # "fast" waits for "slow"
+            wait_for(lambda: history.lookup(["u1", "u2"]) == [("slow",), ("fast",)])
+        finally:
+            history.stop()
 
 
 @pytest.mark.parametrize("source", ["redis", "postgresql"])
