@@ -13,6 +13,7 @@ import inspect
 import logging
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +34,7 @@ from serving.online_history import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from events_process import free_port, launch_service, stop_service, wait_ready
+from events_process import free_port, launch_service, start_service, stop_service, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -266,3 +267,138 @@ def test_recsys_serve_reads_the_run_home_store_unless_told_otherwise(
     assert main(["serve", "--model-dir", str(small_model_dir), "--home", str(tmp_path),
                  *flags]) == 0
     assert seen["args"].online_store == expected.format(home=tmp_path.resolve())
+
+
+# --------------------------------------------- the events service's side: the store into Redis
+@pytest.fixture()
+def own_redis(tmp_path):
+    """A redis-server of this test's own, to kill and freeze (never the shared one)."""
+    from redis_process import private_redis_server
+
+    server = private_redis_server(tmp_path)
+    yield server
+    server.close()
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def lists_of(client, prefix: str, users) -> dict[str, list[str]]:
+    return {user: client.lrange(f"{prefix}history:{user}", 0, -1) for user in users}
+
+
+def test_likes_acknowledged_while_redis_is_down_reach_the_history_once_it_is_back(
+        store_url, own_redis, tmp_path):
+    """The issue's check: four clients post likes; Redis is killed (SIGKILL) for a few seconds
+    and restarted empty, as one without persistence comes back; every like a 200 acknowledged,
+    before, during and after the outage, is then in its user's history list, once."""
+    proc, base = start_service(store_url, tmp_path / "events.log", "--online-store",
+                               own_redis.url, "--online-store-prefix", "t:")
+    acked: dict[str, tuple[str, str]] = {}
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for seq in range(50 * 90):  # at most 90 likes per user: under the list's cap
+                if stop.is_set():
+                    return
+                event = like(f"u{n}-{seq % 50}", f"i{n}-{seq}")
+                try:
+                    response = http.post("/v1/events", json=event)
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    acked[event["event_id"]] = (event["user_id"], event["item_id"])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    redis = own_redis.client()
+    try:
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(acked) >= 200, timeout=60)
+        first_user, first_item = next(iter(acked.values()))
+        wait_for(lambda: first_item in redis.lrange(f"t:history:{first_user}", 0, -1))
+        own_redis.kill()
+        at_kill = len(acked)
+        time.sleep(4)
+        during = len(acked) - at_kill
+        own_redis.start()
+        wait_for(lambda: len(acked) >= at_kill + during + 100, timeout=60)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        assert during > 0, "no like was acknowledged while Redis was down"
+        assert metric(base, "recsys_events_online_store_errors_total") >= 1
+        users = sorted({user for user, _ in acked.values()})
+        expected = {user: set() for user in users}
+        for user, item in acked.values():
+            expected[user].add(item)
+        redis = own_redis.client()
+
+        def complete() -> bool:
+            got = lists_of(redis, "t:", users)
+            return all(expected[u] <= set(got[u]) for u in users)
+
+        wait_for(complete, timeout=60)
+        got = lists_of(redis, "t:", users)
+        assert all(len(items) == len(set(items)) == len(expected[u])
+                   for u, items in got.items()), "an item twice in a list, or one not acked"
+        wait_for(lambda: metric(base, "recsys_events_online_lag_events") == 0)
+        assert metric(base, "recsys_events_online_lag_seconds") == 0
+        assert metric(base, "recsys_events_online_pushed_total") >= len(acked)
+    finally:
+        stop.set()
+        redis.close()
+        assert stop_service(proc) == 0
+
+
+def test_a_restarted_events_service_catches_up_from_the_cursor_kept_in_redis(
+        store_url, redis_prefix, tmp_path):
+    """Events committed while no events service pushes (written to the store directly, as a
+    `kill -9` between a commit and its push leaves them) reach the lists when one starts again,
+    from the cursor it left in Redis; a cursor lost or a batch sent twice doubles nothing."""
+    import redis as redis_py
+
+    url, prefix = redis_prefix
+    flags = ("--online-store", url, "--online-store-prefix", prefix)
+    log = tmp_path / "events.log"
+    client = redis_py.Redis.from_url(url, decode_responses=True)
+    writer = RedisHistoryWriter(url, prefix=prefix)
+    proc, base = start_service(store_url, log, *flags)
+    try:
+        t = time.time()
+        assert httpx.post(base + "/v1/events", timeout=10, json=[
+            like("u1", "a") | {"timestamp": t}, like("u1", "b") | {"timestamp": t + 1}]
+            ).status_code == 200
+        wait_for(lambda: client.lrange(f"{prefix}history:u1", 0, -1) == ["b", "a"])
+    finally:
+        assert stop_service(proc) == 0
+    cursor = client.get(f"{prefix}history-cursor")  # where the service stopped
+    with FeedbackStore(store_url) as store:
+        store.add_events([like("u1", "c") | {"timestamp": t + 2}, like("u2", "d")])
+    time.sleep(0.5)
+    assert client.lrange(f"{prefix}history:u1", 0, -1) == ["b", "a"]  # no one pushes them
+    proc, base = start_service(store_url, log, *flags)
+    try:
+        wait_for(lambda: lists_of(client, prefix, ["u1", "u2"]) == {
+            "u1": ["c", "b", "a"], "u2": ["d"]})
+        # a batch whose reply was lost, sent again: the cursor has moved on, nothing changes
+        moved = client.get(f"{prefix}history-cursor")
+        assert cursor and moved != cursor
+        assert not writer.push_after([{"user_id": "u1", "item_id": "x", "timestamp": t}],
+                                     cursor, "anything")
+        assert client.get(f"{prefix}history-cursor") == moved
+        assert client.lrange(f"{prefix}history:u1", 0, -1) == ["c", "b", "a"]
+        client.delete(f"{prefix}history-cursor")  # lost (evicted, say): a rebuild from the store
+        assert httpx.post(base + "/v1/events", json=like("u3", "e"), timeout=10
+                          ).status_code == 200
+        wait_for(lambda: client.lrange(f"{prefix}history:u3", 0, -1) == ["e"])
+        assert lists_of(client, prefix, ["u1", "u2"]) == {"u1": ["c", "b", "a"], "u2": ["d"]}
+        assert client.get(f"{prefix}history-cursor") not in (None, moved)
+    finally:
+        writer.close()
+        client.close()
+        assert stop_service(proc) == 0
