@@ -6,9 +6,11 @@ never recommend them again. Two online stores hold that history:
 
 - Locally, the feedback store itself (the run home's SQLite file, or any store URL).
 - On a cluster, Redis: the events service keeps a capped list per user,
-  `<prefix>history:<user_id>` (LPUSH + LTRIM, newest first, with a TTL), and appends the user id
-  to a capped stream, `<prefix>history-changes`, so readers learn who changed
-  (`RedisHistoryWriter`).
+  `<prefix>history:<user_id>` (newest first, each item once, with a TTL), and appends the user
+  id to a capped stream, `<prefix>history-changes`, so readers learn who changed
+  (`RedisHistoryWriter`). The lists follow the feedback store, the source of truth, from a
+  cursor kept beside them (`<prefix>history-cursor`; `HistoryPusher`): what was committed while
+  Redis was down reaches them once it is back.
 
 The predictor never waits on either: a `FreshHistory` keeps every user's fresh items in memory
 and a background thread keeps it current (the SQL store is tailed by commit order every
