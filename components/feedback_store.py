@@ -9,7 +9,9 @@ Tables (created when absent):
 
 - `events`: one row per accepted feedback event (`components.feedback_events` has the
   contract). `event_id` is the primary key and the client's idempotency key: a retried event
-  is stored once and reported as a duplicate.
+  is stored once and reported as a duplicate. On PostgreSQL each row also records the id of
+  the transaction that wrote it (`commit_xid`, filled by the database), which gives readers a
+  commit order (`positive_events_since`).
 - `impressions`: one row per item shown in a recommendation answer (from the predictor
   locally, from KServe's payload logger on a cluster); primary key
   (request_id, user_id, position), so a re-delivered answer is stored once.
@@ -22,6 +24,7 @@ store it once.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,8 +55,17 @@ IMPRESSION_COLUMNS = (
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 STORE_FILE = "feedback.db"
 _SQLITE_BUSY_SECONDS = 30
-# A PostgreSQL transaction may commit this long after it stamped received_at and still be seen.
-_PG_OVERLAP_SECONDS = 5.0
+# PostgreSQL: the transaction that wrote each event row (see `positive_events_since`), and the
+# oldest transaction still running, below which every transaction has finished.
+_COMMIT_XID = sa.literal_column("events.commit_xid", sa.BigInteger)
+_PG_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_PG_COMMIT_XID_DDL = (
+    ("ALTER TABLE events ADD COLUMN IF NOT EXISTS commit_xid bigint NOT NULL "
+     "DEFAULT (pg_current_xact_id()::text::bigint)"),
+    "CREATE INDEX IF NOT EXISTS ix_events_commit ON events (commit_xid, event_id)",
+)
+# A position in commit order: the rowid on SQLite, (commit_xid, event_id) on PostgreSQL.
+Cursor = int | tuple[int, str]
 
 metadata = sa.MetaData()
 events_table = sa.Table(
@@ -167,6 +179,8 @@ class FeedbackStore:
         for attempt in range(3):
             try:
                 metadata.create_all(self.engine)
+                if self.engine.dialect.name == "postgresql":
+                    self._add_commit_xid()
                 return
             except DBAPIError as exc:
                 # Two processes creating the tables at once: the loser's CREATE fails because
@@ -175,6 +189,20 @@ class FeedbackStore:
                     raise ConfigError(f"feedback store {display_url(self.url)}: cannot open "
                                       f"({_first_line(exc)})") from None
                 time.sleep(0.05 * (attempt + 1))
+
+    def _add_commit_xid(self) -> None:
+        """The column and index that give PostgreSQL rows a commit order (stores created
+        before them get them here; the rows already there share the ALTER's transaction id).
+        Looked up first: ALTER TABLE takes an exclusive lock even when it has nothing to do."""
+        with self.engine.connect() as conn:
+            present = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() "
+                "AND tablename = 'events' AND indexname = 'ix_events_commit'").scalar_one()
+        if present:
+            return
+        with self.engine.begin() as conn:
+            for statement in _PG_COMMIT_XID_DDL:
+                conn.exec_driver_sql(statement)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -291,37 +319,113 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def positive_events_since(self, cursor: float | None = None, *,
+    def positive_events_since(self, cursor: Cursor | None = None, *,
                               since_timestamp: float | None = None,
-                              limit: int = 10_000) -> tuple[pd.DataFrame, float]:
+                              received_since: float | None = None,
+                              limit: int = 10_000) -> tuple[pd.DataFrame, Cursor | None]:
         """Positive events committed after `cursor` (None: from the start), in commit order,
-        at most `limit`: `user_id, item_id, timestamp` and the cursor to pass next time. What a cache of
-        recent history tails. `since_timestamp` keeps events at or after that event time.
+        at most `limit`: `user_id, item_id, timestamp` and the cursor to pass next time (the
+        same one when nothing is new). What a cache of recent history tails and what the Redis
+        history follows. `since_timestamp` keeps events at or after that event time,
+        `received_since` those received at or after that time.
 
+        Nothing committed later can land behind the cursor, however long its transaction took.
         On SQLite the cursor is the rowid: writers are serialised, so rowids grow in commit
-        order and nothing committed later can land behind the cursor. PostgreSQL has no such
-        order (a transaction that started earlier may commit later), so there the cursor is
-        `received_at` and every call re-reads the last `_PG_OVERLAP_SECONDS` too: the caller
-        must apply events idempotently."""
+        order. PostgreSQL writers are not, so there each row carries the id of the transaction
+        that wrote it (`commit_xid`) and the cursor is (commit_xid, event_id); a read returns
+        only rows of transactions older than the oldest one still running (the snapshot's
+        xmin), all of which have finished. A transaction left open delays what comes after
+        it; it never makes it skipped."""
         table = events_table
-        sqlite_order = self.engine.dialect.name == "sqlite"
-        order = sa.literal_column("rowid") if sqlite_order else table.c.received_at
-        query = (sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
-                           order.label("cursor"))
-                 .where(table.c.type.in_(POSITIVE_TYPES)).order_by(order).limit(int(limit)))
-        if cursor is not None:
-            bound = int(cursor) if sqlite_order else float(cursor) - _PG_OVERLAP_SECONDS
-            query = query.where(order > bound)
-        if since_timestamp is not None:
-            query = query.where(table.c.timestamp >= float(since_timestamp))
-        frame = self._frame(query, ("user_id", "item_id", "timestamp", "cursor"))
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                rowid = sa.literal_column("rowid")
+                query = sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
+                                  rowid.label("position")).order_by(rowid)
+                if cursor is not None:
+                    query = query.where(rowid > int(cursor))
+            else:
+                # First the horizon, then the read: every transaction below the horizon had
+                # finished before the read's snapshot was taken, so all its rows are visible.
+                horizon = conn.exec_driver_sql(_PG_HORIZON).scalar_one()
+                query = (sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
+                                   _COMMIT_XID.label("position"), table.c.event_id)
+                         .where(_COMMIT_XID < int(horizon))
+                         .order_by(_COMMIT_XID, table.c.event_id))
+                if cursor is not None:
+                    xid, event_id = cursor
+                    query = query.where(sa.tuple_(_COMMIT_XID, table.c.event_id)
+                                        > sa.tuple_(sa.literal(int(xid)), sa.literal(event_id)))
+            query = _received(query.where(table.c.type.in_(POSITIVE_TYPES)), since_timestamp,
+                              received_since).limit(int(limit))
+            rows = conn.execute(query).all()
         columns = ["user_id", "item_id", "timestamp"]
-        if frame.empty:
-            return frame[columns], (-1 if cursor is None else cursor)
-        next_cursor = frame["cursor"].iloc[-1].item()  # a Python number: drivers bind those
+        frame = pd.DataFrame.from_records([tuple(r[:3]) for r in rows], columns=columns)
+        frame["timestamp"] = frame["timestamp"].astype(float)
+        if not rows:
+            return frame, cursor
+        last = rows[-1]
+        if self.engine.dialect.name == "sqlite":
+            return frame, int(last[3])
+        return frame, (int(last[3]), str(last[4]))
+
+    def positive_backlog(self, cursor: Cursor | None, *,
+                         received_since: float | None = None) -> tuple[int, float | None]:
+        """How far a reader at `cursor` is behind: the positive events committed after it
+        (those `positive_events_since` has yet to return, including any a running transaction
+        still holds back) and the oldest one's `received_at` (None when there are none)."""
+        table = events_table
+        query = sa.select(sa.func.count(), sa.func.min(table.c.received_at)).where(
+            table.c.type.in_(POSITIVE_TYPES))
         if cursor is not None:
-            next_cursor = max(next_cursor, cursor)
-        return frame[columns], next_cursor
+            if self.engine.dialect.name == "sqlite":
+                query = query.where(sa.literal_column("rowid") > int(cursor))
+            else:
+                xid, event_id = cursor
+                query = query.where(sa.tuple_(_COMMIT_XID, table.c.event_id)
+                                    > sa.tuple_(sa.literal(int(xid)), sa.literal(event_id)))
+        query = _received(query, None, received_since)
+        with self.engine.connect() as conn:
+            count, oldest = conn.execute(query).one()
+        return int(count), (None if oldest is None else float(oldest))
+
+    def cursor_is_ahead(self, cursor: Cursor) -> bool:
+        """Whether `cursor` lies past anything this store has written (it belongs to another
+        database: a replaced SQLite file, a restored PostgreSQL)."""
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                top = conn.exec_driver_sql("SELECT max(rowid) FROM events").scalar_one()
+                return int(cursor) > int(top or 0)
+            following = conn.exec_driver_sql(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").scalar_one()
+            return int(cursor[0]) >= int(following)
+
+    def dump_cursor(self, cursor: Cursor | None) -> str:
+        """A cursor as text, to keep it elsewhere (`load_cursor` reads it back)."""
+        if cursor is None:
+            return ""
+        if self.engine.dialect.name == "sqlite":
+            return json.dumps({"sqlite_rowid": int(cursor)})
+        return json.dumps({"postgresql_xid": [int(cursor[0]), str(cursor[1])]})
+
+    def load_cursor(self, text: str | None) -> Cursor | None:
+        """The cursor `dump_cursor` wrote; None for none, or one of another kind of store."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        if self.engine.dialect.name == "sqlite":
+            value = data.get("sqlite_rowid")
+            return int(value) if isinstance(value, int) else None
+        value = data.get("postgresql_xid")
+        if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
+                and isinstance(value[1], str)):
+            return int(value[0]), value[1]
+        return None
 
     def interactions(self, since: float | None = None, *,
                      implicit_rating: float | None = None) -> pd.DataFrame:
@@ -372,6 +476,15 @@ def _window(query: sa.Select, column: sa.Column, since: float | None,
         query = query.where(column >= float(since))
     if until is not None:
         query = query.where(column < float(until))
+    return query
+
+
+def _received(query: sa.Select, since_timestamp: float | None,
+              received_since: float | None) -> sa.Select:
+    if since_timestamp is not None:
+        query = query.where(events_table.c.timestamp >= float(since_timestamp))
+    if received_since is not None:
+        query = query.where(events_table.c.received_at >= float(received_since))
     return query
 
 

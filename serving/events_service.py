@@ -6,8 +6,10 @@ KServe's payload logger, in one ASGI app (`build_app`; `serving/events.py` runs 
   bad event is a 400 `{"error": "<field>: <what>"}` and stores nothing; a body over
   `max_body_bytes` or a batch over `max_batch` is a 413. A 200 means committed:
   `{"accepted": n, "duplicates": m, "duplicate_ids": [...]}` (an event_id already stored is a
-  retry: stored once, answered as a duplicate). With an online store (Redis), the accepted
-  positive events are in the users' history lists before the answer goes out.
+  retry: stored once, answered as a duplicate). With an online store (Redis), a background
+  thread adds the committed positive events to the users' history lists right after the commit
+  (`serving.online_history.HistoryPusher`): the answer never waits on Redis, and what was
+  committed while Redis was down reaches the lists once it is back.
 - `POST /` with CloudEvent headers: the payload logger's request/response events, paired
   (`serving/payload_logger.py`) into impressions (and, with a request log, its records).
 - `GET /healthz` (503 while the store cannot be reached), `GET /metrics` (Prometheus).
@@ -81,7 +83,18 @@ class EventMetrics:
                             registry=registry)
         self.online_errors = counter(
             "recsys_events_online_store_errors",
-            "Committed batches whose events could not be added to the online history")
+            "Failed attempts to bring the online history up to date with the store (retried)")
+        self.online_pushed = counter(
+            "recsys_events_online_pushed", "Positive events added to the online history")
+        self.online_lag_events = Gauge(
+            "recsys_events_online_lag_events",
+            "Positive events committed to the store and not yet in the online history "
+            "(NaN until its cursor was first read)", registry=registry)
+        self.online_lag_seconds = Gauge(
+            "recsys_events_online_lag_seconds",
+            "Seconds since the oldest of them was received (0 when none)", registry=registry)
+        self.online_lag_events.set(float("nan"))
+        self.online_lag_seconds.set(float("nan"))
         # KServe's payload logger
         self.cloudevents = counter("recsys_events_received", "CloudEvents received, by type",
                                    ["type"])
@@ -120,8 +133,16 @@ class EventsService:
         self.max_batch, self.max_body_bytes = max_batch, max_body_bytes
         self.history_writer, self.request_log = history_writer, request_log
         self._warn = _OncePerMinute()
-        self.committer = GroupCommitter(store, m, max_queued_events=max_queued_events,
-                                        on_commit=self._to_history if history_writer else None)
+        self.pusher = None
+        if history_writer is not None:
+            from serving.online_history import HistoryPusher
+
+            self.pusher = HistoryPusher(
+                store, history_writer, on_error=lambda _exc: m.online_errors.inc(),
+                on_pushed=m.online_pushed.inc, on_lag=self._lag)
+        self.committer = GroupCommitter(
+            store, m, max_queued_events=max_queued_events,
+            on_commit=self.pusher.notify if self.pusher is not None else None)
         self.impressions = ImpressionWriter(
             store, on_drop=m.impressions_dropped.inc, on_error=m.impressions_dropped.inc,
             on_written=m.impressions.inc)
@@ -131,6 +152,8 @@ class EventsService:
 
     def start(self) -> None:
         self.committer.start()
+        if self.pusher is not None:
+            self.pusher.start()
         self.impressions.start()
         if self.request_log is not None:
             self.request_log.start()
@@ -138,6 +161,8 @@ class EventsService:
     def close(self) -> None:
         """After the server stopped taking requests: commit, write and close everything."""
         self.committer.close()
+        if self.pusher is not None:
+            self.pusher.close()
         self.impressions.close()
         if self.request_log is not None:
             self.request_log.close()
@@ -163,14 +188,9 @@ class EventsService:
         except InvalidEvent as exc:
             raise RequestError(400, "invalid_event", str(exc)) from None
 
-    def _to_history(self, rows: list[dict[str, Any]]) -> None:
-        try:
-            self.history_writer.push(rows)
-        except Exception as exc:  # noqa: BLE001
-            # committed all the same: the history misses them, counted
-            self.metrics.online_errors.inc()
-            self._warn("online store: cannot add %d events to the users' history: %s: %s",
-                       len(rows), type(exc).__name__, str(exc).splitlines()[0][:200])
+    def _lag(self, events: int, seconds: float) -> None:
+        self.metrics.online_lag_events.set(events)
+        self.metrics.online_lag_seconds.set(seconds)
 
     def count(self, rows: list[dict[str, Any]], duplicates: list[str]) -> None:
         m = self.metrics

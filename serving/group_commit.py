@@ -117,7 +117,7 @@ class GroupCommitter:
         stored = [row for job, (_, dups) in zip(group, answers)
                   for row in accepted_rows(job.rows, dups)]
         if self.on_commit is not None and stored:
-            self.on_commit(stored)  # before the answers: committed and visible, then 2xx
+            self.on_commit(stored)  # must not block: it runs before the answers go out
         for job, answer in zip(group, answers):
             job.future.set_result(answer)
 

@@ -6,9 +6,11 @@ never recommend them again. Two online stores hold that history:
 
 - Locally, the feedback store itself (the run home's SQLite file, or any store URL).
 - On a cluster, Redis: the events service keeps a capped list per user,
-  `<prefix>history:<user_id>` (LPUSH + LTRIM, newest first, with a TTL), and appends the user id
-  to a capped stream, `<prefix>history-changes`, so readers learn who changed
-  (`RedisHistoryWriter`).
+  `<prefix>history:<user_id>` (newest first, each item once, with a TTL), and appends the user
+  id to a capped stream, `<prefix>history-changes`, so readers learn who changed
+  (`RedisHistoryWriter`). The lists follow the feedback store, the source of truth, from a
+  cursor kept beside them (`<prefix>history-cursor`; `HistoryPusher`): what was committed while
+  Redis was down reaches them once it is back.
 
 The predictor never waits on either: a `FreshHistory` keeps every user's fresh items in memory
 and a background thread keeps it current (the SQL store is tailed by commit order every
@@ -92,8 +94,37 @@ class _OncePerMinute:
 
 
 # ------------------------------------------------------------------------------- writing
+# One script, so that a batch's lists, its change-stream entries and the cursor move together
+# (Redis runs a script atomically, and persists its effects together). With `check` set it is
+# a compare-and-set on the cursor: a batch whose answer was lost (a timeout after Redis ran
+# it) and is sent again finds the cursor already past it and changes nothing. An item is kept
+# once per list (LREM before LPUSH), so even a batch applied twice adds nothing twice.
+_PUSH_SCRIPT = """
+if ARGV[1] == '1' and (redis.call('GET', KEYS[1]) or '') ~= ARGV[2] then return 0 end
+local a = 7
+for k = 3, #KEYS do
+  local user, n = ARGV[a], tonumber(ARGV[a + 1])
+  for j = a + 2, a + 1 + n do
+    redis.call('LREM', KEYS[k], 0, ARGV[j])
+    redis.call('LPUSH', KEYS[k], ARGV[j])
+  end
+  a = a + 2 + n
+  redis.call('LTRIM', KEYS[k], 0, tonumber(ARGV[4]) - 1)
+  redis.call('EXPIRE', KEYS[k], tonumber(ARGV[5]))
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'user_id', user)
+end
+if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
+def cursor_key(prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}history-cursor"
+
+
 class RedisHistoryWriter:
-    """The events service's side: push accepted positive events to the users' lists."""
+    """Adds positive events to the users' lists (newest first, each item once, capped, with a
+    TTL) and names the changed users on the change stream."""
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX,
                  list_length: int = DEFAULT_LIST_LENGTH, ttl_seconds: int = DEFAULT_TTL_SECONDS,
@@ -101,32 +132,177 @@ class RedisHistoryWriter:
         self.client = _redis_client(url, timeout)
         self.prefix, self.list_length, self.ttl = prefix, list_length, ttl_seconds
         self.changes_length = changes_length
+        self._script = self.client.register_script(_PUSH_SCRIPT)
 
     def push(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Add the positive events (stored form) to their users' lists in one round trip;
         returns the number of users touched. Raises redis errors."""
+        positive = [e for e in events if e["type"] in POSITIVE_TYPES]
+        return self._apply(positive, None, "")[1]
+
+    def push_after(self, events: Iterable[Mapping[str, Any]], expected: str,
+                   cursor: str) -> bool:
+        """Add the events (`user_id`, `item_id`, `timestamp`) and move the stored cursor from
+        `expected` ("" for none) to `cursor`, all or nothing; False, changing nothing, when
+        the stored cursor is not `expected`. Raises redis errors."""
+        return self._apply(list(events), expected, cursor)[0]
+
+    def read_cursor(self) -> str:
+        """The cursor stored beside the lists ("" when there is none)."""
+        return self.client.get(cursor_key(self.prefix)) or ""
+
+    def _apply(self, events: list[Mapping[str, Any]], expected: str | None,
+               cursor: str) -> tuple[bool, int]:
         by_user: dict[str, list[str]] = {}
         for event in sorted(events, key=lambda e: e["timestamp"]):
-            if event["type"] in POSITIVE_TYPES:
-                by_user.setdefault(event["user_id"], []).append(event["item_id"])
-        if not by_user:
-            return 0
-        pipe = self.client.pipeline(transaction=True)
+            by_user.setdefault(str(event["user_id"]), []).append(str(event["item_id"]))
+        if not by_user and expected is None:
+            return True, 0
+        keys = [cursor_key(self.prefix), changes_key(self.prefix)]
+        args: list[Any] = ["0" if expected is None else "1", expected or "", cursor,
+                           self.list_length, self.ttl, self.changes_length]
         for user, items in by_user.items():
-            key = history_key(user, self.prefix)
-            pipe.lpush(key, *items)  # the newest ends up first
-            pipe.ltrim(key, 0, self.list_length - 1)
-            pipe.expire(key, self.ttl)
-            pipe.xadd(changes_key(self.prefix), {"user_id": user}, maxlen=self.changes_length,
-                      approximate=True)
-        pipe.execute()
-        return len(by_user)
+            keys.append(history_key(user, self.prefix))
+            args.extend([user, len(items), *items])  # oldest first: the newest ends up first
+        return bool(self._script(keys=keys, args=args)), len(by_user)
 
     def ping(self) -> bool:
         return bool(self.client.ping())
 
     def close(self) -> None:
         self.client.close()
+
+
+class HistoryPusher:
+    """The events service's side: the feedback store is the source of truth, and this thread
+    brings the Redis lists up to date with it. It follows the store's positive events in commit
+    order (`FeedbackStore.positive_events_since`) from a cursor kept in Redis beside the lists
+    (`<prefix>history-cursor`, moved in the same script as the batch it covers), so:
+
+    - nothing waits on Redis: a commit only wakes the thread (`notify`); a Redis that is down
+      or frozen delays the history, never the events' answers;
+    - whatever was committed while Redis was unreachable, or while no events service ran,
+      reaches the lists once both are back, from where the cursor stopped;
+    - a batch sent twice is applied once (the cursor is compared and set), and an item is in
+      a list once whatever happens;
+    - a Redis that lost its data (no cursor) is rebuilt from the store's events received
+      within the lists' TTL; so is one whose cursor belongs to another store.
+
+    The lag (positive events committed and not yet pushed, and the age of the oldest) goes to
+    `on_lag` about once a second; failures to `on_error`, retried every `retry_seconds`."""
+
+    def __init__(self, store: Any, writer: RedisHistoryWriter, *, batch: int = 1_000,
+                 poll_seconds: float = 0.2, retry_seconds: float = 1.0,
+                 lag_seconds: float = 1.0,
+                 on_error: Callable[[BaseException], None] | None = None,
+                 on_lag: Callable[[int, float], None] | None = None,
+                 on_pushed: Callable[[int], None] | None = None):
+        self.store, self.writer, self.batch = store, writer, batch
+        self.poll_seconds, self.retry_seconds = poll_seconds, retry_seconds
+        self.lag_seconds = lag_seconds
+        self.on_error, self.on_lag, self.on_pushed = on_error, on_lag, on_pushed
+        # Events received earlier than this are past the lists' TTL: a rebuild starts here.
+        self.received_since = time.time() - writer.ttl
+        self._known = False  # whether _cursor/_stored are what Redis holds
+        self._read_once = False
+        self._cursor: Any = None
+        self._stored = ""
+        self._last_lag = 0.0
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warn = _OncePerMinute(log)
+
+    def start(self) -> HistoryPusher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="history-pusher",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def notify(self, *_rows: Any) -> None:
+        """Something was committed: look now rather than at the next poll."""
+        self._wake.set()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Push what is committed (while Redis answers, for up to `timeout`), then stop."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._closing.set()
+            self._wake.set()
+            thread.join(timeout)
+
+    def step(self) -> int:
+        """Push the next batch after the cursor; the number of events pushed (0: up to date).
+        Raises the store's and Redis's errors."""
+        if not self._known:
+            self._load_cursor()
+        frame, cursor = self.store.positive_events_since(
+            self._cursor, received_since=self.received_since, limit=self.batch)
+        if frame.empty:
+            return 0
+        text = self.store.dump_cursor(cursor)
+        if not self.writer.push_after(frame.to_dict("records"), self._stored, text):
+            self._known = False  # another writer moved it (or our own earlier try did)
+            return 0
+        self._cursor, self._stored = cursor, text
+        if self.on_pushed is not None:
+            self.on_pushed(len(frame))
+        return len(frame)
+
+    def _load_cursor(self) -> None:
+        stored = self.writer.read_cursor()
+        cursor = self.store.load_cursor(stored)
+        if stored and cursor is None:
+            log.warning("online store: the history cursor %r is not one of this store; "
+                        "rebuilding the lists from the store", stored[:100])
+        elif cursor is not None and self.store.cursor_is_ahead(cursor):
+            log.warning("online store: the history cursor %s lies past this store's events "
+                        "(another database?); rebuilding the lists from the store", stored)
+            cursor = None
+        elif not stored:
+            log.info("online store: no history cursor; adding the store's positive events "
+                     "since %s", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(
+                         self.received_since)))
+        self._cursor, self._stored, self._known = cursor, stored, True
+        self._read_once = True
+
+    def _run(self) -> None:
+        deadline = None
+        while True:
+            self._wake.clear()
+            failed, pushed = False, 0
+            try:
+                pushed = self.step()
+            except Exception as exc:  # noqa: BLE001 (redis, SQLAlchemy and driver errors)
+                failed, self._known = True, False
+                if self.on_error is not None:
+                    self.on_error(exc)
+                self._warn("online store: cannot bring the users' history up to date, "
+                           "retrying: %s: %s", type(exc).__name__,
+                           str(exc).splitlines()[0][:200] if str(exc) else "")
+            self._report_lag()
+            if self._closing.is_set():
+                deadline = deadline or time.monotonic() + 5.0
+                if failed or pushed == 0 or time.monotonic() > deadline:
+                    return
+            elif failed:
+                self._closing.wait(self.retry_seconds)
+            elif pushed == 0:
+                self._wake.wait(self.poll_seconds)
+
+    def _report_lag(self) -> None:
+        """The backlog behind the last cursor read or written (none before the first)."""
+        now = time.monotonic()
+        if self.on_lag is None or not self._read_once or now - self._last_lag < self.lag_seconds:
+            return
+        self._last_lag = now
+        try:
+            count, oldest = self.store.positive_backlog(self._cursor,
+                                                        received_since=self.received_since)
+        except Exception:  # noqa: BLE001 (the store's error: the next step reports it)
+            return
+        self.on_lag(count, max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 
 
 # ------------------------------------------------------------------------------- reading

@@ -13,6 +13,7 @@ import inspect
 import logging
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +22,8 @@ import httpx
 import pytest
 
 from components.artifact import load_model
-from components.feedback_store import FeedbackStore
+from components.feedback_events import normalize_event
+from components.feedback_store import FeedbackStore, events_table
 from serving.online_history import (
     FreshHistory,
     RedisHistorySource,
@@ -32,7 +34,7 @@ from serving.online_history import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from events_process import free_port, launch_service, stop_service, wait_ready
+from events_process import free_port, launch_service, start_service, stop_service, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,6 +92,26 @@ def test_redis_lists_are_read_at_start_and_followed_by_their_change_stream(redis
     finally:
         history.stop()
         writer.close()
+
+
+def test_a_postgresql_transaction_committing_late_is_not_skipped(postgres_url):
+    """A slow transaction: an event stamped, then committed 6 s later (longer than any fixed
+    look-back), while a later event commits and the tail polls meanwhile. Its event is read
+    once it commits; what committed after it waits for it rather than passing it."""
+    with FeedbackStore(postgres_url) as store:
+        history = FreshHistory(SqlHistorySource(postgres_url, poll_seconds=0.05)).start()
+        try:
+            wait_for(history.first_read.is_set)
+            slow = normalize_event(like("u1", "slow"))  # received_at: now
+            with store.engine.begin() as conn:
+                conn.execute(events_table.insert(), [slow])
+                time.sleep(6)
+                store.add_events([like("u2", "fast")])  # committed, stamped 6 s later
+                time.sleep(1)  # polls run meanwhile
+                assert history.lookup(["u1", "u2"]) is None  # "fast" waits for "slow"
+            wait_for(lambda: history.lookup(["u1", "u2"]) == [("slow",), ("fast",)])
+        finally:
+            history.stop()
 
 
 @pytest.mark.parametrize("source", ["redis", "postgresql"])
@@ -245,3 +267,178 @@ def test_recsys_serve_reads_the_run_home_store_unless_told_otherwise(
     assert main(["serve", "--model-dir", str(small_model_dir), "--home", str(tmp_path),
                  *flags]) == 0
     assert seen["args"].online_store == expected.format(home=tmp_path.resolve())
+
+
+# --------------------------------------------- the events service's side: the store into Redis
+@pytest.fixture()
+def own_redis(tmp_path):
+    """A redis-server of this test's own, to kill and freeze (never the shared one)."""
+    from redis_process import private_redis_server
+
+    server = private_redis_server(tmp_path)
+    yield server
+    server.close()
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def lists_of(client, prefix: str, users) -> dict[str, list[str]]:
+    return {user: client.lrange(f"{prefix}history:{user}", 0, -1) for user in users}
+
+
+def test_likes_acknowledged_while_redis_is_down_reach_the_history_once_it_is_back(
+        store_url, own_redis, tmp_path):
+    """The issue's check: four clients post likes; Redis is killed (SIGKILL) for a few seconds
+    and restarted empty, as one without persistence comes back; every like a 200 acknowledged,
+    before, during and after the outage, is then in its user's history list, once."""
+    proc, base = start_service(store_url, tmp_path / "events.log", "--online-store",
+                               own_redis.url, "--online-store-prefix", "t:")
+    acked: dict[str, tuple[str, str]] = {}
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for seq in range(50 * 90):  # at most 90 likes per user: under the list's cap
+                if stop.is_set():
+                    return
+                event = like(f"u{n}-{seq % 50}", f"i{n}-{seq}")
+                try:
+                    response = http.post("/v1/events", json=event)
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    acked[event["event_id"]] = (event["user_id"], event["item_id"])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    redis = own_redis.client()
+    try:
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(acked) >= 200, timeout=60)
+        first_user, first_item = next(iter(acked.values()))
+        wait_for(lambda: first_item in redis.lrange(f"t:history:{first_user}", 0, -1))
+        own_redis.kill()
+        at_kill = len(acked)
+        time.sleep(4)
+        during = len(acked) - at_kill
+        own_redis.start()
+        wait_for(lambda: len(acked) >= at_kill + during + 100, timeout=60)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        assert during > 0, "no like was acknowledged while Redis was down"
+        assert metric(base, "recsys_events_online_store_errors_total") >= 1
+        users = sorted({user for user, _ in acked.values()})
+        expected = {user: set() for user in users}
+        for user, item in acked.values():
+            expected[user].add(item)
+        redis = own_redis.client()
+
+        def complete() -> bool:
+            got = lists_of(redis, "t:", users)
+            return all(expected[u] <= set(got[u]) for u in users)
+
+        wait_for(complete, timeout=60)
+        got = lists_of(redis, "t:", users)
+        assert all(len(items) == len(set(items)) == len(expected[u])
+                   for u, items in got.items()), "an item twice in a list, or one not acked"
+        wait_for(lambda: metric(base, "recsys_events_online_lag_events") == 0)
+        assert metric(base, "recsys_events_online_lag_seconds") == 0
+        assert metric(base, "recsys_events_online_pushed_total") >= len(acked)
+    finally:
+        stop.set()
+        redis.close()
+        assert stop_service(proc) == 0
+
+
+def test_a_restarted_events_service_catches_up_from_the_cursor_kept_in_redis(
+        store_url, redis_prefix, tmp_path):
+    """Events committed while no events service pushes (written to the store directly, as a
+    `kill -9` between a commit and its push leaves them) reach the lists when one starts again,
+    from the cursor it left in Redis; a cursor lost or a batch sent twice doubles nothing."""
+    import redis as redis_py
+
+    url, prefix = redis_prefix
+    flags = ("--online-store", url, "--online-store-prefix", prefix)
+    log = tmp_path / "events.log"
+    client = redis_py.Redis.from_url(url, decode_responses=True)
+    writer = RedisHistoryWriter(url, prefix=prefix)
+    proc, base = start_service(store_url, log, *flags)
+    try:
+        t = time.time()
+        assert httpx.post(base + "/v1/events", timeout=10, json=[
+            like("u1", "a") | {"timestamp": t}, like("u1", "b") | {"timestamp": t + 1}]
+            ).status_code == 200
+        wait_for(lambda: client.lrange(f"{prefix}history:u1", 0, -1) == ["b", "a"])
+    finally:
+        assert stop_service(proc) == 0
+    cursor = client.get(f"{prefix}history-cursor")  # where the service stopped
+    with FeedbackStore(store_url) as store:
+        store.add_events([like("u1", "c") | {"timestamp": t + 2}, like("u2", "d")])
+    time.sleep(0.5)
+    assert client.lrange(f"{prefix}history:u1", 0, -1) == ["b", "a"]  # no one pushes them
+    proc, base = start_service(store_url, log, *flags)
+    try:
+        wait_for(lambda: lists_of(client, prefix, ["u1", "u2"]) == {
+            "u1": ["c", "b", "a"], "u2": ["d"]})
+        # a batch whose reply was lost, sent again: the cursor has moved on, nothing changes
+        moved = client.get(f"{prefix}history-cursor")
+        assert cursor and moved != cursor
+        assert not writer.push_after([{"user_id": "u1", "item_id": "x", "timestamp": t}],
+                                     cursor, "anything")
+        assert client.get(f"{prefix}history-cursor") == moved
+        assert client.lrange(f"{prefix}history:u1", 0, -1) == ["c", "b", "a"]
+        client.delete(f"{prefix}history-cursor")  # lost (evicted, say): a rebuild from the store
+        assert httpx.post(base + "/v1/events", json=like("u3", "e"), timeout=10
+                          ).status_code == 200
+        wait_for(lambda: client.lrange(f"{prefix}history:u3", 0, -1) == ["e"])
+        assert lists_of(client, prefix, ["u1", "u2"]) == {"u1": ["c", "b", "a"], "u2": ["d"]}
+        assert client.get(f"{prefix}history-cursor") not in (None, moved)
+    finally:
+        writer.close()
+        client.close()
+        assert stop_service(proc) == 0
+
+
+def test_a_frozen_redis_does_not_hold_up_the_events_answers(own_redis, tmp_path):
+    """Redis stopped with SIGSTOP: the kernel still accepts its connections, nothing answers,
+    so every Redis call waits for the 2 s socket timeout. Posting goes on regardless: each post
+    is acknowledged and stored, typically far below that timeout (the median under a quarter of
+    it; it was above 2 s when each commit pushed to Redis), the lag shows the backlog, and the
+    events reach the list, once each, when Redis runs again."""
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    proc, base = start_service(url, tmp_path / "events.log", "--online-store", own_redis.url,
+                               "--online-store-prefix", "t:")
+    redis = own_redis.client()
+    try:
+        assert httpx.post(base + "/v1/events", json=like("u1", "first"), timeout=10
+                          ).status_code == 200
+        wait_for(lambda: redis.lrange("t:history:u1", 0, -1) == ["first"])
+        own_redis.freeze()
+        seconds, items = [], []
+        try:
+            with httpx.Client(base_url=base, timeout=30) as http:
+                for n in range(20):
+                    event = like("u1", f"f{n}")
+                    started = time.perf_counter()
+                    response = http.post("/v1/events", json=event)
+                    seconds.append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text
+                    items.append(event["item_id"])
+            with FeedbackStore(url) as store:
+                assert set(items) <= set(store.read_events().item_id)
+            assert sorted(seconds)[len(seconds) // 2] < 0.5, seconds
+            wait_for(lambda: metric(base, "recsys_events_online_lag_events") >= 20, timeout=30)
+        finally:
+            own_redis.thaw()
+        wait_for(lambda: set(items) <= set(redis.lrange("t:history:u1", 0, -1)), timeout=30)
+        listed = redis.lrange("t:history:u1", 0, -1)
+        assert sorted(listed) == sorted(["first", *items])
+        wait_for(lambda: metric(base, "recsys_events_online_lag_events") == 0)
+    finally:
+        redis.close()
+        assert stop_service(proc) == 0
