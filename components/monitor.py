@@ -11,6 +11,11 @@ Reasons, each with its threshold in the `monitoring` section of the config:
 - new data volume: feedback interactions newer than the champion's training data reach
   `new_data_fraction` of its training interactions.
 A view with fewer than `min_window` rows is not tested, and the decision says so.
+
+The outcome is `retrain`, `ok`, or `alert`: a reason holds but retraining could not change the
+model, as no feedback interaction is newer than the champion's training data (the training
+pipeline would read the same data again); the decision says so in `no_retrain_reason`, and no
+retraining is launched.
 """
 
 from __future__ import annotations
@@ -49,7 +54,11 @@ from components.observations import (
     served_from_request_log,
 )
 
-RETRAIN, OK = "retrain", "ok"
+RETRAIN, OK, ALERT = "retrain", "ok", "alert"
+NO_NEW_DATA = (
+    "no new data to retrain on: no feedback interaction is newer than the champion's training "
+    "data, so retraining would read the same data again; not retrained"
+)
 CLICK_TYPES = ("click", "like", "consume")
 
 
@@ -94,6 +103,8 @@ class Decision:
     checked_at: float
     window: dict[str, Any]
     online: dict[str, Any] | None = None
+    # Why a decision with reasons is `alert` and not `retrain` (None otherwise).
+    no_retrain_reason: str | None = None
 
     def to_json(self) -> str:
         """Strict JSON: a value that is not a finite number (a CTR with no impressions) is null."""
@@ -220,12 +231,14 @@ def decide(
     manifest: dict[str, Any],
     window: Window,
     config: MonitoringConfig,
-    new_interactions: int = 0,
+    new_interactions: int | None = None,
     online: OnlineMetric | None = None,
     now: float | None = None,
 ) -> tuple[Decision, list[ViewResult]]:
     """Run the detectors on the window and weigh every reason; returns the decision and the
-    view results (for the report)."""
+    view results (for the report). `new_interactions` is the count of feedback interactions
+    newer than the champion's training data (None: not known); with reasons and 0 of them the
+    decision is `alert`, not `retrain`."""
     now = time.time() if now is None else now
     tables = window_tables(window, facts, references)
     notes: list[str] = []
@@ -267,8 +280,8 @@ def decide(
             f"monitoring.max_model_age_days ({config.max_model_age_days:g})"
         )
     train_size = int(references.summary.get("train_interactions") or facts.n_train_interactions)
-    share = new_interactions / train_size if train_size else 0.0
-    if share >= config.new_data_fraction:
+    share = (new_interactions or 0) / train_size if train_size else 0.0
+    if new_interactions and share >= config.new_data_fraction:
         reasons.append(
             f"new data: {new_interactions:,} feedback interactions newer than the "
             f"champion's training data, {share:.1%} of its {train_size:,} training interactions "
@@ -294,8 +307,11 @@ def decide(
                     f"to {online.ctr:.2%} ({drop:.0%} down, p={p:.2g}; "
                     f"monitoring.max_ctr_drop {config.max_ctr_drop:.0%})"
                 )
+    outcome, blocked = (RETRAIN if reasons else OK), None
+    if reasons and new_interactions == 0:
+        outcome, blocked = ALERT, NO_NEW_DATA
     decision = Decision(
-        decision=RETRAIN if reasons else OK,
+        decision=outcome,
         reasons=reasons,
         drift=drift,
         notes=notes,
@@ -310,6 +326,7 @@ def decide(
             "new_interactions": new_interactions,
         },
         online=online_summary,
+        no_retrain_reason=blocked,
     )
     return decision, results
 

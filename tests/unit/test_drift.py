@@ -237,6 +237,23 @@ def test_staleness_and_new_data_volume_are_reasons(artifact, trained):
     assert decision.decision == OK
 
 
+def test_a_reason_with_no_new_data_is_an_alert_not_a_retraining(artifact, trained):
+    directory, references = artifact
+    model, _, _, pool = trained
+    window = _window(model, pool.sample(300, random_state=2))
+    stale = time.time() + 31 * 86_400
+    decision, _ = _decide(directory, references, window, now=stale, new_interactions=0)
+    assert decision.decision == "alert"
+    assert decision.reasons[0].startswith("staleness: the champion is 31")
+    assert decision.no_retrain_reason.startswith("no new data to retrain on")
+    assert json.loads(decision.to_json())["no_retrain_reason"] == decision.no_retrain_reason
+    decision, _ = _decide(directory, references, window, now=stale, new_interactions=1)
+    assert decision.decision == RETRAIN and decision.no_retrain_reason is None
+    # No reason at all stays ok, with or without new data.
+    decision, _ = _decide(directory, references, window, new_interactions=0)
+    assert decision.decision == OK and decision.no_retrain_reason is None
+
+
 def test_a_significant_click_through_drop_is_a_reason(artifact, trained):
     directory, references = artifact
     model, _, _, pool = trained
