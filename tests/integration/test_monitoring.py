@@ -60,6 +60,8 @@ def test_the_retraining_branch_is_the_training_pipeline_under_a_condition(tmp_pa
     spec, platform = yaml.safe_load_all(text)  # the pipeline, then its Kubernetes settings
     root = spec["root"]["dag"]["tasks"]
     assert not root["drift-check-op"]["cachingOptions"].get("enableCache")
+    # A data error is the same on every try: the step retries only transient errors itself.
+    assert "retryPolicy" not in root["drift-check-op"]
     branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
     retrain = next(t for t in branches.values() if t["taskInfo"]["name"] == "retrain")
     condition = retrain["triggerPolicy"]["condition"]
@@ -111,6 +113,16 @@ def test_monitor_with_nothing_to_check_is_one_line(tmp_path):
         "monitor", "--home", str(tmp_path), "--feedback", str(tmp_path / "no.jsonl"), home=tmp_path
     )
     assert "no such events file" in result.stderr and result.returncode == 1
+
+
+def test_a_deterministic_error_of_the_check_is_not_retried(tmp_path):
+    (tmp_path / "requests").mkdir()
+    (tmp_path / "requests" / "requests-h-1.jsonl").write_text("not a record\n")
+    result = _recsys("monitor", "--check-only", "--json", home=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "retrying" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("recsys monitor: error: model 'recsys' has no champion in ")
 
 
 # --------------------------------------------------------------------------- end to end
