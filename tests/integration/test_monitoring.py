@@ -343,6 +343,9 @@ def test_monitor_prints_its_decision_when_retraining_cannot_or_does_not_run(tmp_
     assert out["no_retrain_reason"].startswith("no new data to retrain on")
     assert out["window"]["new_interactions"] == 0 and out["retraining"] is None
     assert "ingest" not in result.stderr  # the training pipeline did not start
+    # Each step by its display name, not the compiler's task key (monitoring-summary-op-2).
+    steps = [line.split()[0] for line in result.stderr.splitlines() if line.endswith("  done")]
+    assert steps == ["drift-check", "summary"], result.stderr
 
     # New rating events (a fifth of the training size: a reason of their own), and a source
     # that has gone away since the champion was trained: the retraining fails at its first step.
