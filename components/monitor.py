@@ -11,6 +11,11 @@ Reasons, each with its threshold in the `monitoring` section of the config:
 - new data volume: feedback interactions newer than the champion's training data reach
   `new_data_fraction` of its training interactions.
 A view with fewer than `min_window` rows is not tested, and the decision says so.
+
+The outcome is `retrain`, `ok`, or `alert`: a reason holds but retraining could not change the
+model, as no feedback interaction is newer than the champion's training data (the training
+pipeline would read the same data again); the decision says so in `no_retrain_reason`, and no
+retraining is launched.
 """
 
 from __future__ import annotations
@@ -37,19 +42,24 @@ from components.drift_features import (
     served_table,
 )
 from components.drift_reference import References
-from components.errors import RecsysError
+from components.errors import DataValidationError, RecsysError
 from components.observations import (
     POSITIVE_EVENT_TYPES,
+    BadRows,
     is_store_url,
     read_feedback_events,
     read_impressions,
-    read_request_log,
+    read_request_log_window,
     redact,
     served_from_impressions,
     served_from_request_log,
 )
 
-RETRAIN, OK = "retrain", "ok"
+RETRAIN, OK, ALERT = "retrain", "ok", "alert"
+NO_NEW_DATA = (
+    "no new data to retrain on: no feedback interaction is newer than the champion's training "
+    "data, so retraining would read the same data again; not retrained"
+)
 CLICK_TYPES = ("click", "like", "consume")
 
 
@@ -62,6 +72,7 @@ class Window:
     since: float
     until: float
     sources: list[str] = field(default_factory=list)
+    bad: BadRows = field(default_factory=BadRows)  # rows skipped as unreadable
 
 
 @dataclass
@@ -94,6 +105,8 @@ class Decision:
     checked_at: float
     window: dict[str, Any]
     online: dict[str, Any] | None = None
+    # Why a decision with reasons is `alert` and not `retrain` (None otherwise).
+    no_retrain_reason: str | None = None
 
     def to_json(self) -> str:
         """Strict JSON: a value that is not a finite number (a CTR with no impressions) is null."""
@@ -118,8 +131,11 @@ def read_window(
     *, request_log: str | Path | None, feedback: str | None, as_of: float, config: MonitoringConfig
 ) -> Window:
     """The most recent `window_size` served rows and positive events of the `window_hours`
-    before `as_of`. Served rows come from the request log when there is one, else from the
-    feedback store's impressions; events from the store or an events file."""
+    before `as_of`. Served rows come from the request log when there is one (only the window
+    is read, from the end of the newest files), else from the feedback store's impressions;
+    events from the store or an events file. A row that cannot be read (not JSON, not a
+    record, an event breaking the contract) is skipped and counted in `Window.bad` with its
+    file and line; only a window with bad rows and nothing valid is an error."""
     until, since = as_of, as_of - config.window_hours * 3600.0
     log_dir = Path(request_log) if request_log else None
     has_log = log_dir is not None and log_dir.is_dir()
@@ -130,9 +146,12 @@ def read_window(
             "`recsys serve` (it logs its answers), post events with `recsys events serve`, or "
             "pass --request-log DIR"
         )
-    sources = []
+    sources, bad = [], BadRows()
     if has_log:
-        served = served_from_request_log(read_request_log(log_dir))
+        logged = read_request_log_window(
+            log_dir, since=since, until=until, limit=config.window_size, bad=bad
+        )
+        served = served_from_request_log(logged)
         sources.append(f"request log {log_dir}")
     elif feedback and is_store_url(feedback):
         served = served_from_impressions(read_impressions(feedback, since=since, until=until))
@@ -143,13 +162,18 @@ def read_window(
     served = served.tail(config.window_size).reset_index(drop=True)
     if feedback:
         events = read_feedback_events(
-            feedback, since=since, until=until, types=POSITIVE_EVENT_TYPES
+            feedback, since=since, until=until, types=POSITIVE_EVENT_TYPES, bad=bad
         )
         events = events.sort_values("timestamp", kind="stable").tail(config.window_size)
         sources.append(f"events in {redact(feedback)}")
     else:
         events = pd.DataFrame(columns=["type", "user_id", "item_id", "timestamp", "value"])
-    return Window(served, events.reset_index(drop=True), since, until, sources)
+    if bad.count and served.empty and events.empty:
+        raise DataValidationError(
+            f"nothing valid to check in the window: {bad.count:,} unreadable row(s) skipped, "
+            f"the first {bad.examples[0]}"
+        )
+    return Window(served, events.reset_index(drop=True), since, until, sources, bad)
 
 
 def window_tables(
@@ -166,9 +190,12 @@ def window_tables(
 
 
 # ---------------------------------------------------------------- online metrics
-def online_metric(feedback: str, model_version: str, window: Window) -> OnlineMetric | None:
+def online_metric(
+    feedback: str, model_version: str, window: Window, bad: BadRows | None = None
+) -> OnlineMetric | None:
     """Clicks (click, like, consume events naming a shown item's request) over impressions of
-    `model_version`, in the window and in the window of equal length before it."""
+    `model_version`, in the window and in the window of equal length before it (bad events
+    skipped into `bad`)."""
     if not is_store_url(feedback):
         return None
     length = window.until - window.since
@@ -177,7 +204,7 @@ def online_metric(feedback: str, model_version: str, window: Window) -> OnlineMe
         return None
     impressions = impressions[impressions["model_version"].astype(str) == model_version]
     events = read_feedback_events(
-        feedback, since=window.since - length, until=window.until, types=CLICK_TYPES
+        feedback, since=window.since - length, until=window.until, types=CLICK_TYPES, bad=bad
     )
     clicked = set(zip(events["request_id"].astype(str), events["item_id"].astype(str)))
     hit = [
@@ -220,12 +247,14 @@ def decide(
     manifest: dict[str, Any],
     window: Window,
     config: MonitoringConfig,
-    new_interactions: int = 0,
+    new_interactions: int | None = None,
     online: OnlineMetric | None = None,
     now: float | None = None,
 ) -> tuple[Decision, list[ViewResult]]:
     """Run the detectors on the window and weigh every reason; returns the decision and the
-    view results (for the report)."""
+    view results (for the report). `new_interactions` is the count of feedback interactions
+    newer than the champion's training data (None: not known); with reasons and 0 of them the
+    decision is `alert`, not `retrain`."""
     now = time.time() if now is None else now
     tables = window_tables(window, facts, references)
     notes: list[str] = []
@@ -240,6 +269,12 @@ def decide(
             )
         else:
             tested[name] = table
+    if window.bad.count:
+        notes.insert(
+            0,
+            f"skipped {window.bad.count:,} unreadable row(s), decided on the rest; the first: "
+            + "; ".join(window.bad.examples[:3]),
+        )
     results = run_detectors(references.detectors, tested)
     drift, drifted = {}, []
     ignored = set(config.ignore_features)
@@ -267,8 +302,8 @@ def decide(
             f"monitoring.max_model_age_days ({config.max_model_age_days:g})"
         )
     train_size = int(references.summary.get("train_interactions") or facts.n_train_interactions)
-    share = new_interactions / train_size if train_size else 0.0
-    if share >= config.new_data_fraction:
+    share = (new_interactions or 0) / train_size if train_size else 0.0
+    if new_interactions and share >= config.new_data_fraction:
         reasons.append(
             f"new data: {new_interactions:,} feedback interactions newer than the "
             f"champion's training data, {share:.1%} of its {train_size:,} training interactions "
@@ -294,8 +329,11 @@ def decide(
                     f"to {online.ctr:.2%} ({drop:.0%} down, p={p:.2g}; "
                     f"monitoring.max_ctr_drop {config.max_ctr_drop:.0%})"
                 )
+    outcome, blocked = (RETRAIN if reasons else OK), None
+    if reasons and new_interactions == 0:
+        outcome, blocked = ALERT, NO_NEW_DATA
     decision = Decision(
-        decision=RETRAIN if reasons else OK,
+        decision=outcome,
         reasons=reasons,
         drift=drift,
         notes=notes,
@@ -308,18 +346,26 @@ def decide(
             "rows": {name: len(t) for name, t in tables.items()},
             "model_age_days": age,
             "new_interactions": new_interactions,
+            "skipped_rows": window.bad.count,
+            "skipped": list(window.bad.examples),
         },
         online=online_summary,
+        no_retrain_reason=blocked,
     )
     return decision, results
 
 
-def count_new_interactions(feedback: str | None, manifest: dict[str, Any]) -> int:
+def count_new_interactions(
+    feedback: str | None, manifest: dict[str, Any], bad: BadRows | None = None
+) -> int:
     """Positive feedback events later than the champion's training data (what retraining would
-    add); without timestamps in that data, events since the champion was created."""
+    add); without timestamps in that data, events since the champion was created (bad events
+    skipped into `bad`)."""
     if not feedback:
         return 0
     since = float(manifest.get("train_end") or 0.0)
     if since <= 0 and manifest.get("created_at"):
         since = calendar.timegm(time.strptime(manifest["created_at"], "%Y-%m-%dT%H:%M:%SZ"))
-    return len(read_feedback_events(feedback, since=since or None, types=POSITIVE_EVENT_TYPES))
+    return len(
+        read_feedback_events(feedback, since=since or None, types=POSITIVE_EVENT_TYPES, bad=bad)
+    )

@@ -132,6 +132,11 @@ def render_drift_report(
         f"<style>{_STYLE}</style></head><body>\n"
         f"<h1>Drift check: {esc(verdict)}</h1>\n"
         f"<h2>Reasons</h2><ul>{reasons}</ul>\n"
+        + (
+            f"<p><b>Not retrained:</b> {esc(decision.no_retrain_reason)}</p>\n"
+            if decision.no_retrain_reason
+            else ""
+        )
         + (f"<h2>Notes</h2><ul>{notes}</ul>\n" if notes else "")
         + f"{_context_html(context)}\n"
         + "\n".join(sections)

@@ -52,6 +52,7 @@ def drift_check(
     from components.drift_features import ModelFacts
     from components.drift_reference import load_references, reference_rows
     from components.monitor import (
+        OnlineMetric,
         count_new_interactions,
         decide,
         online_metric,
@@ -59,38 +60,54 @@ def drift_check(
         window_tables,
     )
     from components.monitor_report import render_drift_report
+    from components.observations import BadRows
     from components.registry import default_tracking_uri
-    from components.steps import parse_config
+    from components.steps import parse_config, retry_transient
 
     config = parse_config(config_yaml)
     tracking_uri = tracking_uri or default_tracking_uri()
     now = as_of or time.time()
-    with tempfile.TemporaryDirectory() as scratch:
-        directory = (
-            Path(model_dir)
-            if model_dir
-            else _champion_dir(tracking_uri, config.registry.model_name, Path(scratch))
+
+    def champion() -> tuple[dict, object, ModelFacts]:
+        with tempfile.TemporaryDirectory() as scratch:
+            directory = (
+                Path(model_dir)
+                if model_dir
+                else _champion_dir(tracking_uri, config.registry.model_name, Path(scratch))
+            )
+            manifest = read_manifest(directory)
+            verify_files(directory, manifest)
+            return manifest, load_references(directory), ModelFacts.from_artifact(directory)
+
+    def feedback_counts() -> tuple[OnlineMetric | None, int, BadRows]:
+        more_bad = BadRows()  # the same sources, read again: merged, not added
+        online = (
+            online_metric(feedback, str(manifest.get("model_version")), window, more_bad)
+            if feedback
+            else None
         )
-        manifest = read_manifest(directory)
-        verify_files(directory, manifest)
-        references = load_references(directory)
-        facts = ModelFacts.from_artifact(directory)
-    window = read_window(
-        request_log=request_log or None,
-        feedback=feedback or None,
-        as_of=now,
-        config=config.monitoring,
+        return online, count_new_interactions(feedback or None, manifest, more_bad), more_bad
+
+    # Only what may pass is tried again (a dropped connection, an unreachable registry): bad
+    # data, a missing champion or a bad config are RecsysErrors, the same on every try.
+    manifest, references, facts = retry_transient(champion)
+    window = retry_transient(
+        lambda: read_window(
+            request_log=request_log or None,
+            feedback=feedback or None,
+            as_of=now,
+            config=config.monitoring,
+        )
     )
-    online = (
-        online_metric(feedback, str(manifest.get("model_version")), window) if feedback else None
-    )
+    online, new_interactions, more_bad = retry_transient(feedback_counts)
+    window.bad.merge(more_bad)
     decision, results = decide(
         references=references,
         facts=facts,
         manifest=manifest,
         window=window,
         config=config.monitoring,
-        new_interactions=count_new_interactions(feedback or None, manifest),
+        new_interactions=new_interactions,
         online=online,
         now=now,
     )
@@ -108,12 +125,14 @@ def drift_check(
         decision.decision,
         "".join(f"\n  - {r}" for r in decision.reasons + decision.notes),
     )
-    _log_to_mlflow(
-        tracking_uri,
-        config.registry.experiment + "-monitoring",
-        decision,
-        Path(report_out),
-        Path(decision_out),
+    retry_transient(
+        lambda: _log_to_mlflow(
+            tracking_uri,
+            config.registry.experiment + "-monitoring",
+            decision,
+            Path(report_out),
+            Path(decision_out),
+        )
     )
     if pushgateway:
         from components.errors import RecsysError

@@ -4,6 +4,9 @@ With no flags it checks what `recsys serve` (request log in `<home>/requests`) a
 `recsys events serve` (feedback store `<home>/feedback.db`) stored in the run home, against the
 champion the last `recsys run` registered; on `retrain` the training pipeline runs on the source
 that `recsys run` trained on (recorded in `<home>/training_source.json`) plus the feedback.
+
+Once the check has run, its decision is printed (JSON with --json), whatever the retraining
+then does; see EXIT_CODES.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,16 @@ from typing import Any
 from components.errors import RecsysError
 
 SOURCE_RECORD = "training_source.json"
+RETRAINING_FAILED = 3
+EXIT_CODES = f"""\
+exit codes:
+  0  the check ran and its decision is printed: ok, alert (a reason holds but no feedback
+     interaction is newer than the champion's training data, so nothing was retrained), or
+     retrain (retrained, or not with --check-only)
+  1  no decision: bad input, nothing to check, or the check itself failed (one line on stderr)
+  2  bad command line
+  {RETRAINING_FAILED}  the check decided retrain and its decision is printed, but the retraining failed
+     (its cause on stderr)"""
 
 
 def record_training_source(home: Path, source: dict[str, Any]) -> None:
@@ -46,7 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "window of served records and feedback events against the champion's drift references, "
         "decide retrain (drift, staleness, online metric drop, new data volume) or ok, write an "
         "HTML report, and on retrain run the training pipeline on the source plus the feedback "
-        "(its gate decides whether the new model becomes the challenger).",
+        "(its gate decides whether the new model becomes the challenger). A reason to retrain "
+        "with no feedback interaction newer than the champion's training data is an alert: "
+        "retraining would read the same data again, so it is not launched.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--home", type=Path, default=None, help="run home (default: $RECSYS_HOME or ./runs)"
@@ -90,14 +108,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help='print {"decision", "reasons", "drift": {feature: {"p_value", "drift"}}, ...}',
+        help='print {"decision", "reasons", "no_retrain_reason", "drift": {feature: {"p_value", '
+        '"drift"}}, ...} on stdout (the steps\' output goes to stderr)',
     )
     p.set_defaults(func=cmd_monitor)
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from components.config import load_config
-    from components.monitor import finite
     from components.registry import default_home
     from pipelines.local import run_monitoring_local
 
@@ -122,30 +140,67 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             "store (feedback.db); serve the model with `recsys serve` (it logs its answers there), "
             "post events with `recsys events serve`, or pass --request-log DIR / --feedback"
         )
-    started = time.monotonic()
-    summary = run_monitoring_local(
-        home=home,
-        request_log=request_log,
-        feedback=feedback,
-        config_yaml=config_yaml,
-        as_of=args.as_of,
-        allow_retrain=not args.check_only,
-        quiet_stdout=args.json,
-        pushgateway=args.pushgateway,
-        source=source.get("data", "movielens-dslabs"),
-        items=source.get("items", ""),
-        synthetic_users=source.get("synthetic_users", 1000),
-        synthetic_items=source.get("synthetic_items", 500),
-        synthetic_interactions=source.get("synthetic_interactions", 50000),
-        seed=source.get("seed", 42),
-        data_version=source.get("data_version", ""),
-    )
+    started, started_at = time.monotonic(), time.time()
+    try:
+        summary = run_monitoring_local(
+            home=home,
+            request_log=request_log,
+            feedback=feedback,
+            config_yaml=config_yaml,
+            as_of=args.as_of,
+            allow_retrain=not args.check_only,
+            quiet_stdout=args.json,
+            pushgateway=args.pushgateway,
+            source=source.get("data", "movielens-dslabs"),
+            items=source.get("items", ""),
+            synthetic_users=source.get("synthetic_users", 1000),
+            synthetic_items=source.get("synthetic_items", 500),
+            synthetic_interactions=source.get("synthetic_interactions", 50000),
+            seed=source.get("seed", 42),
+            data_version=source.get("data_version", ""),
+        )
+    except RecsysError as exc:
+        check = _check_of_failed_run(home, started_at)
+        if check is None:  # the check itself failed: no decision to print
+            raise
+        _print_decision(args, check, None, _keep_report(home, {"check": check}), started)
+        print(f"recsys monitor: error: the retraining failed: {exc}", file=sys.stderr)
+        return RETRAINING_FAILED
     check, retraining = summary["check"], summary.get("retraining")
-    report = _keep_report(home, summary)
+    _print_decision(args, check, retraining, _keep_report(home, summary), started)
+    return 0
+
+
+def _check_of_failed_run(home: Path, started_at: float) -> dict[str, Any] | None:
+    """The decision of this run's drift check, when the run failed after it (the local
+    runner keeps each step's outputs under `<pipeline_root>/<run>/<task>/`)."""
+    found = [
+        path
+        for path in (home / "pipeline_root").glob("recsys-monitoring-*/drift-check-op/report.json")
+        if path.stat().st_mtime >= started_at - 1
+    ]
+    if not found:
+        return None
+    path = max(found, key=lambda p: p.stat().st_mtime)
+    check = json.loads(path.read_text())
+    check["report_path"] = str(path.with_suffix(""))
+    return check
+
+
+def _print_decision(
+    args: argparse.Namespace,
+    check: dict[str, Any],
+    retraining: dict[str, Any] | None,
+    report: Path | None,
+    started: float,
+) -> None:
+    from components.monitor import finite
+
     if args.json:
         out = {
             "decision": check["decision"],
             "reasons": check["reasons"],
+            "no_retrain_reason": check.get("no_retrain_reason"),
             "drift": {
                 key: {"p_value": value["p_value"], "drift": value["drift"]}
                 for key, value in check["drift"].items()
@@ -157,8 +212,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             "report": str(report) if report else None,
             "retraining": _retraining_brief(retraining),
         }
-        print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
-        return 0
+        print(json.dumps(finite(out), indent=2, default=str, allow_nan=False), flush=True)
+        return
     print()
     print(f"Monitoring finished in {time.monotonic() - started:.0f}s: {check['decision'].upper()}")
     for reason in check["reasons"]:
@@ -176,11 +231,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             f"Retrained: MLflow model '{brief['model_name']}' version {brief['version']}: alias "
             f"{brief['alias'] or 'none (gate refused)'} - {brief['reason']}"
         )
-    elif check["decision"] == "retrain":
+    elif check.get("no_retrain_reason"):
+        print(f"Not retrained: {check['no_retrain_reason']}.")
+    elif check["decision"] == "retrain" and args.check_only:
         print("Not retrained (--check-only).")
     if report:
-        print(f"HTML report: {report}")
-    return 0
+        print(f"HTML report: {report}", flush=True)
 
 
 def _retraining_brief(retraining: dict[str, Any] | None) -> dict[str, Any] | None:

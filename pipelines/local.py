@@ -39,8 +39,9 @@ class StepLog(io.TextIOBase):
     _exception = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit)\w*)): (.+)$")
 
     def __init__(self, log_file: io.TextIOBase, progress: Callable[[str], None],
-                 echo: io.TextIOBase | None = None):
+                 echo: io.TextIOBase | None = None, names: dict[str, str] | None = None):
         self.log_file = log_file
+        self.names = names or {}  # task name in the runner's lines -> the step's display name
         self.progress = progress
         self.echo = echo
         self.failed_step: str | None = None
@@ -50,9 +51,8 @@ class StepLog(io.TextIOBase):
         self._step_error: str | None = None
         self._pending = ""
 
-    @staticmethod
-    def step_name(task: str) -> str:
-        return task.removesuffix("-op")
+    def step_name(self, task: str) -> str:
+        return self.names.get(task) or task.removesuffix("-op")
 
     def write(self, text: str) -> int:
         self.log_file.write(_ANSI.sub("", text))  # colours are for terminals
@@ -90,6 +90,18 @@ class StepLog(io.TextIOBase):
             self.echo.flush()
 
 
+def display_names(pipeline) -> dict[str, str]:
+    """Each task's display name (`set_display_name`) by the name the local runner logs it
+    under: the compiler's task key, which for a component used twice reads
+    `monitoring-summary-op-2`. Display names are a no-op for the runner itself."""
+    spec = pipeline.pipeline_spec
+    names: dict[str, str] = {}
+    for dag in [spec.root.dag, *(c.dag for c in spec.components.values())]:
+        for key, task in dag.tasks.items():
+            names.setdefault(key, task.task_info.name or key)
+    return names
+
+
 def _absolute_if_path(value: str) -> str:
     """Components run in subprocesses: a relative data path must not depend on their cwd."""
     return str(Path(value).resolve()) if value and Path(value).exists() else value
@@ -123,7 +135,7 @@ def _run(pipeline, home: Path, arguments: dict[str, Any], *, name: str, verbose:
     saved_handlers, saved_level = root.handlers[:], root.level
     echo = (sys.stderr if quiet_stdout else sys.stdout) if verbose else None
     with log_path.open("w") as log_file:
-        sink = StepLog(log_file, progress, echo=echo)
+        sink = StepLog(log_file, progress, echo=echo, names=display_names(pipeline))
         # The runner also logs outside its steps (start, retries, end) through the root logger.
         root.handlers = [logging.StreamHandler(sink)]
         root.setLevel(logging.INFO)

@@ -71,7 +71,9 @@ def build_monitoring_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = S
                 allow_retrain=allow_retrain,
             ),
             "drift-check",
-            retries=1,
+            # Not Kubeflow's retries, which would repeat a data error too: the step retries
+            # its transient errors itself (`steps.retry_transient`).
+            retries=0,
             cache=False,
         )
         with dsl.If(check.outputs["action"] == "retrain", name="retrain"):

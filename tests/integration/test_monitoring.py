@@ -60,6 +60,8 @@ def test_the_retraining_branch_is_the_training_pipeline_under_a_condition(tmp_pa
     spec, platform = yaml.safe_load_all(text)  # the pipeline, then its Kubernetes settings
     root = spec["root"]["dag"]["tasks"]
     assert not root["drift-check-op"]["cachingOptions"].get("enableCache")
+    # A data error is the same on every try: the step retries only transient errors itself.
+    assert "retryPolicy" not in root["drift-check-op"]
     branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
     retrain = next(t for t in branches.values() if t["taskInfo"]["name"] == "retrain")
     condition = retrain["triggerPolicy"]["condition"]
@@ -111,6 +113,16 @@ def test_monitor_with_nothing_to_check_is_one_line(tmp_path):
         "monitor", "--home", str(tmp_path), "--feedback", str(tmp_path / "no.jsonl"), home=tmp_path
     )
     assert "no such events file" in result.stderr and result.returncode == 1
+
+
+def test_a_deterministic_error_of_the_check_is_not_retried(tmp_path):
+    (tmp_path / "requests").mkdir()
+    (tmp_path / "requests" / "requests-h-1.jsonl").write_text("not a record\n")
+    result = _recsys("monitor", "--check-only", "--json", home=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "retrying" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("recsys monitor: error: model 'recsys' has no champion in ")
 
 
 # --------------------------------------------------------------------------- end to end
@@ -303,3 +315,71 @@ def test_end_to_end_serve_shift_monitor_retrain(tmp_path, capsys, monkeypatch):
         "check/drift-report.html",
         "check/decision.json",
     }
+
+
+@pytest.mark.timeout(1800)
+def test_monitor_prints_its_decision_when_retraining_cannot_or_does_not_run(tmp_path, monkeypatch):
+    """Requests from never-seen users drift, but the feedback store is empty: retraining would
+    read the same data again, so the decision is an alert and nothing is trained. With new
+    events and a retraining that then fails, the decision is still printed, exit code 3."""
+    home = tmp_path / "home"
+    train, heldout, _ = _champion(home, monkeypatch)
+    from components.feedback_store import FeedbackStore
+
+    with FeedbackStore(f"sqlite:///{home / 'feedback.db'}"):
+        pass  # an empty store, as `recsys events serve` leaves it before any event
+    server, url = _serve(home, tmp_path / "serve.log")
+    try:
+        _ask(url, [f"never-seen-{i}" for i in range(300)])
+    finally:
+        server.send_signal(signal.SIGTERM)  # flushes the request log
+        server.wait(60)
+
+    result = _recsys("monitor", "--json", home=home)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout)
+    assert out["decision"] == "alert"
+    assert out["reasons"][0].startswith("drift: ") and "requests.user_activity" in out["reasons"][0]
+    assert out["no_retrain_reason"].startswith("no new data to retrain on")
+    assert out["window"]["new_interactions"] == 0 and out["retraining"] is None
+    assert "ingest" not in result.stderr  # the training pipeline did not start
+    # Each step by its display name, not the compiler's task key (monitoring-summary-op-2).
+    steps = [line.split()[0] for line in result.stderr.splitlines() if line.endswith("  done")]
+    assert steps == ["drift-check", "summary"], result.stderr
+
+    # New rating events (a fifth of the training size: a reason of their own), and a source
+    # that has gone away since the champion was trained: the retraining fails at its first step.
+    now = time.time()
+    events = tmp_path / "events.jsonl"
+    rows = heldout.head(len(train) // 5)
+    events.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "event_id": f"e{i}",
+                    "type": "rating",
+                    "user_id": str(r.user_id),
+                    "item_id": str(r.item_id),
+                    "value": float(r.rating),
+                    "timestamp": now - 60 + i * 0.01,
+                }
+            )
+            + "\n"
+            for i, r in enumerate(rows.itertuples())
+        )
+    )
+    source = json.loads((home / "training_source.json").read_text())
+    source["data"] = str(tmp_path / "moved-away.csv")
+    (home / "training_source.json").write_text(json.dumps(source))
+    result = _recsys("monitor", "--json", "--feedback", str(events), home=home)
+    assert result.returncode == 3, result.stderr[-4000:]
+    out = json.loads(result.stdout)
+    assert out["decision"] == "retrain" and out["no_retrain_reason"] is None
+    assert any(r.startswith("new data: ") for r in out["reasons"])
+    assert out["retraining"] is None and Path(out["report"]).is_file()
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("recsys monitor: error: the retraining failed: ")
+    assert "moved-away.csv" in last
+
+    help_text = _recsys("monitor", "--help", home=home).stdout
+    assert "exit codes:" in help_text and "the retraining failed" in help_text

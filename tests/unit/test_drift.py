@@ -8,6 +8,7 @@ the other half, so a stationary window is new data from the same period (fixed s
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from components.monitor import (
     window_tables,
 )
 from components.split import split_interactions
+from serving.request_log import LogEntry, RequestLog, read_request_log
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -237,6 +239,23 @@ def test_staleness_and_new_data_volume_are_reasons(artifact, trained):
     assert decision.decision == OK
 
 
+def test_a_reason_with_no_new_data_is_an_alert_not_a_retraining(artifact, trained):
+    directory, references = artifact
+    model, _, _, pool = trained
+    window = _window(model, pool.sample(300, random_state=2))
+    stale = time.time() + 31 * 86_400
+    decision, _ = _decide(directory, references, window, now=stale, new_interactions=0)
+    assert decision.decision == "alert"
+    assert decision.reasons[0].startswith("staleness: the champion is 31")
+    assert decision.no_retrain_reason.startswith("no new data to retrain on")
+    assert json.loads(decision.to_json())["no_retrain_reason"] == decision.no_retrain_reason
+    decision, _ = _decide(directory, references, window, now=stale, new_interactions=1)
+    assert decision.decision == RETRAIN and decision.no_retrain_reason is None
+    # No reason at all stays ok, with or without new data.
+    decision, _ = _decide(directory, references, window, new_interactions=0)
+    assert decision.decision == OK and decision.no_retrain_reason is None
+
+
 def test_a_significant_click_through_drop_is_a_reason(artifact, trained):
     directory, references = artifact
     model, _, _, pool = trained
@@ -390,7 +409,12 @@ def test_bad_sources_are_one_clear_line(tmp_path):
     logs = tmp_path / "requests"
     logs.mkdir()
     (logs / "requests-h-1.jsonl").write_text('{"unix_time": 1, "user_id": "u"}\nnot json\n')
-    with pytest.raises(DataValidationError, match=r"requests-h-1.jsonl: line 2 is not JSON"):
+    # A bad line is skipped; with nothing valid in the window, that is the error.
+    with pytest.raises(
+        DataValidationError,
+        match=r"nothing valid to check in the window: 1 unreadable row\(s\) skipped, the first "
+        r".*requests-h-1.jsonl: line 2: not JSON",
+    ):
         read_window(request_log=logs, feedback=None, as_of=time.time(), config=config)
     events = tmp_path / "events.jsonl"
     events.write_text(
@@ -398,9 +422,118 @@ def test_bad_sources_are_one_clear_line(tmp_path):
         '{"event_id": "b", "type": "clik", "user_id": "u", "item_id": "i"}\n'
     )
     with pytest.raises(
-        DataValidationError, match=r"events.jsonl: row 2 \(event 'b'\): type: 'clik' is not"
+        DataValidationError, match=r"events.jsonl: line 2 \(event 'b'\): type: 'clik' is not"
     ):
         read_window(request_log=None, feedback=str(events), as_of=time.time(), config=config)
+
+
+def _logged(directory: Path, now: float, rows: int, prefix: str = "r") -> RequestLog:
+    """`rows` answered requests (one user row each, a second apart, ending at `now`) written by
+    the server's own request log."""
+    log = RequestLog(directory, "recsys").start()
+    for i in range(rows):
+        log.log(
+            LogEntry(
+                now - rows + i,
+                f"{prefix}{i}",
+                "v1",
+                np.array([f"u{i % 7}"], dtype=object),
+                np.array([2]),
+                np.array([["a", "b"]], dtype=object),
+                np.array([[2.0, 1.0]]),
+                cold_start=np.array([False]),
+            )
+        )
+    log.close()
+    return log
+
+
+def test_bad_rows_are_skipped_with_their_file_and_line_and_the_rest_decides(
+    tmp_path, artifact, trained
+):
+    directory, references = artifact
+    now = time.time()
+    logs = tmp_path / "requests"
+    path = _logged(logs, now, 300).path
+    lines = path.read_text().splitlines(keepends=True)
+    lines.insert(100, "not json at all\n")  # line 101
+    no_time = json.loads(lines[200])
+    del no_time["unix_time"]
+    lines[200] = json.dumps(no_time) + "\n"  # line 201
+    path.write_text("".join(lines))
+    events = tmp_path / "events.jsonl"
+    good = [
+        {
+            "event_id": f"e{i}",
+            "type": "click",
+            "user_id": "u1",
+            "item_id": "a",
+            "timestamp": now - 50 + i,
+        }
+        for i in range(5)
+    ]
+    events.write_text(
+        "\n".join([json.dumps(good[0]), "[1, 2]", *map(json.dumps, good[1:]), '"a string"']) + "\n"
+    )
+    config = MonitoringConfig()
+    window = read_window(request_log=logs, feedback=str(events), as_of=now + 1, config=config)
+    assert len(window.served) == 299 and len(window.events) == 5
+    assert window.bad.count == 4
+    assert window.bad.examples == [
+        f"{path}: line 101: not JSON (Expecting value)",
+        f"{path}: line 201: not a request-log record (no unix_time)",
+        f"{events}: line 2: an event must be a JSON object",
+        f"{events}: line 7: an event must be a JSON object",
+    ]
+    decision, _ = _decide(directory, references, window, new_interactions=5)
+    out = json.loads(decision.to_json())
+    assert out["window"]["skipped_rows"] == 4 and out["window"]["skipped"] == window.bad.examples
+    assert out["notes"][0].startswith("skipped 4 unreadable row(s), decided on the rest")
+    assert out["window"]["rows"]["requests"] == 299
+
+
+def test_the_window_is_read_from_the_end_of_the_newest_files(tmp_path):
+    """A window of 100 from two processes' logs (one rotated into several files): the same rows
+    as reading every file and keeping the newest 100, and the reader never reaches the bad
+    lines at the start of the oldest file (it stopped once the window was full)."""
+    from components.observations import BadRows, read_request_log_window
+
+    now = time.time()
+    logs = tmp_path / "requests"
+    for name, offset in (("requests-h-1", 0.0), ("requests-h-2", 0.5)):
+        log = RequestLog(logs, "recsys", max_bytes=20_000, backup_count=20).start()
+        for i in range(400):
+            log.log(
+                LogEntry(
+                    now - 400 + i + offset,
+                    f"{name}-{i}",
+                    "v1",
+                    np.array(["u1", "u2"], dtype=object),
+                    np.array([1, 1]),
+                    np.array([["a"], ["b"]], dtype=object),
+                    np.array([[1.0], [0.5]]),
+                    cold_start=np.array([False, False]),
+                )
+            )
+        log.close()
+        for path in logs.glob(f"{log.path.name}*"):  # as if another process had written it
+            path.rename(logs / path.name.replace(log.path.stem, name))
+    assert len(list(logs.glob("requests-h-1.jsonl.*"))) > 2
+    everything = read_request_log(logs)
+    oldest = max(logs.glob("requests-h-1.jsonl.*"), key=lambda p: int(p.suffix[1:]))
+    stat = oldest.stat()
+    oldest.write_text("garbage before the window\n" + oldest.read_text())
+    os.utime(oldest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(list(logs.glob("requests-h-1.jsonl.*"))) > 2
+    bad = BadRows()
+    window = read_request_log_window(logs, since=now - 3600, until=now + 1, limit=100, bad=bad)
+    assert bad.count == 0  # the garbage line was never read
+    expected = everything.tail(100).reset_index(drop=True)
+    assert window["request_id"].tolist() == expected["request_id"].tolist()
+    assert window["row"].tolist() == expected["row"].tolist()
+    assert len(read_request_log_window(logs, since=now - 10, until=now + 1, limit=1000)) == 40
+    past = read_request_log_window(logs, since=now - 3600, until=now - 300, limit=10)
+    assert past["unix_time"].max() < now - 300 and len(past) == 10
 
 
 def test_the_decision_is_pushed_to_a_pushgateway(artifact, trained):
