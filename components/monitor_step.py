@@ -159,6 +159,7 @@ def _log_to_mlflow(
             "decision": decision.decision,
             "model_version": decision.model_version,
             "reasons": "; ".join(decision.reasons)[:5000] or "none",
+            "no_retrain_reason": (decision.no_retrain_reason or "")[:5000],
         },
     )
     stamp = int(decision.checked_at * 1000)

@@ -388,6 +388,7 @@ def drift_decisions(registry, experiment: str, limit: int = 5) -> tuple[list[dic
             "decision": run["tags"].get("decision", "?"),
             "model_version": run["tags"].get("model_version"),
             "reasons": [] if reasons in ("", "none") else reasons.split("; "),
+            "no_retrain_reason": run["tags"].get("no_retrain_reason") or None,
             "features": features,
             "rows": {k.removeprefix("rows."): v for k, v in metrics.items() if k.startswith("rows.")},
         })

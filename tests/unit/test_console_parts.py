@@ -324,6 +324,41 @@ def test_recent_reuses_a_read_for_its_seconds_and_never_keeps_failures():
     assert recent.get("k", read) == 5
 
 
+def test_monitoring_marks_an_alert_apart_from_a_retraining_and_says_why(tmp_path):
+    """A check whose reasons hold but that had no new data to retrain on is an `alert`: the
+    page shows it in the warning colour (not as a healthy decision) with the reason it gave."""
+    from fastapi.testclient import TestClient
+
+    from components.monitor import Decision
+    from components.monitor_step import _log_to_mlflow
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    decision = Decision(
+        "alert", ["drift: requests.user_activity moved (p = 0.0001)"],
+        {"requests.user_activity": {"p_value": 1e-4, "statistic": 0.31}},
+        [], "v3", time.time(), {"rows": {"requests": 1000}},
+        no_retrain_reason="no new data to retrain on")
+    report = tmp_path / "report"
+    report.write_text("<html><body>check</body></html>")
+    decision_file = tmp_path / "decision"
+    decision_file.write_text(decision.to_json())
+    _log_to_mlflow(uri, "recsys-monitoring", decision, report, decision_file)
+
+    closed = "http://127.0.0.1:9"
+    config = console_config(home, tracking_uri=uri, predictor_url=closed, events_url=closed,
+                            timeout=1.0)
+    with TestClient(create_app(build_console(config))) as client:
+        page = client.get("/monitoring").text
+        section = page[page.index('id="drift-title"'):page.index('id="runs-title"')]
+        assert '<span class="badge decision-continue">alert</span>' in section
+        assert "Not retrained: no new data to retrain on" in section
+
+
 def test_monitoring_shows_the_drift_decisions_recorded_in_mlflow(tmp_path):
     """A drift check recorded by the monitoring step's own MLflow writer, read back by the
     Monitoring page: the decision, its reasons, each feature's statistic and p-value, the
