@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from components.errors import ConfigError, RecsysError
 
@@ -60,6 +61,12 @@ def add_events_arguments(parser: argparse.ArgumentParser) -> None:
                         default=None, metavar="DIR",
                         help="also write the payload logger's answers as request-log records "
                         "(JSON lines, as `recsys serve --request-log`) to DIR")
+    parser.add_argument("--allow-origin", dest="allowed_origins", action="append", default=[],
+                        metavar="ORIGIN",
+                        help="a web origin (scheme://host:port) whose pages may post events "
+                        "(CORS); repeatable. Requests with any other Origin header are refused "
+                        "with 403; clients that send none (servers, curl) are not affected "
+                        "(default: none)")
     parser.add_argument("--pending-ttl", type=float, default=60.0,
                         help="seconds a payload-logger event waits for its partner "
                         "(default: %(default)s)")
@@ -106,6 +113,10 @@ def serve_events(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be a port number, got {args.port}")
+    for origin in args.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+            raise ConfigError(f"--allow-origin {origin}: expected scheme://host[:port]")
     url = args.store or default_store_url(args.home or default_home())
     store = FeedbackStore(url)
     history_writer = request_log = None
@@ -122,7 +133,8 @@ def serve_events(args: argparse.Namespace) -> int:
     service = EventsService(store, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
                             max_queued_events=args.max_queued_events,
                             history_writer=history_writer, request_log=request_log,
-                            pending_ttl=args.pending_ttl, max_pending=args.max_pending)
+                            pending_ttl=args.pending_ttl, max_pending=args.max_pending,
+                            allowed_origins=args.allowed_origins)
     sock = _listen(args.host, args.port)
     config = uvicorn.Config(build_app(service), log_config=None, access_log=False,
                             limit_concurrency=MAX_CONCURRENCY, timeout_graceful_shutdown=30,

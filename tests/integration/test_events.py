@@ -40,6 +40,9 @@ RESPONSE = {"id": "answer-1", "model_name": "recsys", "model_version": "v7", "ou
 ]}
 
 
+ALLOWED_ORIGIN = "http://console.example:8088"
+
+
 def ce_headers(kind: str, event_id: str) -> dict[str, str]:
     return {"Ce-Id": event_id, "Ce-Type": kind, "Ce-Specversion": "1.0",
             "Ce-Source": "http://localhost:9081/", "Ce-Time": "2025-01-31T12:00:00Z",
@@ -60,7 +63,8 @@ def service(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "events", "serve", "--home", str(home),
              "--port", str(port), "--request-log", str(home / "log"), "--pending-ttl", "2",
-             "--max-batch", "50", "--max-body-bytes", "100000"],
+             "--max-batch", "50", "--max-body-bytes", "100000",
+             "--allow-origin", ALLOWED_ORIGIN],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -78,6 +82,7 @@ def service(tmp_path_factory):
 
 def post(base: str, body, path: str = "/v1/events", **kwargs) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    kwargs.setdefault("headers", {"content-type": "application/json"})
     return httpx.post(base + path, content=content, timeout=10, **kwargs)
 
 
@@ -121,6 +126,104 @@ def test_bad_input_is_refused_and_nothing_of_it_is_stored(service, body, status,
     assert not {f"b{i}" for i in range(12)} & stored(url)
 
 
+@pytest.mark.parametrize("headers, status, error", [
+    ({"content-type": "text/plain"}, 415, "content-type: expected application/json, got text/pl"),
+    ({"content-type": "application/x-www-form-urlencoded"}, 415, "content-type: expected"),
+    ({}, 415, "content-type: expected application/json, got none"),
+    ({"content-type": "application/json", "origin": "http://evil.example"}, 403,
+     "origin: http://evil.example is not allowed"),
+    ({"content-type": "application/json", "origin": "null"}, 403, "origin: null is not allowed"),
+    ({"content-type": "text/plain", "origin": "http://evil.example"}, 403, "origin: "),
+])
+def test_what_a_browser_can_send_cross_site_is_refused(service, headers, status, error):
+    """A page elsewhere can post text/plain or a form without a preflight; with an Origin that
+    is not allowed nothing is taken either, whatever the content type."""
+    base, url = service[:2]
+    event_id = f"cross-{status}-{len(headers)}-{hash(tuple(headers.items())) & 0xffff}"
+    response = httpx.post(base + "/v1/events", content=json.dumps(click(event_id)).encode(),
+                          headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    assert response.json()["error"].startswith(error)
+    assert "access-control-allow-origin" not in response.headers
+    assert event_id not in stored(url)
+
+
+def test_an_allowed_origin_and_servers_without_one_may_post(service):
+    base, url = service[:2]
+    assert post(base, click("no-origin")).status_code == 200  # server to server, as before
+    assert post(base, click("charset"),
+                headers={"content-type": "application/json; charset=utf-8"}).status_code == 200
+    preflight = httpx.options(base + "/v1/events", timeout=10, headers={
+        "origin": ALLOWED_ORIGIN, "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "content-type" in preflight.headers["access-control-allow-headers"]
+    foreign = httpx.options(base + "/v1/events", timeout=10, headers={
+        "origin": "http://evil.example", "access-control-request-method": "POST"})
+    assert foreign.status_code == 403 and "access-control-allow-origin" not in foreign.headers
+    answer = post(base, click("from-console"),
+                  headers={"content-type": "application/json", "origin": ALLOWED_ORIGIN})
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert {"no-origin", "charset", "from-console"} <= stored(url)
+
+
+def test_a_page_on_another_port_cannot_store_an_event_from_a_browser(service, tmp_path):
+    """Headless Chromium loads a page from another loopback port that posts a like both ways a
+    page can: text/plain without a preflight (no-cors), and application/json (preflighted)."""
+    import http.server
+    import socketserver
+
+    from browser import launch
+
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    base, url = service[:2]
+    (tmp_path / "index.html").write_text("<!doctype html><title>elsewhere</title>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    page_server = socketserver.TCPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    script = """async ([url, plain, json]) => {
+      const out = [];
+      try {
+        await fetch(url, {method: "POST", mode: "no-cors", body: plain,
+                          headers: {"content-type": "text/plain"}});
+        out.push("no-cors sent");
+      } catch (e) { out.push("no-cors failed: " + e); }
+      try {
+        const r = await fetch(url, {method: "POST", body: json,
+                                    headers: {"content-type": "application/json"}});
+        out.push("cors " + r.status);
+      } catch (e) { out.push("cors refused: " + e); }
+      return out;
+    }"""
+    try:
+        with playwright_api.sync_playwright() as pw:
+            try:
+                browser = launch(pw)
+            except RuntimeError as exc:
+                pytest.skip(str(exc))
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{page_server.server_address[1]}/index.html")
+            outcome = page.evaluate(script, [
+                base + "/v1/events", json.dumps(click("browser-plain", type="like")),
+                json.dumps(click("browser-json", type="like"))])
+            browser.close()
+    finally:
+        page_server.shutdown()
+        page_server.server_close()
+    assert outcome[0] == "no-cors sent"  # the browser did send it...
+    assert outcome[1].startswith("cors refused")  # ...the preflighted one never left
+    assert not {"browser-plain", "browser-json"} & stored(url)  # and nothing was stored
+
+
 def test_fuzz_whatever_is_posted_the_answer_is_200_400_or_413(service):
     """A fuzz run over HTTP: arbitrary JSON (event-shaped or not) and arbitrary bytes. No
     answer is a 5xx, every refusal names a field, every 200 is stored, the service lives."""
@@ -151,7 +254,8 @@ def test_fuzz_whatever_is_posted_the_answer_is_200_400_or_413(service):
     @given(bodies)
     def fuzz(body):
         raw = body.encode() if isinstance(body, str) else body
-        response = http.post("/v1/events", content=raw)
+        response = http.post("/v1/events", content=raw,
+                             headers={"content-type": "application/json"})
         assert response.status_code in (200, 400, 413), (response.status_code, body)
         if response.status_code == 200:
             data = json.loads(body)
