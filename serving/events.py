@@ -25,11 +25,11 @@ DEFAULT_PORT = 8090
 DEFAULT_MAX_BATCH = 1_000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_QUEUED_EVENTS = 50_000
-# Connections and requests uvicorn takes at once; more are answered 503.
-MAX_CONCURRENCY = 1024
 
 
 def add_events_arguments(parser: argparse.ArgumentParser) -> None:
+    from serving.limits import add_connection_arguments
+
     parser.add_argument("--store", default=os.environ.get("RECSYS_FEEDBACK_STORE") or None,
                         metavar="URL",
                         help="feedback store: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB "
@@ -73,6 +73,7 @@ def add_events_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pending", type=int, default=10_000,
                         help="payload-logger events waiting at most; the oldest is dropped beyond "
                         "(default: %(default)s)")
+    add_connection_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,13 +107,18 @@ def serve_events(args: argparse.Namespace) -> int:
 
     from components.feedback_store import FeedbackStore, default_store_url, display_url
     from components.registry import default_home
+    from serving.connection_guard import apply
     from serving.events_service import EventsService, build_app
+    from serving.limits import MAX_CONCURRENCY, connection_limits
 
     for name in ("max_batch", "max_body_bytes", "max_queued_events", "max_pending"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be a port number, got {args.port}")
+    limits = connection_limits(args)
+    if limits.problem():
+        raise ConfigError(limits.problem())
     for origin in args.allowed_origins:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
@@ -139,6 +145,7 @@ def serve_events(args: argparse.Namespace) -> int:
     config = uvicorn.Config(build_app(service), log_config=None, access_log=False,
                             limit_concurrency=MAX_CONCURRENCY, timeout_graceful_shutdown=30,
                             timeout_keep_alive=15, lifespan="on")
+    apply(config, limits)  # header and body deadlines, connections per client
     log.info("feedback events on http://%s:%d (POST /v1/events), store %s%s", args.host,
              args.port, display_url(url),
              f", online history {args.online_store}" if args.online_store else "")
