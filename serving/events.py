@@ -25,6 +25,8 @@ DEFAULT_PORT = 8090
 DEFAULT_MAX_BATCH = 1_000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_QUEUED_EVENTS = 50_000
+# Event times before this are refused (a 0 or a small number is a client's bug, not a time).
+DEFAULT_EARLIEST_TIMESTAMP = "1990-01-01"
 
 
 def add_events_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +69,13 @@ def add_events_arguments(parser: argparse.ArgumentParser) -> None:
                         "(CORS); repeatable. Requests with any other Origin header are refused "
                         "with 403; clients that send none (servers, curl) are not affected "
                         "(default: none)")
+    parser.add_argument("--earliest-timestamp", default=DEFAULT_EARLIEST_TIMESTAMP,
+                        metavar="TIME",
+                        help="events timed before this (ISO 8601 date or time, UTC, or Unix "
+                        "seconds) are refused with 400 (default: %(default)s)")
+    parser.add_argument("--max-future-seconds", type=float, default=86_400.0, metavar="SECONDS",
+                        help="events timed more than this after the time received are refused "
+                        "with 400 (default: %(default)s)")
     parser.add_argument("--pending-ttl", type=float, default=60.0,
                         help="seconds a payload-logger event waits for its partner "
                         "(default: %(default)s)")
@@ -100,6 +109,25 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _time_bounds(earliest: str, future_seconds: float):
+    from datetime import UTC, datetime
+
+    from components.feedback_events import TimeBounds
+
+    try:
+        seconds = float(earliest)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(earliest.strip())
+        except ValueError:
+            raise ConfigError(f"--earliest-timestamp {earliest}: not an ISO 8601 date or time, "
+                              "nor Unix seconds") from None
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if not future_seconds >= 0:
+        raise ConfigError(f"--max-future-seconds must not be negative, got {future_seconds:g}")
+    return TimeBounds(earliest=seconds, future_slack=future_seconds)
+
+
 def serve_events(args: argparse.Namespace) -> int:
     """Open the store, listen, and answer until SIGTERM/SIGINT (then finish what was accepted,
     commit what is queued and close)."""
@@ -116,6 +144,7 @@ def serve_events(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be a port number, got {args.port}")
+    bounds = _time_bounds(args.earliest_timestamp, args.max_future_seconds)
     limits = connection_limits(args)
     if limits.problem():
         raise ConfigError(limits.problem())
@@ -140,7 +169,7 @@ def serve_events(args: argparse.Namespace) -> int:
                             max_queued_events=args.max_queued_events,
                             history_writer=history_writer, request_log=request_log,
                             pending_ttl=args.pending_ttl, max_pending=args.max_pending,
-                            allowed_origins=args.allowed_origins)
+                            allowed_origins=args.allowed_origins, time_bounds=bounds)
     sock = _listen(args.host, args.port)
     config = uvicorn.Config(build_app(service), log_config=None, access_log=False,
                             limit_concurrency=MAX_CONCURRENCY, timeout_graceful_shutdown=30,

@@ -54,7 +54,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from components.feedback_events import InvalidEvent, normalize_batch
+from components.feedback_events import UNIX_EPOCH, InvalidEvent, TimeBounds, normalize_batch
 from serving.events import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_EVENTS
 from serving.group_commit import GroupCommitter, Overloaded, accepted_rows
 from serving.impressions import ImpressionWriter, impressions_from_records
@@ -120,9 +120,10 @@ class EventsService:
                  max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
                  history_writer: Any = None, request_log: Any = None,
                  pending_ttl: float = 60.0, max_pending: int = 10_000,
-                 allowed_origins: Sequence[str] = ()):
+                 allowed_origins: Sequence[str] = (), time_bounds: TimeBounds = UNIX_EPOCH):
         self.store = store
         self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
+        self.time_bounds = time_bounds
         self.registry = registry or CollectorRegistry()
         self.metrics = m = EventMetrics(self.registry)
         self.max_batch, self.max_body_bytes = max_batch, max_body_bytes
@@ -156,18 +157,17 @@ class EventsService:
     # -- feedback events --------------------------------------------------------------------
     def parse_events(self, body: bytes) -> list[dict[str, Any]]:
         """The request's events in stored form; raises `RequestError`."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise RequestError(400, "not_json", "body: not JSON") from None
+        data = parse_json(body)
         if isinstance(data, list):
             if not data:
                 raise RequestError(400, "invalid_event", "body: an empty batch")
             if len(data) > self.max_batch:
                 raise RequestError(413, "batch_too_large", f"body: {len(data)} events exceed "
                                    f"the limit of {self.max_batch} per request")
+        if _float_ids(data):  # orjson reads an integer beyond 64 bits as a float
+            data = _exact_integers(body)
         try:
-            return normalize_batch(data, time.time())
+            return normalize_batch(data, time.time(), self.time_bounds)
         except InvalidEvent as exc:
             raise RequestError(400, "invalid_event", str(exc)) from None
 
@@ -232,6 +232,44 @@ class EventsService:
             ok, detail = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         self._health = (time.monotonic(), ok, detail)
         return ok, detail
+
+
+_ID_FIELDS = ("event_id", "user_id", "item_id", "request_id", "model_version")
+_NOT_FINITE = (b"NaN", b"Infinity", b"-Infinity")
+MAX_JSON_DEPTH = 1024  # orjson's limit
+
+
+def parse_json(body: bytes) -> Any:
+    """The body's JSON; a `RequestError` that says what is wrong and where otherwise."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        if not body.strip():
+            problem = "the body is empty"
+        elif exc.msg.startswith("depth limit"):
+            problem = f"nested deeper than {MAX_JSON_DEPTH} levels (at {where})"
+        elif body[exc.pos:].startswith(_NOT_FINITE) or body[exc.pos - 1:].startswith(b"-Inf"):
+            problem = f"NaN and Infinity are not JSON numbers (at {where})"
+        else:
+            problem = f"{exc.msg} (at {where})"
+        raise RequestError(400, "not_json", f"body: not JSON: {problem}") from None
+
+
+def _float_ids(data: Any) -> bool:
+    events = data if isinstance(data, list) else [data]
+    return any(isinstance(e, dict) and any(isinstance(e.get(f), float) for f in _ID_FIELDS)
+               for e in events)
+
+
+def _exact_integers(body: bytes) -> Any:
+    """The body again, with integers of any size kept exact (an id of 30 digits is an id)."""
+    import json
+
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # orjson read it: cannot happen, but never a 500
+        raise RequestError(400, "not_json", "body: not JSON") from None
 
 
 class RequestError(Exception):

@@ -102,7 +102,7 @@ def test_events_are_stored_and_a_retry_is_answered_as_a_duplicate(service):
 
 
 @pytest.mark.parametrize("body, status, error", [
-    (b"{not json", 400, "body: not JSON"),
+    (b"{not json", 400, "body: not JSON: unexpected character, expected a string key (at line 1"),
     ([], 400, "body: an empty batch"),
     ("just a string", 400, "event: must be a JSON object, not str"),
     ({"type": "click", "user_id": "u", "item_id": "i"}, 400, "event_id: required"),
@@ -112,7 +112,7 @@ def test_events_are_stored_and_a_retry_is_answered_as_a_duplicate(service):
     (click("b4", timestamp="yesterday"), 400, "timestamp: not ISO 8601 or Unix seconds"),
     (click("b5", position=1.5), 400, "position: must be an integer, not float"),
     (click("b6", item_id="x" * 300), 400, "item_id: longer than 256 characters"),
-    (click("b7", item_id="a\u0000b"), 400, "item_id: must not contain a NUL character"),
+    (click("b7", item_id="a\u0000b"), 400, "item_id: must not contain a NUL character (U+0000"),
     (click("b8", extra=1), 400, "extra: unknown field"),
     ([click("b9"), click("b10", type="rating")], 400, "[1].value: required for a rating"),
     ([click(f"b{i}") for i in range(51)], 413, "body: 51 events exceed the limit of 50"),
@@ -222,6 +222,64 @@ def test_a_page_on_another_port_cannot_store_an_event_from_a_browser(service, tm
     assert outcome[0] == "no-cors sent"  # the browser did send it...
     assert outcome[1].startswith("cors refused")  # ...the preflighted one never left
     assert not {"browser-plain", "browser-json"} & stored(url)  # and nothing was stored
+
+
+@pytest.mark.parametrize("body, error", [
+    (click("c1", item_id="a\nb"), ("item_id: must not contain a control character (U+000A at "
+     "index 1)")),
+    (click("c2", user_id="u\r\nX-Injected: 1"), ("user_id: must not contain a control character "
+     "(U+000D at index 1)")),
+    (click("c3\n"), "event_id: must not contain a control character (U+000A at index 2)"),
+    (click("c4", request_id="r\u2028"), "request_id: must not contain a line separator"),
+    (click("c5", model_version="v\x1b[31m"), "model_version: must not contain a control char"),
+    (click("c6", timestamp=0), ("timestamp: 0 is not a time between 1990-01-01T00:00:00Z and "
+     "86400 s after now")),
+    (click("c7", timestamp="1970-01-02T00:00:00Z"), "timestamp: 86400 is not a time between"),
+    (click("c8", timestamp=time.time() * 1000), "timestamp: "),
+    (b'{"event_id": "c9", "type": "rating", "user_id": "u", "item_id": "i", "value": NaN}',
+     "body: not JSON: NaN and Infinity are not JSON numbers (at line 1, column 79)"),
+    ((b'{"event_id": "c10", "type": "click", "user_id": "u", "item_id": "i", "timestamp": '
+     b'-Infinity}'), "body: not JSON: NaN and Infinity are not JSON numbers"),
+    (b"[" * 100_000, "body: not JSON: nested deeper than 1024 levels"),
+    (b"", "body: not JSON: the body is empty"),
+    (b'{"event_id": 1.5, "type": "click", "user_id": "u", "item_id": "i"}',
+     "event_id: must be a string or an integer, not float"),
+])
+def test_each_refusal_names_its_problem_and_nothing_is_stored(service, body, error):
+    base, url = service[:2]
+    response = post(base, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(error), response.json()
+    assert not {f"c{i}" for i in range(11)} & {i.strip() for i in stored(url)}
+
+
+def test_a_big_integer_id_is_taken_exactly_as_a_string(service):
+    base, url = service[:2]
+    body = (b'{"event_id": 123456789012345678901234567890, "type": "click", '
+            b'"user_id": 98765432109876543210, "item_id": 1}')
+    response = post(base, body)
+    assert response.status_code == 200, response.text
+    with FeedbackStore(url) as store:
+        events = store.read_events()
+    row = events[events.event_id == "123456789012345678901234567890"]
+    assert row.user_id.tolist() == ["98765432109876543210"]
+
+
+def test_the_earliest_timestamp_is_an_option(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    proc, base = start_service(url, tmp_path / "service.log", "--earliest-timestamp", "0",
+                               "--max-future-seconds", "0")
+    try:
+        assert post(base, click("epoch", timestamp=0)).status_code == 200
+        late = post(base, click("late", timestamp=time.time() + 3600))
+        assert late.status_code == 400 and "and 0 s after now" in late.json()["error"]
+    finally:
+        assert stop_service(proc) == 0
+    bad = subprocess.run([sys.executable, "-m", "serving.events", "--store", url,
+                          "--earliest-timestamp", "last tuesday"], cwd=REPO, check=False,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().endswith(
+        "--earliest-timestamp last tuesday: not an ISO 8601 date or time, nor Unix seconds")
 
 
 def test_fuzz_whatever_is_posted_the_answer_is_200_400_or_413(service):
