@@ -37,7 +37,8 @@ def serve(config: ConsoleConfig, host: str, port: int, *, log_level: str = "info
         except OSError as exc:
             raise RecsysError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     app = create_app(build_console(config, experiment_config=experiment_config,
-                                  experiments=experiments))
+                                  experiments=experiments),
+                     allowed_hosts=[host, *allowed_hosts])  # IP literals and localhost besides
     logging.getLogger("recsys.console").info("console on http://%s:%d/", host, port)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for whatever handler
     # was there before it: with this one, a stop that went well ends with exit code 0.
