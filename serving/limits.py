@@ -55,8 +55,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT,
                         metavar="SECONDS",
                         help="a connection that has not sent a request's headers this long after "
-                        "opening (or after its first byte) is answered 408 and closed "
-                        "(default: %(default)s)")
+                        "opening (on a kept-alive connection: after the next request's first "
+                        "byte) is answered 408 and closed (default: %(default)s)")
     parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
                         metavar="SECONDS",
                         help="a request body not received this long after its headers is dropped "
