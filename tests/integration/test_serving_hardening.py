@@ -382,6 +382,20 @@ def test_the_predictor_bounds_slow_headers_and_connections_per_client(server):
                  DEFAULT_HEADER_TIMEOUT)
 
 
+def test_every_rest_worker_bounds_slow_headers(small_model_dir, tmp_path):
+    """With --workers 2 the REST server runs in spawned processes: the bounds go with it."""
+    srv = start_server(small_model_dir, tmp_path, "--host", "127.0.0.1", "--workers", "2",
+                       "--header-timeout", "1", "--max-connections-per-client", "4")
+    try:
+        wait_live(srv)
+        held = _flood(srv.url, 12)  # two workers: each caps what it holds at 4
+        answers = [_until_closed(sock, 30) for sock in held]
+        assert all(a.startswith((b"HTTP/1.1 408", b"HTTP/1.1 503")) for a in answers), answers
+        assert sum(a.startswith(b"HTTP/1.1 503") for a in answers) >= 12 - 2 * 4
+    finally:
+        stop(srv)
+
+
 def test_the_events_service_keeps_answering_others_under_a_slow_header_flood(tmp_path):
     """1,100 slow-header connections from one client made every request, /healthz included,
     answer 503 (uvicorn's limit_concurrency is 1,024) and one stayed open after 40 s. Now:
