@@ -18,6 +18,7 @@ one `http="auto"` picks) adds, per connection:
 The bounds come from the uvicorn `Config` (`apply(config, limits)`), which uvicorn hands to every
 protocol instance and pickles into each worker process.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,9 +45,16 @@ _OPEN: Counter[str] = Counter()
 
 def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
     body = b'{"error": "' + message.encode() + b'"}'
-    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n" + extra
-            + b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
-            + body)
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\ncontent-type: application/json\r\n"
+        + extra
+        + b"content-length: "
+        + str(len(body)).encode()
+        + b"\r\nconnection: close\r\n\r\n"
+        + body
+    )
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -81,8 +89,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._between_requests():
-            self.transport.write(_response(b"408 Request Timeout",
-                                           "request: headers not received in time"))
+            self.transport.write(
+                _response(b"408 Request Timeout", "request: headers not received in time")
+            )
         self.transport.close()
 
     def _body_too_slow(self) -> None:
@@ -99,9 +108,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._counted = address
             cap = self.limits.max_per_client
             if cap and _OPEN[address] > cap:
-                self.transport.write(_response(
-                    b"503 Service Unavailable", f"too many connections from {address} "
-                    f"(at most {cap} at once)", b"retry-after: 1\r\n"))
+                self.transport.write(
+                    _response(
+                        b"503 Service Unavailable",
+                        f"too many connections from {address} (at most {cap} at once)",
+                        b"retry-after: 1\r\n",
+                    )
+                )
                 self.transport.close()
                 return
         self._await_headers()
@@ -123,8 +136,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._header_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
             self._disarm()
-            self.transport.write(_response(b"431 Request Header Fields Too Large",
-                                           "request: headers too large"))
+            self.transport.write(
+                _response(b"431 Request Header Fields Too Large", "request: headers too large")
+            )
             self.transport.close()
 
     def _too_large(self) -> bool:

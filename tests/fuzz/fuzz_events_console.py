@@ -22,6 +22,7 @@ After each the service or the console is healthy and its log has no traceback. C
 printed (`FUZZ ...` lines). Sizes: `FUZZ_CASES` (bodies per fuzzer, default 2000),
 `LOAD_SECONDS` (default 10).
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,13 @@ pytestmark = pytest.mark.fuzz
 CASES = int(os.environ.get("FUZZ_CASES", "2000"))
 LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "10"))
 ALLOWED_ORIGIN = "http://console.example:8088"
-FUZZ_SETTINGS = settings(max_examples=CASES, deadline=None, database=None, derandomize=True,
-                         suppress_health_check=list(HealthCheck))
+FUZZ_SETTINGS = settings(
+    max_examples=CASES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def stored_ids(url: str) -> list[str]:
@@ -62,15 +68,25 @@ def stored_ids(url: str) -> list[str]:
 
 
 def assert_no_traceback(text: str) -> None:
-    assert "Traceback" not in text, text[text.index("Traceback") - 500:][:3000]
+    assert "Traceback" not in text, text[text.index("Traceback") - 500 :][:3000]
 
 
 @pytest.fixture()
 def events(tmp_path):
     url = f"sqlite:///{tmp_path / 'feedback.db'}"
     log = tmp_path / "events.log"
-    proc, base = start_service(url, log, "--allow-origin", ALLOWED_ORIGIN, "--max-batch", "100",
-                               "--max-body-bytes", "200000", "--header-timeout", "5")
+    proc, base = start_service(
+        url,
+        log,
+        "--allow-origin",
+        ALLOWED_ORIGIN,
+        "--max-batch",
+        "100",
+        "--max-body-bytes",
+        "200000",
+        "--header-timeout",
+        "5",
+    )
     yield {"proc": proc, "base": base, "url": url, "log": log}
     if proc.poll() is None:
         stop_service(proc)
@@ -79,17 +95,41 @@ def events(tmp_path):
 # ------------------------------------------------------------------ events: structure-aware
 ANY_TEXT = st.text(st.characters(codec=None), max_size=30)  # surrogates and control characters
 HOSTILE_IDS = st.one_of(
-    st.text(min_size=1, max_size=12), ANY_TEXT, st.integers(-(2**70), 2**100),
-    st.sampled_from(["a\nb", "a\r\nSet-Cookie: x", "\u2028", "\x1b[2J", " padded ", "x" * 257,
-                     "'; DROP TABLE events; --", "\x00"]),
-    st.floats(allow_nan=False), st.booleans(), st.none())
-TIMESTAMPS = st.one_of(st.none(), st.just(0), st.integers(-10, 2**40),
-                       st.floats(allow_nan=False, allow_infinity=False),
-                       st.just(time.time() * 1000), st.just(time.time()),
-                       st.sampled_from(["2024-01-01T00:00:00Z", "1970-01-01", "yesterday", ""]))
-NESTED = st.recursive(st.none() | st.integers() | st.text(max_size=5),
-                      lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+    st.text(min_size=1, max_size=12),
+    ANY_TEXT,
+    st.integers(-(2**70), 2**100),
+    st.sampled_from(
+        [
+            "a\nb",
+            "a\r\nSet-Cookie: x",
+            "\u2028",
+            "\x1b[2J",
+            " padded ",
+            "x" * 257,
+            "'; DROP TABLE events; --",
+            "\x00",
+        ]
+    ),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+)
+TIMESTAMPS = st.one_of(
+    st.none(),
+    st.just(0),
+    st.integers(-10, 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.just(time.time() * 1000),
+    st.just(time.time()),
+    st.sampled_from(["2024-01-01T00:00:00Z", "1970-01-01", "yesterday", ""]),
+)
+NESTED = st.recursive(
+    st.none() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -97,17 +137,26 @@ def hostile_event(draw, case_ids):
     plain = st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=8)
     hostile = draw(st.integers(0, 3)) == 0  # a quarter of the events: every field hostile
     ids = HOSTILE_IDS if hostile else plain
-    event = {"event_id": draw(st.one_of(case_ids, HOSTILE_IDS) if hostile else case_ids),
-             "type": draw(st.one_of(st.sampled_from(EVENT_TYPES), ANY_TEXT) if hostile
-                          else st.sampled_from([t for t in EVENT_TYPES if t != "rating"])),
-             "user_id": draw(ids), "item_id": draw(ids),
-             "timestamp": draw(TIMESTAMPS if hostile else st.none()),
-             "value": draw(st.one_of(st.none(), st.floats(), st.integers(), ANY_TEXT) if hostile
-                           else st.none()),
-             "position": draw(st.one_of(st.none(), st.integers(-5, 200_000), st.floats())
-                              if hostile else st.none())}
-    for field in draw(st.lists(st.sampled_from([*EVENT_FIELDS, "extra"]),
-                               max_size=3 if hostile else 0)):
+    event = {
+        "event_id": draw(st.one_of(case_ids, HOSTILE_IDS) if hostile else case_ids),
+        "type": draw(
+            st.one_of(st.sampled_from(EVENT_TYPES), ANY_TEXT)
+            if hostile
+            else st.sampled_from([t for t in EVENT_TYPES if t != "rating"])
+        ),
+        "user_id": draw(ids),
+        "item_id": draw(ids),
+        "timestamp": draw(TIMESTAMPS if hostile else st.none()),
+        "value": draw(
+            st.one_of(st.none(), st.floats(), st.integers(), ANY_TEXT) if hostile else st.none()
+        ),
+        "position": draw(
+            st.one_of(st.none(), st.integers(-5, 200_000), st.floats()) if hostile else st.none()
+        ),
+    }
+    for field in draw(
+        st.lists(st.sampled_from([*EVENT_FIELDS, "extra"]), max_size=3 if hostile else 0)
+    ):
         if draw(st.booleans()):
             event.pop(field, None)
         else:
@@ -128,33 +177,59 @@ def hostile_body(draw):
     if kind <= 3:
         raw = _raw(draw(hostile_event(case_ids)))
     elif kind <= 6:
-        raw = _raw(draw(st.lists(hostile_event(case_ids), max_size=draw(st.sampled_from(
-            [3, 3, 3, 110])))))
+        raw = _raw(
+            draw(st.lists(hostile_event(case_ids), max_size=draw(st.sampled_from([3, 3, 3, 110]))))
+        )
     elif kind == 7:
         depth = draw(st.sampled_from([2, 100, 1023, 1025, 100_000]))
         raw = b"[" * depth + b"]" * draw(st.sampled_from([0, depth]))
     elif kind == 8:
         raw = draw(st.binary(max_size=300))
     else:  # a valid batch, mutated at one byte
-        valid = [{"event_id": f"fz-{serial}-{j}", "type": "like", "user_id": "u",
-                  "item_id": str(j)} for j in range(draw(st.integers(1, 5)))]
+        valid = [
+            {"event_id": f"fz-{serial}-{j}", "type": "like", "user_id": "u", "item_id": str(j)}
+            for j in range(draw(st.integers(1, 5)))
+        ]
         raw = _raw(valid)
         pos = draw(st.integers(0, len(raw) - 1))
-        raw = raw[:pos] + bytes([draw(st.integers(0, 255))]) + raw[pos + 1:]
+        raw = raw[:pos] + bytes([draw(st.integers(0, 255))]) + raw[pos + 1 :]
     return raw
 
 
 JSON_TYPE = {"content-type": "application/json"}
-HEADERS = st.one_of(st.just(JSON_TYPE), st.just(JSON_TYPE), st.just(JSON_TYPE),
-                    st.fixed_dictionaries({}, optional={
-    "content-type": st.sampled_from(["application/json", "application/json; charset=utf-8",
-                                     "text/plain", "application/x-www-form-urlencoded",
-                                     "multipart/form-data; boundary=x", "APPLICATION/JSON",
-                                     "application/jsonx", ""]),
-    "origin": st.sampled_from([ALLOWED_ORIGIN, "http://evil.example", "null", "",
-                               ALLOWED_ORIGIN + "/", "http://console.example:8089"]),
-    "x-filler": st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=2000),
-}))
+HEADERS = st.one_of(
+    st.just(JSON_TYPE),
+    st.just(JSON_TYPE),
+    st.just(JSON_TYPE),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "content-type": st.sampled_from(
+                [
+                    "application/json",
+                    "application/json; charset=utf-8",
+                    "text/plain",
+                    "application/x-www-form-urlencoded",
+                    "multipart/form-data; boundary=x",
+                    "APPLICATION/JSON",
+                    "application/jsonx",
+                    "",
+                ]
+            ),
+            "origin": st.sampled_from(
+                [
+                    ALLOWED_ORIGIN,
+                    "http://evil.example",
+                    "null",
+                    "",
+                    ALLOWED_ORIGIN + "/",
+                    "http://console.example:8089",
+                ]
+            ),
+            "x-filler": st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=2000),
+        },
+    ),
+)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -199,37 +274,77 @@ def test_events_fuzz_no_5xx_and_acknowledged_equals_stored(events):
     finally:
         client.close()
     stored = stored_ids(url)
-    print(f"\nFUZZ events bodies and headers: {sum(statuses.values())} cases in "
-          f"{time.monotonic() - started:.0f}s, statuses {dict(sorted(statuses.items()))}, "
-          f"acknowledged {len(acknowledged)}, stored {len(stored)}")
+    print(
+        f"\nFUZZ events bodies and headers: {sum(statuses.values())} cases in "
+        f"{time.monotonic() - started:.0f}s, statuses {dict(sorted(statuses.items()))}, "
+        f"acknowledged {len(acknowledged)}, stored {len(stored)}"
+    )
     assert sorted(stored) == sorted(acknowledged)
     assert httpx.get(base + "/healthz", timeout=10).status_code == 200
     assert_no_traceback(events["log"].read_text())
 
 
 # ------------------------------------------------------------------ events: raw HTTP
-TOKEN = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
-                min_size=1, max_size=20)
-HEADER_LINES = st.lists(st.one_of(
-    st.tuples(TOKEN, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)),
-    st.sampled_from([("Content-Length", "-1"), ("Content-Length", "5, 6"),
-                     ("Content-Length", "99999999999999999999"), ("Content-Length", "0x10"),
-                     ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "gzip, chunked"),
-                     ("Content-Type", "application/json"), ("Host", ""), ("Expect", "100-continue"),
-                     ("Origin", "null"), ("X-Ctl", "a\x01b"), ("X-Big", "y" * 70_000)]),
-), max_size=8).map(lambda pairs: [f"{k}: {v}".encode("latin-1") for k, v in pairs])
+TOKEN = st.text(
+    st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
+    min_size=1,
+    max_size=20,
+)
+HEADER_LINES = st.lists(
+    st.one_of(
+        st.tuples(TOKEN, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)),
+        st.sampled_from(
+            [
+                ("Content-Length", "-1"),
+                ("Content-Length", "5, 6"),
+                ("Content-Length", "99999999999999999999"),
+                ("Content-Length", "0x10"),
+                ("Transfer-Encoding", "chunked"),
+                ("Transfer-Encoding", "gzip, chunked"),
+                ("Content-Type", "application/json"),
+                ("Host", ""),
+                ("Expect", "100-continue"),
+                ("Origin", "null"),
+                ("X-Ctl", "a\x01b"),
+                ("X-Big", "y" * 70_000),
+            ]
+        ),
+    ),
+    max_size=8,
+).map(lambda pairs: [f"{k}: {v}".encode("latin-1") for k, v in pairs])
 
 
 @st.composite
 def raw_request(draw):
     method = draw(st.sampled_from([b"POST", b"GET", b"PUT", b"OPTIONS", b"P0ST", b""]))
-    target = draw(st.sampled_from([b"/v1/events", b"/", b"/healthz", b"*", b"/v1/events?x=\x7f",
-                                   b"http://evil.example/v1/events", b"/" + b"a" * 10_000]))
+    target = draw(
+        st.sampled_from(
+            [
+                b"/v1/events",
+                b"/",
+                b"/healthz",
+                b"*",
+                b"/v1/events?x=\x7f",
+                b"http://evil.example/v1/events",
+                b"/" + b"a" * 10_000,
+            ]
+        )
+    )
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x", b""]))
     lines = [method + b" " + target + b" " + version, *draw(HEADER_LINES)]
-    body = draw(st.one_of(st.binary(max_size=200), st.sampled_from([
-        b'{"event_id": "raw", "type": "like", "user_id": "u", "item_id": "i"}',
-        b"5\r\nhello\r\n0\r\n\r\n", b"zz\r\nbad chunk\r\n", b"ffffffffffffffff\r\n"])))
+    body = draw(
+        st.one_of(
+            st.binary(max_size=200),
+            st.sampled_from(
+                [
+                    b'{"event_id": "raw", "type": "like", "user_id": "u", "item_id": "i"}',
+                    b"5\r\nhello\r\n0\r\n\r\n",
+                    b"zz\r\nbad chunk\r\n",
+                    b"ffffffffffffffff\r\n",
+                ]
+            ),
+        )
+    )
     eol = draw(st.sampled_from([b"\r\n", b"\n", b"\r"]))
     return eol.join(lines) + eol + eol + body
 
@@ -252,16 +367,25 @@ def test_events_raw_http_fuzz_gets_no_5xx(events):
             except (ConnectionResetError, BrokenPipeError):
                 first = b""
         status = re.match(rb"HTTP/1\.[01] (\d{3})", first or b"")
-        key = (status.group(1).decode() if status else "pending" if first is None
-               else "closed" if not first else "other")
+        key = (
+            status.group(1).decode()
+            if status
+            else "pending"
+            if first is None
+            else "closed"
+            if not first
+            else "other"
+        )
         outcomes[key] = outcomes.get(key, 0) + 1
         assert key != "other", first
         assert not key.startswith("5"), (request[:200], first)
 
     started = time.monotonic()
     one()
-    print(f"\nFUZZ events raw HTTP: {sum(outcomes.values())} requests in "
-          f"{time.monotonic() - started:.0f}s, outcomes {dict(sorted(outcomes.items()))}")
+    print(
+        f"\nFUZZ events raw HTTP: {sum(outcomes.values())} requests in "
+        f"{time.monotonic() - started:.0f}s, outcomes {dict(sorted(outcomes.items()))}"
+    )
     assert httpx.get(base + "/healthz", timeout=10).status_code == 200
     assert_no_traceback(events["log"].read_text())
 
@@ -270,24 +394,46 @@ def test_events_raw_http_fuzz_gets_no_5xx(events):
 @pytest.fixture()
 def console(events, tmp_path):
     port = free_port()
-    service = start("console", ["console", "--home", str(tmp_path / "home"), "--port", str(port),
-                                "--predictor-url", f"http://127.0.0.1:{free_port()}",
-                                "--events-url", events["base"], "--timeout", "2"],
-                    tmp_path / "console.log", "/healthz", url=f"http://127.0.0.1:{port}",
-                    home=tmp_path / "home")
+    service = start(
+        "console",
+        [
+            "console",
+            "--home",
+            str(tmp_path / "home"),
+            "--port",
+            str(port),
+            "--predictor-url",
+            f"http://127.0.0.1:{free_port()}",
+            "--events-url",
+            events["base"],
+            "--timeout",
+            "2",
+        ],
+        tmp_path / "console.log",
+        "/healthz",
+        url=f"http://127.0.0.1:{port}",
+        home=tmp_path / "home",
+    )
     yield service
     service.stop()
 
 
 # What a form can carry: any text but lone surrogates (not encodable, by a browser either)
-FORM_TEXT = st.one_of(st.text(st.characters(codec="utf-8"), max_size=30), st.sampled_from(["", "1", "like", "view", "rate", "dislike",
-                                                 "4", "0", "-1", "a\r\nb", "x" * 400]))
-CROSS = st.fixed_dictionaries({}, optional={
-    "origin": st.sampled_from(["same", "null", "https://evil.example", "rebound"]),
-    "referer": st.sampled_from(["same", "https://evil.example/p"]),
-    "sec-fetch-site": st.sampled_from(["same-origin", "none", "cross-site", "same-site"]),
-    "host": st.sampled_from(["rebound.example", "localhost", "[::1]"]),
-})
+FORM_TEXT = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=30),
+    st.sampled_from(
+        ["", "1", "like", "view", "rate", "dislike", "4", "0", "-1", "a\r\nb", "x" * 400]
+    ),
+)
+CROSS = st.fixed_dictionaries(
+    {},
+    optional={
+        "origin": st.sampled_from(["same", "null", "https://evil.example", "rebound"]),
+        "referer": st.sampled_from(["same", "https://evil.example/p"]),
+        "sec-fetch-site": st.sampled_from(["same-origin", "none", "cross-site", "same-site"]),
+        "host": st.sampled_from(["rebound.example", "localhost", "[::1]"]),
+    },
+)
 
 
 def test_console_fuzz_takes_only_checked_posts_and_counts_what_is_stored(console, events):
@@ -298,12 +444,26 @@ def test_console_fuzz_takes_only_checked_posts_and_counts_what_is_stored(console
     serial = iter(range(10**9))
 
     @FUZZ_SETTINGS
-    @given(fields=st.fixed_dictionaries(
-        {"action": st.one_of(st.sampled_from(["like", "view", "dislike", "rate"]), FORM_TEXT),
-         "item": FORM_TEXT},
-        optional={"value": FORM_TEXT, "position": FORM_TEXT, "k": FORM_TEXT, "shown": FORM_TEXT,
-                  "request_id": FORM_TEXT, "model_version": FORM_TEXT}),
-        token=st.sampled_from(["page", "page", "page", "none", "wrong"]), cross=CROSS)
+    @given(
+        fields=st.fixed_dictionaries(
+            {
+                "action": st.one_of(
+                    st.sampled_from(["like", "view", "dislike", "rate"]), FORM_TEXT
+                ),
+                "item": FORM_TEXT,
+            },
+            optional={
+                "value": FORM_TEXT,
+                "position": FORM_TEXT,
+                "k": FORM_TEXT,
+                "shown": FORM_TEXT,
+                "request_id": FORM_TEXT,
+                "model_version": FORM_TEXT,
+            },
+        ),
+        token=st.sampled_from(["page", "page", "page", "none", "wrong"]),
+        cross=CROSS,
+    )
     def one(fields, token, cross):
         nonlocal taken
         user = f"fz{next(serial)}"
@@ -322,8 +482,10 @@ def test_console_fuzz_takes_only_checked_posts_and_counts_what_is_stored(console
             for key in ("origin", "referer"):
                 if key in cross:
                     value = cross[key]
-                    headers[key] = {"same": f"http://{name}" + ("/try" if key == "referer" else ""),
-                                    "rebound": f"http://rebound.example:{port}"}.get(value, value)
+                    headers[key] = {
+                        "same": f"http://{name}" + ("/try" if key == "referer" else ""),
+                        "rebound": f"http://rebound.example:{port}",
+                    }.get(value, value)
             if "sec-fetch-site" in cross:
                 headers["sec-fetch-site"] = cross["sec-fetch-site"]
             response = client.post("/try/feedback", data=form, headers=headers)
@@ -331,10 +493,15 @@ def test_console_fuzz_takes_only_checked_posts_and_counts_what_is_stored(console
         statuses[status] = statuses.get(status, 0) + 1
         assert status < 500 and "Traceback" not in response.text, (status, response.text[-500:])
         host_ok = host in (None, "localhost", "[::1]")
-        same_site = (cross.get("sec-fetch-site") in (None, "same-origin", "none")
-                     and headers.get("origin", f"http://{name}") == f"http://{name}"
-                     and ("origin" in headers or "referer" not in headers
-                          or headers["referer"].startswith(f"http://{name}/")))
+        same_site = (
+            cross.get("sec-fetch-site") in (None, "same-origin", "none")
+            and headers.get("origin", f"http://{name}") == f"http://{name}"
+            and (
+                "origin" in headers
+                or "referer" not in headers
+                or headers["referer"].startswith(f"http://{name}/")
+            )
+        )
         if not host_ok:
             assert status == 400, (headers, status)
         elif not same_site:
@@ -352,14 +519,18 @@ def test_console_fuzz_takes_only_checked_posts_and_counts_what_is_stored(console
     started = time.monotonic()
     one()
     metrics = httpx.get(url + "/metrics", timeout=10).text
-    counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                  if line.startswith("recsys_console_feedback_events_total{")
-                  and 'outcome="stored"' in line)
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("recsys_console_feedback_events_total{") and 'outcome="stored"' in line
+    )
     with FeedbackStore(events["url"]) as store:
         stored = int(store.read_events().user_id.str.startswith("fz").sum())
-    print(f"\nFUZZ console: {sum(statuses.values())} form posts in "
-          f"{time.monotonic() - started:.0f}s, statuses {dict(sorted(statuses.items()))}, "
-          f"stored by the console {counted:.0f}, in the store {stored}")
+    print(
+        f"\nFUZZ console: {sum(statuses.values())} form posts in "
+        f"{time.monotonic() - started:.0f}s, statuses {dict(sorted(statuses.items()))}, "
+        f"stored by the console {counted:.0f}, in the store {stored}"
+    )
     assert counted == stored == taken
     assert httpx.get(url + "/healthz", timeout=10).status_code == 200
     assert_no_traceback(console.output())
@@ -385,8 +556,15 @@ def test_events_load_then_sigterm_acknowledged_equals_stored(tmp_path):
         with httpx.Client(base_url=base, timeout=30) as http:
             while running.is_set():
                 size = (1, 10, 50)[seq % 3]
-                batch = [{"event_id": f"load-{n}-{seq}-{j}", "type": "click",
-                          "user_id": str(seq % 500), "item_id": str(j)} for j in range(size)]
+                batch = [
+                    {
+                        "event_id": f"load-{n}-{seq}-{j}",
+                        "type": "click",
+                        "user_id": str(seq % 500),
+                        "item_id": str(j),
+                    }
+                    for j in range(size)
+                ]
                 seq += 1
                 try:
                     response = http.post("/v1/events", json=batch)
@@ -402,8 +580,9 @@ def test_events_load_then_sigterm_acknowledged_equals_stored(tmp_path):
                         assert response.json()["accepted"] == size
                         acknowledged.extend(e["event_id"] for e in batch)
                     else:
-                        errors[str(response.status_code)] = errors.get(
-                            str(response.status_code), 0) + 1
+                        errors[str(response.status_code)] = (
+                            errors.get(str(response.status_code), 0) + 1
+                        )
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
     started = time.monotonic()
@@ -418,11 +597,13 @@ def test_events_load_then_sigterm_acknowledged_equals_stored(tmp_path):
     elapsed = time.monotonic() - started
     stored = stored_ids(url)
     unacknowledged = set(stored) - set(acknowledged)
-    print(f"\nFUZZ events load: {len(acknowledged)} events acknowledged in {elapsed:.0f}s "
-          f"({len(acknowledged) / elapsed:.0f}/s at 16 connections), stored {len(stored)}, "
-          f"acknowledged but not stored {len(set(acknowledged) - set(stored))}, stored but "
-          f"not acknowledged {len(unacknowledged)} (in doubt {len(in_doubt)}), errors {errors}, "
-          f"exit {code}")
+    print(
+        f"\nFUZZ events load: {len(acknowledged)} events acknowledged in {elapsed:.0f}s "
+        f"({len(acknowledged) / elapsed:.0f}/s at 16 connections), stored {len(stored)}, "
+        f"acknowledged but not stored {len(set(acknowledged) - set(stored))}, stored but "
+        f"not acknowledged {len(unacknowledged)} (in doubt {len(in_doubt)}), errors {errors}, "
+        f"exit {code}"
+    )
     assert code == 0, log.read_text()[-3000:]
     assert set(acknowledged) <= set(stored)
     assert unacknowledged <= set(in_doubt)
