@@ -66,6 +66,8 @@ monitor-demo: install
 ## Fuzz and load runs against a live predictor (the model `make run` deployed, else a small
 ## one): schemathesis on /openapi.json, structure-aware v1/v2 fuzzers, load ended by SIGTERM.
 ## Sizes: FUZZ_EXAMPLES, FUZZ_CASES, LOAD_SECONDS (see tests/fuzz/fuzz_serving.py).
+## Also the events service and the console (tests/fuzz/fuzz_events_console.py): hostile bodies,
+## headers and raw HTTP, form posts against the console's checks, load ended by SIGTERM.
 fuzz: install
 	$(BIN)/python -m pytest -m fuzz -s -p no:cacheprovider --timeout=7200 tests/fuzz
 

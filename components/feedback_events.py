@@ -13,8 +13,10 @@ Stored form (one dict, the columns of the store's `events` table): `event_id`, `
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +35,22 @@ MAX_ID_CHARS = 256
 MAX_POSITION = 100_000
 # Later than this past the time received is a clock or unit error (milliseconds, say).
 FUTURE_SLACK_SECONDS = 86_400
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: an id holding
+# one would split a log line or a CSV row, or show as something else than it is.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The timestamps an event may carry: from `earliest` (Unix seconds) to `future_slack`
+    seconds past the time it was received. The contract's own bounds are 1970 and a day; the
+    events service is stricter (serving/events.py: `--earliest-timestamp`)."""
+
+    earliest: float = 0.0
+    future_slack: float = FUTURE_SLACK_SECONDS
+
+
+UNIX_EPOCH = TimeBounds()
 
 
 class InvalidEvent(DataValidationError):
@@ -57,11 +75,18 @@ def _identifier(raw: Mapping[str, Any], field: str, *, required: bool) -> str | 
     # bool is an int to Python, never an id to a client.
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidEvent(field, f"must be a string or an integer, not {type(value).__name__}")
-    text = str(value).strip()
+    text = str(value)
+    if len(text) > MAX_ID_CHARS:
+        raise InvalidEvent(field, f"longer than {MAX_ID_CHARS} characters")
+    control = _CONTROL.search(text)
+    if control:  # a NUL, besides, PostgreSQL text cannot hold
+        name = {"\x00": "a NUL character", "\u2028": "a line separator",
+                "\u2029": "a paragraph separator"}.get(control.group(), "a control character")
+        raise InvalidEvent(field, f"must not contain {name} (U+{ord(control.group()):04X} at "
+                           f"index {control.start()})")
+    text = text.strip()
     if not text:
         raise InvalidEvent(field, "must not be empty")
-    if "\x00" in text:  # PostgreSQL text cannot hold it
-        raise InvalidEvent(field, "must not contain a NUL character")
     if len(text) > MAX_ID_CHARS:
         raise InvalidEvent(field, f"longer than {MAX_ID_CHARS} characters")
     return text
@@ -82,8 +107,9 @@ def _number(raw: Mapping[str, Any], field: str) -> float | None:
     return number
 
 
-def parse_timestamp(value: Any, received_at: float) -> float:
-    """Unix seconds (a number) or ISO 8601 (a string; UTC when it names no zone)."""
+def parse_timestamp(value: Any, received_at: float, bounds: TimeBounds = UNIX_EPOCH) -> float:
+    """Unix seconds (a number) or ISO 8601 (a string; UTC when it names no zone), within
+    `bounds`."""
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.strip())
@@ -94,12 +120,18 @@ def parse_timestamp(value: Any, received_at: float) -> float:
         seconds = moment.timestamp()
     else:
         seconds = _number({"timestamp": value}, "timestamp")
-    if seconds < 0 or seconds > received_at + FUTURE_SLACK_SECONDS:
-        raise InvalidEvent("timestamp", "not a time between 1970 and now (Unix seconds, not ms)")
+    if seconds < bounds.earliest or seconds > received_at + bounds.future_slack:
+        if bounds == UNIX_EPOCH:
+            raise InvalidEvent("timestamp",
+                               "not a time between 1970 and now (Unix seconds, not ms)")
+        earliest = datetime.fromtimestamp(bounds.earliest, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise InvalidEvent("timestamp", f"{seconds:.0f} is not a time between {earliest} and "
+                           f"{bounds.future_slack:g} s after now (Unix seconds, not ms)")
     return seconds
 
 
-def normalize_event(raw: Any, received_at: float | None = None) -> dict[str, Any]:
+def normalize_event(raw: Any, received_at: float | None = None,
+                    bounds: TimeBounds = UNIX_EPOCH) -> dict[str, Any]:
     """Check one event and return its stored form; raises `InvalidEvent`."""
     if not isinstance(raw, Mapping):
         raise InvalidEvent("event", f"must be a JSON object, not {type(raw).__name__}")
@@ -129,7 +161,8 @@ def normalize_event(raw: Any, received_at: float | None = None) -> dict[str, Any
         "type": kind,
         "user_id": _identifier(raw, "user_id", required=True),
         "item_id": _identifier(raw, "item_id", required=True),
-        "timestamp": received_at if timestamp is None else parse_timestamp(timestamp, received_at),
+        "timestamp": (received_at if timestamp is None
+                      else parse_timestamp(timestamp, received_at, bounds)),
         "value": value,
         "request_id": _identifier(raw, "request_id", required=False),
         "model_version": _identifier(raw, "model_version", required=False),
@@ -138,15 +171,16 @@ def normalize_event(raw: Any, received_at: float | None = None) -> dict[str, Any
     }
 
 
-def normalize_batch(raws: Any, received_at: float | None = None) -> list[dict[str, Any]]:
+def normalize_batch(raws: Any, received_at: float | None = None,
+                    bounds: TimeBounds = UNIX_EPOCH) -> list[dict[str, Any]]:
     """One event or a list of them; the first bad one raises, placed by its index."""
     if not isinstance(raws, list):
-        return [normalize_event(raws, received_at)]
+        return [normalize_event(raws, received_at, bounds)]
     received_at = time.time() if received_at is None else received_at
     events = []
     for index, raw in enumerate(raws):
         try:
-            events.append(normalize_event(raw, received_at))
+            events.append(normalize_event(raw, received_at, bounds))
         except InvalidEvent as exc:
             raise exc.at(index) from None
     return events

@@ -99,6 +99,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=3.0,
                    help="seconds to wait for the predictor or the events service "
                    "(default: %(default)s)")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[],
+                   metavar="HOST[:PORT]",
+                   help="a Host header the console answers besides the address it listens on "
+                   "(the name it is reached by through a proxy or a Service); repeatable. "
+                   "Requests naming any other host are refused (DNS rebinding)")
+    from serving.limits import add_connection_arguments
+
+    add_connection_arguments(p)
     p.set_defaults(func=cmd_console)
 
 
@@ -107,6 +115,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from pipelines.rollout_analyze import DEFAULT_PROMETHEUS
     from serving.console.config import console_config
     from serving.console.server import serve
+    from serving.limits import connection_limits
 
     experiment = load_config(args.config).experiment  # a bad config fails before serving
     kind = args.target
@@ -124,4 +133,5 @@ def cmd_console(args: argparse.Namespace) -> int:
         namespace=args.namespace, model_name=args.model_name,
         metrics_url=f"{config.predictor}/metrics", prometheus=args.prometheus or DEFAULT_PROMETHEUS)
     return serve(config, args.host, args.port, log_level="warning" if args.quiet else "info",
-                 experiment_config=experiment, experiments=backend)
+                 experiment_config=experiment, experiments=backend,
+                 connection_limits=connection_limits(args), allowed_hosts=args.allowed_hosts)

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from components.errors import ConfigError, RecsysError
 
@@ -24,11 +25,13 @@ DEFAULT_PORT = 8090
 DEFAULT_MAX_BATCH = 1_000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_QUEUED_EVENTS = 50_000
-# Connections and requests uvicorn takes at once; more are answered 503.
-MAX_CONCURRENCY = 1024
+# Event times before this are refused (a 0 or a small number is a client's bug, not a time).
+DEFAULT_EARLIEST_TIMESTAMP = "1990-01-01"
 
 
 def add_events_arguments(parser: argparse.ArgumentParser) -> None:
+    from serving.limits import add_connection_arguments
+
     parser.add_argument("--store", default=os.environ.get("RECSYS_FEEDBACK_STORE") or None,
                         metavar="URL",
                         help="feedback store: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB "
@@ -60,12 +63,26 @@ def add_events_arguments(parser: argparse.ArgumentParser) -> None:
                         default=None, metavar="DIR",
                         help="also write the payload logger's answers as request-log records "
                         "(JSON lines, as `recsys serve --request-log`) to DIR")
+    parser.add_argument("--allow-origin", dest="allowed_origins", action="append", default=[],
+                        metavar="ORIGIN",
+                        help="a web origin (scheme://host:port) whose pages may post events "
+                        "(CORS); repeatable. Requests with any other Origin header are refused "
+                        "with 403; clients that send none (servers, curl) are not affected "
+                        "(default: none)")
+    parser.add_argument("--earliest-timestamp", default=DEFAULT_EARLIEST_TIMESTAMP,
+                        metavar="TIME",
+                        help="events timed before this (ISO 8601 date or time, UTC, or Unix "
+                        "seconds) are refused with 400 (default: %(default)s)")
+    parser.add_argument("--max-future-seconds", type=float, default=86_400.0, metavar="SECONDS",
+                        help="events timed more than this after the time received are refused "
+                        "with 400 (default: %(default)s)")
     parser.add_argument("--pending-ttl", type=float, default=60.0,
                         help="seconds a payload-logger event waits for its partner "
                         "(default: %(default)s)")
     parser.add_argument("--max-pending", type=int, default=10_000,
                         help="payload-logger events waiting at most; the oldest is dropped beyond "
                         "(default: %(default)s)")
+    add_connection_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +109,25 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _time_bounds(earliest: str, future_seconds: float):
+    from datetime import UTC, datetime
+
+    from components.feedback_events import TimeBounds
+
+    try:
+        seconds = float(earliest)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(earliest.strip())
+        except ValueError:
+            raise ConfigError(f"--earliest-timestamp {earliest}: not an ISO 8601 date or time, "
+                              "nor Unix seconds") from None
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if not future_seconds >= 0:
+        raise ConfigError(f"--max-future-seconds must not be negative, got {future_seconds:g}")
+    return TimeBounds(earliest=seconds, future_slack=future_seconds)
+
+
 def serve_events(args: argparse.Namespace) -> int:
     """Open the store, listen, and answer until SIGTERM/SIGINT (then finish what was accepted,
     commit what is queued and close)."""
@@ -99,13 +135,23 @@ def serve_events(args: argparse.Namespace) -> int:
 
     from components.feedback_store import FeedbackStore, default_store_url, display_url
     from components.registry import default_home
+    from serving.connection_guard import apply
     from serving.events_service import EventsService, build_app
+    from serving.limits import MAX_CONCURRENCY, connection_limits
 
     for name in ("max_batch", "max_body_bytes", "max_queued_events", "max_pending"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be a port number, got {args.port}")
+    bounds = _time_bounds(args.earliest_timestamp, args.max_future_seconds)
+    limits = connection_limits(args)
+    if limits.problem():
+        raise ConfigError(limits.problem())
+    for origin in args.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+            raise ConfigError(f"--allow-origin {origin}: expected scheme://host[:port]")
     url = args.store or default_store_url(args.home or default_home())
     store = FeedbackStore(url)
     history_writer = request_log = None
@@ -122,11 +168,13 @@ def serve_events(args: argparse.Namespace) -> int:
     service = EventsService(store, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
                             max_queued_events=args.max_queued_events,
                             history_writer=history_writer, request_log=request_log,
-                            pending_ttl=args.pending_ttl, max_pending=args.max_pending)
+                            pending_ttl=args.pending_ttl, max_pending=args.max_pending,
+                            allowed_origins=args.allowed_origins, time_bounds=bounds)
     sock = _listen(args.host, args.port)
     config = uvicorn.Config(build_app(service), log_config=None, access_log=False,
                             limit_concurrency=MAX_CONCURRENCY, timeout_graceful_shutdown=30,
                             timeout_keep_alive=15, lifespan="on")
+    apply(config, limits)  # header and body deadlines, connections per client
     log.info("feedback events on http://%s:%d (POST /v1/events), store %s%s", args.host,
              args.port, display_url(url),
              f", online history {args.online_store}" if args.online_store else "")

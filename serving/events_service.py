@@ -14,6 +14,12 @@ KServe's payload logger, in one ASGI app (`build_app`; `serving/events.py` runs 
   (`serving/payload_logger.py`) into impressions (and, with a request log, its records).
 - `GET /healthz` (503 while the store cannot be reached), `GET /metrics` (Prometheus).
 
+Browsers: a web page can send a POST to any address without asking first when its body is
+`text/plain` or a form; this service takes events as `content-type: application/json` only
+(415 otherwise), which a browser sends cross-site only after a CORS preflight, and refuses any
+request whose `Origin` header is not one of `allowed_origins` (403). Server-to-server clients
+send no `Origin` and are not affected; an allowed origin's preflight (`OPTIONS`) is answered.
+
 Events are stored by group commit (serving/group_commit.py): concurrent requests share a
 transaction, each gets its own answer. The queue is bounded (`max_queued_events`): beyond it
 the answer is 503 with Retry-After, never an unbounded backlog.
@@ -50,7 +56,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from components.feedback_events import InvalidEvent, normalize_batch
+from components.feedback_events import UNIX_EPOCH, InvalidEvent, TimeBounds, normalize_batch
 from serving.events import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_EVENTS
 from serving.group_commit import GroupCommitter, Overloaded, accepted_rows
 from serving.impressions import ImpressionWriter, impressions_from_records
@@ -126,8 +132,11 @@ class EventsService:
                  max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
                  history_writer: Any = None, request_log: Any = None,
-                 pending_ttl: float = 60.0, max_pending: int = 10_000):
+                 pending_ttl: float = 60.0, max_pending: int = 10_000,
+                 allowed_origins: Sequence[str] = (), time_bounds: TimeBounds = UNIX_EPOCH):
         self.store = store
+        self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
+        self.time_bounds = time_bounds
         self.registry = registry or CollectorRegistry()
         self.metrics = m = EventMetrics(self.registry)
         self.max_batch, self.max_body_bytes = max_batch, max_body_bytes
@@ -173,18 +182,17 @@ class EventsService:
     # -- feedback events --------------------------------------------------------------------
     def parse_events(self, body: bytes) -> list[dict[str, Any]]:
         """The request's events in stored form; raises `RequestError`."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise RequestError(400, "not_json", "body: not JSON") from None
+        data = parse_json(body)
         if isinstance(data, list):
             if not data:
                 raise RequestError(400, "invalid_event", "body: an empty batch")
             if len(data) > self.max_batch:
                 raise RequestError(413, "batch_too_large", f"body: {len(data)} events exceed "
                                    f"the limit of {self.max_batch} per request")
+        if _float_ids(data):  # orjson reads an integer beyond 64 bits as a float
+            data = _exact_integers(body)
         try:
-            return normalize_batch(data, time.time())
+            return normalize_batch(data, time.time(), self.time_bounds)
         except InvalidEvent as exc:
             raise RequestError(400, "invalid_event", str(exc)) from None
 
@@ -246,10 +254,49 @@ class EventsService:
         return ok, detail
 
 
+_ID_FIELDS = ("event_id", "user_id", "item_id", "request_id", "model_version")
+_NOT_FINITE = (b"NaN", b"Infinity", b"-Infinity")
+MAX_JSON_DEPTH = 1024  # orjson's limit
+
+
+def parse_json(body: bytes) -> Any:
+    """The body's JSON; a `RequestError` that says what is wrong and where otherwise."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        if not body.strip():
+            problem = "the body is empty"
+        elif exc.msg.startswith("depth limit"):
+            problem = f"nested deeper than {MAX_JSON_DEPTH} levels (at {where})"
+        elif body[exc.pos:].startswith(_NOT_FINITE) or body[exc.pos - 1:].startswith(b"-Inf"):
+            problem = f"NaN and Infinity are not JSON numbers (at {where})"
+        else:
+            problem = f"{exc.msg} (at {where})"
+        raise RequestError(400, "not_json", f"body: not JSON: {problem}") from None
+
+
+def _float_ids(data: Any) -> bool:
+    events = data if isinstance(data, list) else [data]
+    return any(isinstance(e, dict) and any(isinstance(e.get(f), float) for f in _ID_FIELDS)
+               for e in events)
+
+
+def _exact_integers(body: bytes) -> Any:
+    """The body again, with integers of any size kept exact (an id of 30 digits is an id)."""
+    import json
+
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # orjson read it: cannot happen, but never a 500
+        raise RequestError(400, "not_json", "body: not JSON") from None
+
+
 class RequestError(Exception):
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)
         self.status, self.reason = status, reason
+        self.origin: str | None = None  # an allowed origin's answers carry its CORS header
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
@@ -270,18 +317,53 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json`, with or without parameters (`; charset=utf-8`)."""
+    return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+def check_origin(origin: str | None, allowed: frozenset[str]) -> None:
+    """No `Origin` (a server, curl) or an allowed one passes; any other is a 403."""
+    if origin is not None and origin.rstrip("/") not in allowed:
+        raise RequestError(403, "foreign_origin", f"origin: {origin[:200]} is not allowed to "
+                           "post here (the service's --allow-origin option lists who is)")
+
+
 def build_app(service: EventsService) -> Starlette:
     metrics = service.metrics
 
     def refused(exc: RequestError) -> Response:
         metrics.rejected.labels(exc.reason).inc()
-        return _json(exc.status, {"error": str(exc)})
+        return _json(exc.status, {"error": str(exc)}, cors(exc.origin))
+
+    def cors(origin: str | None) -> dict[str, str] | None:
+        if origin is None or origin.rstrip("/") not in service.allowed_origins:
+            return None
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+    async def preflight(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        try:
+            check_origin(origin, service.allowed_origins)
+        except RequestError as exc:
+            return refused(exc)
+        return Response(status_code=204, headers={
+            **(cors(origin) or {}), "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "content-type", "Access-Control-Max-Age": "600"})
 
     async def post_events(request: Request) -> Response:
+        origin = request.headers.get("origin")
         try:
+            check_origin(origin, service.allowed_origins)
+            if not is_json_media_type(request.headers.get("content-type")):
+                raise RequestError(
+                    415, "not_json_content_type",
+                    f"content-type: expected application/json, got "
+                    f"{(request.headers.get('content-type') or 'none')[:100]}")
             rows = service.parse_events(await _read_body(request, service.max_body_bytes))
             future = service.committer.submit(rows)
         except RequestError as exc:
+            exc.origin = origin
             return refused(exc)
         except Overloaded as exc:
             metrics.rejected.labels("overloaded").inc()
@@ -300,11 +382,12 @@ def build_app(service: EventsService) -> Starlette:
                          {"Retry-After": "1"})
         service.count(rows, duplicates)
         return _json(200, {"accepted": accepted, "duplicates": len(duplicates),
-                           "duplicate_ids": duplicates})
+                           "duplicate_ids": duplicates}, cors(origin))
 
     async def post_cloudevent(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
+            check_origin(headers.get("origin"), service.allowed_origins)
             body = await _read_body(request, service.max_body_bytes)
             written = service.take_cloudevent(headers, body)
         except RequestError as exc:
@@ -332,6 +415,7 @@ def build_app(service: EventsService) -> Starlette:
 
     return Starlette(routes=[
         Route("/v1/events", post_events, methods=["POST"]),
+        Route("/v1/events", preflight, methods=["OPTIONS"]),
         Route("/", post_cloudevent, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),

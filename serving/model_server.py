@@ -16,6 +16,9 @@ Small subclasses and a logging filter, no patches of KServe's code:
   requests keep being answered for `drain_seconds`, then the REST server stops accepting and
   finishes what is in flight, gRPC gets the same grace, and only then is the model stopped
   (its worker thread finished, its request log flushed).
+- REST connections are served by `serving.connection_guard.GuardedHttpProtocol`: deadlines for a
+  request's headers and body, a cap on connections per client address, and uvicorn's
+  `limit_concurrency` (KServe sets none), so that one client cannot starve the others.
 - `ClientErrorFilter`: KServe logs every 4xx/404/501/503 as `ERROR Exception:` with a full
   traceback (about 2 KB a request); a client's mistake is already one access-log line (and a
   count in `recsys_errors_total`), so those records are dropped. KServe's two per-request
@@ -176,9 +179,13 @@ class RecsysModelServer(ModelServer):
     """KServe's ModelServer bound to one host, with our data plane, the model-repository
     extension refused, and a drain on SIGTERM (see the module docstring)."""
 
-    def __init__(self, *, host: str = "0.0.0.0", drain_seconds: float = 0.0, **kwargs):
+    def __init__(self, *, host: str = "0.0.0.0", drain_seconds: float = 0.0,
+                 connection_limits=None, **kwargs):
+        from serving.limits import ConnectionLimits
+
         super().__init__(**kwargs)
         self.host = host
+        self.connection_limits = connection_limits or ConnectionLimits()
         self.drain_seconds = drain_seconds
         self.dataplane = RecsysDataPlane(model_registry=self.registered_models)
         self.model_repository_extension = DisabledModelRepository(self.registered_models)
@@ -199,14 +206,14 @@ class RecsysModelServer(ModelServer):
                 FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
                 self.http_port, log_config_file=kserve_args.log_config_file, **common,
             )
-            self._rest_multiprocess_server._rest_server.config.host = self.host
+            self._guard(self._rest_multiprocess_server._rest_server.config)
             self.servers.append(self._rest_multiprocess_server.start())
         else:
             self._rest_server = RESTServer(
                 FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
                 self.http_port, **common,
             )
-            self._rest_server.config.host = self.host
+            self._guard(self._rest_server.config)
             self.servers.append(self._serve_rest())
         if self.enable_grpc:
             from kserve.model_server import args as kserve_args
@@ -218,6 +225,14 @@ class RecsysModelServer(ModelServer):
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()
         asyncio.run(self._serve())
+
+    def _guard(self, config) -> None:
+        from serving.connection_guard import apply
+        from serving.limits import MAX_CONCURRENCY
+
+        config.host = self.host
+        config.limit_concurrency = MAX_CONCURRENCY
+        apply(config, self.connection_limits)
 
     async def _serve_rest(self) -> None:
         # uvicorn takes SIGTERM/SIGINT while it serves; ours must decide the order instead.

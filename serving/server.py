@@ -33,6 +33,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
         DEFAULT_MAX_ANSWER_ITEMS,
         DEFAULT_MAX_BATCH_SIZE,
         DEFAULT_MAX_TITLE_QUERIES,
+        add_connection_arguments,
     )
 
     help_dir = (
@@ -74,6 +75,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         "closing the listener; in-flight requests are always finished "
                         "(default: %(default)s; on a cluster, the time its endpoints take to "
                         "drop the pod)")
+    add_connection_arguments(parser)
     parser.add_argument("--request-log", "--request_log", dest="request_log", default=None, metavar="DIR",
                         help="append every answered row to size-rotated JSON-lines files in DIR")
     parser.add_argument("--online-store", dest="online_store", metavar="URL",
@@ -219,6 +221,11 @@ def _validate(args: argparse.Namespace) -> None:
             raise RecsysError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.drain_seconds < 0:
         raise RecsysError(f"--drain-seconds must not be negative, got {args.drain_seconds}")
+    from serving.limits import connection_limits
+
+    problem = connection_limits(args).problem()
+    if problem:
+        raise RecsysError(problem)
     if args.online_store:
         _check_online_store(args.online_store)
     if not is_remote(args.model_dir) and not Path(args.model_dir).exists():
@@ -287,6 +294,7 @@ def serve(args: argparse.Namespace) -> int:
     _validate(args)
     from kserve.logging import configure_logging
 
+    from serving.limits import connection_limits
     from serving.model_server import RecsysModelServer, quiet_logging
     from serving.predictor import RecommenderModel
 
@@ -321,6 +329,7 @@ def serve(args: argparse.Namespace) -> int:
     server = RecsysModelServer(
         host=args.host,
         drain_seconds=args.drain_seconds,
+        connection_limits=connection_limits(args),
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=args.workers,

@@ -14,14 +14,26 @@ the challenger started, as `recsys rollout analyze` does) run at most once per 5
 pages ask (`serving.console.recent`).
 
 POSTs that change something (feedback, promote, rollback) are refused when the browser says
-they come from another site (`Origin` / `Sec-Fetch-Site`): a page elsewhere cannot drive a
-console on localhost.
+they come from another site (`Sec-Fetch-Site`, `Origin`, including `null`, else `Referer`), and
+unless they carry the session's form token: every page sets a session cookie (HttpOnly,
+SameSite=Strict) and its forms a hidden `token`, an HMAC of the session under a key the process
+draws at start, which a page elsewhere can neither read nor compute. Requests naming a `Host`
+the console does not serve are refused (400), so that a DNS name rebound to 127.0.0.1 gives a
+page elsewhere nothing to read or post: IP literals and `localhost` are always served, names
+only when listed (`recsys console --allowed-host`); /healthz and /metrics answer any Host
+(probes and Prometheus name the pod's IP).
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import logging
+import re
+import secrets
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -49,17 +61,74 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src '
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
 
 
+SESSION_COOKIE = "recsys_console_session"
+_SESSION = re.compile(r"[A-Za-z0-9_-]{32}")
+ANY_HOST_PATHS = ("/healthz", "/metrics")
+
+
 def _same_origin(request: Request) -> bool:
+    """Whether the browser's headers say the request comes from a page of this console."""
+    host = request.headers.get("host", "")
     site = request.headers.get("sec-fetch-site")
     if site and site not in ("same-origin", "none"):
         return False
     origin = request.headers.get("origin")
-    if origin and origin != "null":
-        return urlsplit(origin).netloc == request.headers.get("host", "")
+    if origin is not None:  # "null": a sandboxed frame, a data: URL, a redirect from elsewhere
+        return origin != "null" and urlsplit(origin).netloc == host
+    referer = request.headers.get("referer")
+    if referer:
+        return urlsplit(referer).netloc == host
     return True
 
 
-def create_app(console: Console) -> FastAPI:
+class FormTokens:
+    """A session id per browser (a cookie) and its form token: HMAC-SHA256 under a key drawn
+    when the process starts (a restart asks open pages to be reloaded)."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+
+    @staticmethod
+    def new_session() -> str:
+        return secrets.token_urlsafe(24)  # 32 characters
+
+    def token(self, session: str) -> str:
+        return hmac.new(self._key, session.encode(), hashlib.sha256).hexdigest()
+
+    def valid(self, session: str | None, token: str | None) -> bool:
+        return bool(session and token) and hmac.compare_digest(self.token(session), token)
+
+
+class HostCheck:
+    """Which `Host` headers the console answers: IP literals and localhost (no DNS name an
+    attacker controls can be one), and the names given, with or without a port."""
+
+    def __init__(self, allowed: Sequence[str]):
+        self.allowed = {h.strip().lower().rstrip(".") for h in allowed if h.strip()}
+
+    def __call__(self, host_header: str | None) -> bool:
+        host = (host_header or "").strip().lower()
+        try:
+            name = urlsplit(f"//{host}").hostname
+        except ValueError:
+            return False
+        if not name:
+            return False
+        name = name.rstrip(".")
+        if name == "localhost" or host in self.allowed or name in self.allowed:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+
+def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """The app; `allowed_hosts` None: no Host check (in-process use), else `HostCheck`'s."""
+    host_allowed = None if allowed_hosts is None else HostCheck(allowed_hosts)
+    tokens = FormTokens()
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         log.info("console ready: MLflow %s, feedback store %s, predictor %s, events %s",
@@ -80,16 +149,32 @@ def create_app(console: Console) -> FastAPI:
     def page(request: Request, name: str, active: str, status_code: int = 200,
              **context: Any) -> HTMLResponse:
         context.update(pages=PAGES, active=active, config=console.config,
-                       answered_by=console.answered_by)
+                       answered_by=console.answered_by, token=getattr(request.state, "form_token", ""))
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):
         started = time.perf_counter()
-        if request.method == "POST" and not _same_origin(request):
+        session = request.cookies.get(SESSION_COOKIE)
+        fresh = None
+        if not session or not _SESSION.fullmatch(session):
+            session = fresh = tokens.new_session()
+        request.state.session, request.state.form_token = session, tokens.token(session)
+        if (host_allowed is not None and request.url.path not in ANY_HOST_PATHS
+                and not host_allowed(request.headers.get("host"))):
+            fresh = None
             response: Response = JSONResponse(
+                {"error": "refused: this console does not serve the host "
+                 f"{(request.headers.get('host') or 'none')[:100]!r} (see recsys console "
+                 "--allowed-host)"}, status_code=400)
+            label_override = "bad-host"
+        elif request.method == "POST" and not _same_origin(request):
+            fresh = None
+            response = JSONResponse(
                 {"error": "refused: this form was posted from another site"}, status_code=403)
+            label_override = "cross-site"
         else:
+            label_override = None
             try:
                 response = await call_next(request)
             except Exception as exc:  # a page never shows a stack trace: the log has it
@@ -99,9 +184,10 @@ def create_app(console: Console) -> FastAPI:
                                 message=f"This page failed: {type(exc).__name__}: {first}. "
                                 "The console's log has the details.")
         route = request.scope.get("route")
-        label = getattr(route, "path", None) or (
-            "cross-site" if response.status_code == 403 else
+        label = label_override or getattr(route, "path", None) or (
             "/static" if request.url.path.startswith("/static/") else "unmatched")
+        if fresh is not None:
+            response.set_cookie(SESSION_COOKIE, fresh, httponly=True, samesite="strict", path="/")
         console.metrics.requests.labels(label, str(response.status_code)).inc()
         console.metrics.seconds.labels(label).observe(time.perf_counter() - started)
         response.headers.setdefault("Content-Security-Policy", CSP)
@@ -118,6 +204,15 @@ def create_app(console: Console) -> FastAPI:
         else:
             message = str(exc.detail)
         return page(request, "error.html", "", status_code=exc.status_code, message=message)
+
+    def stale_form(request: Request, token: str) -> HTMLResponse | None:
+        """The refusal of a state-changing form without this session's token; None if it has
+        it."""
+        if tokens.valid(request.cookies.get(SESSION_COOKIE), token):
+            return None
+        return page(request, "error.html", "", status_code=403,
+                    message="This form was not sent from a page of this console, or the page "
+                    "is older than the console's last start: reload the page and send it again.")
 
     # ------------------------------------------------------------------ plumbing
     @app.get("/healthz", include_in_schema=False)
@@ -205,7 +300,9 @@ def create_app(console: Console) -> FastAPI:
                  action: str = Form(""), value: str | None = Form(None),
                  request_id: str | None = Form(None), model_version: str | None = Form(None),
                  position: str | None = Form(None), k: str | None = Form(None),
-                 shown: str = Form("")):
+                 shown: str = Form(""), token: str = Form("")):
+        if (refusal := stale_form(request, token)) is not None:
+            return refusal
         before = [i for i in shown.split(",") if i] or None
         fragment = request.headers.get("x-console-fragment") == "1"
         notice = error = problem = None
@@ -249,7 +346,8 @@ def create_app(console: Console) -> FastAPI:
         status = 400 if error else 200
         if fragment:
             return templates.TemplateResponse(request, "_results.html", {
-                **context, "config": console.config, "answered_by": console.answered_by},
+                **context, "config": console.config, "answered_by": console.answered_by,
+                "token": request.state.form_token},
                 status_code=status, headers={"x-console-fragment": "1"})
         return page(request, "try.html", "try", status_code=status, users=sample_users(),
                     **context)
@@ -284,9 +382,11 @@ def create_app(console: Console) -> FastAPI:
 
     @app.post("/experiments/{action}", response_class=HTMLResponse)
     def experiments_action(request: Request, action: str, challenger: str = Form(""),
-                           confirmed: str = Form("")):
+                           confirmed: str = Form(""), token: str = Form("")):
         if action not in ("promote", "rollback"):
             raise StarletteHTTPException(404)
+        if (refusal := stale_form(request, token)) is not None:
+            return refusal
         view = experiment_view()
         if confirmed != "yes":  # the first press asks; the page's second form confirms
             target = view.target

@@ -293,6 +293,27 @@ def test_cross_site_posts_are_refused(stack):
     assert response.status_code == 403
 
 
+def test_a_rebound_host_a_null_origin_and_a_missing_token_are_refused(stack):
+    """What the Origin check alone let through, against the running console: a foreign Host
+    with a matching Origin (DNS rebinding), `Origin: null`, a foreign Referer, and a post
+    without the session's form token."""
+    url = stack["console"].url
+    port = url.rsplit(":", 1)[1]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        page = client.get("/try")
+        token = re.search(r'name="console-token" content="([0-9a-f]+)"', page.text).group(1)
+        like = {"user": "u1", "item": "1", "action": "like", "token": token}
+        rebound = client.post("/try/feedback", data=like, headers={
+            "Host": f"rebound.example:{port}", "Origin": f"http://rebound.example:{port}"})
+        assert rebound.status_code == 400
+        assert client.get("/try", headers={"Host": f"rebound.example:{port}"}).status_code == 400
+        assert client.post("/try/feedback", data=like,
+                           headers={"Origin": "null"}).status_code == 403
+        assert client.post("/try/feedback", data=like, headers={
+            "Referer": "https://elsewhere.example/"}).status_code == 403
+        assert client.post("/try/feedback", data={**like, "token": ""}).status_code == 403
+
+
 def test_promote_asks_then_runs_the_rollout_code(stack, page):
     """Promote: the first press asks, the confirmation runs `recsys rollout`'s local promote:
     the deployment record and the MLflow aliases move. (Last: it ends the experiment.)"""
@@ -328,9 +349,11 @@ def test_fuzzed_forms_and_queries_never_fail_the_console(stack):
     def check(user, k, like, action, value, position, shown, item):
         with httpx.Client(base_url=url, timeout=30) as client:
             page = client.get("/try", params={"user": user, "k": k, "like": like})
+            token = re.search(r'name="console-token" content="([0-9a-f]+)"', page.text).group(1)
             posted = client.post("/try/feedback", data={
                 "user": user, "item": item, "action": action, "value": value, "k": k,
-                "position": position, "shown": shown, "request_id": item, "model_version": item})
+                "position": position, "shown": shown, "request_id": item, "model_version": item,
+                "token": token})
             window = client.get("/monitoring", params={"window": like})
         for response in (page, posted, window):
             assert response.status_code < 500, (response.status_code, response.text[-500:])

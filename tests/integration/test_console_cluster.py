@@ -9,6 +9,7 @@ tests. MLflow (SQLite) and the feedback store (SQLite) are real; the console run
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -95,8 +96,9 @@ def test_read_only_console_follows_the_canary_and_changes_nothing(cluster):
         assert "cluster deployment" in text
         assert "This console is read-only" in text and "Promote the challenger" not in text
         assert "serving guardrails not measured: cannot query Prometheus" in text
+        token = re.search(r'name="console-token" content="([0-9a-f]+)"', text).group(1)
         refused = client.post("/experiments/promote",
-                              data={"challenger": "art-2", "confirmed": "yes"})
+                              data={"challenger": "art-2", "confirmed": "yes", "token": token})
         assert refused.status_code == 409
         assert "this console is read-only: run `recsys rollout promote`" in refused.text
     after = cluster["k8s"].get("recsys", "recsys")

@@ -41,6 +41,9 @@ RESPONSE = {"id": "answer-1", "model_name": "recsys", "model_version": "v7", "ou
 ]}
 
 
+ALLOWED_ORIGIN = "http://console.example:8088"
+
+
 def ce_headers(kind: str, event_id: str) -> dict[str, str]:
     return {"Ce-Id": event_id, "Ce-Type": kind, "Ce-Specversion": "1.0",
             "Ce-Source": "http://localhost:9081/", "Ce-Time": "2025-01-31T12:00:00Z",
@@ -61,7 +64,8 @@ def service(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "events", "serve", "--home", str(home),
              "--port", str(port), "--request-log", str(home / "log"), "--pending-ttl", "2",
-             "--max-batch", "50", "--max-body-bytes", "100000"],
+             "--max-batch", "50", "--max-body-bytes", "100000",
+             "--allow-origin", ALLOWED_ORIGIN],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -79,6 +83,7 @@ def service(tmp_path_factory):
 
 def post(base: str, body, path: str = "/v1/events", **kwargs) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    kwargs.setdefault("headers", {"content-type": "application/json"})
     return httpx.post(base + path, content=content, timeout=10, **kwargs)
 
 
@@ -106,7 +111,7 @@ def test_events_are_stored_and_a_retry_is_answered_as_a_duplicate(service):
 
 
 @pytest.mark.parametrize("body, status, error", [
-    (b"{not json", 400, "body: not JSON"),
+    (b"{not json", 400, "body: not JSON: unexpected character, expected a string key (at line 1"),
     ([], 400, "body: an empty batch"),
     ("just a string", 400, "event: must be a JSON object, not str"),
     ({"type": "click", "user_id": "u", "item_id": "i"}, 400, "event_id: required"),
@@ -116,7 +121,7 @@ def test_events_are_stored_and_a_retry_is_answered_as_a_duplicate(service):
     (click("b4", timestamp="yesterday"), 400, "timestamp: not ISO 8601 or Unix seconds"),
     (click("b5", position=1.5), 400, "position: must be an integer, not float"),
     (click("b6", item_id="x" * 300), 400, "item_id: longer than 256 characters"),
-    (click("b7", item_id="a\u0000b"), 400, "item_id: must not contain a NUL character"),
+    (click("b7", item_id="a\u0000b"), 400, "item_id: must not contain a NUL character (U+0000"),
     (click("b8", extra=1), 400, "extra: unknown field"),
     ([click("b9"), click("b10", type="rating")], 400, "[1].value: required for a rating"),
     ([click(f"b{i}") for i in range(51)], 413, "body: 51 events exceed the limit of 50"),
@@ -128,6 +133,162 @@ def test_bad_input_is_refused_and_nothing_of_it_is_stored(service, body, status,
     assert response.status_code == status
     assert response.json()["error"].startswith(error)
     assert not {f"b{i}" for i in range(12)} & stored(url)
+
+
+@pytest.mark.parametrize("headers, status, error", [
+    ({"content-type": "text/plain"}, 415, "content-type: expected application/json, got text/pl"),
+    ({"content-type": "application/x-www-form-urlencoded"}, 415, "content-type: expected"),
+    ({}, 415, "content-type: expected application/json, got none"),
+    ({"content-type": "application/json", "origin": "http://evil.example"}, 403,
+     "origin: http://evil.example is not allowed"),
+    ({"content-type": "application/json", "origin": "null"}, 403, "origin: null is not allowed"),
+    ({"content-type": "text/plain", "origin": "http://evil.example"}, 403, "origin: "),
+])
+def test_what_a_browser_can_send_cross_site_is_refused(service, headers, status, error):
+    """A page elsewhere can post text/plain or a form without a preflight; with an Origin that
+    is not allowed nothing is taken either, whatever the content type."""
+    base, url = service[:2]
+    event_id = f"cross-{status}-{len(headers)}-{hash(tuple(headers.items())) & 0xffff}"
+    response = httpx.post(base + "/v1/events", content=json.dumps(click(event_id)).encode(),
+                          headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    assert response.json()["error"].startswith(error)
+    assert "access-control-allow-origin" not in response.headers
+    assert event_id not in stored(url)
+
+
+def test_an_allowed_origin_and_servers_without_one_may_post(service):
+    base, url = service[:2]
+    assert post(base, click("no-origin")).status_code == 200  # server to server, as before
+    assert post(base, click("charset"),
+                headers={"content-type": "application/json; charset=utf-8"}).status_code == 200
+    preflight = httpx.options(base + "/v1/events", timeout=10, headers={
+        "origin": ALLOWED_ORIGIN, "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "content-type" in preflight.headers["access-control-allow-headers"]
+    foreign = httpx.options(base + "/v1/events", timeout=10, headers={
+        "origin": "http://evil.example", "access-control-request-method": "POST"})
+    assert foreign.status_code == 403 and "access-control-allow-origin" not in foreign.headers
+    answer = post(base, click("from-console"),
+                  headers={"content-type": "application/json", "origin": ALLOWED_ORIGIN})
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert {"no-origin", "charset", "from-console"} <= stored(url)
+
+
+def test_a_page_on_another_port_cannot_store_an_event_from_a_browser(service, tmp_path):
+    """Headless Chromium loads a page from another loopback port that posts a like both ways a
+    page can: text/plain without a preflight (no-cors), and application/json (preflighted)."""
+    import http.server
+    import socketserver
+
+    from browser import launch
+
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    base, url = service[:2]
+    (tmp_path / "index.html").write_text("<!doctype html><title>elsewhere</title>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    page_server = socketserver.TCPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    script = """async ([url, plain, json]) => {
+      const out = [];
+      try {
+        await fetch(url, {method: "POST", mode: "no-cors", body: plain,
+                          headers: {"content-type": "text/plain"}});
+        out.push("no-cors sent");
+      } catch (e) { out.push("no-cors failed: " + e); }
+      try {
+        const r = await fetch(url, {method: "POST", body: json,
+                                    headers: {"content-type": "application/json"}});
+        out.push("cors " + r.status);
+      } catch (e) { out.push("cors refused: " + e); }
+      return out;
+    }"""
+    try:
+        with playwright_api.sync_playwright() as pw:
+            try:
+                browser = launch(pw)
+            except RuntimeError as exc:
+                pytest.skip(str(exc))
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{page_server.server_address[1]}/index.html")
+            outcome = page.evaluate(script, [
+                base + "/v1/events", json.dumps(click("browser-plain", type="like")),
+                json.dumps(click("browser-json", type="like"))])
+            browser.close()
+    finally:
+        page_server.shutdown()
+        page_server.server_close()
+    assert outcome[0] == "no-cors sent"  # the browser did send it...
+    assert outcome[1].startswith("cors refused")  # ...the preflighted one never left
+    assert not {"browser-plain", "browser-json"} & stored(url)  # and nothing was stored
+
+
+@pytest.mark.parametrize("body, error", [
+    (click("c1", item_id="a\nb"), ("item_id: must not contain a control character (U+000A at "
+     "index 1)")),
+    (click("c2", user_id="u\r\nX-Injected: 1"), ("user_id: must not contain a control character "
+     "(U+000D at index 1)")),
+    (click("c3\n"), "event_id: must not contain a control character (U+000A at index 2)"),
+    (click("c4", request_id="r\u2028"), "request_id: must not contain a line separator"),
+    (click("c5", model_version="v\x1b[31m"), "model_version: must not contain a control char"),
+    (click("c6", timestamp=0), ("timestamp: 0 is not a time between 1990-01-01T00:00:00Z and "
+     "86400 s after now")),
+    (click("c7", timestamp="1970-01-02T00:00:00Z"), "timestamp: 86400 is not a time between"),
+    (click("c8", timestamp=time.time() * 1000), "timestamp: "),
+    (b'{"event_id": "c9", "type": "rating", "user_id": "u", "item_id": "i", "value": NaN}',
+     "body: not JSON: NaN and Infinity are not JSON numbers (at line 1, column 79)"),
+    ((b'{"event_id": "c10", "type": "click", "user_id": "u", "item_id": "i", "timestamp": '
+     b'-Infinity}'), "body: not JSON: NaN and Infinity are not JSON numbers"),
+    (b"[" * 100_000, "body: not JSON: nested deeper than 1024 levels"),
+    (b"", "body: not JSON: the body is empty"),
+    (b'{"event_id": 1.5, "type": "click", "user_id": "u", "item_id": "i"}',
+     "event_id: must be a string or an integer, not float"),
+])
+def test_each_refusal_names_its_problem_and_nothing_is_stored(service, body, error):
+    base, url = service[:2]
+    response = post(base, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(error), response.json()
+    assert not {f"c{i}" for i in range(11)} & {i.strip() for i in stored(url)}
+
+
+def test_a_big_integer_id_is_taken_exactly_as_a_string(service):
+    base, url = service[:2]
+    body = (b'{"event_id": 123456789012345678901234567890, "type": "click", '
+            b'"user_id": 98765432109876543210, "item_id": 1}')
+    response = post(base, body)
+    assert response.status_code == 200, response.text
+    with FeedbackStore(url) as store:
+        events = store.read_events()
+    row = events[events.event_id == "123456789012345678901234567890"]
+    assert row.user_id.tolist() == ["98765432109876543210"]
+
+
+def test_the_earliest_timestamp_is_an_option(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    proc, base = start_service(url, tmp_path / "service.log", "--earliest-timestamp", "0",
+                               "--max-future-seconds", "0")
+    try:
+        assert post(base, click("epoch", timestamp=0)).status_code == 200
+        late = post(base, click("late", timestamp=time.time() + 3600))
+        assert late.status_code == 400 and "and 0 s after now" in late.json()["error"]
+    finally:
+        assert stop_service(proc) == 0
+    bad = subprocess.run([sys.executable, "-m", "serving.events", "--store", url,
+                          "--earliest-timestamp", "last tuesday"], cwd=REPO, check=False,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().endswith(
+        "--earliest-timestamp last tuesday: not an ISO 8601 date or time, nor Unix seconds")
 
 
 def test_fuzz_whatever_is_posted_the_answer_is_200_400_or_413(service):
@@ -160,7 +321,8 @@ def test_fuzz_whatever_is_posted_the_answer_is_200_400_or_413(service):
     @given(bodies)
     def fuzz(body):
         raw = body.encode() if isinstance(body, str) else body
-        response = http.post("/v1/events", content=raw)
+        response = http.post("/v1/events", content=raw,
+                             headers={"content-type": "application/json"})
         assert response.status_code in (200, 400, 413), (response.status_code, body)
         if response.status_code == 200:
             data = json.loads(body)

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import string
+import subprocess
 import sys
 import threading
 import time
@@ -41,6 +42,8 @@ from serving_process import (
 )
 
 from serving.request_log import read_request_log
+
+REPO = Path(__file__).resolve().parents[2]
 
 MAX_ANSWER_ITEMS = 1_000
 DRAIN_SECONDS = 2.0
@@ -315,6 +318,143 @@ def test_a_rest_503_gives_the_reason_and_is_counted(small_model_dir, tmp_path):
         assert len(lines) <= 6 and not any("Traceback" in line for line in lines), "\n".join(lines)
     finally:
         stop(srv)
+
+
+# ------------------------------------------------------ issue 23, Medium 3: slow and greedy clients
+SLOW_HEADERS = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Never-Finished: "
+GREEDY_CLIENT = "127.0.0.2"  # loopback too: the flood comes from another address than the probes
+
+
+def _flood(url: str, n: int) -> list[socket.socket]:
+    """`n` connections from GREEDY_CLIENT that each send part of a request's headers, no more."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    held = []
+    for _ in range(n):
+        sock = socket.create_connection((host, int(port)), timeout=30,
+                                        source_address=(GREEDY_CLIENT, 0))
+        try:
+            sock.sendall(SLOW_HEADERS)
+        except OSError:  # refused and closed already
+            pass
+        held.append(sock)
+    return held
+
+
+def _until_closed(sock: socket.socket, wait: float) -> bytes:
+    """What the server sent before closing the connection; TimeoutError if it is still open."""
+    sock.settimeout(wait)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return data
+
+
+def _check_flood(url: str, health: str, n: int, cap: int, header_timeout: float) -> None:
+    """While `n` slow-header connections from one client are held, another client's health
+    check answers 200; the connections beyond `cap` are answered 503 at once, the others 408
+    once `header_timeout` has passed, and every one of them is closed."""
+    held = _flood(url, n)
+    try:
+        for _ in range(3):
+            assert httpx.get(url + health, timeout=10).status_code == 200
+        answers = [_until_closed(sock, header_timeout + 30) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+    timed_out = [a for a in answers if a.startswith(b"HTTP/1.1 408")]
+    assert len(refused) == n - cap, (len(refused), answers[:3])
+    assert b"too many connections from 127.0.0.2" in refused[0]
+    assert len(timed_out) == cap, (len(timed_out), answers[-3:])
+    assert httpx.get(url + health, timeout=10).status_code == 200
+
+
+def test_the_predictor_bounds_slow_headers_and_connections_per_client(server):
+    """The defaults: 256 connections per client, 10 s for the headers."""
+    from serving.limits import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+
+    _check_flood(server.url, "/v2/health/live", 300, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                 DEFAULT_HEADER_TIMEOUT)
+
+
+def test_every_rest_worker_bounds_slow_headers(small_model_dir, tmp_path):
+    """With --workers 2 the REST server runs in spawned processes: the bounds go with it."""
+    srv = start_server(small_model_dir, tmp_path, "--host", "127.0.0.1", "--workers", "2",
+                       "--header-timeout", "1", "--max-connections-per-client", "4")
+    try:
+        wait_live(srv)
+        held = _flood(srv.url, 12)  # two workers: each caps what it holds at 4
+        answers = [_until_closed(sock, 30) for sock in held]
+        assert all(a.startswith((b"HTTP/1.1 408", b"HTTP/1.1 503")) for a in answers), answers
+        assert sum(a.startswith(b"HTTP/1.1 503") for a in answers) >= 12 - 2 * 4
+    finally:
+        stop(srv)
+
+
+def test_the_events_service_keeps_answering_others_under_a_slow_header_flood(tmp_path):
+    """1,100 slow-header connections from one client made every request, /healthz included,
+    answer 503 (uvicorn's limit_concurrency is 1,024) and one stayed open after 40 s. Now:
+    /healthz answers, the flood is capped and closed; a kept-alive connection that starts its
+    next request and stalls, and a body that stalls, are closed by their deadlines."""
+    from events_process import start_service, stop_service
+
+    proc, url = start_service(f"sqlite:///{tmp_path / 'f.db'}", tmp_path / "events.log",
+                              "--header-timeout", "2", "--body-timeout", "2",
+                              "--max-connections-per-client", "100")
+    try:
+        _check_flood(url, "/healthz", 1100, 100, 2)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as kept:
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+            kept.sendall(b"GET /heal")  # the next request, never finished
+            assert b"HTTP/1.1 408 Request Timeout" in _until_closed(kept, 30)  # after the 200's body
+        with socket.create_connection((host, int(port)), timeout=30) as slow_body:
+            slow_body.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\ncontent-type: "
+                              b"application/json\r\ncontent-length: 100\r\n\r\n[{")
+            _until_closed(slow_body, 30)  # closed (the service's own 30 s are not waited for)
+        huge = httpx.get(url + "/healthz", headers={f"x-{i}": "y" * 1000 for i in range(80)},
+                         timeout=10)
+        assert huge.status_code == 431
+        assert stop_service(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_console_bounds_slow_headers_and_connections_per_client(tmp_path):
+    from console_stack import free_port, start
+
+    port = free_port()
+    console = start("console", ["console", "--home", str(tmp_path / "home"), "--port", str(port),
+                                "--predictor-url", f"http://127.0.0.1:{free_port()}",
+                                "--events-url", f"http://127.0.0.1:{free_port()}",
+                                "--header-timeout", "2", "--max-connections-per-client", "20"],
+                    tmp_path / "console.log", "/healthz", url=f"http://127.0.0.1:{port}",
+                    home=tmp_path / "home")
+    try:
+        _check_flood(console.url, "/healthz", 60, 20, 2)
+    finally:
+        assert console.stop() == 0, console.output()[-2000:]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--header-timeout", "0", "--header-timeout must be positive, got 0"),
+    ("--body-timeout", "-1", "--body-timeout must be positive, got -1"),
+    ("--max-connections-per-client", "-1", "--max-connections-per-client must not be negative"),
+])
+def test_connection_limits_that_cannot_work_are_one_line(tmp_path, option, value, message):
+    for command in (["-m", "serving.events", "--store", f"sqlite:///{tmp_path / 'f.db'}"],
+                    ["-m", "serving", "--model-dir", str(tmp_path)]):
+        done = subprocess.run([sys.executable, *command, option, value], check=False, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and message in done.stderr, done.stderr[-1000:]
+        assert "Traceback" not in done.stderr
 
 
 # ------------------------------------------------------------------ Low: SIGTERM drains (last)

@@ -198,6 +198,13 @@ def test_event_and_request_counts_are_grouped_by_the_database(store_url):
 
 
 # ---------------------------------------------------------------------------- the app, nothing running
+def form_token(page) -> str:
+    """The session's form token a console page carries (its cookie is in the client)."""
+    import re
+
+    return re.search(r'<meta name="console-token" content="([0-9a-f]+)">', page.text).group(1)
+
+
 @pytest.fixture()
 def client(tmp_path):
     from fastapi.testclient import TestClient
@@ -243,17 +250,94 @@ def test_health_metrics_errors_and_security_headers(client):
     assert missing.status_code == 404 and "There is no page at /nowhere" in missing.text
     page = test_client.get("/try")
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    refused = test_client.post("/try/feedback", data={"user": "u", "item": "i", "action": "like"},
+    token = form_token(page)
+    refused = test_client.post("/try/feedback", data={"user": "u", "item": "i", "action": "like",
+                                                      "token": token},
                                headers={"origin": "https://evil.example"})
     assert refused.status_code == 403
-    down = test_client.post("/try/feedback", data={"user": "u", "item": "i", "action": "like"})
+    down = test_client.post("/try/feedback", data={"user": "u", "item": "i", "action": "like",
+                                                   "token": token})
     assert down.status_code == 200 and "no events service answering at" in down.text
-    bad = test_client.post("/try/feedback", data={"user": "", "item": "i", "action": "like"})
+    bad = test_client.post("/try/feedback", data={"user": "", "item": "i", "action": "like",
+                                                  "token": token})
     assert bad.status_code == 400 and "user id: type one" in bad.text
     metrics = test_client.get("/metrics").text
     assert 'recsys_console_requests_total{route="cross-site",status="403"} 1.0' in metrics
     assert 'recsys_console_unavailable_total{dependency="events"}' in metrics
     assert test_client.post("/experiments/explode").status_code == 404
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "null"},  # a sandboxed frame or a data: URL, without Sec-Fetch-Site
+    {"referer": "https://evil.example/page"},  # a foreign Referer alone
+    {"origin": "http://testserver", "sec-fetch-site": "cross-site"},
+])
+def test_cross_site_signs_are_refused_even_with_the_token(client, headers):
+    test_client, _ = client
+    token = form_token(test_client.get("/try"))
+    refused = test_client.post("/try/feedback", headers=headers, data={
+        "user": "u", "item": "i", "action": "like", "token": token})
+    assert refused.status_code == 403 and "posted from another site" in refused.text
+
+
+def test_state_changing_forms_need_the_sessions_token(client):
+    """Without the token, with a wrong one, or with another session's: refused (403), whatever
+    the headers say; the page's own token is accepted."""
+    from fastapi.testclient import TestClient
+
+    test_client, _ = client
+    data = {"user": "u", "item": "i", "action": "like"}
+    first = test_client.get("/try")
+    assert first.cookies.get("recsys_console_session")
+    assert "httponly" in first.headers["set-cookie"].lower()
+    assert "samesite=strict" in first.headers["set-cookie"].lower()
+    token = form_token(first)
+    assert form_token(test_client.get("/models")) == token  # one token per session
+    for bad in ({}, {"token": ""}, {"token": "0" * 64}):
+        refused = test_client.post("/try/feedback", data={**data, **bad})
+        assert refused.status_code == 403 and "reload the page" in refused.text
+    for action in ("promote", "rollback"):
+        assert test_client.post(f"/experiments/{action}", data={"confirmed": "yes"}
+                                ).status_code == 403
+    other = TestClient(test_client.app)  # another browser: its own session (no second lifespan)
+    other_token = form_token(other.get("/try"))
+    assert other_token != token
+    assert other.post("/try/feedback", data={**data, "token": token}).status_code == 403
+    assert test_client.post("/try/feedback", data={**data, "token": token}).status_code == 200
+    assert test_client.post("/experiments/promote", data={"token": token}).status_code == 200
+
+
+def test_only_the_hosts_it_serves_are_answered(tmp_path):
+    """A DNS name rebound to 127.0.0.1 makes a page elsewhere same-origin with the console; its
+    requests still name that host, and are refused, GET or POST, Origin matching or not."""
+    from fastapi.testclient import TestClient
+
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    closed = "http://127.0.0.1:9"
+    config = console_config(tmp_path / "home", tracking_uri=None, predictor_url=closed,
+                            events_url=closed, timeout=1.0)
+    app = create_app(build_console(config), allowed_hosts=["console.example", "proxy.example:443"])
+    with TestClient(app, base_url="http://127.0.0.1:8088") as http:
+        token = form_token(http.get("/try"))
+        for host in ("rebound.example:8088", "console.example.evil.net", "proxy.example:8443",
+                     "", "[not-an-ip]"):
+            answer = http.get("/try", headers={"host": host})
+            assert answer.status_code == 400, host
+            assert "does not serve the host" in answer.json()["error"]
+        rebound = http.post("/try/feedback", headers={
+            "host": "rebound.example:8088", "origin": "http://rebound.example:8088"},
+            data={"user": "u", "item": "i", "action": "like", "token": token})
+        assert rebound.status_code == 400
+        for host in ("127.0.0.1:8088", "localhost:9999", "[::1]:8088", "10.1.2.3",
+                     "console.example", "CONSOLE.example:8088", "proxy.example:443"):
+            assert http.get("/try", headers={"host": host}).status_code == 200, host
+        for path in ("/healthz", "/metrics"):  # probes and Prometheus name the pod's IP or any
+            assert http.get(path, headers={"host": "anything.example"}).status_code == 200
+        metrics = http.get("/metrics").text
+        assert 'recsys_console_requests_total{route="bad-host",status="400"} 6.0' in metrics
 
 
 def test_trajectory_ends_where_the_analysis_stands(tmp_path):
