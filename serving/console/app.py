@@ -140,7 +140,10 @@ def create_app(console: Console) -> FastAPI:
             rows = console.registry.versions()
         except Unavailable as exc:
             problem = console.unavailable("mlflow", exc)
+        from serving.console.registry_view import group_by_data_set
+
         return page(request, "models.html", "models", rows=rows, problem=problem,
+                    groups=group_by_data_set(rows),
                     metric_names=[name for name, _ in _metric_columns(rows)], runs=runs)
 
     @app.get("/models/{version}/report", response_class=HTMLResponse)

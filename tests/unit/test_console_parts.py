@@ -364,3 +364,61 @@ def test_monitoring_shows_the_drift_decisions_recorded_in_mlflow(tmp_path):
                          r"<td class=\"num\">0\.0001</td>", section)
         link = re.search(r'href="(/monitoring/drift/[0-9a-f]+/report)"', section).group(1)
         assert "<h1>Drift check</h1>" in client.get(link).text
+
+
+def _console_client(home, uri):
+    from fastapi.testclient import TestClient
+
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    closed = "http://127.0.0.1:9"
+    config = console_config(home, tracking_uri=uri, predictor_url=closed, events_url=closed,
+                            timeout=1.0)
+    return TestClient(create_app(build_console(config)))
+
+
+def test_models_page_compares_only_versions_of_one_data_set(tmp_path, small_model_dir):
+    """Two versions on one source, then one on another with a far higher NDCG: two tables, each
+    marking its own best, so the other data set's figure is not "best" over the first's. A
+    version registered before identities were recorded sits with the oldest that records one."""
+    import re
+
+    from components.config import GateConfig, RegistryConfig
+    from components.data_identity import identity_of
+    from components.registry import register_model
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+
+    def register(ndcg, identity, champion=None):
+        results = {"two_stage": {"ndcg@10": ndcg, "recall@10": 0.2}}
+        if champion:
+            results["champion"] = {"ndcg@10": champion, "recall@10": 0.2}
+        return register_model(small_model_dir, results=results, params={},
+                              data_fingerprint="fp", gate_config=GateConfig(guardrails={}),
+                              registry=RegistryConfig(), tracking_uri=uri,
+                              data_identity=identity)
+
+    register(0.05, None)  # v1: before identities
+    movielens = identity_of("movielens-dslabs", range(300))
+    register(0.10, movielens, champion=0.05)  # v2
+    register(0.12, identity_of("movielens-dslabs", range(320)), champion=0.10)  # v3
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=uri).set_registered_model_alias("recsys", "champion", "3")  # promoted
+    assert register(0.60, identity_of("/data/ml100k.csv", range(100)), champion=0.01).alias is None
+    with _console_client(home, uri) as client:
+        page = client.get("/models").text
+    tables = re.findall(r"<h3 id=\"dataset-\d\">Trained on (.*?)</h3>.*?<tbody>(.*?)</tbody>",
+                        page, re.DOTALL)
+    assert [label for label, _ in tables] == ["/data/ml100k.csv, 100 items",
+                                              "movielens-dslabs, 320 items"]
+    versions = [re.findall(r'href="#v(\d+)"', body) for _, body in tables]
+    assert versions == [["4"], ["3", "2", "1"]]
+    best = [re.findall(r'<td class="num best">([0-9.]+)', body) for _, body in tables]
+    assert best[1][0] == "0.1200" and "0.6000" not in best[1]
+    assert "Only versions trained on the same data set are compared" in page
+
