@@ -180,6 +180,19 @@ def logged_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
     return logged
 
 
+def _log_report(client, run_id: str, report_path: Path) -> None:
+    """The HTML report as `report/report.html`, whatever the file is called: the pipeline's
+    HTML artifact is a file named `report`, without the suffix that tells browsers (and the
+    console) what it is."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        named = Path(tmp) / "report.html"
+        shutil.copyfile(report_path, named)
+        client.log_artifact(run_id, str(named), artifact_path="report")
+
+
 def register_model(
     model_dir: Path,
     *,
@@ -231,7 +244,7 @@ def register_model(
             client.log_inputs(run.info.run_id, datasets=list(datasets))
         client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
         if report_path is not None and report_path.exists():
-            client.log_artifact(run.info.run_id, str(report_path), artifact_path="report")
+            _log_report(client, run.info.run_id, report_path)
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")
         raise

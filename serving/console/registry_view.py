@@ -177,7 +177,10 @@ class Registry:
     def _report_path(self, run_id: str) -> str | None:
         client = self.client()
         listed = self._call("list a run's artifacts", client.list_artifacts, run_id, "report") or []
-        html = [a.path for a in listed if a.path.endswith(".html")]
+        files = [a.path for a in listed if not a.is_dir]
+        # Versions registered before the report was named report.html logged the pipeline's
+        # HTML artifact as it was called: `report/report`, no suffix.
+        html = [p for p in files if p.endswith(".html")] or files
         return html[0] if html else None
 
     def run_artifact(self, run_id: str, path: str) -> bytes:

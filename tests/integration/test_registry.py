@@ -274,3 +274,26 @@ def test_a_run_on_another_data_set_is_not_compared_and_does_not_deploy(two_data_
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith(
         "recsys run: error: --model-name 'a/b'")
 
+
+def test_the_models_page_links_the_report_of_a_real_run(two_data_sets):
+    """The report `recsys run` printed is the one the Models page links and serves, for each
+    version of the real run home."""
+    import re
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    home, _, first, _ = two_data_sets
+    printed = Path(first.stdout.split("HTML report: ")[1].split()[0]).read_text()
+    closed = "http://127.0.0.1:9"
+    config = console_config(home, predictor_url=closed, events_url=closed, timeout=1.0)
+    with TestClient(create_app(build_console(config))) as client:
+        page = client.get("/models").text
+        assert "No report was logged" not in page
+        assert set(re.findall(r'href="/models/(\d+)/report"', page)) >= {"1", "2"}
+        report = client.get("/models/1/report")
+    assert report.status_code == 200 and report.text == printed
