@@ -285,6 +285,15 @@ def create_app(console: Console) -> FastAPI:
                     charts=experiments.charts(view) if view.analysis else {},
                     confirm=None, done=None, refused=None)
 
+    @app.get("/experiments/decisions/{run_id}/analysis.json")
+    def decision_evidence(request: Request, run_id: str):
+        try:
+            body = console.registry.run_artifact(run_id, "analysis.json")
+        except Unavailable as exc:
+            return page(request, "error.html", "experiments", status_code=404,
+                        message=console.unavailable("mlflow", exc))
+        return Response(body, media_type="application/json")
+
     @app.post("/experiments/{action}", response_class=HTMLResponse)
     def experiments_action(request: Request, action: str, challenger: str = Form(""),
                            confirmed: str = Form("")):

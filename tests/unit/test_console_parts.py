@@ -422,3 +422,86 @@ def test_models_page_compares_only_versions_of_one_data_set(tmp_path, small_mode
     assert best[1][0] == "0.1200" and "0.6000" not in best[1]
     assert "Only versions trained on the same data set are compared" in page
 
+
+def test_concluded_experiments_stay_on_the_experiments_page(tmp_path):
+    """A promotion recorded by `recsys rollout analyze --auto`'s own MLflow writer, after which
+    no challenger is tried: the page still says no challenger is being tried, and lists the
+    concluded experiment with its decision, versions, figures, reasons and its analysis."""
+    import html
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from experiment_data import experiment_feedback
+    from fastapi.testclient import TestClient
+
+    from components.config import ExperimentConfig
+    from components.experiment import analyze_labelled, label_impressions
+    from components.feedback_store import FeedbackStore
+    from pipelines.cli_console import RolloutBackend
+    from pipelines.rollout_analyze import Target, record_decision
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    impressions, events = experiment_feedback("a", "b", rate_a=0.04, rate_b=0.08, users=1_000,
+                                              sessions=3_000, start=time.time() - 7_200)
+    with FeedbackStore(f"sqlite:///{home / 'feedback.db'}") as store:
+        store.add_impressions(impressions)
+        store.add_events(events)
+        labelled = label_impressions(store.read_impressions(), store.read_events())
+    analysis = analyze_labelled(labelled, champion="a", challenger="b",
+                                config=ExperimentConfig(min_detectable_effect=0.3))
+    assert analysis.decision.action == "promote"
+    run_id = record_decision(uri, "recsys-online", analysis,
+                             Target("local", "a", "b", registry_champion="1",
+                                    registry_challenger="2", tracking_uri=uri),
+                             ["serving: version 2 now answers everyone (was 1)"])
+    closed = "http://127.0.0.1:9"
+    config = console_config(home, tracking_uri=uri, predictor_url=closed, events_url=closed,
+                            timeout=1.0)
+    backend = RolloutBackend(config.home, kind="local", tracking_uri=uri, name="recsys",
+                             namespace="recsys", model_name="recsys",
+                             metrics_url=f"{closed}/metrics", prometheus=closed)
+    with TestClient(create_app(build_console(config, experiments=backend))) as client:
+        page = client.get("/experiments").text
+        evidence = client.get(f"/experiments/decisions/{run_id}/analysis.json")
+        missing = client.get("/experiments/decisions/0123abcd/analysis.json")
+    assert "no local deployment under" in page  # nothing is being tried now
+    section = page[page.index('id="history-title"'):]
+    assert "decision-promote" in section and "MLflow 2 <code>b</code>" in section
+    assert f"{analysis.test.p_value:.4g}" in section
+    assert f"{analysis.metrics['b']['ctr']:.4f}" in section
+    assert analysis.decision.reasons[0] in html.unescape(section)
+    assert "done: serving: version 2 now answers everyone" in section
+    assert evidence.status_code == 200
+    assert evidence.json()["decision"]["action"] == "promote"
+    assert missing.status_code == 404
+
+
+def test_the_simulation_registers_its_models_with_their_offline_metrics(tmp_path, small_dataset,
+                                                                        small_model_dir):
+    """`recsys simulate`'s registry: both versions carry the offline metrics of the evaluate
+    step, so the Models page's table is not empty."""
+    import re
+
+    from components.artifact import load_model
+    from components.config import SplitConfig
+    from components.offline_eval import evaluate_model
+    from components.split import split_interactions
+    from pipelines.simulate import _register
+
+    home = tmp_path / "home"
+    home.mkdir()
+    test = split_interactions(small_dataset.interactions, SplitConfig()).test
+    results = evaluate_model(load_model(small_model_dir), test)
+    uri = _register(home, small_model_dir, small_model_dir, (results, results))
+    with _console_client(home, uri) as client:
+        page = client.get("/models").text
+    table = page[page.index('id="metrics-title"'):page.index('id="versions-title"')]
+    assert re.findall(r'href="#v(\d+)"', table) == ["2", "1"]
+    assert f"{results['two_stage']['ndcg@10']:.4f}" in table
+
