@@ -260,6 +260,11 @@ def create_app(console: Console) -> FastAPI:
     # ------------------------------------------------------------------ Monitoring
     @app.get("/monitoring", response_class=HTMLResponse)
     def monitoring_page(request: Request, window: str | None = None):
+        if window and window not in monitoring.WINDOWS:
+            return page(request, "error.html", "monitoring", status_code=400,
+                        message=f"window must be one of {', '.join(monitoring.WINDOWS)}, not "
+                        f"{window[:40]!r}.")
+        window = window or monitoring.DEFAULT_WINDOW
         data = console.recent.get(("monitoring", window),
                                   lambda: monitoring.gather(console, window))
         return page(request, "monitoring.html", "monitoring", m=data,

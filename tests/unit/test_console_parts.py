@@ -505,3 +505,32 @@ def test_the_simulation_registers_its_models_with_their_offline_metrics(tmp_path
     assert re.findall(r'href="#v(\d+)"', table) == ["2", "1"]
     assert f"{results['two_stage']['ndcg@10']:.4f}" in table
 
+
+def test_a_bad_monitoring_window_is_a_400_and_the_cache_stays_bounded(client):
+    """`window` is checked before anything is computed or kept: an unknown value is a 400
+    naming the allowed ones, made-up values never reach the cache, and the cache holds at most
+    its size whatever the keys."""
+    from serving.console.recent import Recent
+
+    test_client, _ = client
+    console = test_client.app.state.console
+    bad = test_client.get("/monitoring", params={"window": "13d"})
+    assert bad.status_code == 400
+    assert "window must be one of 1h, 24h, 7d, 30d, not &#39;13d&#39;" in bad.text
+    for n in range(40):
+        assert test_client.get("/monitoring", params={"window": f"{n}x"}).status_code == 400
+    assert len(console.recent) == 0
+    for window in ("1h", "24h", "7d", "30d", ""):
+        assert test_client.get("/monitoring", params={"window": window}).status_code == 200
+    assert len(console.recent) == 4  # "" is the default window, 24h
+
+    recent = Recent(60.0, max_entries=3)
+    calls = []
+    for key in ["a", "b", "c", "a", "d", "e"]:
+        recent.get(key, lambda key=key: calls.append(key) or key)
+    assert len(recent) == 3 and len(recent._locks) == 3
+    assert calls == ["a", "b", "c", "d", "e"]  # "a" was reused while it was kept
+    recent.get("a", lambda: calls.append("a again"))  # kept: used after "b" and "c" were
+    recent.get("b", lambda: calls.append("b again"))  # the least recently used: dropped
+    assert calls[-2:] == ["e", "b again"]
+
