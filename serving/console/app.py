@@ -15,7 +15,7 @@ pages ask (`serving.console.recent`).
 
 POSTs that change something (feedback, promote, rollback) are refused when the browser says
 they come from another site (`Origin` / `Sec-Fetch-Site`): a page elsewhere cannot drive a
-console on localhost.
+console on localhost. A read-only console (`--read-only`) refuses all of them: it writes nothing.
 """
 from __future__ import annotations
 
@@ -213,6 +213,13 @@ def create_app(console: Console) -> FastAPI:
         fragment = request.headers.get("x-console-fragment") == "1"
         notice = error = problem = None
         event_type = tryit.ACTIONS.get(action, action)
+        if console.config.read_only:
+            # Read-only means no writes at all: not even an event for the events service.
+            console.metrics.feedback.labels(event_type, "refused").inc()
+            return page(request, "error.html", "try", status_code=403,
+                        message="This console is read-only: it stores no feedback events. Send "
+                        "them to the events API (POST /v1/events), or start the console without "
+                        "--read-only.")
         try:
             user_id = tryit.check_user_id(user)
             event = tryit.feedback_event(action, user_id=user_id, item_id=item.strip(),

@@ -534,3 +534,41 @@ def test_a_bad_monitoring_window_is_a_400_and_the_cache_stays_bounded(client):
     recent.get("b", lambda: calls.append("b again"))  # the least recently used: dropped
     assert calls[-2:] == ["e", "b again"]
 
+
+def test_a_read_only_console_stores_no_events(tmp_path):
+    """With a real events service behind it, a read-only console refuses Try it's feedback
+    (403, in words) and nothing reaches the store; the same post to a console that is not
+    read-only is stored, so the refusal is the console's and not the service's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from events_process import start_service, stop_service
+    from fastapi.testclient import TestClient
+
+    from components.feedback_store import FeedbackStore
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    store = f"sqlite:///{tmp_path / 'feedback.db'}"
+    process, events_url = start_service(store, tmp_path / "events.log")
+    form = {"user": "u1", "item": "i1", "action": "like", "request_id": "r1",
+            "model_version": "v1", "position": "0"}
+    try:
+        for read_only in (True, False):
+            config = console_config(tmp_path / "home", tracking_uri=None, store_url=store,
+                                    predictor_url="http://127.0.0.1:9", events_url=events_url,
+                                    read_only=read_only, timeout=2.0)
+            with TestClient(create_app(build_console(config))) as client:
+                answer = client.post("/try/feedback", data=form)
+            with FeedbackStore(store, create=False) as feedback:
+                stored = len(feedback.read_events())
+            if read_only:
+                assert answer.status_code == 403
+                assert "This console is read-only: it stores no feedback events" in answer.text
+                assert stored == 0
+            else:
+                assert answer.status_code == 200 and stored == 1, answer.text[-1000:]
+    finally:
+        stop_service(process)
