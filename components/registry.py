@@ -6,6 +6,11 @@ needs no server; `MLFLOW_TRACKING_URI` points it anywhere else. Aliases, not the
 stages: the first model becomes `champion`; a later one becomes `challenger` only if it beats
 the champion by the configured margin on the primary metric without regressing any guardrail
 beyond its tolerance; otherwise it is registered with no alias and the refusal is tagged.
+
+The gate compares only models of one data set: each version records its data identity
+(`components.data_identity`: the source and a sketch of the catalogue, as model version tags),
+and a model trained on another source or catalogue than the champion's is registered with no
+alias, the reason saying so, without a comparison.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import GateConfig, RegistryConfig
+from components.data_identity import DataIdentity, other_data_set
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +135,18 @@ def current_champion(
     return str(mv.version), mv.source
 
 
+def champion_identity(tracking_uri: str, model_name: str) -> DataIdentity | None:
+    """The data identity recorded on the champion (None: no champion, or one registered before
+    identities were recorded)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = _client(tracking_uri).get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+    return DataIdentity.from_tags(mv.tags)
+
+
 def download_model(tracking_uri: str, source: str, destination: Path) -> Path:
     import mlflow
 
@@ -152,6 +170,29 @@ def _log_run(client, run_id: str, params: dict[str, Any], metrics: dict[str, flo
         client.log_batch(run_id, metrics=metric_list[start : start + 1000])
 
 
+def logged_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Offline results as a run logs them: the new model's (`two_stage`) under the metric's
+    name, every other model's (baselines, the champion) prefixed by its name."""
+    logged = {mlflow_metric_name(k): float(v) for k, v in results["two_stage"].items()}
+    for name, values in results.items():
+        if name != "two_stage":
+            logged.update({f"{name}.{mlflow_metric_name(k)}": float(v) for k, v in values.items()})
+    return logged
+
+
+def _log_report(client, run_id: str, report_path: Path) -> None:
+    """The HTML report as `report/report.html`, whatever the file is called: the pipeline's
+    HTML artifact is a file named `report`, without the suffix that tells browsers (and the
+    console) what it is."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        named = Path(tmp) / "report.html"
+        shutil.copyfile(report_path, named)
+        client.log_artifact(run_id, str(named), artifact_path="report")
+
+
 def register_model(
     model_dir: Path,
     *,
@@ -163,6 +204,7 @@ def register_model(
     tracking_uri: str,
     report_path: Path | None = None,
     datasets: Sequence[Any] = (),
+    data_identity: DataIdentity | None = None,
 ) -> Registration:
     """Log the run, create a model version, and apply the gate's alias.
 
@@ -170,7 +212,11 @@ def register_model(
     `components.sources.lineage`), logged as the run's inputs.
 
     `results` maps "two_stage" (the new model), each baseline and "champion" (when there is
-    one, evaluated on the same split) to their metrics; all are logged, prefixed by name."""
+    one, evaluated on the same split) to their metrics; all are logged, prefixed by name.
+
+    `data_identity` (what the model was trained on) is tagged on the version; when it and the
+    champion's differ, the gate refuses without comparing. Without one on either side (a
+    version registered before identities were recorded) the gate compares as it always did."""
     from mlflow.exceptions import MlflowException
 
     metrics = results["two_stage"]
@@ -178,11 +224,16 @@ def register_model(
     client = _client(tracking_uri)
     experiment_id = _experiment_id(client, registry.experiment, tracking_uri)
     champion = current_champion(tracking_uri, registry.model_name)
-    accepted, reason = gate(metrics, champion_metrics, gate_config, champion[0] if champion else None)
-    logged = {mlflow_metric_name(k): float(v) for k, v in metrics.items()}
-    for name, values in results.items():
-        if name != "two_stage":
-            logged.update({f"{name}.{mlflow_metric_name(k)}": float(v) for k, v in values.items()})
+    champion_data = champion_identity(tracking_uri, registry.model_name) if champion else None
+    if champion and data_identity and champion_data and not data_identity.same_data_set(champion_data):
+        accepted, reason = False, other_data_set(data_identity, champion_data, champion[0])
+    else:
+        accepted, reason = gate(metrics, champion_metrics, gate_config,
+                                champion[0] if champion else None)
+        if champion and data_identity and champion_data is None:
+            reason += (f" (the champion, version {champion[0]}, records no data identity: "
+                       "registered before it was recorded, so it is compared as before)")
+    logged = logged_metrics(results)
     run = client.create_run(
         experiment_id,
         tags={"data_fingerprint": data_fingerprint, "gate.accepted": str(accepted), "gate.reason": reason},
@@ -193,7 +244,7 @@ def register_model(
             client.log_inputs(run.info.run_id, datasets=list(datasets))
         client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
         if report_path is not None and report_path.exists():
-            client.log_artifact(run.info.run_id, str(report_path), artifact_path="report")
+            _log_report(client, run.info.run_id, report_path)
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")
         raise
@@ -203,8 +254,10 @@ def register_model(
         client.create_registered_model(registry.model_name)
     except MlflowException:  # already exists (the subclass differs between stores)
         pass
+    version_tags = {"data_fingerprint": data_fingerprint,
+                    **(data_identity.tags() if data_identity else {})}
     version = client.create_model_version(
-        registry.model_name, source, run_id=run.info.run_id, tags={"data_fingerprint": data_fingerprint}
+        registry.model_name, source, run_id=run.info.run_id, tags=version_tags
     ).version
     alias = None
     if accepted:

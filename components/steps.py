@@ -302,7 +302,9 @@ def register(
     source_fingerprint: str = "",
 ) -> dict[str, Any]:
     """Log and register in MLflow, applying the champion-challenger gate; the run records the
-    training source (URL and fingerprint) as an `mlflow.data` input when `source` is given."""
+    training source (URL and fingerprint) as an `mlflow.data` input when `source` is given, and
+    the data identity (source and catalogue, see `components.data_identity`) on the version."""
+    from components.data_identity import model_identity
     from components.registry import default_tracking_uri, register_model
     from components.sources.lineage import training_input
 
@@ -321,6 +323,7 @@ def register(
         datasets=[training_input(
             source, items, source_fingerprint=source_fingerprint, data_fingerprint=data_fingerprint,
         )] if source else [],
+        data_identity=model_identity(source, model_dir) if source else None,
     )
     log.info(
         "registered %s version %s, alias %s: %s",

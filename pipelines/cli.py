@@ -40,6 +40,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="also train on these feedback events: a feedback store URL "
                    "(sqlite:///..., postgresql+psycopg://...) or an events file (JSON lines or CSV)")
     p.add_argument("--config", type=Path, help="YAML config (unknown keys are errors)")
+    p.add_argument("--model-name", default=None, metavar="NAME",
+                   help="register under this MLflow model name (the config's registry.model_name, "
+                   "default recsys): a model of another data set than the champion's is "
+                   "registered without an alias; under a name of its own it starts its own "
+                   "champion")
     p.add_argument("--home", type=Path, default=None,
                    help="where runs, the MLflow store and reports go (default: $RECSYS_HOME or ./runs)")
     p.add_argument("--synthetic-users", type=int, default=1000)
@@ -51,6 +56,23 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def _with_model_name(config_yaml: str, name: str) -> str:
+    """The config with `registry.model_name` set (MLflow takes any name; a blank or a name with
+    a quote or a slash would break the registry's searches and URIs)."""
+    import yaml
+
+    from components.config import config_from_dict
+    from components.errors import ConfigError
+
+    if not name.strip() or any(c in name for c in "'\"/\\") or name != name.strip():
+        raise ConfigError(f"--model-name {name!r}: give a name without quotes, slashes or "
+                          "surrounding spaces")
+    raw = yaml.safe_load(config_yaml or "") or {}
+    raw.setdefault("registry", {})["model_name"] = name
+    config_from_dict(raw, source="--model-name")
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from components.config import load_config
     from components.registry import default_home
@@ -60,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     load_config(args.config)  # fail fast, before any step starts
     config_yaml = args.config.read_text() if args.config else ""
+    if args.model_name is not None:
+        config_yaml = _with_model_name(config_yaml, args.model_name)
     home = args.home or default_home()
     data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
     items = str(Path(args.items).resolve()) if args.items and Path(args.items).exists() else args.items
@@ -91,7 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"MLflow model '{reg['model_name']}' version {reg['version']}: "
           f"alias {reg['alias'] or 'none (gate refused)'} - {reg['reason']}")
     if dep.get("action") == "local":
-        print(f"Deployed locally: `recsys serve` serves version {dep['version']} from {dep['model_dir']}")
+        tried = dep.get("challenger")
+        print(f"Deployed locally: `recsys serve` serves version {dep['version']} from {dep['model_dir']}"
+              + (f", and version {tried['version']} to {tried['percent']:g}% of users as the "
+                 "challenger" if tried else ""))
     print(f"HTML report: {report}")
     db = summary["tracking_uri"]
     print(f"MLflow UI:   mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")

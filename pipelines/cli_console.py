@@ -81,8 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", default="recsys",
                    help="MLflow registered model and served model name (default: %(default)s)")
     p.add_argument("--read-only", action="store_true",
-                   help="no promote or rollback from the Experiments page (the manifests set "
-                   "it: the console's cluster role only reads)")
+                   help="change nothing: no promote or rollback from the Experiments page and no "
+                   "feedback events from Try it (its buttons are off and posts are refused); the "
+                   "pages only read (the manifests set it: the console's cluster role only reads)")
     p.add_argument("--config", type=Path, default=None,
                    help="YAML config; its `experiment` section is the analysis' (metric, alpha, "
                    "power, minimum detectable effect, guardrails), as for `recsys rollout analyze`")

@@ -142,19 +142,47 @@ def _models(cache: Path, data: Any, split: Any) -> dict[str, Path]:
     return paths
 
 
-def _register(home: Path, champion: Path, challenger: Path) -> str:
-    """A fresh registry with version 1 (champion) and 2 (challenger); its tracking URI."""
+def _offline_results(cache: Path, models: dict[str, Path], split: Any) -> dict[str, dict]:
+    """Each model's offline metrics on the split's held-out future (`evaluate_model`, as the
+    pipeline's evaluate step computes them), cached beside the models."""
+    from components.artifact import load_model
+    from components.offline_eval import evaluate_model
+
+    out = {}
+    for name, directory in models.items():
+        path = cache / f"{directory.name}-offline.json"
+        if not path.exists():
+            print(f"evaluating {name} on {split.test['user_id'].nunique():,} held-out users...",
+                  flush=True)
+            path.write_text(json.dumps(evaluate_model(load_model(directory), split.test)))
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+def _register(home: Path, champion: Path, challenger: Path,
+              results: tuple[dict, dict] | None = None, source: str = "movielens-dslabs") -> str:
+    """A fresh registry with version 1 (champion) and 2 (challenger), each with its offline
+    metrics (for the console's Models page) and data identity; its tracking URI."""
     from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from components.data_identity import model_identity
+    from components.registry import logged_metrics
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("recsys", artifact_location=(home / "mlartifacts").as_uri())
     client.create_registered_model("recsys")
-    for directory in (champion, challenger):
+    for directory, offline in zip((champion, challenger), results or (None, None)):
         run = client.create_run(experiment, run_name=f"simulation-{directory.name}")
+        if offline:
+            now = int(time.time() * 1000)
+            client.log_batch(run.info.run_id, metrics=[
+                Metric(k, v, now, 0) for k, v in logged_metrics(offline).items()])
         client.log_artifacts(run.info.run_id, str(directory), artifact_path="model")
         client.set_terminated(run.info.run_id)
-        client.create_model_version("recsys", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        client.create_model_version("recsys", f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                    tags=model_identity(source, directory).tags())
     client.set_registered_model_alias("recsys", "champion", "1")
     client.set_registered_model_alias("recsys", "challenger", "2")
     return uri
@@ -242,7 +270,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"scenario {args.scenario}: champion {champion_name} vs challenger {challenger_name}, "
           f"{args.challenger_percent:g}% of users on the challenger, {args.interleave_percent:g}% "
           f"interleaved; the simulation's home is {home}", flush=True)
-    uri = _register(home, models[champion_name], models[challenger_name])
+    offline = _offline_results(root / "simulation-models", models, split)
+    uri = _register(home, models[champion_name], models[challenger_name],
+                    (offline[champion_name], offline[challenger_name]))
     record = deploy_local(tracking_uri=uri, model_name="recsys", home=home,
                           challenger_percent=args.challenger_percent,
                           interleave_percent=args.interleave_percent)

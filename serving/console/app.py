@@ -21,7 +21,8 @@ draws at start, which a page elsewhere can neither read nor compute. Requests na
 the console does not serve are refused (400), so that a DNS name rebound to 127.0.0.1 gives a
 page elsewhere nothing to read or post: IP literals and `localhost` are always served, names
 only when listed (`recsys console --allowed-host`); /healthz and /metrics answer any Host
-(probes and Prometheus name the pod's IP).
+(probes and Prometheus name the pod's IP). A read-only console (`--read-only`) refuses all of
+them: it writes nothing.
 """
 from __future__ import annotations
 
@@ -235,7 +236,10 @@ def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) 
             rows = console.registry.versions()
         except Unavailable as exc:
             problem = console.unavailable("mlflow", exc)
+        from serving.console.registry_view import group_by_data_set
+
         return page(request, "models.html", "models", rows=rows, problem=problem,
+                    groups=group_by_data_set(rows),
                     metric_names=[name for name, _ in _metric_columns(rows)], runs=runs)
 
     @app.get("/models/{version}/report", response_class=HTMLResponse)
@@ -307,6 +311,13 @@ def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) 
         fragment = request.headers.get("x-console-fragment") == "1"
         notice = error = problem = None
         event_type = tryit.ACTIONS.get(action, action)
+        if console.config.read_only:
+            # Read-only means no writes at all: not even an event for the events service.
+            console.metrics.feedback.labels(event_type, "refused").inc()
+            return page(request, "error.html", "try", status_code=403,
+                        message="This console is read-only: it stores no feedback events. Send "
+                        "them to the events API (POST /v1/events), or start the console without "
+                        "--read-only.")
         try:
             user_id = tryit.check_user_id(user)
             event = tryit.feedback_event(action, user_id=user_id, item_id=item.strip(),
@@ -355,6 +366,11 @@ def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) 
     # ------------------------------------------------------------------ Monitoring
     @app.get("/monitoring", response_class=HTMLResponse)
     def monitoring_page(request: Request, window: str | None = None):
+        if window and window not in monitoring.WINDOWS:
+            return page(request, "error.html", "monitoring", status_code=400,
+                        message=f"window must be one of {', '.join(monitoring.WINDOWS)}, not "
+                        f"{window[:40]!r}.")
+        window = window or monitoring.DEFAULT_WINDOW
         data = console.recent.get(("monitoring", window),
                                   lambda: monitoring.gather(console, window))
         return page(request, "monitoring.html", "monitoring", m=data,
@@ -379,6 +395,15 @@ def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) 
         return page(request, "experiments.html", "experiments", view=view,
                     charts=experiments.charts(view) if view.analysis else {},
                     confirm=None, done=None, refused=None)
+
+    @app.get("/experiments/decisions/{run_id}/analysis.json")
+    def decision_evidence(request: Request, run_id: str):
+        try:
+            body = console.registry.run_artifact(run_id, "analysis.json")
+        except Unavailable as exc:
+            return page(request, "error.html", "experiments", status_code=404,
+                        message=console.unavailable("mlflow", exc))
+        return Response(body, media_type="application/json")
 
     @app.post("/experiments/{action}", response_class=HTMLResponse)
     def experiments_action(request: Request, action: str, challenger: str = Form(""),

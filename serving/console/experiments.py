@@ -10,6 +10,11 @@ Which versions are compared, how serving health is read and how a decision is ca
 belong to `recsys rollout` (in `pipelines`, above this layer): the command line hands them to
 the console as an `ExperimentBackend`, so promote and rollback here run the very code of
 `recsys rollout analyze --auto` and `recsys rollout promote|rollback`.
+
+Concluded experiments stay on the page: every decision `recsys rollout analyze --auto` carried
+out is an MLflow run (experiment `<registry experiment>-online`) with the versions, the
+decision, its reasons and the test's figures; the page lists them, newest first, with a link to
+the full analysis the run holds (`analysis.json`), whether or not a challenger is being tried.
 """
 from __future__ import annotations
 
@@ -47,6 +52,24 @@ class Trajectory:
 
 
 @dataclass
+class Concluded:
+    """One decision recorded in MLflow by `recsys rollout analyze --auto`."""
+
+    run_id: str
+    decided: float  # Unix seconds
+    decision: str
+    basis: str
+    method: str
+    champion: str  # MLflow versions
+    challenger: str
+    champion_model: str  # artifact versions
+    challenger_model: str
+    reasons: list[str]
+    actions: list[str]
+    figures: dict[str, float]  # the test's and each arm's, as the run logged them
+
+
+@dataclass
 class ExperimentView:
     target: Any = None
     analysis: Any = None
@@ -54,6 +77,8 @@ class ExperimentView:
     notes: list[str] = field(default_factory=list)
     problem: str | None = None
     method: str = "ab"
+    history: list[Concluded] = field(default_factory=list)
+    history_problem: str | None = None
 
 
 def read_feedback(store_url: str, since: float | None):
@@ -106,7 +131,44 @@ def trajectory(labelled, *, champion: str, challenger: str, config,
     return out
 
 
+HISTORY = 20  # decisions listed; older ones stay in MLflow
+
+
+def history(console, limit: int = HISTORY) -> tuple[list[Concluded], str | None]:
+    """The decisions recorded in MLflow, newest first; (decisions, why there are none)."""
+    from components.config import RegistryConfig
+
+    try:
+        runs = console.registry.runs([f"{RegistryConfig().experiment}-online"], limit=limit)
+    except Unavailable as exc:
+        return [], console.unavailable("mlflow", exc)
+    out = []
+    for run in runs:
+        tags = run["tags"]
+        if "decision" not in tags:
+            continue
+        out.append(Concluded(
+            run_id=run["run_id"], decided=run["start"], decision=tags["decision"],
+            basis=tags.get("basis", ""), method=tags.get("method", ""),
+            champion=tags.get("champion_version", ""), challenger=tags.get("challenger_version", ""),
+            champion_model=tags.get("champion_model_version", ""),
+            challenger_model=tags.get("challenger_model_version", ""),
+            reasons=[r for r in tags.get("reason", "").split(" | ") if r],
+            actions=[a for a in tags.get("actions", "").split(" | ") if a],
+            figures={k: v for k, v in run.get("metrics", {}).items() if finite(v) is not None}))
+    if not out:
+        return [], ("no experiment has concluded yet: `recsys rollout analyze --auto` records "
+                    "each promote or rollback it carries out")
+    return out, None
+
+
 def gather(console) -> ExperimentView:
+    view = _current(console)
+    view.history, view.history_problem = history(console)
+    return view
+
+
+def _current(console) -> ExperimentView:
     from components.errors import RecsysError
     from components.experiment import analyze_labelled, label_impressions
 

@@ -2,8 +2,15 @@
 
 For every version: its aliases, when it was registered, the gate's verdict and reason, the
 artifact's own `model_version` (what answers carry), the training data fingerprint, the run that
-made it, its offline metrics (side by side with the other versions, the best of each column
-marked), the online decision if `recsys rollout analyze --auto` took one, and its HTML report.
+made it, its offline metrics (side by side with the other versions of the same data set, the best
+of each column marked), the online decision if `recsys rollout analyze --auto` took one, and its
+HTML report.
+
+Offline metrics of models trained on different data sets (another source, another catalogue:
+`components.data_identity`, recorded as tags on each version) say nothing about each other, so
+the versions are grouped by data set and compared within a group only. Versions registered
+before the identity was recorded go with the oldest version that records one: the first the
+gate compared with them, as it compares with a version that records none.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.data_identity import DataIdentity
 from components.registry import mlflow_metric_name
 from components.report import DEFAULT_COLUMNS
 from serving.console.clients import Unavailable
@@ -42,6 +50,21 @@ class VersionRow:
     run_name: str | None
     report: str | None  # artifact path of the HTML report in the run
     best: set[str] = field(default_factory=set)  # metrics where this version is the best
+    data_identity: DataIdentity | None = None  # the data set it was trained on, if recorded
+
+
+@dataclass
+class DataSetGroup:
+    """The versions trained on one data set, newest first; their metrics are compared."""
+
+    identity: DataIdentity | None
+    rows: list[VersionRow] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if self.identity is None:
+            return "data set not recorded (versions registered before data identities were)"
+        return self.identity.describe()
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -145,14 +168,19 @@ class Registry:
                 online_decision=tags.get("online_decision"),
                 run_name=run.info.run_name if run else None,
                 report=self._report_path(run.info.run_id) if run else None,
+                data_identity=DataIdentity.from_tags(tags),
             ))
-        _mark_best(rows)
+        for group in group_by_data_set(rows):
+            _mark_best(group.rows)
         return rows
 
     def _report_path(self, run_id: str) -> str | None:
         client = self.client()
         listed = self._call("list a run's artifacts", client.list_artifacts, run_id, "report") or []
-        html = [a.path for a in listed if a.path.endswith(".html")]
+        files = [a.path for a in listed if not a.is_dir]
+        # Versions registered before the report was named report.html logged the pipeline's
+        # HTML artifact as it was called: `report/report`, no suffix.
+        html = [p for p in files if p.endswith(".html")] or files
         return html[0] if html else None
 
     def run_artifact(self, run_id: str, path: str) -> bytes:
@@ -229,6 +257,35 @@ def _baselines(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
             if rest == key:
                 out.setdefault(prefix, {})[name] = value
     return out
+
+
+def group_by_data_set(rows: list[VersionRow]) -> list[DataSetGroup]:
+    """The versions (newest first) in groups of one data set each, the newest group first. A
+    version joins the first group whose newest version is of the same data set; versions that
+    record no identity join the group of the oldest version that records one (or form one group
+    when none does)."""
+    groups: list[DataSetGroup] = []
+    untagged = []
+    for row in rows:
+        if row.data_identity is None:
+            untagged.append(row)
+            continue
+        group = next((g for g in groups if g.identity.same_data_set(row.data_identity)), None)
+        if group is None:
+            group = DataSetGroup(row.data_identity)
+            groups.append(group)
+        group.rows.append(row)
+    if untagged:
+        tagged = [r for r in rows if r.data_identity is not None]
+        if tagged:
+            oldest = min(tagged, key=lambda r: int(r.version) if r.version.isdigit() else 0)
+            home = next(g for g in groups if oldest in g.rows)
+        else:
+            home = DataSetGroup(None)
+            groups.append(home)
+        home.rows.extend(untagged)
+        home.rows.sort(key=lambda r: int(r.version) if r.version.isdigit() else 0, reverse=True)
+    return groups
 
 
 def _mark_best(rows: list[VersionRow]) -> None:

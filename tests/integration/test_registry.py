@@ -139,3 +139,161 @@ def test_using_a_store_leaves_the_process_default_alone(store, small_model_dir, 
     download_model(store, source, tmp_path / "dl")
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert default_tracking_uri(tmp_path / "home") == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+
+
+# ------------------------------------------------------------------ data identity
+def _identity(source, items):
+    from components.data_identity import identity_of
+
+    return identity_of(source, [f"i{n}" for n in items])
+
+
+def _register_on(model_dir, store, identity, ndcg, champion=None):
+    results = {"two_stage": {"ndcg@10": ndcg, "recall@10": 0.2, "coverage@10": 0.3}}
+    if champion is not None:
+        results["champion"] = {"ndcg@10": champion, "recall@10": 0.2, "coverage@10": 0.3}
+    return register_model(
+        model_dir, results=results, params={}, data_fingerprint=f"fp-{ndcg}",
+        gate_config=GateConfig(min_relative_gain=0.01, guardrails={"recall@10": 0.02}),
+        registry=RegistryConfig(model_name="recsys-test", experiment="test"),
+        tracking_uri=store, data_identity=identity,
+    )
+
+
+def test_the_gate_refuses_to_compare_models_of_another_data_set(store, small_model_dir):
+    """A champion trained on one source, then a model twenty times "better" trained on another
+    source (or on the same path holding another catalogue): registered without an alias, the
+    reason saying why in one line, the champion untouched. New rows of the same source (a
+    catalogue grown by a quarter) are compared as usual, and the identity is on each version."""
+    from mlflow import MlflowClient
+
+    from components.data_identity import CATALOGUE_TAG, SOURCE_TAG, DataIdentity
+
+    first = _register_on(small_model_dir, store, _identity("movielens-dslabs", range(400)), 0.01)
+    assert first.alias == CHAMPION
+    other = _register_on(small_model_dir, store, _identity("/data/ml100k.csv", range(400)), 0.25,
+                         champion=0.012)
+    assert other.alias is None
+    assert "another source" in other.reason and "does not compare" in other.reason
+    assert "--model-name" in other.reason and "\n" not in other.reason
+    recatalogued = _register_on(small_model_dir, store,
+                                _identity("movielens-dslabs", range(5_000, 5_400)), 0.25,
+                                champion=0.012)
+    assert recatalogued.alias is None and "another catalogue (0% of the items in common)" in \
+        recatalogued.reason
+    grown = _register_on(small_model_dir, store, _identity("movielens-dslabs", range(500)), 0.02,
+                         champion=0.01)
+    assert grown.alias == CHALLENGER, grown.reason
+
+    client = MlflowClient(tracking_uri=store)
+    assert str(client.get_model_version_by_alias("recsys-test", CHAMPION).version) == "1"
+    tags = client.get_model_version("recsys-test", other.version).tags
+    assert tags["gate"] == "refused" and tags[SOURCE_TAG] == "/data/ml100k.csv"
+    recorded = DataIdentity.from_tags(tags)
+    assert recorded.items == 400 and tags[CATALOGUE_TAG].startswith("400:")
+
+
+def test_a_champion_registered_before_identities_is_compared_as_before(store, small_model_dir):
+    """Versions from before the tags existed have no identity: the gate compares with them as
+    it always did and says so; the new version records its identity for the next gate."""
+    _register(small_model_dir, store, 0.30, 0.20)  # no identity, as older code registered
+    better = _register_on(small_model_dir, store, _identity("movielens-dslabs", range(50)), 0.35,
+                          champion=0.30)
+    assert better.alias == CHALLENGER
+    assert "records no data identity" in better.reason and "compared as before" in better.reason
+
+
+def test_catalogue_overlap_is_exact_when_small_and_close_when_large():
+    from components.data_identity import MIN_OVERLAP, SKETCH_SIZE, identity_of
+
+    small_a, small_b = identity_of("s", range(100)), identity_of("s", range(50, 150))
+    assert small_a.overlap(small_b) == pytest.approx(50 / 150)
+    # 20,000 items each, 16,000 in common: Jaccard 16,000 / 24,000.
+    large_a, large_b = identity_of("s", range(20_000)), identity_of("s", range(4_000, 24_000))
+    assert len(large_a.sketch) == SKETCH_SIZE
+    assert large_a.overlap(large_b) == pytest.approx(2 / 3, abs=0.1)
+    assert large_a.same_data_set(large_b)
+    assert not large_a.same_data_set(identity_of("s", range(15_000, 35_000)))
+    assert identity_of("s", range(15_000, 35_000)).overlap(large_a) < MIN_OVERLAP
+
+
+def _recsys_run(home, *args):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RECSYS_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--home", str(home), *args],
+                          capture_output=True, text=True, env=env, timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def two_data_sets(tmp_path_factory):
+    """A real run home: `recsys run` on the synthetic data, then on a CSV of another data set."""
+    import numpy as np
+    import pandas as pd
+
+    tmp = tmp_path_factory.mktemp("two-data-sets")
+    home = tmp / "home"
+    first = _recsys_run(home, "--data", "synthetic", "--synthetic-users", "200",
+                        "--synthetic-items", "120", "--synthetic-interactions", "5000")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rng = np.random.default_rng(3)
+    other = tmp / "other.csv"
+    pd.DataFrame({"user_id": rng.integers(0, 150, 4_000), "item_id": rng.integers(1_000, 1_090, 4_000),
+                  "rating": rng.integers(1, 6, 4_000),
+                  "timestamp": 1_600_000_000 + rng.integers(0, 10_000_000, 4_000)}).drop_duplicates(
+        ["user_id", "item_id"]).to_csv(other, index=False)
+    second = _recsys_run(home, "--data", str(other))
+    assert second.returncode == 0, second.stderr[-3000:]
+    return home, other, first, second
+
+
+def test_a_run_on_another_data_set_is_not_compared_and_does_not_deploy(two_data_sets):
+    """`recsys run` twice in one home, on two data sets: the second is registered without an
+    alias and without a comparison, in one line, and the deployment is unchanged; with
+    `--model-name` it is registered under that name and becomes its own champion."""
+    import json
+
+    from mlflow import MlflowClient
+
+    home, other, _, second = two_data_sets
+    (line,) = [x for x in second.stdout.splitlines() if x.startswith("MLflow model")]
+    assert "version 2: alias none (gate refused)" in line and "does not compare" in line, line
+    assert "Deployed locally" not in second.stdout
+    assert json.loads((home / "deployment.json").read_text())["version"] == "1"
+
+    named = _recsys_run(home, "--data", str(other), "--model-name", "other-data")
+    assert named.returncode == 0, named.stderr[-3000:]
+    assert "MLflow model 'other-data' version 1: alias champion" in named.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("recsys", "champion").version) == "1"
+    tags = client.get_model_version("other-data", "1").tags
+    assert tags["data_source"] == str(other.resolve())
+    bad = _recsys_run(home, "--data", str(other), "--model-name", "a/b")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith(
+        "recsys run: error: --model-name 'a/b'")
+
+
+def test_the_models_page_links_the_report_of_a_real_run(two_data_sets):
+    """The report `recsys run` printed is the one the Models page links and serves, for each
+    version of the real run home."""
+    import re
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    home, _, first, _ = two_data_sets
+    printed = Path(first.stdout.split("HTML report: ")[1].split()[0]).read_text()
+    closed = "http://127.0.0.1:9"
+    config = console_config(home, predictor_url=closed, events_url=closed, timeout=1.0)
+    with TestClient(create_app(build_console(config))) as client:
+        page = client.get("/models").text
+        assert "No report was logged" not in page
+        assert set(re.findall(r'href="/models/(\d+)/report"', page)) >= {"1", "2"}
+        report = client.get("/models/1/report")
+    assert report.status_code == 200 and report.text == printed

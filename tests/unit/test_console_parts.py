@@ -483,3 +483,211 @@ def test_monitoring_shows_the_drift_decisions_recorded_in_mlflow(tmp_path):
                          r"<td class=\"num\">0\.0001</td>", section)
         link = re.search(r'href="(/monitoring/drift/[0-9a-f]+/report)"', section).group(1)
         assert "<h1>Drift check</h1>" in client.get(link).text
+
+
+def _console_client(home, uri):
+    from fastapi.testclient import TestClient
+
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    closed = "http://127.0.0.1:9"
+    config = console_config(home, tracking_uri=uri, predictor_url=closed, events_url=closed,
+                            timeout=1.0)
+    return TestClient(create_app(build_console(config)))
+
+
+def test_models_page_compares_only_versions_of_one_data_set(tmp_path, small_model_dir):
+    """Two versions on one source, then one on another with a far higher NDCG: two tables, each
+    marking its own best, so the other data set's figure is not "best" over the first's. A
+    version registered before identities were recorded sits with the oldest that records one."""
+    import re
+
+    from components.config import GateConfig, RegistryConfig
+    from components.data_identity import identity_of
+    from components.registry import register_model
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+
+    def register(ndcg, identity, champion=None):
+        results = {"two_stage": {"ndcg@10": ndcg, "recall@10": 0.2}}
+        if champion:
+            results["champion"] = {"ndcg@10": champion, "recall@10": 0.2}
+        return register_model(small_model_dir, results=results, params={},
+                              data_fingerprint="fp", gate_config=GateConfig(guardrails={}),
+                              registry=RegistryConfig(), tracking_uri=uri,
+                              data_identity=identity)
+
+    register(0.05, None)  # v1: before identities
+    movielens = identity_of("movielens-dslabs", range(300))
+    register(0.10, movielens, champion=0.05)  # v2
+    register(0.12, identity_of("movielens-dslabs", range(320)), champion=0.10)  # v3
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=uri).set_registered_model_alias("recsys", "champion", "3")  # promoted
+    assert register(0.60, identity_of("/data/ml100k.csv", range(100)), champion=0.01).alias is None
+    with _console_client(home, uri) as client:
+        page = client.get("/models").text
+    tables = re.findall(r"<h3 id=\"dataset-\d\">Trained on (.*?)</h3>.*?<tbody>(.*?)</tbody>",
+                        page, re.DOTALL)
+    assert [label for label, _ in tables] == ["/data/ml100k.csv, 100 items",
+                                              "movielens-dslabs, 320 items"]
+    versions = [re.findall(r'href="#v(\d+)"', body) for _, body in tables]
+    assert versions == [["4"], ["3", "2", "1"]]
+    best = [re.findall(r'<td class="num best">([0-9.]+)', body) for _, body in tables]
+    assert best[1][0] == "0.1200" and "0.6000" not in best[1]
+    assert "Only versions trained on the same data set are compared" in page
+
+
+def test_concluded_experiments_stay_on_the_experiments_page(tmp_path):
+    """A promotion recorded by `recsys rollout analyze --auto`'s own MLflow writer, after which
+    no challenger is tried: the page still says no challenger is being tried, and lists the
+    concluded experiment with its decision, versions, figures, reasons and its analysis."""
+    import html
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from experiment_data import experiment_feedback
+    from fastapi.testclient import TestClient
+
+    from components.config import ExperimentConfig
+    from components.experiment import analyze_labelled, label_impressions
+    from components.feedback_store import FeedbackStore
+    from pipelines.cli_console import RolloutBackend
+    from pipelines.rollout_analyze import Target, record_decision
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    impressions, events = experiment_feedback("a", "b", rate_a=0.04, rate_b=0.08, users=1_000,
+                                              sessions=3_000, start=time.time() - 7_200)
+    with FeedbackStore(f"sqlite:///{home / 'feedback.db'}") as store:
+        store.add_impressions(impressions)
+        store.add_events(events)
+        labelled = label_impressions(store.read_impressions(), store.read_events())
+    analysis = analyze_labelled(labelled, champion="a", challenger="b",
+                                config=ExperimentConfig(min_detectable_effect=0.3))
+    assert analysis.decision.action == "promote"
+    run_id = record_decision(uri, "recsys-online", analysis,
+                             Target("local", "a", "b", registry_champion="1",
+                                    registry_challenger="2", tracking_uri=uri),
+                             ["serving: version 2 now answers everyone (was 1)"])
+    closed = "http://127.0.0.1:9"
+    config = console_config(home, tracking_uri=uri, predictor_url=closed, events_url=closed,
+                            timeout=1.0)
+    backend = RolloutBackend(config.home, kind="local", tracking_uri=uri, name="recsys",
+                             namespace="recsys", model_name="recsys",
+                             metrics_url=f"{closed}/metrics", prometheus=closed)
+    with TestClient(create_app(build_console(config, experiments=backend))) as client:
+        page = client.get("/experiments").text
+        evidence = client.get(f"/experiments/decisions/{run_id}/analysis.json")
+        missing = client.get("/experiments/decisions/0123abcd/analysis.json")
+    assert "no local deployment under" in page  # nothing is being tried now
+    section = page[page.index('id="history-title"'):]
+    assert "decision-promote" in section and "MLflow 2 <code>b</code>" in section
+    assert f"{analysis.test.p_value:.4g}" in section
+    assert f"{analysis.metrics['b']['ctr']:.4f}" in section
+    assert analysis.decision.reasons[0] in html.unescape(section)
+    assert "done: serving: version 2 now answers everyone" in section
+    assert evidence.status_code == 200
+    assert evidence.json()["decision"]["action"] == "promote"
+    assert missing.status_code == 404
+
+
+def test_the_simulation_registers_its_models_with_their_offline_metrics(tmp_path, small_dataset,
+                                                                        small_model_dir):
+    """`recsys simulate`'s registry: both versions carry the offline metrics of the evaluate
+    step, so the Models page's table is not empty."""
+    import re
+
+    from components.artifact import load_model
+    from components.config import SplitConfig
+    from components.offline_eval import evaluate_model
+    from components.split import split_interactions
+    from pipelines.simulate import _register
+
+    home = tmp_path / "home"
+    home.mkdir()
+    test = split_interactions(small_dataset.interactions, SplitConfig()).test
+    results = evaluate_model(load_model(small_model_dir), test)
+    uri = _register(home, small_model_dir, small_model_dir, (results, results))
+    with _console_client(home, uri) as client:
+        page = client.get("/models").text
+    table = page[page.index('id="metrics-title"'):page.index('id="versions-title"')]
+    assert re.findall(r'href="#v(\d+)"', table) == ["2", "1"]
+    assert f"{results['two_stage']['ndcg@10']:.4f}" in table
+
+
+def test_a_bad_monitoring_window_is_a_400_and_the_cache_stays_bounded(client):
+    """`window` is checked before anything is computed or kept: an unknown value is a 400
+    naming the allowed ones, made-up values never reach the cache, and the cache holds at most
+    its size whatever the keys."""
+    from serving.console.recent import Recent
+
+    test_client, _ = client
+    console = test_client.app.state.console
+    bad = test_client.get("/monitoring", params={"window": "13d"})
+    assert bad.status_code == 400
+    assert "window must be one of 1h, 24h, 7d, 30d, not &#39;13d&#39;" in bad.text
+    for n in range(40):
+        assert test_client.get("/monitoring", params={"window": f"{n}x"}).status_code == 400
+    assert len(console.recent) == 0
+    for window in ("1h", "24h", "7d", "30d", ""):
+        assert test_client.get("/monitoring", params={"window": window}).status_code == 200
+    assert len(console.recent) == 4  # "" is the default window, 24h
+
+    recent = Recent(60.0, max_entries=3)
+    calls = []
+    for key in ["a", "b", "c", "a", "d", "e"]:
+        recent.get(key, lambda key=key: calls.append(key) or key)
+    assert len(recent) == 3 and len(recent._locks) == 3
+    assert calls == ["a", "b", "c", "d", "e"]  # "a" was reused while it was kept
+    recent.get("a", lambda: calls.append("a again"))  # kept: used after "b" and "c" were
+    recent.get("b", lambda: calls.append("b again"))  # the least recently used: dropped
+    assert calls[-2:] == ["e", "b again"]
+
+
+def test_a_read_only_console_stores_no_events(tmp_path):
+    """With a real events service behind it, a read-only console refuses Try it's feedback
+    (403, in words) and nothing reaches the store; the same post to a console that is not
+    read-only is stored, so the refusal is the console's and not the service's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from events_process import start_service, stop_service
+    from fastapi.testclient import TestClient
+
+    from components.feedback_store import FeedbackStore
+    from serving.console.app import create_app
+    from serving.console.config import console_config
+    from serving.console.state import build_console
+
+    store = f"sqlite:///{tmp_path / 'feedback.db'}"
+    process, events_url = start_service(store, tmp_path / "events.log")
+    form = {"user": "u1", "item": "i1", "action": "like", "request_id": "r1",
+            "model_version": "v1", "position": "0"}
+    try:
+        for read_only in (True, False):
+            config = console_config(tmp_path / "home", tracking_uri=None, store_url=store,
+                                    predictor_url="http://127.0.0.1:9", events_url=events_url,
+                                    read_only=read_only, timeout=2.0)
+            with TestClient(create_app(build_console(config))) as client:
+                answer = client.post("/try/feedback", data=form)
+            with FeedbackStore(store, create=False) as feedback:
+                stored = len(feedback.read_events())
+            if read_only:
+                assert answer.status_code == 403
+                assert "This console is read-only: it stores no feedback events" in answer.text
+                assert stored == 0
+            else:
+                assert answer.status_code == 200 and stored == 1, answer.text[-1000:]
+    finally:
+        stop_service(process)
