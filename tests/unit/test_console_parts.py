@@ -680,7 +680,8 @@ def test_a_read_only_console_stores_no_events(tmp_path):
                                     predictor_url="http://127.0.0.1:9", events_url=events_url,
                                     read_only=read_only, timeout=2.0)
             with TestClient(create_app(build_console(config))) as client:
-                answer = client.post("/try/feedback", data=form)
+                token = form_token(client.get("/try"))
+                answer = client.post("/try/feedback", data={**form, "token": token})
             with FeedbackStore(store, create=False) as feedback:
                 stored = len(feedback.read_events())
             if read_only:
