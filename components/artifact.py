@@ -161,6 +161,8 @@ def save_model(
             "config": {"model": model.config.model_dump(mode="json"), "split": model.split.model_dump(mode="json")},
             "metrics": metrics or {},
             "generators": list(model.generators_),
+            # Enabled in the config but with nothing to learn from in this data, and why.
+            "generators_left_out": dict(getattr(model, "left_out_", {})),
             "ranked_by": model.ranked_by,
             "n_users": int(data.n_users),
             "n_items": int(data.n_items),
@@ -238,6 +240,7 @@ def load_model(directory: str | Path) -> TwoStageRecommender:
             name: _GENERATOR_TYPES[name].from_state(_read_state(directory / "generators" / name))
             for name in manifest["generators"]
         }
+        model.left_out_ = dict(manifest.get("generators_left_out", {}))
         ranker = directory / "ranker.txt"
         model.ranker_ = None
         if ranker.exists():

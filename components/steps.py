@@ -309,6 +309,11 @@ def register(
     config = parse_config(config_yaml)
     results = json.loads(Path(results_in).read_text())
     params = _flatten(config_to_dict(config))
+    from components.artifact import read_manifest
+
+    manifest = read_manifest(model_dir)  # what the fit used, besides what the config enabled
+    params["generators"] = ",".join(manifest.get("generators", []))
+    params["generators_left_out"] = ",".join(manifest.get("generators_left_out", {})) or "none"
     registration = register_model(
         Path(model_dir),
         results=results,

@@ -43,6 +43,14 @@ class ContentModel:
         self.title_weight = title_weight
         self.dimensions = dimensions
 
+    @staticmethod
+    def nothing_to_learn(data: TrainingData) -> str | None:
+        """Why the data gives this model nothing to learn from, or None: no item has a word of
+        text (no items file, or one without titles, genres, years or descriptions)."""
+        if pd.Series(item_text(data.items), dtype=object).str.contains(r"\w\w").any():
+            return None
+        return "no item has a title, genres, year or description (no items file, or one without text)"
+
     def fit(self, data: TrainingData) -> ContentModel:
         docs = item_text(data.items, self.title_weight)
         vectorizer = TfidfVectorizer(
@@ -59,6 +67,8 @@ class ContentModel:
 
             svd = TruncatedSVD(self.dimensions, random_state=0)
             self.item_embeddings_ = normalize(svd.fit_transform(self.item_vectors_)).astype(np.float32)
+        elif self.dimensions is not None:  # a vocabulary no larger than the LSA space: used as is
+            self.item_embeddings_ = self.item_vectors_.toarray()
         self._prepare()
         return self
 

@@ -130,11 +130,34 @@ def make_generators(config: ModelConfig, large: bool = False) -> dict[str, Gener
     return gens
 
 
-def fit_generators(data: TrainingData, config: ModelConfig, progress: Callable[[str], None]) -> dict[str, Generator]:
+def left_out_generators(config: ModelConfig, data: TrainingData) -> dict[str, str]:
+    """The enabled generators that have nothing to learn from this data, each with the reason
+    (content without item text). They are left out of the fit, and the ranker's features with
+    them; the others train as usual."""
+    reasons = {}
+    for name, gen in make_generators(config).items():
+        missing = getattr(gen, "nothing_to_learn", None)
+        reason = missing(data) if missing is not None else None
+        if reason:
+            reasons[name] = reason
+    return reasons
+
+
+def generators_line(generators: Sequence[str], left_out: dict[str, str], data: TrainingData) -> str:
+    """One line naming the generators a fit used, and those it left out."""
+    used = [f"{name} (no timestamps: plain co-occurrence)" if name == "seq_ease" and data.positions is None
+            else name for name in generators]
+    line = f"generators: {', '.join(used)}"
+    return line + (f"; left out: {', '.join(left_out)}" if left_out else "")
+
+
+def fit_generators(
+    data: TrainingData, config: ModelConfig, progress: Callable[[str], None], left_out: Sequence[str] = ()
+) -> dict[str, Generator]:
     large = is_large(config, data.n_items)
     if large:
         progress(f"  {data.n_items:,} items: candidate retrieval (model.scale.large_catalogue_items)")
-    gens = make_generators(config, large)
+    gens = {name: gen for name, gen in make_generators(config, large).items() if name not in left_out}
     for name, gen in gens.items():
         progress(f"  fitting {name} on {data.matrix.nnz:,} interactions")
         gen.fit(data)
@@ -147,6 +170,8 @@ class TwoStageRecommender:
         self.split = split or SplitConfig()
         # Without a ranker, the generator the fit found best alone (None: EASE, else popularity).
         self.fallback_: str | None = None
+        # Enabled generators the fit left out, with the reason (`left_out_generators`).
+        self.left_out_: dict[str, str] = {}
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -161,6 +186,12 @@ class TwoStageRecommender:
         workers and LightGBM trains there (`components.distributed`)."""
         cfg = self.config
         self.ranker_ = self.fallback_ = None
+        full = build_training_data(interactions, items, positive_rating_threshold=cfg.positive_rating_threshold)
+        # Decided once on all the data, so every fold's generators (and the ranker's features)
+        # are the ones that serve.
+        self.left_out_ = left_out_generators(cfg, full)
+        for name, reason in self.left_out_.items():
+            log.warning("%s generator left out: %s", name, reason)
         if cfg.ranker.enabled and client is not None:
             from components.distributed import fit_ranker_on_dask
 
@@ -183,8 +214,9 @@ class TwoStageRecommender:
             else:
                 progress("ranker: too few users with held-out candidates; ranking by EASE alone")
         progress(f"refitting generators on all {len(interactions):,} training interactions")
-        self._set_state(build_training_data(interactions, items, positive_rating_threshold=cfg.positive_rating_threshold))
-        self.generators_ = fit_generators(self.data_, cfg, progress)
+        self._set_state(full)
+        self.generators_ = fit_generators(self.data_, cfg, progress, self.left_out_)
+        progress(generators_line(list(self.generators_), self.left_out_, self.data_))
         return self
 
     @property
@@ -272,7 +304,7 @@ class TwoStageRecommender:
         )
         data = build_training_data(fit_part, items, positive_rating_threshold=cfg.positive_rating_threshold)
         self._set_state(data)
-        self.generators_ = fit_generators(data, cfg, lambda _: None)
+        self.generators_ = fit_generators(data, cfg, lambda _: None, getattr(self, "left_out_", {}))
         users = np.searchsorted(data.user_ids, held_out["user_id"].to_numpy(str))
         users = np.clip(users, 0, data.n_users - 1)
         known = data.user_ids[users] == held_out["user_id"].to_numpy(str)
