@@ -130,3 +130,19 @@ def test_recsys_fit_without_items_on_the_retrieval_path(catalogue, tmp_path):
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["generators_left_out"].keys() == {"content"}
 
+
+def test_without_items_diversity_is_not_reported(catalogue):
+    """No item text: no diversity for any model (it read 1.0000 for every one), and the
+    metrics table has no such column; with items it is reported."""
+    from components.offline_eval import evaluate_model
+    from components.report import metrics_table
+    from components.split import split_interactions
+
+    interactions, items = catalogue
+    parts = split_interactions(interactions, SplitConfig(method="stratified"))
+    bare = evaluate_model(_fit(parts.train, None, EXACT), parts.test, k_values=(10,))
+    assert set(bare) == {"two_stage", "popularity", "ease", "seq_ease", "als"}
+    assert not [m for values in bare.values() for m in values if m.startswith("diversity")]
+    assert "diversity" not in metrics_table(bare) and "ndcg@10" in metrics_table(bare)
+    described = evaluate_model(_fit(parts.train, items, EXACT), parts.test, k_values=(10,))
+    assert all(0.0 <= values["diversity@10"] <= 1.0 for values in described.values())
