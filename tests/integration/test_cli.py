@@ -262,3 +262,14 @@ def test_every_subcommand_help_renders(capsys):
             build_parser().parse_args([*path, "--help"])
         assert exit_info.value.code == 0, path
         assert "usage: recsys " + " ".join(path) in capsys.readouterr().out
+
+
+def test_fit_on_u_data_as_a_file_suggests_its_directory(tmp_path, capfd):
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "u.data").write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    code, _, err = _main(capfd, "fit", "--interactions", tmp_path / "ml-100k" / "u.data",
+                         "--output", tmp_path / "m")
+    assert code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "found: 196\t242\t3\t881250949" in last
+    assert f"pass the directory that holds it ({tmp_path / 'ml-100k'})" in last
