@@ -147,6 +147,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--columns", default="", metavar="KEY=COLUMN,...",
+                   help="the interactions' columns when they are named otherwise than user_id, "
+                   "item_id, rating, timestamp: e.g. user=userId,item=movieId,rating=rating,"
+                   "timestamp=ts (any of the four keys)")
+
+
 def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="train the two-stage model on all of a file (no split)",
                        description="Train on every interaction of --interactions and write the "
@@ -157,6 +164,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    "(as `recsys run --data`)")
     p.add_argument("--items", help="items CSV/Parquet (item_id[, title, genres, year, description]) "
                    "or URL")
+    _add_columns(p)
     p.add_argument("--config", type=Path, help="YAML config")
     p.add_argument("--output", type=Path, required=True,
                    help="artifact directory to write: a new or empty directory, or an earlier "
@@ -172,7 +180,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from components.artifact import check_output_dir, save_model
     from components.config import config_to_dict, load_config
-    from components.data import load_dataset
+    from components.data import load_dataset, parse_columns
     from components.distributed import dask_client
     from components.drift_reference import save_references
     from components.models.two_stage import TwoStageRecommender
@@ -180,10 +188,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # Before any work: a wrong --output is found in a second, not after training.
     check_output_dir(args.output, keep=(args.interactions, args.items or "", args.config or ""))
     config = load_config(args.config)
+    columns = parse_columns(args.columns)
     if args.workers < 0:
         raise RecsysError(f"--workers must be 0 or more, not {args.workers}")
     started = time.monotonic()
-    dataset = load_dataset(args.interactions, args.items)
+    dataset = load_dataset(args.interactions, args.items, columns=columns)
     log.info("loaded %s", dataset.describe())
     with dask_client(args.workers, args.scheduler) as client:
         model = TwoStageRecommender(config.model, config.split).fit(
