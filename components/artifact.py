@@ -163,6 +163,8 @@ def save_model(
             "generators": list(model.generators_),
             # Enabled in the config but with nothing to learn from in this data, and why.
             "generators_left_out": dict(getattr(model, "left_out_", {})),
+            # How cold-start scores are put on the personalised scale (TwoStageRecommender.cold_start_scores).
+            "cold_start_scale": getattr(model, "cold_start_scale_", None),
             "ranked_by": model.ranked_by,
             "n_users": int(data.n_users),
             "n_items": int(data.n_items),
@@ -241,6 +243,8 @@ def load_model(directory: str | Path) -> TwoStageRecommender:
             for name in manifest["generators"]
         }
         model.left_out_ = dict(manifest.get("generators_left_out", {}))
+        scale = manifest.get("cold_start_scale")
+        model.cold_start_scale_ = tuple(float(v) for v in scale) if scale else None
         ranker = directory / "ranker.txt"
         model.ranker_ = None
         if ranker.exists():

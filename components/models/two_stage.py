@@ -172,6 +172,8 @@ class TwoStageRecommender:
         self.fallback_: str | None = None
         # Enabled generators the fit left out, with the reason (`left_out_generators`).
         self.left_out_: dict[str, str] = {}
+        # Where the cold-start answer's scores are put (`cold_start_scores`); None: as they are.
+        self.cold_start_scale_: tuple[float, float, float, float] | None = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -217,7 +219,42 @@ class TwoStageRecommender:
         self._set_state(full)
         self.generators_ = fit_generators(self.data_, cfg, progress, self.left_out_)
         progress(generators_line(list(self.generators_), self.left_out_, self.data_))
+        self.cold_start_scale_ = self._cold_start_scale()
         return self
+
+    def _cold_start_scale(self, k: int = 10, sample: int = 500) -> tuple[float, float, float, float] | None:
+        """(log popularity of the k-th and the most popular item, median k-th and top score of
+        personalised answers) on a seeded sample of training users: `cold_start_scores` maps the
+        popularity answer onto the served scores with it. None where there is nothing to map."""
+        self.cold_start_scale_ = None  # the answers below are the unmapped ones
+        users = np.flatnonzero(np.diff(self.data_.matrix.indptr) > 0)
+        k = min(k, self.data_.n_items)
+        if len(users) == 0 or k < 2:
+            return None
+        rng = np.random.default_rng(self.config.seed)
+        users = np.sort(rng.choice(users, min(sample, len(users)), replace=False))
+        _, scores = self.recommend_indices(users, self.data_.matrix[users], k)
+        top, kth = scores[:, 0], scores[:, k - 1]
+        kept = np.isfinite(top) & np.isfinite(kth) & (kth > _FALLBACK_OFFSET / 2)  # answers, not fill
+        popular = np.sort(self.stats_.log_popularity)[::-1]
+        if not kept.any() or popular[0] - popular[k - 1] <= 1e-9:
+            return None
+        high, low = float(np.median(top[kept])), float(np.median(kth[kept]))
+        if not high > low:
+            return None
+        return float(popular[k - 1]), float(popular[0]), low, high
+
+    def cold_start_scores(self, log_popularity: np.ndarray) -> np.ndarray:
+        """The popularity answer's scores on the personalised answers' scale: linear in log
+        popularity, the most popular item at the median top score of a personalised answer and
+        the k-th most popular at the median k-th score (`_cold_start_scale`), so that scores in
+        one answer are comparable across users. The order is popularity's. Artifacts written
+        before the scale existed keep the log popularity itself."""
+        scale = getattr(self, "cold_start_scale_", None)
+        if scale is None:
+            return log_popularity
+        pop_low, pop_high, low, high = scale
+        return (low + (high - low) * (log_popularity - pop_low) / (pop_high - pop_low)).astype(np.float32)
 
     @property
     def ranked_by(self) -> str:
@@ -470,7 +507,7 @@ class TwoStageRecommender:
             final[cand.rows, cand.items] = self.ranker_.predict(cand.features)
         cold = np.diff(history.indptr) == 0
         if cold.any():  # nothing to personalise on: the popularity answer
-            final[cold] = popularity
+            final[cold] = self.cold_start_scores(popularity)
         final = np.where(banned.toarray() > 0, -np.inf, final).astype(np.float32)
         k = min(k, final.shape[1])
         top = top_n(final, k)
@@ -519,7 +556,8 @@ class TwoStageRecommender:
                 shape=(len(short), self.data_.n_items),
             )
             fill = popular.retrieve(users[short], (banned[short] + taken).tocsr(), k)
-            fill_scores = np.where(cold[short, None], fill.scores, _FALLBACK_OFFSET + fill.scores / (popular.scores_.max() + 1))
+            fill_scores = np.where(cold[short, None], self.cold_start_scores(fill.scores),
+                                   _FALLBACK_OFFSET + fill.scores / (popular.scores_.max() + 1))
             for row, at in enumerate(short):
                 free = items[at] < 0
                 items[at, free] = fill.items[row, : int(free.sum())]
