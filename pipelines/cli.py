@@ -33,6 +33,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    "sqlite:///), or dvc://REPO//PATH@REV (default: %(default)s)")
     p.add_argument("--items", default="",
                    help="items CSV/Parquet file for a generic interactions file (or a URL as --data)")
+    _add_columns(p)
     p.add_argument("--data-version", default="",
                    help="the data's version, for a SQL source with no timestamp column or one "
                    "updated in place: the fingerprint that caching and lineage follow")
@@ -53,12 +54,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from components.config import load_config
+    from components.data import parse_columns
     from components.registry import default_home
     from components.report import metrics_table  # fail fast, before the long run
     from pipelines.cli_monitor import record_training_source
     from pipelines.local import run_local
 
     load_config(args.config)  # fail fast, before any step starts
+    parse_columns(args.columns)
     config_yaml = args.config.read_text() if args.config else ""
     home = args.home or default_home()
     data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
@@ -69,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
         synthetic_interactions=args.synthetic_interactions, seed=args.seed,
         data_version=args.data_version, feedback=args.feedback, verbose=args.verbose,
+        columns=args.columns,
     )
     reg, dep = summary["registration"], summary["deployment"]
     # `recsys monitor` retrains on the same source (plus the feedback) with the same config.
@@ -76,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "data": data, "items": items, "config_yaml": config_yaml,
         "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items,
         "synthetic_interactions": args.synthetic_interactions, "seed": args.seed,
-        "data_version": args.data_version,
+        "data_version": args.data_version, "columns": args.columns,
     })
     results = json.loads(Path(summary["results_path"]).read_text())
     # A stable, browsable name for the report of this model version.

@@ -139,6 +139,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         synthetic_interactions=source.get("synthetic_interactions", 50000),
         seed=source.get("seed", 42),
         data_version=source.get("data_version", ""),
+        columns=source.get("columns", ""),
     )
     check, retraining = summary["check"], summary.get("retraining")
     report = _keep_report(home, summary)

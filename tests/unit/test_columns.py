@@ -83,3 +83,40 @@ def test_a_mapping_to_a_column_the_data_lacks_or_already_has(tmp_path):
         load_dataset(str(path), columns=parse_columns("user=userId"))
     with pytest.raises(DataValidationError, match="maps another column to item_id, which the data already has"):
         load_dataset(str(path), columns=parse_columns("item=movieId"))
+
+
+def test_the_pipeline_steps_take_the_mapping(tmp_path):
+    """`recsys run --columns` reaches the pipeline's fingerprint and ingest steps: the renamed
+    file validates, and the mapping is part of the fingerprint that caching follows."""
+    from components.steps import fingerprint_source, ingest, validate
+
+    path = tmp_path / "ratings.csv"
+    pd.DataFrame({"userId": ["1", "2"], "movieId": ["10", "11"]}).to_csv(path, index=False)
+    mapping = "user=userId,item=movieId"
+    assert fingerprint_source(str(path), "", columns=mapping) != fingerprint_source(str(path), "")
+    raw, items = tmp_path / "raw.parquet", tmp_path / "items.parquet"
+    info = ingest(str(path), "", str(raw), str(items), columns=mapping)
+    validate(str(raw), str(items), str(tmp_path / "v.parquet"), str(tmp_path / "vi.parquet"), **info)
+    assert pd.read_parquet(tmp_path / "v.parquet")["item_id"].tolist() == ["10", "11"]
+    with pytest.raises(DataValidationError, match="expected KEY=COLUMN"):
+        fingerprint_source(str(path), "", columns="user")
+
+
+def test_both_pipelines_take_columns():
+    import yaml
+
+    from pipelines.monitoring import COMPILED_PATH as MONITORING
+    from pipelines.pipeline import COMPILED_PATH as TRAINING
+
+    for path in (TRAINING, MONITORING):
+        spec = next(yaml.safe_load_all(path.read_text()))
+        assert spec["root"]["inputDefinitions"]["parameters"]["columns"]["defaultValue"] == ""
+
+
+def test_recsys_run_refuses_a_malformed_mapping_before_running(tmp_path, capfd):
+    from pipelines.cli import main
+
+    assert main(["run", "--columns", "person=userId", "--home", str(tmp_path / "home")]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("recsys run: error: --columns person=userId: expected KEY=COLUMN")
+    assert not (tmp_path / "home").exists()
