@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from components.models.base import TrainingData
+from components.models.base import TrainingData, item_metadata
 from components.models.retrieval import FactorIndex, Retrieved
 
 
@@ -44,12 +44,14 @@ class ContentModel:
         self.dimensions = dimensions
 
     @staticmethod
-    def nothing_to_learn(data: TrainingData) -> str | None:
+    def nothing_to_learn(interactions: pd.DataFrame, items: pd.DataFrame | None) -> str | None:
         """Why the data gives this model nothing to learn from, or None: no item has a word of
         text (no items file, or one without titles, genres, years or descriptions)."""
-        if pd.Series(item_text(data.items), dtype=object).str.contains(r"\w\w").any():
+        if items is None:
+            return "no item has a title, genres, year or description (no items file)"
+        if pd.Series(item_text(item_metadata(items)), dtype=object).str.contains(r"\w\w").any():
             return None
-        return "no item has a title, genres, year or description (no items file, or one without text)"
+        return "no item has a title, genres, year or description (the items file has no text)"
 
     def fit(self, data: TrainingData) -> ContentModel:
         docs = item_text(data.items, self.title_weight)

@@ -130,14 +130,17 @@ def make_generators(config: ModelConfig, large: bool = False) -> dict[str, Gener
     return gens
 
 
-def left_out_generators(config: ModelConfig, data: TrainingData) -> dict[str, str]:
+def left_out_generators(
+    config: ModelConfig, interactions: pd.DataFrame, items: pd.DataFrame | None
+) -> dict[str, str]:
     """The enabled generators that have nothing to learn from this data, each with the reason
-    (content without item text). They are left out of the fit, and the ranker's features with
-    them; the others train as usual."""
+    (content without item text: a generator says so by `nothing_to_learn(interactions,
+    items)`). They are left out of the fit, and the ranker's features with them; the others
+    train as usual."""
     reasons = {}
     for name, gen in make_generators(config).items():
         missing = getattr(gen, "nothing_to_learn", None)
-        reason = missing(data) if missing is not None else None
+        reason = missing(interactions, items) if missing is not None else None
         if reason:
             reasons[name] = reason
     return reasons
@@ -188,10 +191,9 @@ class TwoStageRecommender:
         workers and LightGBM trains there (`components.distributed`)."""
         cfg = self.config
         self.ranker_ = self.fallback_ = None
-        full = build_training_data(interactions, items, positive_rating_threshold=cfg.positive_rating_threshold)
         # Decided once on all the data, so every fold's generators (and the ranker's features)
         # are the ones that serve.
-        self.left_out_ = left_out_generators(cfg, full)
+        self.left_out_ = left_out_generators(cfg, interactions, items)
         for name, reason in self.left_out_.items():
             log.warning("%s generator left out: %s", name, reason)
         if cfg.ranker.enabled and client is not None:
@@ -216,7 +218,7 @@ class TwoStageRecommender:
             else:
                 progress("ranker: too few users with held-out candidates; ranking by EASE alone")
         progress(f"refitting generators on all {len(interactions):,} training interactions")
-        self._set_state(full)
+        self._set_state(build_training_data(interactions, items, positive_rating_threshold=cfg.positive_rating_threshold))
         self.generators_ = fit_generators(self.data_, cfg, progress, self.left_out_)
         progress(generators_line(list(self.generators_), self.left_out_, self.data_))
         self.cold_start_scale_ = self._cold_start_scale()
