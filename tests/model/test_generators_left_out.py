@@ -146,3 +146,20 @@ def test_without_items_diversity_is_not_reported(catalogue):
     assert "diversity" not in metrics_table(bare) and "ndcg@10" in metrics_table(bare)
     described = evaluate_model(_fit(parts.train, items, EXACT), parts.test, k_values=(10,))
     assert all(0.0 <= values["diversity@10"] <= 1.0 for values in described.values())
+
+
+def test_the_registered_run_records_the_generators(catalogue, tmp_path):
+    """The register step logs which generators the fit used and left out as MLflow params."""
+    from mlflow import MlflowClient
+
+    from components.steps import register
+
+    interactions, _ = catalogue
+    model_dir = save_model(_fit(interactions, None, EXACT), tmp_path / "m", data_fingerprint="x")
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"two_stage": {"ndcg@10": 0.1}, "popularity": {"ndcg@10": 0.05}}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registration = register(str(model_dir), str(results), tracking_uri=uri)
+    params = MlflowClient(tracking_uri=uri).get_run(registration["run_id"]).data.params
+    assert params["generators"] == "popularity,ease,seq_ease,als"
+    assert params["generators_left_out"] == "content"
