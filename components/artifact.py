@@ -161,6 +161,10 @@ def save_model(
             "config": {"model": model.config.model_dump(mode="json"), "split": model.split.model_dump(mode="json")},
             "metrics": metrics or {},
             "generators": list(model.generators_),
+            # Enabled in the config but with nothing to learn from in this data, and why.
+            "generators_left_out": dict(getattr(model, "left_out_", {})),
+            # How cold-start scores are put on the personalised scale (TwoStageRecommender.cold_start_scores).
+            "cold_start_scale": getattr(model, "cold_start_scale_", None),
             "ranked_by": model.ranked_by,
             "n_users": int(data.n_users),
             "n_items": int(data.n_items),
@@ -238,6 +242,9 @@ def load_model(directory: str | Path) -> TwoStageRecommender:
             name: _GENERATOR_TYPES[name].from_state(_read_state(directory / "generators" / name))
             for name in manifest["generators"]
         }
+        model.left_out_ = dict(manifest.get("generators_left_out", {}))
+        scale = manifest.get("cold_start_scale")
+        model.cold_start_scale_ = tuple(float(v) for v in scale) if scale else None
         ranker = directory / "ranker.txt"
         model.ranker_ = None
         if ranker.exists():

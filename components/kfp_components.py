@@ -28,13 +28,14 @@ def fingerprint_op(
     seed: int,
     feedback: str,
     data_version: str,
+    columns: str,
 ) -> str:
     from components.steps import fingerprint_source
 
     return fingerprint_source(
         source, items, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions, seed=seed, data_version=data_version,
-        feedback=feedback,
+        feedback=feedback, columns=columns,
     )
 
 
@@ -46,6 +47,7 @@ def ingest_op(
     synthetic_interactions: int,
     seed: int,
     feedback: str,
+    columns: str,
     source_fingerprint: str,
     interactions: Output[Dataset],
     item_table: Output[Dataset],
@@ -59,6 +61,7 @@ def ingest_op(
         source, items, interactions.path, item_table.path,
         synthetic_users=synthetic_users, synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions, seed=seed, feedback=feedback,
+        columns=columns,
     )
     return namedtuple("IngestOutputs", ["name", "origin", "items_origin"])(**info)
 

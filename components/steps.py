@@ -80,16 +80,22 @@ def fingerprint_source(
     seed: int = 42,
     data_version: str = "",
     feedback: str = "",
+    columns: str = "",
 ) -> str:
     """The source's content hash (see `data.source_fingerprint`), and the feedback's when
-    training adds it; a missing, unreachable or forbidden source fails here, in one line."""
-    from components.data import source_fingerprint
+    training adds it; a missing, unreachable or forbidden source fails here, in one line.
+    A column mapping (`data.parse_columns`) is part of the hash: it changes what is read."""
+    from components.data import parse_columns, source_fingerprint
     from components.sources import is_remote, open_source
 
     digest = retry_transient(lambda: source_fingerprint(
         source, items or None, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions, seed=seed, data_version=data_version,
     ))
+    if parse_columns(columns):  # checked here, the pipeline's first step
+        import hashlib
+
+        digest = hashlib.sha256(f"{digest}:columns={columns}".encode()).hexdigest()[:16]
     if feedback:
         digest = _with_feedback_fingerprint(digest, feedback)
     shown = open_source(source).url if is_remote(source) else source
@@ -123,10 +129,12 @@ def ingest(
     synthetic_interactions: int = 50_000,
     seed: int = 42,
     feedback: str = "",
+    columns: str = "",
 ) -> dict[str, str]:
     """Read the source as it is (plus the feedback interactions, when given: a store URL or
-    an events file); returns where it came from (for validation messages)."""
-    from components.data import read_raw, with_feedback
+    an events file), its columns renamed by `columns` (`data.parse_columns`); returns where it
+    came from (for validation messages)."""
+    from components.data import parse_columns, read_raw, with_feedback
 
     raw = retry_transient(lambda: read_raw(
         source,
@@ -135,6 +143,7 @@ def ingest(
         synthetic_items=synthetic_items,
         synthetic_interactions=synthetic_interactions,
         seed=seed,
+        columns=parse_columns(columns),
     ))
     if feedback:
         raw = with_feedback(raw, feedback)
@@ -311,6 +320,11 @@ def register(
     config = parse_config(config_yaml)
     results = json.loads(Path(results_in).read_text())
     params = _flatten(config_to_dict(config))
+    from components.artifact import read_manifest
+
+    manifest = read_manifest(model_dir)  # what the fit used, besides what the config enabled
+    params["generators"] = ",".join(manifest.get("generators", []))
+    params["generators_left_out"] = ",".join(manifest.get("generators_left_out", {})) or "none"
     registration = register_model(
         Path(model_dir),
         results=results,

@@ -8,7 +8,9 @@ one row per (user, item) pair (the most recent one), so no pair can sit on both 
 """
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,44 @@ ITEM_COLUMNS = ("item_id", "title", "genres", "year", "description")
 _SHOWN_ROWS = 5
 # Timestamps later than this far past "now" are clock or unit errors (e.g. milliseconds).
 _FUTURE_SLACK_SECONDS = 86_400
+
+
+# Column names that mean a contract column, compared lower-case without separators (userId,
+# user_id, UserID and USER-ID are all "userid").
+_LOOKS_LIKE = {
+    "user_id": ("userid", "user", "uid", "users", "customerid", "customer", "visitorid", "accountid"),
+    "item_id": ("itemid", "item", "iid", "items", "movieid", "movie", "productid", "product",
+                "artistid", "artist", "trackid", "track", "songid", "bookid", "isbn", "contentid"),
+    "rating": ("rating", "ratings", "score", "stars", "userrating"),
+    "timestamp": ("timestamp", "ts", "time", "datetime", "date", "unixtime", "epoch", "eventtime"),
+}
+_COLUMN_KEYS = {"user_id": "user", "item_id": "item", "rating": "rating", "timestamp": "timestamp"}
+
+
+def missing_columns_hint(columns: list[str], source: str) -> str:
+    """What to do about missing required columns, when the columns say: a MovieLens 100K
+    `u.data` (tab-separated, no header) given as a file, or columns that look renamed (userId,
+    movieId, ...), for which it gives the `--columns` mapping."""
+    names = [str(c) for c in columns]
+    if len(names) == 1 and re.fullmatch(r"\d+(\t\d+){2,3}", names[0].strip()):
+        folder = Path(source).parent if Path(source).name else Path(source)
+        return (
+            "; this looks like MovieLens 100K's u.data (tab-separated, no header row): pass the "
+            f"directory that holds it ({folder}) instead, which reads u.data and u.item"
+        )
+    mapping = {}
+    for target, aliases in _LOOKS_LIKE.items():
+        if target in names:
+            continue
+        for name in names:
+            if re.sub(r"[^a-z0-9]", "", name.lower()) in aliases and name not in mapping.values():
+                mapping[target] = name
+                break
+    if not any(t in mapping for t in ("user_id", "item_id")):
+        return ""
+    pairs = ", ".join(f"'{name}' looks like {target}" for target, name in mapping.items())
+    flag = ",".join(f"{_COLUMN_KEYS[target]}={name}" for target, name in mapping.items())
+    return f"; {pairs}: rename the columns, or pass --columns {flag}"
 
 
 def _fail(source: str, column: str, problem: str, rows: np.ndarray, values: pd.Series) -> None:
@@ -71,6 +111,7 @@ def validate_interactions(
         raise DataValidationError(
             f"{source}: missing required column(s) {', '.join(missing)} "
             f"(found: {', '.join(map(str, df.columns)) or 'none'})"
+            f"{missing_columns_hint(list(df.columns), source)}"
         )
     if df.empty:
         raise DataValidationError(f"{source}: no interactions (the file has a header and no rows)")

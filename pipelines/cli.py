@@ -33,6 +33,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    "sqlite:///), or dvc://REPO//PATH@REV (default: %(default)s)")
     p.add_argument("--items", default="",
                    help="items CSV/Parquet file for a generic interactions file (or a URL as --data)")
+    _add_columns(p)
     p.add_argument("--data-version", default="",
                    help="the data's version, for a SQL source with no timestamp column or one "
                    "updated in place: the fingerprint that caching and lineage follow")
@@ -75,12 +76,14 @@ def _with_model_name(config_yaml: str, name: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from components.config import load_config
+    from components.data import parse_columns
     from components.registry import default_home
     from components.report import metrics_table  # fail fast, before the long run
     from pipelines.cli_monitor import record_training_source
     from pipelines.local import run_local
 
     load_config(args.config)  # fail fast, before any step starts
+    parse_columns(args.columns)
     config_yaml = args.config.read_text() if args.config else ""
     if args.model_name is not None:
         config_yaml = _with_model_name(config_yaml, args.model_name)
@@ -93,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
         synthetic_interactions=args.synthetic_interactions, seed=args.seed,
         data_version=args.data_version, feedback=args.feedback, verbose=args.verbose,
+        columns=args.columns,
     )
     reg, dep = summary["registration"], summary["deployment"]
     # `recsys monitor` retrains on the same source (plus the feedback) with the same config.
@@ -100,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "data": data, "items": items, "config_yaml": config_yaml,
         "synthetic_users": args.synthetic_users, "synthetic_items": args.synthetic_items,
         "synthetic_interactions": args.synthetic_interactions, "seed": args.seed,
-        "data_version": args.data_version,
+        "data_version": args.data_version, "columns": args.columns,
     })
     results = json.loads(Path(summary["results_path"]).read_text())
     # A stable, browsable name for the report of this model version.
@@ -174,6 +178,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--columns", default="", metavar="KEY=COLUMN,...",
+                   help="the interactions' columns when they are named otherwise than user_id, "
+                   "item_id, rating, timestamp: e.g. user=userId,item=movieId,rating=rating,"
+                   "timestamp=ts (any of the four keys)")
+
+
 def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="train the two-stage model on all of a file (no split)",
                        description="Train on every interaction of --interactions and write the "
@@ -184,6 +195,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    "(as `recsys run --data`)")
     p.add_argument("--items", help="items CSV/Parquet (item_id[, title, genres, year, description]) "
                    "or URL")
+    _add_columns(p)
     p.add_argument("--config", type=Path, help="YAML config")
     p.add_argument("--output", type=Path, required=True,
                    help="artifact directory to write: a new or empty directory, or an earlier "
@@ -199,7 +211,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from components.artifact import check_output_dir, save_model
     from components.config import config_to_dict, load_config
-    from components.data import load_dataset
+    from components.data import load_dataset, parse_columns
     from components.distributed import dask_client
     from components.drift_reference import save_references
     from components.models.two_stage import TwoStageRecommender
@@ -207,10 +219,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # Before any work: a wrong --output is found in a second, not after training.
     check_output_dir(args.output, keep=(args.interactions, args.items or "", args.config or ""))
     config = load_config(args.config)
+    columns = parse_columns(args.columns)
     if args.workers < 0:
         raise RecsysError(f"--workers must be 0 or more, not {args.workers}")
     started = time.monotonic()
-    dataset = load_dataset(args.interactions, args.items)
+    dataset = load_dataset(args.interactions, args.items, columns=columns)
     log.info("loaded %s", dataset.describe())
     with dask_client(args.workers, args.scheduler) as client:
         model = TwoStageRecommender(config.model, config.split).fit(

@@ -158,6 +158,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             synthetic_interactions=source.get("synthetic_interactions", 50000),
             seed=source.get("seed", 42),
             data_version=source.get("data_version", ""),
+            columns=source.get("columns", ""),
         )
     except RecsysError as exc:
         check = _check_of_failed_run(home, started_at)

@@ -164,6 +164,7 @@ def run_local(
     data_version: str = "",
     feedback: str = "",
     verbose: bool = False,
+    columns: str = "",
 ) -> dict[str, Any]:
     """Run the whole pipeline; returns the deploy step's summary (registration, metrics, ...)."""
     from pipelines.pipeline import build_pipeline
@@ -183,6 +184,7 @@ def run_local(
         "seed": seed,
         "data_version": data_version,
         "feedback": _absolute_if_path(feedback),
+        "columns": columns,
     }, name="run", verbose=verbose)
     summary = json.loads(output)
     summary["tracking_uri"] = tracking_uri
@@ -207,6 +209,7 @@ def run_monitoring_local(
     synthetic_interactions: int = 50000,
     seed: int = 42,
     data_version: str = "",
+    columns: str = "",
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Run the monitoring pipeline once (check, and on retrain the training pipeline on the
@@ -232,6 +235,7 @@ def run_monitoring_local(
         "synthetic_interactions": synthetic_interactions,
         "seed": seed,
         "data_version": data_version,
+        "columns": columns,
     }, name="monitor", quiet_stdout=quiet_stdout, verbose=verbose)
     summary = json.loads(output)
     summary["tracking_uri"] = tracking_uri

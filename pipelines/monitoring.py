@@ -59,6 +59,7 @@ def build_monitoring_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = S
         seed: int = 42,
         data_version: str = "",
         data_secret: str = "recsys-data-source",
+        columns: str = "",
     ) -> str:
         check = _configure(
             ops["drift_check_op"](
@@ -94,6 +95,7 @@ def build_monitoring_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = S
                 data_version=data_version,
                 data_secret=data_secret,
                 feedback=feedback,
+                columns=columns,
             ).set_display_name("training")
             after_training = _configure(
                 ops["monitoring_summary_op"](

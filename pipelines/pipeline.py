@@ -107,6 +107,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
         # Feedback events to train on beside the source: a feedback store URL
         # (postgresql+psycopg://..., sqlite:///...) or an events file; empty: the source alone.
         feedback: str = "",
+        # The interactions' columns when named otherwise: user=userId,item=movieId,... (`--columns`).
+        columns: str = "",
         # > 0: the train step runs its ranker on a Dask cluster of this many workers, created
         # (dask-kubernetes operator) in `namespace` for the step and deleted after it.
         dask_workers: int = 0,
@@ -115,7 +117,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
         source_args = {
             "source": source, "items": items, "synthetic_users": synthetic_users,
             "synthetic_items": synthetic_items, "synthetic_interactions": synthetic_interactions, "seed": seed,
-            "feedback": feedback,
+            "feedback": feedback, "columns": columns,
         }
         # Never cached: it is what tells whether the content behind a path changed.
         source_check = _configure(

@@ -76,9 +76,7 @@ def build_training_data(
     meta = pd.DataFrame({"item_id": item_ids})
     if items is not None:
         meta = meta.merge(items, on="item_id", how="left")
-    for column in ("title", "genres", "description"):
-        meta[column] = meta[column].fillna("").astype(str) if column in meta else ""
-    meta["year"] = pd.to_numeric(meta["year"], errors="coerce") if "year" in meta else np.nan
+    meta = item_metadata(meta)
     last_seen = np.zeros(len(item_ids))
     train_end = 0.0
     item_time = np.full(len(item_ids), np.nan)
@@ -109,6 +107,16 @@ def build_training_data(
         user_first_time=np.where(np.isfinite(user_first), user_first, np.nan),
         user_last_time=np.where(np.isfinite(user_last), user_last, np.nan),
     )
+
+
+def item_metadata(items: pd.DataFrame) -> pd.DataFrame:
+    """The items with title, genres and description as text ("" if unknown) and year as a
+    number (NaN if unknown), whichever of them the frame has."""
+    meta = items.copy()
+    for column in ("title", "genres", "description"):
+        meta[column] = meta[column].fillna("").astype(str) if column in meta else ""
+    meta["year"] = pd.to_numeric(meta["year"], errors="coerce") if "year" in meta else np.nan
+    return meta
 
 
 def _positions(

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from components.models.base import TrainingData
+from components.models.base import TrainingData, item_metadata
 from components.models.retrieval import FactorIndex, Retrieved
 
 
@@ -43,6 +43,16 @@ class ContentModel:
         self.title_weight = title_weight
         self.dimensions = dimensions
 
+    @staticmethod
+    def nothing_to_learn(interactions: pd.DataFrame, items: pd.DataFrame | None) -> str | None:
+        """Why the data gives this model nothing to learn from, or None: no item has a word of
+        text (no items file, or one without titles, genres, years or descriptions)."""
+        if items is None:
+            return "no item has a title, genres, year or description (no items file)"
+        if pd.Series(item_text(item_metadata(items)), dtype=object).str.contains(r"\w\w").any():
+            return None
+        return "no item has a title, genres, year or description (the items file has no text)"
+
     def fit(self, data: TrainingData) -> ContentModel:
         docs = item_text(data.items, self.title_weight)
         vectorizer = TfidfVectorizer(
@@ -59,6 +69,8 @@ class ContentModel:
 
             svd = TruncatedSVD(self.dimensions, random_state=0)
             self.item_embeddings_ = normalize(svd.fit_transform(self.item_vectors_)).astype(np.float32)
+        elif self.dimensions is not None:  # a vocabulary no larger than the LSA space: used as is
+            self.item_embeddings_ = self.item_vectors_.toarray()
         self._prepare()
         return self
 

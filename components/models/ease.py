@@ -15,8 +15,6 @@ artifact holds items x neighbours weights instead of items².
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
@@ -24,8 +22,6 @@ from scipy.linalg import lapack
 from components.errors import ConfigError
 from components.models.base import TrainingData
 from components.models.retrieval import Retrieved, prune_rows, retrieve_sparse
-
-log = logging.getLogger(__name__)
 
 
 def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
@@ -159,8 +155,7 @@ class SequenceEaseModel(EaseModel):
         self.window = window
 
     def _gram(self, data: TrainingData) -> np.ndarray:
-        if data.positions is None:
-            log.warning("seq_ease: the data has no timestamps; using plain co-occurrence")
+        if data.positions is None:  # the two-stage fit says so once (`generators_line`)
             return super()._gram(data)
         column = np.full(data.n_items, -1, dtype=np.int64)
         column[self.items_] = np.arange(len(self.items_))

@@ -130,11 +130,37 @@ def make_generators(config: ModelConfig, large: bool = False) -> dict[str, Gener
     return gens
 
 
-def fit_generators(data: TrainingData, config: ModelConfig, progress: Callable[[str], None]) -> dict[str, Generator]:
+def left_out_generators(
+    config: ModelConfig, interactions: pd.DataFrame, items: pd.DataFrame | None
+) -> dict[str, str]:
+    """The enabled generators that have nothing to learn from this data, each with the reason
+    (content without item text: a generator says so by `nothing_to_learn(interactions,
+    items)`). They are left out of the fit, and the ranker's features with them; the others
+    train as usual."""
+    reasons = {}
+    for name, gen in make_generators(config).items():
+        missing = getattr(gen, "nothing_to_learn", None)
+        reason = missing(interactions, items) if missing is not None else None
+        if reason:
+            reasons[name] = reason
+    return reasons
+
+
+def generators_line(generators: Sequence[str], left_out: dict[str, str], data: TrainingData) -> str:
+    """One line naming the generators a fit used, and those it left out."""
+    used = [f"{name} (no timestamps: plain co-occurrence)" if name == "seq_ease" and data.positions is None
+            else name for name in generators]
+    line = f"generators: {', '.join(used)}"
+    return line + (f"; left out: {', '.join(left_out)}" if left_out else "")
+
+
+def fit_generators(
+    data: TrainingData, config: ModelConfig, progress: Callable[[str], None], left_out: Sequence[str] = ()
+) -> dict[str, Generator]:
     large = is_large(config, data.n_items)
     if large:
         progress(f"  {data.n_items:,} items: candidate retrieval (model.scale.large_catalogue_items)")
-    gens = make_generators(config, large)
+    gens = {name: gen for name, gen in make_generators(config, large).items() if name not in left_out}
     for name, gen in gens.items():
         progress(f"  fitting {name} on {data.matrix.nnz:,} interactions")
         gen.fit(data)
@@ -147,6 +173,10 @@ class TwoStageRecommender:
         self.split = split or SplitConfig()
         # Without a ranker, the generator the fit found best alone (None: EASE, else popularity).
         self.fallback_: str | None = None
+        # Enabled generators the fit left out, with the reason (`left_out_generators`).
+        self.left_out_: dict[str, str] = {}
+        # Where the cold-start answer's scores are put (`cold_start_scores`); None: as they are.
+        self.cold_start_scale_: tuple[float, float, float, float] | None = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -161,6 +191,11 @@ class TwoStageRecommender:
         workers and LightGBM trains there (`components.distributed`)."""
         cfg = self.config
         self.ranker_ = self.fallback_ = None
+        # Decided once on all the data, so every fold's generators (and the ranker's features)
+        # are the ones that serve.
+        self.left_out_ = left_out_generators(cfg, interactions, items)
+        for name, reason in self.left_out_.items():
+            log.warning("%s generator left out: %s", name, reason)
         if cfg.ranker.enabled and client is not None:
             from components.distributed import fit_ranker_on_dask
 
@@ -184,8 +219,44 @@ class TwoStageRecommender:
                 progress("ranker: too few users with held-out candidates; ranking by EASE alone")
         progress(f"refitting generators on all {len(interactions):,} training interactions")
         self._set_state(build_training_data(interactions, items, positive_rating_threshold=cfg.positive_rating_threshold))
-        self.generators_ = fit_generators(self.data_, cfg, progress)
+        self.generators_ = fit_generators(self.data_, cfg, progress, self.left_out_)
+        progress(generators_line(list(self.generators_), self.left_out_, self.data_))
+        self.cold_start_scale_ = self._cold_start_scale()
         return self
+
+    def _cold_start_scale(self, k: int = 10, sample: int = 500) -> tuple[float, float, float, float] | None:
+        """(log popularity of the k-th and the most popular item, median k-th and top score of
+        personalised answers) on a seeded sample of training users: `cold_start_scores` maps the
+        popularity answer onto the served scores with it. None where there is nothing to map."""
+        self.cold_start_scale_ = None  # the answers below are the unmapped ones
+        users = np.flatnonzero(np.diff(self.data_.matrix.indptr) > 0)
+        k = min(k, self.data_.n_items)
+        if len(users) == 0 or k < 2:
+            return None
+        rng = np.random.default_rng(self.config.seed)
+        users = np.sort(rng.choice(users, min(sample, len(users)), replace=False))
+        _, scores = self.recommend_indices(users, self.data_.matrix[users], k)
+        top, kth = scores[:, 0], scores[:, k - 1]
+        kept = np.isfinite(top) & np.isfinite(kth) & (kth > _FALLBACK_OFFSET / 2)  # answers, not fill
+        popular = np.sort(self.stats_.log_popularity)[::-1]
+        if not kept.any() or popular[0] - popular[k - 1] <= 1e-9:
+            return None
+        high, low = float(np.median(top[kept])), float(np.median(kth[kept]))
+        if not high > low:
+            return None
+        return float(popular[k - 1]), float(popular[0]), low, high
+
+    def cold_start_scores(self, log_popularity: np.ndarray) -> np.ndarray:
+        """The popularity answer's scores on the personalised answers' scale: linear in log
+        popularity, the most popular item at the median top score of a personalised answer and
+        the k-th most popular at the median k-th score (`_cold_start_scale`), so that scores in
+        one answer are comparable across users. The order is popularity's. Artifacts written
+        before the scale existed keep the log popularity itself."""
+        scale = getattr(self, "cold_start_scale_", None)
+        if scale is None:
+            return log_popularity
+        pop_low, pop_high, low, high = scale
+        return (low + (high - low) * (log_popularity - pop_low) / (pop_high - pop_low)).astype(np.float32)
 
     @property
     def ranked_by(self) -> str:
@@ -272,7 +343,7 @@ class TwoStageRecommender:
         )
         data = build_training_data(fit_part, items, positive_rating_threshold=cfg.positive_rating_threshold)
         self._set_state(data)
-        self.generators_ = fit_generators(data, cfg, lambda _: None)
+        self.generators_ = fit_generators(data, cfg, lambda _: None, getattr(self, "left_out_", {}))
         users = np.searchsorted(data.user_ids, held_out["user_id"].to_numpy(str))
         users = np.clip(users, 0, data.n_users - 1)
         known = data.user_ids[users] == held_out["user_id"].to_numpy(str)
@@ -438,7 +509,7 @@ class TwoStageRecommender:
             final[cand.rows, cand.items] = self.ranker_.predict(cand.features)
         cold = np.diff(history.indptr) == 0
         if cold.any():  # nothing to personalise on: the popularity answer
-            final[cold] = popularity
+            final[cold] = self.cold_start_scores(popularity)
         final = np.where(banned.toarray() > 0, -np.inf, final).astype(np.float32)
         k = min(k, final.shape[1])
         top = top_n(final, k)
@@ -487,7 +558,8 @@ class TwoStageRecommender:
                 shape=(len(short), self.data_.n_items),
             )
             fill = popular.retrieve(users[short], (banned[short] + taken).tocsr(), k)
-            fill_scores = np.where(cold[short, None], fill.scores, _FALLBACK_OFFSET + fill.scores / (popular.scores_.max() + 1))
+            fill_scores = np.where(cold[short, None], self.cold_start_scores(fill.scores),
+                                   _FALLBACK_OFFSET + fill.scores / (popular.scores_.max() + 1))
             for row, at in enumerate(short):
                 free = items[at] < 0
                 items[at, free] = fill.items[row, : int(free.sum())]

@@ -262,3 +262,30 @@ def test_every_subcommand_help_renders(capsys):
             build_parser().parse_args([*path, "--help"])
         assert exit_info.value.code == 0, path
         assert "usage: recsys " + " ".join(path) in capsys.readouterr().out
+
+
+def test_fit_with_a_column_mapping(files, tmp_path, small_dataset):
+    """Columns named otherwise: the error names the mapping to pass, and with it the fit runs."""
+    renamed = tmp_path / "ratings.csv"
+    small_dataset.interactions.rename(columns={"user_id": "userId", "item_id": "movieId"}).to_csv(
+        renamed, index=False)
+    refused = _recsys("fit", "--interactions", renamed, "--output", tmp_path / "m")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].endswith("pass --columns user=userId,item=movieId")
+    quick = tmp_path / "quick.yaml"  # the mapping is the point, not the ranker
+    quick.write_text("model: {ranker: {folds: 2, n_estimators: 10}}\n")
+    result = _recsys("fit", "--interactions", renamed, "--items", files[2], "--config", quick,
+                     "--columns", "user=userId,item=movieId", "--output", tmp_path / "m")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote" in result.stdout and (tmp_path / "m" / "ranker.txt").exists()
+
+
+def test_fit_on_u_data_as_a_file_suggests_its_directory(tmp_path, capfd):
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "u.data").write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    code, _, err = _main(capfd, "fit", "--interactions", tmp_path / "ml-100k" / "u.data",
+                         "--output", tmp_path / "m")
+    assert code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "found: 196\t242\t3\t881250949" in last
+    assert f"pass the directory that holds it ({tmp_path / 'ml-100k'})" in last

@@ -195,3 +195,29 @@ def test_a_ranker_worse_than_its_generators_is_not_served(small_dataset, tmp_pat
 
 def test_a_ranker_that_learns_is_served(small_model):
     assert small_model.ranker_ is not None and small_model.ranked_by == "ranker"
+
+
+def test_cold_start_scores_are_on_the_personalised_scale(small_dataset, tmp_path):
+    """One answer for a known and a never-seen user: both lists' scores in one range (the
+    cold-start list's were log popularity, about 5 here, against the ranker's about 0.1), the
+    cold-start order still popularity's, on the exact and the retrieval path, and after a
+    save and load."""
+    from components.config import ScaleConfig
+
+    ranker = RankerConfig(folds=2, n_estimators=20)
+    for scale in (ScaleConfig(), ScaleConfig(large_catalogue_items=50, item_item_items=120, neighbours=30)):
+        model = TwoStageRecommender(ModelConfig(ranker=ranker, scale=scale)).fit(
+            small_dataset.interactions, small_dataset.items, progress=lambda _: None)
+        users = list(small_dataset.interactions["user_id"].unique()[:200])
+        known = model.recommend(users, 10).scores
+        answer = model.recommend([users[0], "somebody-new"], 10)
+        assert answer.cold_start.tolist() == [False, True]
+        cold = answer.scores[1]
+        # The cold-start top and tenth scores are the personalised answers' medians.
+        assert cold[0] == pytest.approx(np.median(known[:, 0]), rel=0.25)
+        assert cold[9] == pytest.approx(np.median(known[:, 9]), rel=0.25)
+        assert (np.diff(cold) <= 0).all()
+        popular = np.argsort(-model.stats_.log_popularity, kind="stable")[:10]
+        assert set(answer.item_ids[1]) == set(model.data_.item_ids[popular])
+        loaded = load_model(save_model(model, tmp_path / f"m{scale.large_catalogue_items}", data_fingerprint="x"))
+        np.testing.assert_allclose(loaded.recommend(["somebody-new"], 10).scores[0], cold, rtol=1e-6)

@@ -170,6 +170,14 @@ def test_diversity_averages_over_users_with_two_items_or_more():
     assert m["diversity@2"] == pytest.approx(1.0)
 
 
+def test_no_diversity_when_no_item_has_a_content_vector():
+    """Items without text have all-zero vectors: every list would look perfectly diverse."""
+    rel = relevance([[0]], 3)
+    for empty in (np.zeros((3, 1)), sp.csr_matrix((3, 1))):
+        m = ranking_metrics(np.array([[0, 1, 2]]), rel, k_values=(3,), item_vectors=empty)
+        assert "diversity@3" not in m and "ndcg@3" in m
+
+
 def _reference(recommended: np.ndarray, relevant_sets: list[set[int]], k: int) -> dict[str, float]:
     """Textbook per-user loops, following the conventions in the module docstring."""
     names = ("ndcg", "precision", "recall", "map", "hit_rate", "mrr")
