@@ -587,6 +587,16 @@ def test_console_reads_the_inferenceservice_and_changes_nothing(rendered):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
     service = _one(docs, "Service", "recsys-console")
     assert service["spec"]["ports"][0]["targetPort"] == "http"
+    # The console answers only Host names it is told of: the Service's own DNS names must be
+    # among them, or a pod reaching it by name gets a 400.
+    from serving.console.app import HostCheck
+
+    allowed = HostCheck([a.split("=", 1)[1] for a in container["args"]
+                         if a.startswith("--allowed-host=")])
+    name = service["metadata"]["name"]
+    for host in (name, f"{name}.{NAMESPACE}", f"{name}.{NAMESPACE}.svc.cluster.local:8088"):
+        assert allowed(host), host
+    assert not allowed("rebound.example.com")
     # The paths it needs are open: to the events service and to PostgreSQL (feedback store).
     for name, target in (("recsys-events-from-console", "recsys-events"),
                          ("recsys-postgres-from-console", "recsys-postgres")):
