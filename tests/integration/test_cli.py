@@ -262,3 +262,36 @@ def test_every_subcommand_help_renders(capsys):
             build_parser().parse_args([*path, "--help"])
         assert exit_info.value.code == 0, path
         assert "usage: recsys " + " ".join(path) in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ serve: ports and model dir
+@pytest.mark.parametrize("busy", ["--http-port", "--grpc-port"])
+def test_serve_on_a_port_in_use_is_one_line_before_loading(fitted, tmp_path, busy):
+    import socket
+
+    from serving_process import free_port
+
+    with socket.socket() as occupier:  # a real listener holds the port
+        occupier.bind(("127.0.0.1", 0))
+        occupier.listen(1)
+        taken = occupier.getsockname()[1]
+        ports = {"--http-port": free_port(), "--grpc-port": free_port(), busy: taken}
+        result = _recsys("serve", "--model-dir", fitted, "--no-online-store",
+                         *(str(x) for kv in ports.items() for x in kv), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"recsys serve: error: {busy} {taken}: cannot listen on 127.0.0.1:{taken}: Address already in use"
+    ]
+    assert result.stdout == ""
+
+
+def test_serve_with_a_missing_model_dir_says_so_and_creates_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RECSYS_HOME", "RECSYS_ONLINE_STORE")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(tmp_path / "nonexistent")],
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**env, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"recsys serve: error: --model-dir {tmp_path / 'nonexistent'}: no such directory"]
+    assert list(tmp_path.iterdir()) == []  # no ./runs, no feedback store
