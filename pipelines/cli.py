@@ -18,6 +18,24 @@ from components.errors import RecsysError
 log = logging.getLogger("recsys")
 
 
+def command(name: str = "recsys") -> str:
+    """How to type `name` (recsys, mlflow: the virtualenv's executables) so that a printed
+    command works when copied: the bare name when the shell finds this very executable on the
+    PATH, else its path (relative to the working directory when under it, `.venv/bin/recsys`)."""
+    here = Path(sys.argv[0]) if Path(sys.argv[0]).name == "recsys" else None
+    candidate = (here.parent if here else Path(sys.executable).parent) / name
+    found = shutil.which(name)
+    if found and (not candidate.exists() or Path(found).resolve() == candidate.resolve()):
+        return name
+    if not candidate.exists():
+        return f"{sys.executable} -m pipelines.cli" if name == "recsys" else name
+    absolute = candidate.absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -91,15 +109,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"MLflow model '{reg['model_name']}' version {reg['version']}: "
           f"alias {reg['alias'] or 'none (gate refused)'} - {reg['reason']}")
     if dep.get("action") == "local":
-        print(f"Deployed locally: `recsys serve` serves version {dep['version']} from {dep['model_dir']}")
+        print(f"Deployed locally: `{command()} serve` serves version {dep['version']} from {dep['model_dir']}")
     print(f"HTML report: {report}")
     db = summary["tracking_uri"]
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
+    print(f"MLflow UI:   {command('mlflow')} ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
     from serving.console.config import DEFAULT_PORT
 
-    print(f"Console:     recsys console --home {home.resolve()}   (then open "
-          f"http://127.0.0.1:{DEFAULT_PORT}; `recsys serve` and `recsys events serve` beside it "
-          "for Try it)")
+    recsys = command()
+    print(f"Console:     {recsys} console --home {home.resolve()}   (then open "
+          f"http://127.0.0.1:{DEFAULT_PORT}; `{recsys} serve` and `{recsys} events serve` beside "
+          "it for Try it)")
     return 0
 
 
