@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -264,6 +265,18 @@ _SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cl
                                          "pipelines.simulate", "pipelines.cli_console")
 
 
+# Libraries that log every call at INFO (httpx: one "HTTP Request: POST ..." line per request).
+_CHATTY_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_libraries() -> None:
+    """What a command prints is its own output: the libraries' per-request INFO lines and
+    MLflow's download progress bars only with --verbose (the commands that have it)."""
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recsys",
@@ -285,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not getattr(args, "verbose", False):
+        quiet_libraries()
     try:
         return args.func(args)
     except RecsysError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import warnings
 from pathlib import Path
 
 from components.errors import RecsysError
@@ -108,6 +109,9 @@ def handler(args: argparse.Namespace) -> int:
         from components.feedback_store import default_store_url
 
         args.online_store = default_store_url(args.home or default_home())
+    # KServe answers with FastAPI's ORJSONResponse, which FastAPI deprecates with a warning on
+    # the first request: nothing a user of this server can act on.
+    warnings.filterwarnings("ignore", message=r"ORJSONResponse is deprecated")
     from serving.server import serve
 
     return serve(args)

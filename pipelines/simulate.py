@@ -78,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-detectable-effect", type=float, default=0.2,
                    help="relative CTR lift the power analysis is sized for (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print the libraries' logs (one line per HTTP request, MLflow's "
+                   "download progress bars); the services' logs are always in HOME/simulation/logs")
     p.set_defaults(func=cmd_simulate)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +296,33 @@ def test_serve_with_a_missing_model_dir_says_so_and_creates_nothing(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"recsys serve: error: --model-dir {tmp_path / 'nonexistent'}: no such directory"]
     assert list(tmp_path.iterdir()) == []  # no ./runs, no feedback store
+
+
+def test_serve_prints_no_library_deprecation_warning_on_requests(fitted, tmp_path):
+    import httpx
+    from serving_process import free_port
+
+    http_port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(fitted),
+         "--no-online-store", "--http-port", str(http_port), "--grpc-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/v2/models/recsys/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, process.stdout.read()[-2000:]
+            time.sleep(0.2)
+        answer = httpx.post(f"{url}/v1/models/recsys:predict",
+                            json={"instances": [{"user_id": "1", "k": 3}]}, timeout=30)
+        assert answer.status_code == 200
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+    assert "POST /v1/models/recsys%3Apredict" in output  # the access log is still there
+    assert "Warning" not in output and "deprecated" not in output, output[-3000:]

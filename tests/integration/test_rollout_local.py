@@ -115,4 +115,5 @@ def test_analyze_reads_the_predictor_the_record_names_and_prints_no_http_log(hom
     assert result.returncode == 0, result.stderr[-2000:]
     assert _Metrics.paths == ["/metrics"]  # the recorded predictor, once
     assert "cannot read the predictor's metrics" not in result.stdout
+    assert "HTTP Request:" not in result.stdout + result.stderr  # httpx's INFO line
     assert "decision: CONTINUE" in result.stdout
