@@ -130,7 +130,9 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compile", help="write the pipelines' IR YAML for a Kubeflow UI",
                        description="Compile the training and the monitoring pipelines to KFP v2 IR "
-                       "YAML.")
+                       "YAML. Without --output it regenerates the committed files (what `make "
+                       "compile` does), with the default images only; for your own images, write "
+                       "to a file of yours with --output (and --pipeline).")
     p.add_argument("--pipeline", choices=("all", "training", "monitoring"), default=None,
                    help="which pipeline (default: all, or training when --output names a file)")
     p.add_argument("--output", type=Path, default=None,
@@ -147,6 +149,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from components.errors import ConfigError
+    from components.kfp_components import DEFAULT_IMAGE, SERVING_IMAGE
     from pipelines.monitoring import COMPILED_PATH as MONITORING_PATH
     from pipelines.monitoring import compile_monitoring_pipeline
     from pipelines.pipeline import COMPILED_PATH, compile_pipeline
@@ -155,13 +158,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
         args.pipeline = "training" if args.output is not None else "all"
     if args.output is not None and args.pipeline == "all":
         raise ConfigError("--output names one file: add --pipeline training or --pipeline monitoring")
+    if args.output is None and (args.image, args.serving_image) != (DEFAULT_IMAGE, SERVING_IMAGE):
+        raise ConfigError("other images would change the committed pipelines/compiled/*.yaml: "
+                          "pass --output FILE (and --pipeline training or monitoring)")
     try:
-        if args.pipeline in ("all", "training"):
-            target = args.output or COMPILED_PATH
-            print(compile_pipeline(target, args.image, args.serving_image))
-        if args.pipeline in ("all", "monitoring"):
-            target = args.output or MONITORING_PATH
-            print(compile_monitoring_pipeline(target, args.image, args.serving_image))
+        for name, default, compile_ in (("training", COMPILED_PATH, compile_pipeline),
+                                        ("monitoring", MONITORING_PATH, compile_monitoring_pipeline)):
+            if args.pipeline in ("all", name):
+                target = args.output or default
+                written = compile_(target, args.image, args.serving_image)
+                what = ("the committed file, regenerated" if args.output is None
+                        else f"images {args.image} and {args.serving_image}")
+                print(f"wrote the {name} pipeline to {written} ({what})")
     except OSError as exc:
         raise RecsysError(f"--output {target}: cannot write: {exc.strerror or exc}") from None
     return 0

@@ -326,3 +326,24 @@ def test_serve_prints_no_library_deprecation_warning_on_requests(fitted, tmp_pat
         output = process.communicate(timeout=60)[0]
     assert "POST /v1/models/recsys%3Apredict" in output  # the access log is still there
     assert "Warning" not in output and "deprecated" not in output, output[-3000:]
+
+
+# ------------------------------------------------------------------ compile: what it writes
+def test_compile_never_puts_other_images_into_the_committed_yaml(tmp_path):
+    from pipelines.monitoring import COMPILED_PATH as MONITORING_PATH
+    from pipelines.pipeline import COMPILED_PATH
+
+    committed = {p: p.read_bytes() for p in (COMPILED_PATH, MONITORING_PATH)}
+    refused = _recsys("compile", "--image", "registry.example/recsys-pipeline:9", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        ("recsys compile: error: other images would change the committed "
+         "pipelines/compiled/*.yaml: pass --output FILE (and --pipeline training or monitoring)")]
+    target = tmp_path / "mine.yaml"
+    written = _recsys("compile", "--pipeline", "monitoring", "--image", "registry.example/p:9",
+                      "--serving-image", "registry.example/s:9", "--output", target, cwd=tmp_path)
+    assert written.returncode == 0, written.stderr[-2000:]
+    assert written.stdout.strip() == (f"wrote the monitoring pipeline to {target} (images "
+                                      "registry.example/p:9 and registry.example/s:9)")
+    assert "registry.example/p:9" in target.read_text()
+    assert {p: p.read_bytes() for p in committed} == committed  # left as committed
