@@ -57,13 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0] + " Serves a champion and a challenger, replays "
         "simulated users whose clicks come from their real future on the default data, posts "
         "every event through the events API, runs the analysis periodically and prints the "
-        "decision trail.")
+        "decision trail. With --traffic, only the traffic, into the run home's own model "
+        "server and events service (see --traffic).")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="better",
                    help="better: a challenger better offline; worse: a worse one; same: A/A "
                    "(default: %(default)s)")
     p.add_argument("--home", type=Path, default=None,
-                   help="run home; the simulation works in HOME/simulation (default: "
-                   "$RECSYS_HOME or ./runs)")
+                   help="run home; the simulation works in HOME/simulation, --traffic in HOME "
+                   "itself (default: $RECSYS_HOME or ./runs)")
     p.add_argument("--users", type=int, default=4_000,
                    help="simulated users, each replaying one real user (default: %(default)s)")
     p.add_argument("--sessions", type=int, default=None,
