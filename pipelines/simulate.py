@@ -431,7 +431,14 @@ def _traffic_data(home: Path) -> tuple[Any, Any]:
 
 
 class RealUsers(SimulatedUsers):
-    """Simulated users who are the data's own users: the model knows them by their ids."""
+    """Simulated users who are the data's own users: the model knows them by their ids. They
+    visit in proportion to their held-out interactions, as the drift references assume (each
+    held-out interaction stands for a request by its user)."""
+
+    def __init__(self, train: Any, future: Any, items: np.ndarray, population: int, seed: int):
+        super().__init__(train, future, items, population, seed)
+        activity = np.diff(self.futures.ratings.tocsr().indptr).astype(float)
+        self.real = self.rng.choice(len(activity), population, p=activity / activity.sum())
 
     def user_id(self, index: int) -> str:
         return str(self.futures.user_ids[self.real[index]])
