@@ -71,7 +71,7 @@ monitor-demo: install
 fuzz: install
 	$(BIN)/python -m pytest -m fuzz -s -p no:cacheprovider --timeout=7200 tests/fuzz
 
-## Rewrite the README's serving example from what the model `make run` deployed answers.
+## Rewrite the README's serving and real-time history examples from what the model `make run` deployed answers.
 readme-example: install
 	$(BIN)/python -m serving.example --write README.md
 

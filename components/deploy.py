@@ -39,7 +39,7 @@ def read_record(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def _write_record(home: Path, record: dict[str, Any]) -> None:
+def write_record(home: Path, record: dict[str, Any]) -> None:
     """Atomically: a running server polls the file and must never read half of it."""
     home.mkdir(parents=True, exist_ok=True)
     temporary = home / f".{RECORD}.{os.getpid()}"
@@ -91,6 +91,14 @@ def deploy_local(
         "tracking_uri": tracking_uri,
         "deployed_at": _now(),
     }
+    previous = home / RECORD
+    if previous.is_file():  # where `recsys serve` answers (it wrote it), kept across deploys
+        try:
+            predictor = read_record(previous).get("predictor")
+        except (OSError, ValueError):
+            predictor = None
+        if predictor:
+            record["predictor"] = predictor
     challenger = _aliased(tracking_uri, model_name, CHALLENGER)
     if challenger is not None and challenger[0] != champion[0]:
         percent = ExperimentConfig().challenger_percent if challenger_percent is None else challenger_percent
@@ -99,7 +107,7 @@ def deploy_local(
             "percent": float(percent), "interleave_percent": float(interleave_percent),
             "started_at": _now(),
         }
-    _write_record(home, record)
+    write_record(home, record)
     return record
 
 
@@ -168,7 +176,7 @@ def promote_local(home: Path | None = None) -> list[str]:
     actions = []
     if challenger:
         promoted = {k: challenger[k] for k in ("version", "model_dir", "model_version")}
-        _write_record(home, {**{k: v for k, v in record.items() if k != "challenger"},
+        write_record(home, {**{k: v for k, v in record.items() if k != "challenger"},
                              **promoted, "deployed_at": _now()})
         actions.append(f"serving: version {challenger['version']} now answers everyone "
                        f"(was {record['version']})")
@@ -187,7 +195,7 @@ def rollback_local(home: Path | None = None) -> list[str]:
     challenger = record.get("challenger")
     actions = []
     if challenger:
-        _write_record(home, {**{k: v for k, v in record.items() if k != "challenger"},
+        write_record(home, {**{k: v for k, v in record.items() if k != "challenger"},
                              "rolled_back": challenger["version"]})
         actions.append(f"serving: version {record['version']} answers everyone again "
                        f"(version {challenger['version']} withdrawn)")

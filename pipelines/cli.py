@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -16,6 +17,24 @@ from pathlib import Path
 from components.errors import RecsysError
 
 log = logging.getLogger("recsys")
+
+
+def command(name: str = "recsys") -> str:
+    """How to type `name` (recsys, mlflow: the virtualenv's executables) so that a printed
+    command works when copied: the bare name when the shell finds this very executable on the
+    PATH, else its path (relative to the working directory when under it, `.venv/bin/recsys`)."""
+    here = Path(sys.argv[0]) if Path(sys.argv[0]).name == "recsys" else None
+    candidate = (here.parent if here else Path(sys.executable).parent) / name
+    found = shutil.which(name)
+    if found and (not candidate.exists() or Path(found).resolve() == candidate.resolve()):
+        return name
+    if not candidate.exists():
+        return f"{sys.executable} -m pipelines.cli" if name == "recsys" else name
+    absolute = candidate.absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -120,17 +139,18 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"alias {reg['alias'] or 'none (gate refused)'} - {reg['reason']}")
     if dep.get("action") == "local":
         tried = dep.get("challenger")
-        print(f"Deployed locally: `recsys serve` serves version {dep['version']} from {dep['model_dir']}"
+        print(f"Deployed locally: `{command()} serve` serves version {dep['version']} from {dep['model_dir']}"
               + (f", and version {tried['version']} to {tried['percent']:g}% of users as the "
                  "challenger" if tried else ""))
     print(f"HTML report: {report}")
     db = summary["tracking_uri"]
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
+    print(f"MLflow UI:   {command('mlflow')} ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
     from serving.console.config import DEFAULT_PORT
 
-    print(f"Console:     recsys console --home {home.resolve()}   (then open "
-          f"http://127.0.0.1:{DEFAULT_PORT}; `recsys serve` and `recsys events serve` beside it "
-          "for Try it)")
+    recsys = command()
+    print(f"Console:     {recsys} console --home {home.resolve()}   (then open "
+          f"http://127.0.0.1:{DEFAULT_PORT}; `{recsys} serve` and `{recsys} events serve` beside "
+          "it for Try it)")
     return 0
 
 
@@ -141,7 +161,9 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compile", help="write the pipelines' IR YAML for a Kubeflow UI",
                        description="Compile the training and the monitoring pipelines to KFP v2 IR "
-                       "YAML.")
+                       "YAML. Without --output it regenerates the committed files (what `make "
+                       "compile` does), with the default images only; for your own images, write "
+                       "to a file of yours with --output (and --pipeline).")
     p.add_argument("--pipeline", choices=("all", "training", "monitoring"), default=None,
                    help="which pipeline (default: all, or training when --output names a file)")
     p.add_argument("--output", type=Path, default=None,
@@ -158,6 +180,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from components.errors import ConfigError
+    from components.kfp_components import DEFAULT_IMAGE, SERVING_IMAGE
     from pipelines.monitoring import COMPILED_PATH as MONITORING_PATH
     from pipelines.monitoring import compile_monitoring_pipeline
     from pipelines.pipeline import COMPILED_PATH, compile_pipeline
@@ -166,13 +189,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
         args.pipeline = "training" if args.output is not None else "all"
     if args.output is not None and args.pipeline == "all":
         raise ConfigError("--output names one file: add --pipeline training or --pipeline monitoring")
+    if args.output is None and (args.image, args.serving_image) != (DEFAULT_IMAGE, SERVING_IMAGE):
+        raise ConfigError("other images would change the committed pipelines/compiled/*.yaml: "
+                          "pass --output FILE (and --pipeline training or monitoring)")
     try:
-        if args.pipeline in ("all", "training"):
-            target = args.output or COMPILED_PATH
-            print(compile_pipeline(target, args.image, args.serving_image))
-        if args.pipeline in ("all", "monitoring"):
-            target = args.output or MONITORING_PATH
-            print(compile_monitoring_pipeline(target, args.image, args.serving_image))
+        for name, default, compile_ in (("training", COMPILED_PATH, compile_pipeline),
+                                        ("monitoring", MONITORING_PATH, compile_monitoring_pipeline)):
+            if args.pipeline in ("all", name):
+                target = args.output or default
+                written = compile_(target, args.image, args.serving_image)
+                what = ("the committed file, regenerated" if args.output is None
+                        else f"images {args.image} and {args.serving_image}")
+                print(f"wrote the {name} pipeline to {written} ({what})")
     except OSError as exc:
         raise RecsysError(f"--output {target}: cannot write: {exc.strerror or exc}") from None
     return 0
@@ -285,6 +313,18 @@ _SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cl
                                          "pipelines.simulate", "pipelines.cli_console")
 
 
+# Libraries that log every call at INFO (httpx: one "HTTP Request: POST ..." line per request).
+_CHATTY_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_libraries() -> None:
+    """What a command prints is its own output: the libraries' per-request INFO lines and
+    MLflow's download progress bars only with --verbose (the commands that have it)."""
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recsys",
@@ -306,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not getattr(args, "verbose", False):
+        quiet_libraries()
     try:
         return args.func(args)
     except RecsysError as exc:

@@ -85,15 +85,44 @@ def _rollout_clients(args: argparse.Namespace):
     return kube_api(), MlflowClient(tracking_uri=args.tracking_uri)
 
 
+def rollout_target(args: argparse.Namespace) -> str:
+    """local or cluster: --target, else cluster inside a pod or with a kubeconfig, else local."""
+    if args.target != "auto":
+        return args.target
+    kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    return "cluster" if in_cluster or any(Path(p).is_file() for p in kubeconfig.split(os.pathsep)) else "local"
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     from serving import rollout
 
+    if rollout_target(args) == "local":
+        return _rollout_local(args)
     api, registry = _rollout_clients(args)
     operation = {"status": rollout.rollout_status, "promote": rollout.promote,
                  "rollback": rollout.rollback}[args.rollout_command]
     status = operation(api, registry, name=args.name, namespace=args.namespace,
                        model_name=args.model_name)
     print(rollout.format_status(status))
+    return 0
+
+
+def _rollout_local(args: argparse.Namespace) -> int:
+    """The run home's deployment record (what `recsys serve` serves) and the registry."""
+    from components.deploy import RECORD, promote_local, rollback_local
+    from components.registry import default_home
+    from serving.rollout import format_local_status, local_status
+
+    home = (args.home or default_home()).resolve()
+    if not (home / RECORD).is_file():
+        raise ConfigError(f"no local deployment under {home} (no {RECORD}): run `recsys run` "
+                          "first, or pass --target cluster with a kubeconfig")
+    actions: list[str] = []
+    if args.rollout_command != "status":
+        actions = (promote_local if args.rollout_command == "promote" else rollback_local)(home)
+    print(format_local_status(local_status(home, tracking_uri=args.tracking_uri or None,
+                                           model_name=args.model_name), actions))
     return 0
 
 
@@ -119,10 +148,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_schedule)
 
     p = subparsers.add_parser(
-        "rollout", help="champion/canary status, promote or rollback on KServe",
-        description="Inspect or finish the canary rollout of the KServe InferenceService; "
-        "promote and rollback change the cluster first, then the MLflow aliases, and are safe "
-        "to run again after a failure.",
+        "rollout", help="champion/canary status, promote or rollback (KServe, or locally)",
+        description="Inspect or finish the canary rollout of the KServe InferenceService, or "
+        "locally of the run home's deployment record; promote and rollback change what serves "
+        "first, then the MLflow aliases, and are safe to run again after a failure.",
     )
     actions = p.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
     for action, text in (("status", "who serves what, traffic split, readiness, registry aliases"),
@@ -134,7 +163,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         q.add_argument("--model-name", default="recsys",
                        help="MLflow registered model name (default: %(default)s)")
         q.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""),
-                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; locally the "
+                       "deployment record's)")
+        q.add_argument("--target", choices=("auto", "local", "cluster"), default="auto",
+                       help="local: the run home's deployment record (what `recsys serve` "
+                       "serves) and its registry; cluster: the KServe InferenceService "
+                       "(default: cluster inside a pod or with a kubeconfig ($KUBECONFIG, "
+                       "~/.kube/config), else local)")
+        q.add_argument("--home", type=Path, default=None,
+                       help="local: the run home (default: $RECSYS_HOME or ./runs)")
         q.set_defaults(func=cmd_rollout)
     from pipelines.rollout_analyze import add_analyze
 

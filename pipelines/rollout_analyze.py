@@ -27,7 +27,6 @@ from typing import Any
 
 from components.errors import RecsysError
 
-DEFAULT_METRICS_URL = "http://127.0.0.1:8080/metrics"
 # kube-prometheus-stack's Service, as terraform/ installs it.
 DEFAULT_PROMETHEUS = "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"
 
@@ -45,6 +44,7 @@ class Target:
     revisions: dict[str, str] = field(default_factory=dict)  # cluster: revision -> version
     model_name: str = "recsys"
     tracking_uri: str | None = None
+    metrics_url: str | None = None  # local: the predictor the deployment record names
 
 
 def artifact_version(client: Any, tracking_uri: str, model_name: str, version: str) -> str:
@@ -81,8 +81,14 @@ def local_target(home: Path) -> Target:
         "local", record["model_version"], challenger["model_version"],
         registry_champion=record["version"], registry_challenger=challenger["version"],
         started_at=_parse_time(started) if started else None, model_name=record["model_name"],
-        tracking_uri=record.get("tracking_uri"),
+        tracking_uri=record.get("tracking_uri"), metrics_url=recorded_metrics_url(record),
     )
+
+
+def recorded_metrics_url(record: dict[str, Any]) -> str | None:
+    """The /metrics of the predictor a deployment record names (`recsys serve` writes it)."""
+    url = (record.get("predictor") or {}).get("url")
+    return f"{url}/metrics" if url else None
 
 
 def cluster_target(api: Any, tracking_uri: str, *, name: str, namespace: str,
@@ -134,7 +140,11 @@ def serving_health(args: argparse.Namespace, target: Target) -> tuple[dict, list
         if target.kind == "cluster":
             window = int(time.time() - target.started_at) if target.started_at else 3600
             return cluster_health(args.prometheus, args.namespace, target.revisions, window), []
-        return scrape_local(args.metrics_url, args.model_name), []
+        url = args.metrics_url or target.metrics_url
+        if url is None:
+            return {}, [("serving guardrails not measured: the deployment record names no "
+                         "predictor (start `recsys serve`, or pass --metrics-url)")]
+        return scrape_local(url, args.model_name), []
     except RecsysError as exc:
         return {}, [f"serving guardrails not measured: {exc}"]
 
@@ -289,6 +299,10 @@ def run_analysis(args: argparse.Namespace) -> Outcome:
             raise RecsysError("--auto acts on the deployment: leave out --champion-version and "
                               "--challenger-version")
         target = Target(kind, args.champion_version, args.challenger_version)
+        if kind == "local" and (home / "deployment.json").is_file():
+            from components.deploy import read_record
+
+            target.metrics_url = recorded_metrics_url(read_record(home / "deployment.json"))
     elif args.champion_version or args.challenger_version:
         raise RecsysError("give both --champion-version and --challenger-version, or neither")
     elif kind == "local":
@@ -358,8 +372,9 @@ def add_analyze(actions: argparse._SubParsersAction) -> None:
                    help="compare these model versions (as answers carry them) instead of the "
                    "deployment's; not with --auto")
     q.add_argument("--challenger-version", default=None, metavar="V")
-    q.add_argument("--metrics-url", default=DEFAULT_METRICS_URL,
-                   help="local: the predictor's /metrics (default: %(default)s)")
+    q.add_argument("--metrics-url", default=None,
+                   help="local: the predictor's /metrics (default: that of the predictor the "
+                   "run home's deployment record names, where `recsys serve` wrote its address)")
     q.add_argument("--prometheus", default=os.environ.get("PROMETHEUS_URL", DEFAULT_PROMETHEUS),
                    help="cluster: Prometheus' URL (default: $PROMETHEUS_URL, else %(default)s)")
     q.add_argument("--name", default="recsys", help="InferenceService name (default: %(default)s)")

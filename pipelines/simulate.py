@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from components.errors import RecsysError
+from serving.events import DEFAULT_PORT as EVENTS_PORT
 
 log = logging.getLogger("recsys.simulate")
 
@@ -47,6 +48,7 @@ MODEL_CONFIGS = {
              "content": {"enabled": False}, "ranker": {"enabled": False}},
 }
 BATCH = 20  # sessions per request to the model server
+SESSIONS, TRAFFIC_SESSIONS = 60_000, 2_000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,17 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0] + " Serves a champion and a challenger, replays "
         "simulated users whose clicks come from their real future on the default data, posts "
         "every event through the events API, runs the analysis periodically and prints the "
-        "decision trail.")
+        "decision trail. With --traffic, only the traffic, into the run home's own model "
+        "server and events service (see --traffic).")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="better",
                    help="better: a challenger better offline; worse: a worse one; same: A/A "
                    "(default: %(default)s)")
     p.add_argument("--home", type=Path, default=None,
-                   help="run home; the simulation works in HOME/simulation (default: "
-                   "$RECSYS_HOME or ./runs)")
+                   help="run home; the simulation works in HOME/simulation, --traffic in HOME "
+                   "itself (default: $RECSYS_HOME or ./runs)")
     p.add_argument("--users", type=int, default=4_000,
                    help="simulated users, each replaying one real user (default: %(default)s)")
-    p.add_argument("--sessions", type=int, default=60_000,
-                   help="at most this many sessions (default: %(default)s)")
+    p.add_argument("--sessions", type=int, default=None,
+                   help=f"at most this many sessions (default: {SESSIONS:,}; with --traffic "
+                   f"{TRAFFIC_SESSIONS:,})")
     p.add_argument("--analyze-every", type=int, default=2_000, metavar="N",
                    help="run the analysis every N sessions (default: %(default)s)")
     p.add_argument("--challenger-percent", type=float, default=50.0,
@@ -78,6 +82,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-detectable-effect", type=float, default=0.2,
                    help="relative CTR lift the power analysis is sized for (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--traffic", action="store_true",
+                   help="traffic only, into the run home itself (not HOME/simulation): the "
+                   "simulated users are the real users of the data the home's model trained on "
+                   "(its training_source.json), asking the predictor the home's deployment "
+                   "record names and posting their clicks, likes and ratings to an events "
+                   "service on the home's feedback store; either is started (and stopped at the "
+                   "end) when none answers. No second model, no analysis, no decision: "
+                   "afterwards `recsys monitor` has a window to test and the console has "
+                   "requests, impressions and events to show")
+    p.add_argument("--events-url", default=f"http://127.0.0.1:{EVENTS_PORT}",
+                   help="--traffic: the events service to use if one answers there (it must "
+                   "write to the home's feedback store, as `recsys events serve` run for this "
+                   "home does); else one is started on its port when free (else any free port) "
+                   "(default: %(default)s)")
+    p.add_argument("--http-port", type=int, default=8080,
+                   help="--traffic: the port of the model server it starts, when free (else "
+                   "any free port) (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print the libraries' logs (one line per HTTP request, MLflow's "
+                   "download progress bars); the services' logs are always in HOME/simulation/logs")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -249,6 +273,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from components.split import split_interactions
     from pipelines.rollout_analyze import run_analysis
 
+    if args.traffic:
+        return cmd_traffic(args)
+    if args.sessions is None:
+        args.sessions = SESSIONS
     if not 0 <= args.challenger_percent + args.interleave_percent <= 100:
         raise RecsysError("--challenger-percent and --interleave-percent must add up to 100 at most")
     if args.users < 10 or args.sessions < args.analyze_every or args.analyze_every < BATCH:
@@ -383,3 +411,161 @@ def _trail_line(sessions: int, outcome: Any, versions: dict[str, str], seconds: 
     if analysis.decision.action != "continue":
         print(f"{'':>8}  why: {analysis.decision.reasons[0]}", flush=True)
     return line
+
+
+# ------------------------------------------------------------------ --traffic: the home itself
+def _answers(url: str) -> dict | None:
+    """The JSON body of a 200 answer at `url`, else None."""
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return {}
+
+
+def _port(preferred: int) -> int:
+    """`preferred` when it is free, else any free port."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return _free_port()
+
+
+def _traffic_data(home: Path) -> tuple[Any, Any]:
+    """The data the home's model trained on (as `recsys run` recorded it) and its split."""
+    import yaml
+
+    from components.config import config_from_dict
+    from components.data import load_dataset
+    from components.split import split_interactions
+    from pipelines.cli_monitor import SOURCE_RECORD
+
+    record = home / SOURCE_RECORD
+    source = json.loads(record.read_text()) if record.is_file() else {}
+    name = source.get("data") or "movielens-dslabs"
+    sizes = {k: source[k] for k in ("synthetic_users", "synthetic_items",
+                                    "synthetic_interactions", "seed") if k in source}
+    data = load_dataset(name, source.get("items") or None, **sizes)
+    config = config_from_dict(yaml.safe_load(source.get("config_yaml") or "") or {})
+    return data, split_interactions(data.interactions, config.split)
+
+
+class RealUsers(SimulatedUsers):
+    """Simulated users who are the data's own users: the model knows them by their ids. They
+    visit in proportion to their held-out interactions, as the drift references assume (each
+    held-out interaction stands for a request by its user)."""
+
+    def __init__(self, train: Any, future: Any, items: np.ndarray, population: int, seed: int):
+        super().__init__(train, future, items, population, seed)
+        activity = np.diff(self.futures.ratings.tocsr().indptr).astype(float)
+        self.real = self.rng.choice(len(activity), population, p=activity / activity.sum())
+
+    def user_id(self, index: int) -> str:
+        return str(self.futures.user_ids[self.real[index]])
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    """Requests and feedback into the run home's own serving stack (see --traffic)."""
+    import os
+
+    import httpx
+
+    from components.deploy import resolve_deployment
+    from components.feedback_store import default_store_url, display_url
+    from components.registry import default_home
+    from components.simulation import ClickModel
+
+    sessions = TRAFFIC_SESSIONS if args.sessions is None else args.sessions
+    if args.users < 10 or sessions < BATCH:
+        raise RecsysError(f"need --users >= 10 and --sessions >= {BATCH}")
+    home = (args.home or default_home()).resolve()
+    record = resolve_deployment(home)  # one line when nothing was deployed
+    data, split = _traffic_data(home)
+    model_name = record["model_name"]
+    env = {**os.environ, "RECSYS_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    processes = []
+    try:
+        model_url = (record.get("predictor") or {}).get("url")
+        if not model_url or _answers(f"{model_url}/v2/models/{model_name}/ready") is None:
+            http_port = _port(args.http_port)
+            model_url = f"http://127.0.0.1:{http_port}"
+            processes.append(_start(
+                [_recsys(), "serve", "--home", str(home), "--http-port", str(http_port),
+                 "--grpc-port", str(_port(args.http_port + 1))],
+                home / "logs" / "traffic-serve.log", env,
+                f"{model_url}/v2/models/{model_name}/ready", "model server"))
+            print(f"started the model server at {model_url} (log {home / 'logs' / 'traffic-serve.log'})",
+                  flush=True)
+        else:
+            print(f"model server: the running one at {model_url}", flush=True)
+        store = default_store_url(home)
+        events_url = args.events_url.rstrip("/")
+        if _answers(f"{events_url}/healthz") is None:
+            from urllib.parse import urlparse
+
+            port = _port(urlparse(events_url).port or EVENTS_PORT)
+            events_url = f"http://127.0.0.1:{port}"
+            processes.append(_start(
+                [_recsys(), "events", "serve", "--store", store, "--port", str(port)],
+                home / "logs" / "traffic-events.log", env, f"{events_url}/healthz",
+                "events service"))
+            print(f"started the events service at {events_url} on {display_url(store)}", flush=True)
+        else:
+            print(f"events service: the running one at {events_url}", flush=True)
+        users = RealUsers(split.train, split.test, data.items["item_id"].astype(str).to_numpy(),
+                          args.users, args.seed)
+        click_model, rng = ClickModel(), np.random.default_rng(args.seed + 1)
+        counts: dict[str, int] = {}
+        started, wall = time.monotonic(), time.time()
+        with httpx.Client(timeout=60) as client:
+            for serial in range(-(-sessions // BATCH)):
+                indices = rng.integers(0, len(users.real), BATCH).tolist()
+                request_id = f"traffic-{args.seed}-{int(started)}-{serial}"
+                instances = [{"user_id": users.user_id(i), "k": 10,
+                              "exclude_item_ids": users.clicked[i]} for i in indices]
+                response = client.post(f"{model_url}/v1/models/{model_name}:predict",
+                                       json={"instances": instances},
+                                       headers={"x-request-id": request_id})
+                if response.status_code != 200:
+                    raise RecsysError(f"the model server answered {response.status_code}: "
+                                      f"{response.text[:300]}")
+                answer = {**response.json(), "id": request_id}
+                events = _session_events(users, indices, answer, click_model, rng,
+                                         f"{int(started)}-{serial}")
+                if events:
+                    posted = client.post(f"{events_url}/v1/events", json=events)
+                    if posted.status_code != 200:
+                        raise RecsysError(f"the events service answered {posted.status_code}: "
+                                          f"{posted.text[:300]}")
+                for event in events:
+                    counts[event["type"]] = counts.get(event["type"], 0) + 1
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+    requests = -(-sessions // BATCH)
+    from components.feedback_store import FeedbackStore
+
+    with FeedbackStore(store, create=False) as written:
+        landed = len(written.read_events(since=wall - 1))
+    if counts and not landed:
+        raise RecsysError(f"the events service at {events_url} answered, but none of the events "
+                          f"reached this home's store ({display_url(store)}): it writes to "
+                          "another store; stop it or pass --events-url")
+    print(f"sent {requests * BATCH:,} sessions in {requests:,} requests ({time.monotonic() - started:.0f}s) "
+          f"to {model_url}, and {sum(counts.values()):,} events ("
+          + ", ".join(f"{n:,} {kind}s" for kind, n in sorted(counts.items())) + f") to {events_url}")
+    print(f"the served answers are in {home / 'requests'} (unless that predictor logs elsewhere), "
+          f"the feedback in {display_url(store)}: `recsys monitor --home {home}` tests them", flush=True)
+    return 0

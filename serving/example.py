@@ -1,12 +1,15 @@
-"""`python -m serving.example [--write README.md]`: the README's serving example, answered by
-the model `make run` deployed (`make readme-example`).
+"""`python -m serving.example [--write README.md]`: the README's serving and real-time history
+examples, answered by the model `make run` deployed (`make readme-example`).
 
 It starts the model server (`python -m serving`) on free loopback ports, sends the README's
 three requests (v2 for a known and an unseen user, the same over v1, similar items from a
 misspelt title), and prints the block of the README that shows them: the requests, the
 answers as the server gave them, and the titles they stand for. With `--write FILE` it
 replaces the block between `<!-- serving-example:start -->` and `<!-- serving-example:end -->`
-in FILE, so that the example never drifts from what the model answers.
+in FILE, so that the example never drifts from what the model answers; likewise the block
+between `<!-- history-example:start -->` and `<!-- history-example:end -->`: user 1's answer, a
+like of its first item through the events service (`python -m serving.events`), and the next
+answer, from the same model (so the two blocks show the same first answer).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import time
 from pathlib import Path
 
 START, END = "<!-- serving-example:start -->", "<!-- serving-example:end -->"
+# The real-time history example, answered by the same model (so the two never disagree).
+HISTORY_START, HISTORY_END = "<!-- history-example:start -->", "<!-- history-example:end -->"
 V2_REQUEST = {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [2], "data": ["1", "new-user"]},
                          {"name": "k", "datatype": "INT32", "shape": [1], "data": [3]}]}
 V1_USER = {"instances": [{"user_id": "1", "k": 3}]}
@@ -67,6 +72,86 @@ def ask(model_dir: Path) -> dict:
             server.terminate()
             server.wait(30)
     return {"v2": v2, "v1_user": v1_user, "v1_title": v1_title}
+
+
+def _wait(url: str, process: subprocess.Popen, log, what: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while True:
+        if process.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"the {what} exited:\n{log.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the {what} did not become ready in 300s")
+        time.sleep(0.5)
+
+
+def ask_history(model_dir: Path) -> dict:
+    """User 1's answer, a like of its first item through the events service, the next answer:
+    a model server and an events service sharing a fresh feedback store."""
+    import httpx
+
+    http, grpc, events = _free_port(), _free_port(), _free_port()
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
+        store = f"sqlite:///{Path(tmp) / 'feedback.db'}"
+        processes = [subprocess.Popen(
+            [sys.executable, "-m", "serving.events", "--store", store, "--port", str(events)],
+            stdout=log, stderr=subprocess.STDOUT)]
+        try:
+            _wait(f"http://127.0.0.1:{events}/healthz", processes[0], log, "events service")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host",
+                 "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc),
+                 "--online-store", store], stdout=log, stderr=subprocess.STDOUT))
+            url = f"http://127.0.0.1:{http}"
+            _wait(f"{url}/v2/health/ready", processes[1], log, "server")
+            ask = lambda: httpx.post(f"{url}/v1/models/recsys:predict", json=V1_USER,
+                                     timeout=30).json()["predictions"][0]
+            first = ask()
+            liked = first["item_ids"][0]
+            event = {"event_id": "e-2", "type": "like", "user_id": "1", "item_id": liked}
+            httpx.post(f"http://127.0.0.1:{events}/v1/events", json=event, timeout=30).raise_for_status()
+            deadline, second = time.monotonic() + 30, first
+            while liked in second["item_ids"] and time.monotonic() < deadline:
+                time.sleep(0.5)
+                second = ask()
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(30)
+    return {"first": first, "second": second, "event": event}
+
+
+def render_history(answers: dict, titles: dict[str, str]) -> str:
+    first, second, event = answers["first"], answers["second"], answers["event"]
+    named = lambda items: [titles.get(i, i) for i in items]
+    liked, *rest = named(first["item_ids"])
+    nxt = named(second["item_ids"])
+    v1 = "curl -s localhost:8080/v1/models/recsys:predict -d '" + json.dumps(V1_USER) + "'"
+    return "\n".join([
+        HISTORY_START,
+        "```bash",
+        "recsys serve & recsys events serve &      # after `make run`: one run home, no flags",
+        v1,
+        f'# [{{"user_id": "1", "cold_start": false, "item_ids": {json.dumps(first["item_ids"])}, ...}}]',
+        "curl -s localhost:8090/v1/events -H 'content-type: application/json' -d '"
+        + json.dumps(event) + "'",
+        "sleep 1; " + v1,
+        f'# [{{"user_id": "1", "cold_start": false, "item_ids": {json.dumps(second["item_ids"])}, ...}}]',
+        "```",
+        "",
+        f"User 1 liked {liked}, the top of the first answer (with {'; '.join(rest)}); the",
+        f"next answer is {'; '.join(nxt)}, scored with {liked} in the history, and",
+        "`runs/feedback.db` holds both answers as impressions.",
+        "(Regenerated by `make readme-example` from the model `make run` deployed, as the example above.)",
+        HISTORY_END,
+    ])
 
 
 def render(answers: dict, titles: dict[str, str]) -> str:
@@ -121,12 +206,13 @@ def render(answers: dict, titles: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
+def replace_block(text: str, block: str, markers: tuple[str, str] = (START, END)) -> str:
     """`text` with the part between the markers (markers included) replaced by `block`."""
-    start, end = text.find(START), text.find(END)
+    begin, finish = markers
+    start, end = text.find(begin), text.find(finish)
     if start < 0 or end < start:
-        raise ValueError(f"no {START} ... {END} block to replace")
-    return text[:start] + block + text[end + len(END):]
+        raise ValueError(f"no {begin} ... {finish} block to replace")
+    return text[:start] + block + text[end + len(finish):]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     items = model.data_.items
     titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str))) if "title" in items else {}
     block = render(ask(model_dir), titles)
+    history = render_history(ask_history(model_dir), titles)
     if args.write:
-        args.write.write_text(replace_block(args.write.read_text(), block))
-        print(f"rewrote the serving example in {args.write}")
+        text = replace_block(args.write.read_text(), block)
+        args.write.write_text(replace_block(text, history, (HISTORY_START, HISTORY_END)))
+        print(f"rewrote the serving and real-time history examples in {args.write}")
     else:
-        print(block)
+        print(block + "\n\n" + history)
     return 0
 
 

@@ -320,3 +320,119 @@ def format_status(status: RolloutStatus) -> str:
     lines += [f"done: {a}" for a in s.actions]
     lines += [f"note: {n}" for n in s.notes]
     return "\n".join(lines)
+
+
+# --- locally: the run home's deployment record ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalStatus:
+    """What the run home's deployment record says `recsys serve` serves, and the registry."""
+
+    home: str
+    model_name: str
+    tracking_uri: str
+    champion_version: str
+    champion_model_version: str
+    champion_dir: str
+    deployed_at: str | None
+    challenger_version: str | None
+    challenger_model_version: str | None
+    challenger_percent: float
+    interleave_percent: float
+    challenger_started_at: str | None
+    rolled_back: str | None
+    predictor_url: str | None
+    predictor_answers: bool | None  # None: no predictor recorded
+    registry_champion: str | None
+    registry_challenger: str | None
+    notes: tuple[str, ...] = ()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/v2/health/live", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def local_status(home: Any, *, tracking_uri: str | None = None,
+                 model_name: str | None = None) -> LocalStatus:
+    """Read `<home>/deployment.json`, the aliases of its registry, and whether the predictor it
+    names answers."""
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from components.deploy import RECORD, read_record
+
+    record = read_record(Path(home) / RECORD)
+    model_name = model_name or record["model_name"]
+    tracking_uri = tracking_uri or record["tracking_uri"]
+    aliases = _aliases(MlflowClient(tracking_uri=tracking_uri), model_name)
+    challenger = record.get("challenger") or {}
+    url = (record.get("predictor") or {}).get("url")
+    notes = []
+    champion, registry_champion = str(record["version"]), aliases.get(CHAMPION)
+    registry_challenger = aliases.get(CHALLENGER)
+    if registry_champion and registry_champion != champion:
+        notes.append(f"registry champion is version {registry_champion} but the record serves "
+                     f"version {champion} as champion")
+    if not challenger and registry_challenger == champion:
+        notes.append(f"version {champion} serves everyone but is still the registry's "
+                     "challenger: re-run `recsys rollout promote` to finish")
+    rolled_back = record.get("rolled_back")
+    if not challenger and rolled_back and registry_challenger == str(rolled_back):
+        notes.append(f"version {rolled_back} was rolled back but is still the registry's "
+                     "challenger: re-run `recsys rollout rollback` to finish")
+    if challenger and registry_challenger != str(challenger["version"]):
+        notes.append(f"the record tries version {challenger['version']} as challenger but the "
+                     f"registry's challenger is {registry_challenger or 'unset'}")
+    answers = _answers(url) if url else None
+    if url and not answers:
+        notes.append(f"no predictor answers at {url} (the last `recsys serve` of this home): "
+                     "start `recsys serve`")
+    elif not url:
+        notes.append("no predictor recorded: `recsys serve` writes its address here when it starts")
+    return LocalStatus(
+        home=str(home), model_name=model_name, tracking_uri=tracking_uri,
+        champion_version=champion, champion_model_version=str(record.get("model_version", "")),
+        champion_dir=str(record.get("model_dir", "")), deployed_at=record.get("deployed_at"),
+        challenger_version=str(challenger["version"]) if challenger else None,
+        challenger_model_version=challenger.get("model_version"),
+        challenger_percent=float(challenger.get("percent", 0.0)),
+        interleave_percent=float(challenger.get("interleave_percent", 0.0)),
+        challenger_started_at=challenger.get("started_at"),
+        rolled_back=str(rolled_back) if rolled_back else None, predictor_url=url,
+        predictor_answers=answers, registry_champion=registry_champion,
+        registry_challenger=registry_challenger, notes=tuple(notes))
+
+
+def format_local_status(s: LocalStatus, actions: list[str] | tuple[str, ...] = ()) -> str:
+    """The local counterpart of `format_status`: who serves what, and the registry."""
+    serving = ("-" if s.predictor_url is None else
+               f"{s.predictor_url} ({'answering' if s.predictor_answers else 'not answering'})")
+    lines = [f"local deployment {s.home}/deployment.json   predictor: {serving}",
+             f"phase: {'challenger' if s.challenger_version else 'rolled-back' if s.rolled_back else 'stable'}"
+             + (f"   deployed at {s.deployed_at}" if s.deployed_at else ""), ""]
+    rows = [("ROLE", "MLFLOW VERSION", "MODEL VERSION", "USERS", "SINCE")]
+    if s.challenger_version:
+        rest = 100.0 - s.challenger_percent - s.interleave_percent
+        rows.append(("champion", s.champion_version, s.champion_model_version, f"{rest:g}%",
+                     s.deployed_at or "-"))
+        rows.append(("challenger", s.challenger_version, s.challenger_model_version or "?",
+                     f"{s.challenger_percent:g}%", s.challenger_started_at or "-"))
+        if s.interleave_percent:
+            rows.append(("interleaved", "both", "-", f"{s.interleave_percent:g}%", "-"))
+    else:
+        rows.append(("champion", s.champion_version, s.champion_model_version, "100%",
+                     s.deployed_at or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines += ["", (f"MLflow '{s.model_name}' ({s.tracking_uri}): {CHAMPION} -> "
+                   f"{s.registry_champion or '-'}, {CHALLENGER} -> {s.registry_challenger or '-'}")]
+    lines += [f"done: {a}" for a in actions]
+    lines += [f"note: {n}" for n in s.notes]
+    return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,87 @@ def test_fit_on_u_data_as_a_file_suggests_its_directory(tmp_path, capfd):
     last = err.strip().splitlines()[-1]
     assert "found: 196\t242\t3\t881250949" in last
     assert f"pass the directory that holds it ({tmp_path / 'ml-100k'})" in last
+
+
+# ------------------------------------------------------------------ serve: ports and model dir
+@pytest.mark.parametrize("busy", ["--http-port", "--grpc-port"])
+def test_serve_on_a_port_in_use_is_one_line_before_loading(fitted, tmp_path, busy):
+    import socket
+
+    from serving_process import free_port
+
+    with socket.socket() as occupier:  # a real listener holds the port
+        occupier.bind(("127.0.0.1", 0))
+        occupier.listen(1)
+        taken = occupier.getsockname()[1]
+        ports = {"--http-port": free_port(), "--grpc-port": free_port(), busy: taken}
+        result = _recsys("serve", "--model-dir", fitted, "--no-online-store",
+                         *(str(x) for kv in ports.items() for x in kv), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"recsys serve: error: {busy} {taken}: cannot listen on 127.0.0.1:{taken}: Address already in use"
+    ]
+    assert result.stdout == ""
+
+
+def test_serve_with_a_missing_model_dir_says_so_and_creates_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RECSYS_HOME", "RECSYS_ONLINE_STORE")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(tmp_path / "nonexistent")],
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**env, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"recsys serve: error: --model-dir {tmp_path / 'nonexistent'}: no such directory"]
+    assert list(tmp_path.iterdir()) == []  # no ./runs, no feedback store
+
+
+def test_serve_prints_no_library_deprecation_warning_on_requests(fitted, tmp_path):
+    import httpx
+    from serving_process import free_port
+
+    http_port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(fitted),
+         "--no-online-store", "--http-port", str(http_port), "--grpc-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/v2/models/recsys/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, process.stdout.read()[-2000:]
+            time.sleep(0.2)
+        answer = httpx.post(f"{url}/v1/models/recsys:predict",
+                            json={"instances": [{"user_id": "1", "k": 3}]}, timeout=30)
+        assert answer.status_code == 200
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+    assert "POST /v1/models/recsys%3Apredict" in output  # the access log is still there
+    assert "Warning" not in output and "deprecated" not in output, output[-3000:]
+
+
+# ------------------------------------------------------------------ compile: what it writes
+def test_compile_never_puts_other_images_into_the_committed_yaml(tmp_path):
+    from pipelines.monitoring import COMPILED_PATH as MONITORING_PATH
+    from pipelines.pipeline import COMPILED_PATH
+
+    committed = {p: p.read_bytes() for p in (COMPILED_PATH, MONITORING_PATH)}
+    refused = _recsys("compile", "--image", "registry.example/recsys-pipeline:9", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        ("recsys compile: error: other images would change the committed "
+         "pipelines/compiled/*.yaml: pass --output FILE (and --pipeline training or monitoring)")]
+    target = tmp_path / "mine.yaml"
+    written = _recsys("compile", "--pipeline", "monitoring", "--image", "registry.example/p:9",
+                      "--serving-image", "registry.example/s:9", "--output", target, cwd=tmp_path)
+    assert written.returncode == 0, written.stderr[-2000:]
+    assert written.stdout.strip() == (f"wrote the monitoring pipeline to {target} (images "
+                                      "registry.example/p:9 and registry.example/s:9)")
+    assert "registry.example/p:9" in target.read_text()
+    assert {p: p.read_bytes() for p in committed} == committed  # left as committed

@@ -31,6 +31,9 @@ def test_simulate_promotes_a_better_challenger(tmp_path):
     assert (final["decision"], final["basis"]) == ("promote", "effect"), out[-3000:]
     assert final["challenger_ctr"] > final["champion_ctr"] and final["p_value"] <= 0.05
     assert "continue (waiting)" in out  # the trail: it waited before deciding
+    # Quiet by default: the table, not one log line per HTTP request nor download progress bars.
+    assert "HTTP Request:" not in out + result.stderr
+    assert "Downloading artifacts" not in out + result.stderr
     assert "done: serving: version 2 now answers everyone" in out
     assert "since the decision, answers come from: version" in out and "(the challenger model)" in out
     home = tmp_path / "simulation"
