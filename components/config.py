@@ -215,7 +215,7 @@ class ExperimentConfig(_Strict):
     interleave_percent: float = Field(0.0, ge=0.0, le=100.0)
     # keep: every impression counts for the version that answered it (KServe splits requests,
     # so a user may see both); drop: only users who saw one version (biased when the split is
-    # uneven, see components/experiment.py).
+    # uneven, see components/experiments/experiment.py).
     mixed_users: Literal["keep", "drop"] = "keep"
     guardrails: OnlineGuardrailConfig = OnlineGuardrailConfig()
 

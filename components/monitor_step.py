@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.monitor import Decision
+from components.monitoring.monitor import Decision
 
 log = logging.getLogger("recsys")
 
 
 def _champion_dir(tracking_uri: str, model_name: str, scratch: Path) -> Path:
     from components.errors import RecsysError
-    from components.registry import current_champion, download_model
+    from components.release.registry import current_champion, download_model
 
     champion = current_champion(tracking_uri, model_name)
     if champion is None:
@@ -48,10 +48,11 @@ def drift_check(
 ) -> Decision:
     """Check the window before `as_of` (0: now) against the champion; write the decision
     JSON and the report; returns the decision."""
-    from components.artifact import read_manifest, verify_files
-    from components.drift_features import ModelFacts
-    from components.drift_reference import load_references, reference_rows
-    from components.monitor import (
+    from components.feedback.observations import BadRows
+    from components.models.artifact import read_manifest, verify_files
+    from components.monitoring.drift_features import ModelFacts
+    from components.monitoring.drift_reference import load_references, reference_rows
+    from components.monitoring.monitor import (
         OnlineMetric,
         count_new_interactions,
         decide,
@@ -59,9 +60,8 @@ def drift_check(
         read_window,
         window_tables,
     )
-    from components.monitor_report import render_drift_report
-    from components.observations import BadRows
-    from components.registry import default_tracking_uri
+    from components.monitoring.monitor_report import render_drift_report
+    from components.release.registry import default_tracking_uri
     from components.steps import parse_config, retry_transient
 
     config = parse_config(config_yaml)
@@ -136,7 +136,7 @@ def drift_check(
     )
     if pushgateway:
         from components.errors import RecsysError
-        from components.monitor_metrics import push_decision
+        from components.monitoring.monitor_metrics import push_decision
 
         try:
             push_decision(pushgateway, decision, config.registry.model_name)
@@ -150,7 +150,7 @@ def _log_to_mlflow(
 ) -> None:
     from mlflow.entities import Metric
 
-    from components.registry import _client, _experiment_id, mlflow_metric_name
+    from components.release.registry import _client, _experiment_id, mlflow_metric_name
 
     client = _client(tracking_uri)
     run = client.create_run(

@@ -85,8 +85,8 @@ def fingerprint_source(
     """The source's content hash (see `data.source_fingerprint`), and the feedback's when
     training adds it; a missing, unreachable or forbidden source fails here, in one line.
     A column mapping (`data.parse_columns`) is part of the hash: it changes what is read."""
-    from components.data import parse_columns, source_fingerprint
-    from components.sources import is_remote, open_source
+    from components.data.ingest import parse_columns, source_fingerprint
+    from components.data.sources import is_remote, open_source
 
     digest = retry_transient(lambda: source_fingerprint(
         source, items or None, synthetic_users=synthetic_users, synthetic_items=synthetic_items,
@@ -108,7 +108,7 @@ def _with_feedback_fingerprint(digest: str, feedback: str) -> str:
     so new events re-run ingest and what follows it."""
     import hashlib
 
-    from components.observations import read_feedback_events
+    from components.feedback.observations import read_feedback_events
 
     events = read_feedback_events(feedback, types=("consume", "click", "like", "rating"))
     hashed = pd.util.hash_pandas_object(
@@ -134,7 +134,7 @@ def ingest(
     """Read the source as it is (plus the feedback interactions, when given: a store URL or
     an events file), its columns renamed by `columns` (`data.parse_columns`); returns where it
     came from (for validation messages)."""
-    from components.data import parse_columns, read_raw, with_feedback
+    from components.data.ingest import parse_columns, read_raw, with_feedback
 
     raw = retry_transient(lambda: read_raw(
         source,
@@ -157,7 +157,7 @@ def validate(
     interactions_in: str, items_in: str, interactions_out: str, items_out: str, *, name: str, origin: str, items_origin: str = ""
 ) -> str:
     """Apply the data contract; returns the data fingerprint. Bad data raises, writing nothing."""
-    from components.data import RawDataset, validate_raw
+    from components.data.ingest import RawDataset, validate_raw
 
     raw = RawDataset(
         pd.read_parquet(interactions_in), _read_items(items_in), name, origin, items_origin or None
@@ -170,7 +170,7 @@ def validate(
 
 
 def split(interactions_in: str, train_out: str, test_out: str, *, config_yaml: str = "") -> dict[str, int]:
-    from components.split import split_interactions
+    from components.data.split import split_interactions
 
     config = parse_config(config_yaml)
     parts = split_interactions(pd.read_parquet(interactions_in), config.split)
@@ -194,9 +194,9 @@ def train(
     serving will see next); returns its model version. With `dask_workers` > 0 the ranker's
     heavy steps run on a Dask cluster created for this step in `dask_namespace` (the
     dask-kubernetes operator's DaskCluster, from `dask_image`) and deleted when it ends."""
-    from components.artifact import read_manifest, save_model
-    from components.drift_reference import fit_references, save_references
+    from components.models.artifact import read_manifest, save_model
     from components.models.two_stage import TwoStageRecommender
+    from components.monitoring.drift_reference import fit_references, save_references
 
     config = parse_config(config_yaml)
     interactions, items = pd.read_parquet(train_in), _read_items(items_in)
@@ -224,9 +224,9 @@ def _train_on_dask(config: Config, interactions: pd.DataFrame, items: pd.DataFra
                    workers: int, image: str, namespace: str, memory: str):
     import uuid
 
-    from components.dask_cluster import create_cluster, delete_cluster
-    from components.distributed import dask_client
+    from components.models.distributed import dask_client
     from components.models.two_stage import TwoStageRecommender
+    from components.release.dask_cluster import create_cluster, delete_cluster
 
     name = f"recsys-fit-{uuid.uuid4().hex[:8]}"
     address = create_cluster(name, namespace, image, workers, memory=memory)
@@ -253,11 +253,11 @@ def evaluate(
     """Metrics of the model, each generator, popularity and the champion; the HTML report."""
     import tempfile
 
-    from components.artifact import load_model
     from components.errors import ArtifactError
-    from components.offline_eval import evaluate_model
-    from components.registry import current_champion, default_tracking_uri, download_model
-    from components.report import render_html_report
+    from components.evaluation.offline_eval import evaluate_model
+    from components.evaluation.report import render_html_report
+    from components.models.artifact import load_model
+    from components.release.registry import current_champion, default_tracking_uri, download_model
 
     config = parse_config(config_yaml)
     model = load_model(model_dir)
@@ -312,15 +312,15 @@ def register(
 ) -> dict[str, Any]:
     """Log and register in MLflow, applying the champion-challenger gate; the run records the
     training source (URL and fingerprint) as an `mlflow.data` input when `source` is given, and
-    the data identity (source and catalogue, see `components.data_identity`) on the version."""
-    from components.data_identity import model_identity
-    from components.registry import default_tracking_uri, register_model
-    from components.sources.lineage import training_input
+    the data identity (source and catalogue, see `components.data.data_identity`) on the version."""
+    from components.data.data_identity import model_identity
+    from components.data.sources.lineage import training_input
+    from components.release.registry import default_tracking_uri, register_model
 
     config = parse_config(config_yaml)
     results = json.loads(Path(results_in).read_text())
     params = _flatten(config_to_dict(config))
-    from components.artifact import read_manifest
+    from components.models.artifact import read_manifest
 
     manifest = read_manifest(model_dir)  # what the fit used, besides what the config enabled
     params["generators"] = ",".join(manifest.get("generators", []))
@@ -382,7 +382,7 @@ def deploy(
         log.info("gate refused version %s: the serving model is unchanged", registration["version"])
         return {"action": "none", "reason": registration.get("reason", "")}
     if target == "local":
-        from components.deploy import deploy_local
+        from components.release.deploy import deploy_local
 
         record = deploy_local(
             tracking_uri=registration["tracking_uri"], model_name=registration["model_name"]
@@ -390,7 +390,7 @@ def deploy(
         return {"action": "local", **record}
     from mlflow import MlflowClient
 
-    from components.kube_deploy import deploy_inference_service, object_store_uri
+    from components.release.kube_deploy import deploy_inference_service, object_store_uri
 
     client = MlflowClient(tracking_uri=registration["tracking_uri"])
     storage_uri = object_store_uri(

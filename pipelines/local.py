@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import RecsysError
-from components.registry import default_tracking_uri
+from components.release.registry import default_tracking_uri
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

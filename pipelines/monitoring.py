@@ -2,7 +2,7 @@
 the feedback → one summary.
 
 The check reads a window of served records and feedback events, tests it against the
-champion's drift references and decides (`components.monitor`). When it says `retrain` (and
+champion's drift references and decides (`components.monitoring.monitor`). When it says `retrain` (and
 `allow_retrain` is true), the training pipeline runs as a sub-DAG of the same run under
 `dsl.If`, on the original source plus the feedback interactions; its evaluate, register (the
 champion-challenger gate) and deploy (the canary on KServe) steps decide what happens to the

@@ -112,7 +112,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def _time_bounds(earliest: str, future_seconds: float):
     from datetime import UTC, datetime
 
-    from components.feedback_events import TimeBounds
+    from components.feedback.feedback_events import TimeBounds
 
     try:
         seconds = float(earliest)
@@ -133,8 +133,8 @@ def serve_events(args: argparse.Namespace) -> int:
     commit what is queued and close)."""
     import uvicorn
 
-    from components.feedback_store import FeedbackStore, default_store_url, display_url
-    from components.registry import default_home
+    from components.feedback.feedback_store import FeedbackStore, default_store_url, display_url
+    from components.release.registry import default_home
     from serving.connection_guard import apply
     from serving.events_service import EventsService, build_app
     from serving.limits import MAX_CONCURRENCY, connection_limits

@@ -2,7 +2,7 @@
 KServe's payload logger, in one ASGI app (`build_app`; `serving/events.py` runs it).
 
 - `POST /v1/events`: one event or a JSON array of up to `max_batch` (the contract is in
-  `components/feedback_events.py`). The batch is checked whole before anything is stored: one
+  `components/feedback/feedback_events.py`). The batch is checked whole before anything is stored: one
   bad event is a 400 `{"error": "<field>: <what>"}` and stores nothing; a body over
   `max_body_bytes` or a batch over `max_batch` is a 413. A 200 means committed:
   `{"accepted": n, "duplicates": m, "duplicate_ids": [...]}` (an event_id already stored is a
@@ -56,7 +56,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from components.feedback_events import UNIX_EPOCH, InvalidEvent, TimeBounds, normalize_batch
+from components.feedback.feedback_events import (
+    UNIX_EPOCH,
+    InvalidEvent,
+    TimeBounds,
+    normalize_batch,
+)
 from serving.events import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_EVENTS
 from serving.group_commit import GroupCommitter, Overloaded, accepted_rows
 from serving.impressions import ImpressionWriter, impressions_from_records

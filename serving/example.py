@@ -216,9 +216,9 @@ def replace_block(text: str, block: str, markers: tuple[str, str] = (START, END)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.artifact import load_model
-    from components.deploy import resolve_served_model
     from components.errors import RecsysError
+    from components.models.artifact import load_model
+    from components.release.deploy import resolve_served_model
 
     parser = argparse.ArgumentParser(prog="python -m serving.example", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, help="default: the model the last `recsys run` deployed")

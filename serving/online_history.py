@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from components.feedback_events import POSITIVE_TYPES
+from components.feedback.feedback_events import POSITIVE_TYPES
 
 # Under "kserve" so the model server's log configuration shows it; elsewhere it reaches the root.
 log = logging.getLogger("kserve.recsys.online_history")
@@ -314,7 +314,7 @@ class SqlHistorySource:
 
     def __init__(self, url: str, *, since_timestamp: float | None = None,
                  poll_seconds: float = 0.2):
-        from components.feedback_store import FeedbackStore
+        from components.feedback.feedback_store import FeedbackStore
 
         # No connection yet (a URL that cannot work fails here, at startup); the thread
         # connects, so a database that is down delays fresh history, not the predictor.
@@ -541,7 +541,7 @@ class PredictorFeedback:
     with a SQL feedback store, the writer of what it showed (impressions)."""
 
     def __init__(self, url: str, model: Any, model_name: str, *, prefix: str = DEFAULT_PREFIX):
-        from components.feedback_store import display_url
+        from components.feedback.feedback_store import display_url
 
         train_end = float(getattr(model.data_, "train_end", 0.0) or 0.0)
         self.history = open_fresh_history(url, model_name=model_name,

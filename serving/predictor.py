@@ -37,8 +37,8 @@ from kserve.errors import InvalidInput, ModelNotReady
 from kserve.logging import logger as kserve_logger
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
-from components.artifact import MANIFEST, load_model
 from components.errors import ArtifactError
+from components.models.artifact import MANIFEST, load_model
 from serving.limits import (
     DEFAULT_MAX_ANSWER_ITEMS,
     DEFAULT_MAX_BATCH_SIZE,

@@ -46,9 +46,9 @@ import numpy as np
 
 # The reader and the record's columns live in components (training and monitoring read the
 # log; they may not import serving); they are re-exported here beside the writer.
-from components.observations import REQUEST_LOG_COLUMNS as COLUMNS
-from components.observations import REQUEST_LOG_PATTERN as FILE_PATTERN
-from components.observations import read_request_log
+from components.feedback.observations import REQUEST_LOG_COLUMNS as COLUMNS
+from components.feedback.observations import REQUEST_LOG_PATTERN as FILE_PATTERN
+from components.feedback.observations import read_request_log
 from serving.jsonl_file import RotatingJsonLines
 
 __all__ = ["COLUMNS", "FILE_PATTERN", "LogEntry", "RequestLog", "check_writable",

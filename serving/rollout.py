@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from components.errors import RecsysError
-from components.kube_deploy import (
+from components.release.kube_deploy import (
     CANARY_STARTED_ANNOTATION,
     MODEL_VERSION_ANNOTATION,
     annotations,
@@ -366,7 +366,7 @@ def local_status(home: Any, *, tracking_uri: str | None = None,
 
     from mlflow import MlflowClient
 
-    from components.deploy import RECORD, read_record
+    from components.release.deploy import RECORD, read_record
 
     record = read_record(Path(home) / RECORD)
     model_name = model_name or record["model_name"]

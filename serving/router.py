@@ -1,7 +1,7 @@
 """The champion and a challenger behind one model name: a sticky split of users by a hash of the
 user id, and team-draft interleaving for another share of users (`recsys serve` locally).
 
-Each user's variant comes from `components.assignment` (a hash of the user id salted with the
+Each user's variant comes from `components.experiments.assignment` (a hash of the user id salted with the
 challenger's version): the same user sees the same model in every request, which is what makes
 the A/B analysis a user-level experiment. Every answer row carries the version that made it (the
 `model_versions` output, [B] BYTES; in v1 each prediction's `model_version`) while a challenger
@@ -12,7 +12,7 @@ positions records the version that placed the item (`source_version`).
 
 On a cluster this router is not used: KServe's `canaryTrafficPercent` splits requests between
 two revisions, each serving one model, so one user may see both. What that means for the
-statistics, and how the analysis handles it, is in `components/experiment.py`.
+statistics, and how the analysis handles it, is in `components/experiments/experiment.py`.
 
 The router reuses the predictor's parsing, model call and response shaping (its `_parse_*`,
 `_recommend`, `_v*_response` methods) so the serving contract stays in one place, and follows
@@ -38,7 +38,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Counter, Histogram
 
-from components.assignment import (
+from components.experiments.assignment import (
     CHALLENGER,
     CHAMPION,
     INTERLEAVED,
@@ -47,7 +47,7 @@ from components.assignment import (
     request_seed,
     user_bucket,
 )
-from components.interleaving import team_draft
+from components.experiments.interleaving import team_draft
 from serving.predictor import Answer, Query, RecommenderModel
 from serving.request_log import LogEntry, RequestLog
 
@@ -197,7 +197,7 @@ class ExperimentRouter(Model):
 
     def follow_record(self) -> None:
         """Serve what the local deployment record names now, loading any model not loaded yet."""
-        from components.deploy import read_record
+        from components.release.deploy import read_record
 
         record = read_record(self.record)
         arms = self._arms

@@ -262,7 +262,7 @@ def _check_online_store(url: str) -> None:
         except ValueError as exc:
             raise RecsysError(f"--online-store {url}: {exc}") from None
         return
-    from components.feedback_store import create_store_engine
+    from components.feedback.feedback_store import create_store_engine
 
     create_store_engine(url, pool_size=1).dispose()
 
@@ -279,7 +279,7 @@ def is_remote(model_dir: str) -> bool:
 def fetch_model(uri: str, destination: Path) -> Path:
     """Download a model artifact named by an MLflow or object-store URI into `destination`."""
     from components.errors import RecsysError
-    from components.registry import default_tracking_uri, download_model
+    from components.release.registry import default_tracking_uri, download_model
 
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     try:

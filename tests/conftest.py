@@ -27,7 +27,7 @@ def ml100k_dir() -> Path:
 @pytest.fixture(scope="session")
 def small_dataset():
     """A synthetic dataset with titles and genres: seconds to train on, real structure."""
-    from components.data import load_dataset
+    from components.data.ingest import load_dataset
 
     return load_dataset(
         "synthetic", synthetic_users=300, synthetic_items=200, synthetic_interactions=8_000, seed=7
@@ -37,7 +37,7 @@ def small_dataset():
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory, small_dataset) -> Path:
     """A two-stage model trained on `small_dataset` and saved as an artifact directory."""
-    from components.artifact import save_model
+    from components.models.artifact import save_model
     from components.models.two_stage import TwoStageRecommender
 
     model = TwoStageRecommender().fit(
@@ -55,7 +55,7 @@ def older_model_dir(tmp_path, small_model_dir) -> Path:
     import json
     import shutil
 
-    from components.artifact import _sha256
+    from components.models.artifact import _sha256
 
     older = tmp_path / "older-model"
     shutil.copytree(small_model_dir, older)

@@ -29,11 +29,11 @@ class ConsoleHome:
 
 def _register(model, test, dataset, directory: Path, version: str, tracking_uri: str,
               champion=None):
-    from components.artifact import save_model
     from components.config import GateConfig, RegistryConfig
-    from components.offline_eval import evaluate_model
-    from components.registry import register_model
-    from components.report import render_html_report
+    from components.evaluation.offline_eval import evaluate_model
+    from components.evaluation.report import render_html_report
+    from components.models.artifact import save_model
+    from components.release.registry import register_model
 
     artifact = save_model(model, directory / version, data_fingerprint=dataset.fingerprint,
                           model_version=version)
@@ -57,8 +57,8 @@ def build_home(home: Path, dataset, test, first, second, *, champion: str = "con
     clicked more often. `first` and `second` may be the same model (saved as two versions)."""
     from mlflow import MlflowClient
 
-    from components.deploy import RECORD, deploy_local
-    from components.feedback_store import FeedbackStore, default_store_url
+    from components.feedback.feedback_store import FeedbackStore, default_store_url
+    from components.release.deploy import RECORD, deploy_local
 
     home.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{home / 'mlflow.db'}"

@@ -56,7 +56,7 @@ def start(name: str, args: list[str], log: Path, health: str, *, url: str, home:
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RECSYS_FEEDBACK_STORE", None)
     with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the service
-        process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO,
+        process = subprocess.Popen([sys.executable, "-m", "pipelines.cli.main", *args], cwd=REPO,
                                    env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     service = Service(name, process, url, log)
@@ -103,7 +103,7 @@ def events_command_exists() -> bool:
     import contextlib
     import io
 
-    from pipelines.cli import build_parser
+    from pipelines.cli.main import build_parser
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from components.assignment import assign_variant, user_bucket
+from components.experiments.assignment import assign_variant, user_bucket
 
 
 def experiment_feedback(champion: str, challenger: str, *, rate_a: float, rate_b: float,

@@ -5,7 +5,7 @@ Builds a demo run home (default `build/console-demo`): two models trained on the
 way the pipeline does, deployed locally as champion and challenger (half the users each). Starts
 the predictor, the events service and the console on loopback ports, then plays simulated users:
 each asks the predictor for ten items and clicks those in their own held-out future with a
-position-biased probability (`components.simulation.ClickModel`); a click on an item the user
+position-biased probability (`components.experiments.simulation.ClickModel`); a click on an item the user
 rated 4 or more is also a like, with the rating. Every event goes through the events API.
 
 Then it photographs each page at 1280 px (and Try it on a 390 px phone), after a like on the
@@ -35,9 +35,9 @@ from console_stack import start_console, start_events, start_predictor
 
 def train(home: Path):
     from components.config import ModelConfig, RankerConfig, SplitConfig
-    from components.data import load_dataset
+    from components.data.ingest import load_dataset
+    from components.data.split import split_interactions
     from components.models.two_stage import TwoStageRecommender
-    from components.split import split_interactions
 
     dataset = load_dataset("movielens-dslabs")
     split = split_interactions(dataset.interactions, SplitConfig())
@@ -53,7 +53,7 @@ def train(home: Path):
 
 def play(predictor: str, events: str, test, sessions: int, seed: int = 0) -> int:
     """Simulated users through the real services; returns the number of events sent."""
-    from components.simulation import ClickModel
+    from components.experiments.simulation import ClickModel
 
     click = ClickModel()
     future = {u: dict(zip(g["item_id"].astype(str), g["rating"].astype(float)))

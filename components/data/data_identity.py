@@ -78,7 +78,7 @@ class DataIdentity:
 def source_identity(source: str) -> str:
     """The source as the pipeline reads it: a remote URL without credentials, a local path made
     absolute, a built-in data set's name as given."""
-    from components.sources import is_remote, open_source
+    from components.data.sources import is_remote, open_source
 
     if is_remote(source):
         return open_source(source).url

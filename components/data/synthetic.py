@@ -15,7 +15,7 @@ proportion to w_i φ_ik; a user's items are distinct. `truth_quality` scores top
 true p(i | u) of the items shown against the best k the user has not interacted with (the
 oracle's list), so 1.0 means "exactly what the generator would have picked".
 
-The small `synthetic` built-in (`components.data.synthetic_dataset`) is unchanged; this module
+The small `synthetic` built-in (`components.data.ingest.synthetic_dataset`) is unchanged; this module
 is for scale: everything is vectorised over users and topics, and 25M rows take about a minute.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from components.evaluate import ranking_metrics
+from components.evaluation.evaluate import ranking_metrics
 from components.models.two_stage import TwoStageRecommender
 
 _CHUNK = 512

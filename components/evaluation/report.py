@@ -15,7 +15,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 
-from components.evaluate import metrics_by_k
+from components.evaluation.evaluate import metrics_by_k
 
 Results = Mapping[str, Mapping[str, float]]
 

@@ -439,7 +439,7 @@ def analyze_labelled(labelled: pd.DataFrame, *, champion: str, challenger: str,
                      config: ExperimentConfig | None = None,
                      health: Mapping[str, VersionHealth] | None = None) -> Analysis:
     """`analyze` on impressions already labelled with what users did (`label_impressions`)."""
-    from components.interleaving import interleaving_analysis
+    from components.experiments.interleaving import interleaving_analysis
 
     config = config or ExperimentConfig()
     start = experiment_start(labelled, challenger)

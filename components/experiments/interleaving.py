@@ -129,8 +129,8 @@ def min_decided_requests(win_rate: float, alpha: float, power: float) -> int:
 def interleaving_analysis(interleaved: pd.DataFrame, *, champion: str, challenger: str,
                           config: ExperimentConfig, since: float | None, until: float | None,
                           metrics: dict[str, dict[str, Any]], serving: list, notes: list[str]):
-    """`components.experiment.analyze` for `method: interleaving`."""
-    from components.experiment import (
+    """`components.experiments.experiment.analyze` for `method: interleaving`."""
+    from components.experiments.experiment import (
         Analysis,
         Decision,
         GuardrailCheck,

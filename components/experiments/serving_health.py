@@ -15,7 +15,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from components.errors import RecsysError
-from components.experiment import VersionHealth
+from components.experiments.experiment import VersionHealth
 
 REVISION_LABEL = "serving_knative_dev_revision"
 

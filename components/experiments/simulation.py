@@ -12,7 +12,7 @@ from later answers, as the predictor does with the online store.
 
 `run_experiment` is the fast in-process loop for the benchmarks (hundreds of experiments): it
 serves precomputed rankings with the same exclusion and interleaving rules as the predictor,
-and reruns the real analysis (`components.experiment.analyze_labelled`) after every round of
+and reruns the real analysis (`components.experiments.experiment.analyze_labelled`) after every round of
 sessions. `recsys simulate` drives the same users and click model through the real services.
 """
 from __future__ import annotations
@@ -25,15 +25,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from components.assignment import (
+from components.config import ExperimentConfig
+from components.experiments.assignment import (
     VARIANTS,
     assign_variant,
     interleaved_version,
     request_seed,
     user_bucket,
 )
-from components.config import ExperimentConfig
-from components.interleaving import team_draft
+from components.experiments.interleaving import team_draft
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def run_experiment(rankings: dict[str, np.ndarray], futures: UserFutures, *, cha
     grown by that factor since the last look (fewer looks on long runs: the always-valid
     p-value is evaluated after every impression either way, so looks only decide when a
     decision is noticed)."""
-    from components.experiment import analyze_labelled
+    from components.experiments.experiment import analyze_labelled
 
     rng = np.random.default_rng(seed)
     n_real = len(futures.user_ids)

@@ -7,7 +7,7 @@ reads it back as a data source (`interactions`) and components may not import se
 
 Tables (created when absent):
 
-- `events`: one row per accepted feedback event (`components.feedback_events` has the
+- `events`: one row per accepted feedback event (`components.feedback.feedback_events` has the
   contract). `event_id` is the primary key and the client's idempotency key: a retried event
   is stored once and reported as a duplicate. On PostgreSQL each row also records the id of
   the transaction that wrote it (`commit_xid`, filled by the database), which gives readers a
@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from components.errors import ConfigError
-from components.feedback_events import (
+from components.feedback.feedback_events import (
     EVENT_COLUMNS,
     POSITIVE_TYPES,
     InvalidEvent,
@@ -209,7 +209,7 @@ class FeedbackStore:
     def add_events(self, events: Iterable[Mapping[str, Any]]) -> tuple[int, list[str]]:
         """Store a batch of events in one transaction; returns (number newly stored, the
         event_ids already stored, in batch order). An invalid event raises
-        `components.feedback_events.InvalidEvent` (placed by its batch index) and stores
+        `components.feedback.feedback_events.InvalidEvent` (placed by its batch index) and stores
         nothing."""
         received_at = time.time()
         rows: list[dict[str, Any]] = []

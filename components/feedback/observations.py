@@ -5,9 +5,9 @@
   a record is an error naming the file and the line. `read_request_log_window` reads only the
   newest rows a check needs, from the end of the newest files, in memory bounded by the window;
   a bad line there is skipped and counted in `BadRows` with its file and line.
-- Feedback events: from the feedback store (`components.feedback_store`, a SQLAlchemy URL) or
+- Feedback events: from the feedback store (`components.feedback.feedback_store`, a SQLAlchemy URL) or
   from a JSON-lines/CSV file of events. `validate_events` puts every one through the events
-  contract (`components.feedback_events`, the check the events service applies) and names the
+  contract (`components.feedback.feedback_events`, the check the events service applies) and names the
   file (or store), the row and the event of the first bad one; `events_to_interactions` turns
   the positive ones into interactions for training.
 - Impressions (the store's record of every item shown) become served rows when there is no
@@ -32,7 +32,12 @@ import numpy as np
 import pandas as pd
 
 from components.errors import DataValidationError
-from components.feedback_events import EVENT_FIELDS, POSITIVE_TYPES, InvalidEvent, normalize_event
+from components.feedback.feedback_events import (
+    EVENT_FIELDS,
+    POSITIVE_TYPES,
+    InvalidEvent,
+    normalize_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +428,7 @@ def redact(location: str) -> str:
     """A store URL without its password (files as they are), for messages."""
     if not is_store_url(location):
         return location
-    from components.feedback_store import display_url
+    from components.feedback.feedback_store import display_url
 
     return display_url(location)
 
@@ -440,7 +445,7 @@ def read_feedback_events(
     timestamp < until and of the given types (each optional). A bad event stops the read
     naming it, or, given `bad`, is skipped and counted there."""
     if is_store_url(location):
-        from components.feedback_store import FeedbackStore
+        from components.feedback.feedback_store import FeedbackStore
 
         with FeedbackStore(location) as store:
             raw = store.read_events(since=since, until=until, types=list(types) if types else None)
@@ -479,7 +484,7 @@ def read_impressions(
                 "timestamp",
             ]
         )
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     with FeedbackStore(location) as store:
         return store.read_impressions(since=since, until=until)

@@ -34,11 +34,11 @@ import scipy.sparse as sp
 
 from components.config import ModelConfig, SplitConfig
 from components.errors import ArtifactError
-from components.features import ItemStats, feature_names
 from components.models.als import AlsModel
 from components.models.base import USER_TIMES, TrainingData
 from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
+from components.models.features import ItemStats, feature_names
 from components.models.popularity import PopularityModel
 from components.models.two_stage import TwoStageRecommender
 

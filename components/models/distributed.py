@@ -6,7 +6,7 @@ per user) must not straddle machines, which partitions of whole users give by co
 The generators are fitted once on the driver (their fits are a few matrix factorisations and
 solves) and broadcast; each worker builds the examples of its users where they will be trained
 on, so the examples never travel. On a cluster the Dask cluster comes from the dask-kubernetes
-operator (`components.dask_cluster`); locally `recsys fit --workers N` starts an embedded
+operator (`components.release.dask_cluster`); locally `recsys fit --workers N` starts an embedded
 `LocalCluster`. Without either, the fit is the single-process one.
 
 The ranker is chosen as in the single-process fit: trained on four fifths of the users with
@@ -26,7 +26,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from components.features import feature_names
+from components.models.features import feature_names
 from components.models.two_stage import chosen_trees, truncated, validation_ndcg
 
 log = logging.getLogger(__name__)

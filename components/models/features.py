@@ -90,7 +90,7 @@ class ItemStats:
             state["mean_time"],
             state["mean_rating"],
             # Artifacts written before these existed load (their ranker is then refused by
-            # name, see components.artifact).
+            # name, see components.models.artifact).
             _times(state.get("first_seen"), len(state["log_popularity"])),
             _times(state.get("last_seen"), len(state["log_popularity"])),
             float(state.get("train_end", 0.0)),

@@ -24,21 +24,21 @@ import pandas as pd
 import scipy.sparse as sp
 
 from components.config import ModelConfig, SplitConfig
-from components.evaluate import ranking_metrics
-from components.features import (
+from components.data.split import kfold_splits, split_interactions
+from components.evaluation.evaluate import ranking_metrics
+from components.models.als import AlsModel
+from components.models.base import USER_TIMES, TrainingData, build_training_data, history_matrix
+from components.models.content import ContentModel
+from components.models.ease import EaseModel, SequenceEaseModel
+from components.models.features import (
     ItemStats,
     build_candidates,
     build_candidates_from_retrieval,
     feature_names,
     top_n,
 )
-from components.models.als import AlsModel
-from components.models.base import USER_TIMES, TrainingData, build_training_data, history_matrix
-from components.models.content import ContentModel
-from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.popularity import PopularityModel
 from components.models.retrieval import SparseLookup, top_unseen
-from components.split import kfold_splits, split_interactions
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Recommendations:
 
 def ndcg_of_groups(score: np.ndarray, label: np.ndarray, groups: np.ndarray, k: int) -> tuple[float, int]:
     """NDCG@k of query groups of consecutive rows ordered by score (ties in row order), by
-    `components.evaluate.ranking_metrics`, and how many groups it averages (those with a
+    `components.evaluation.evaluate.ranking_metrics`, and how many groups it averages (those with a
     relevant row)."""
     group_of_row = np.repeat(np.arange(len(groups)), groups)
     local = np.arange(len(score)) - np.repeat(np.cumsum(groups) - groups, groups)
@@ -188,7 +188,7 @@ class TwoStageRecommender:
         client=None,
     ) -> TwoStageRecommender:
         """Fit; with a Dask `client` the ranker's examples are built by user partition on its
-        workers and LightGBM trains there (`components.distributed`)."""
+        workers and LightGBM trains there (`components.models.distributed`)."""
         cfg = self.config
         self.ranker_ = self.fallback_ = None
         # Decided once on all the data, so every fold's generators (and the ranker's features)
@@ -197,7 +197,7 @@ class TwoStageRecommender:
         for name, reason in self.left_out_.items():
             log.warning("%s generator left out: %s", name, reason)
         if cfg.ranker.enabled and client is not None:
-            from components.distributed import fit_ranker_on_dask
+            from components.models.distributed import fit_ranker_on_dask
 
             progress(self.ranker_label_source())
             self.ranker_ = fit_ranker_on_dask(self, client, self._ranker_folds(interactions), items, progress)
@@ -631,7 +631,7 @@ class TwoStageRecommender:
         """Item index for each query: an exact id, else the closest title (see `titles`)."""
         index = getattr(self, "_title_index", None)
         if index is None:
-            from components.titles import TitleIndex
+            from components.models.titles import TitleIndex
 
             titles = self.data_.items["title"].fillna("").astype(str).tolist()
             index = self._title_index = TitleIndex(self.data_.item_ids, titles, self.stats_.log_popularity)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from components.drift_features import FeatureTable
+from components.monitoring.drift_features import FeatureTable
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Three views, each a table with one row per unit that varies on its own:
 A `DriftProfile` holds the cut points (quantiles of the reference, so each bucket holds a
 similar share of it and the chi-squared cells are never nearly empty) and is saved beside the
 detectors: the same rows always land in the same buckets. Nothing here imports alibi-detect;
-`components.drift` runs the tests, so either side can be replaced alone.
+`components.monitoring.drift` runs the tests, so either side can be replaced alone.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from typing import Any
 import pandas as pd
 
 from components.config import MonitoringConfig
-from components.drift_features import VIEWS, DriftProfile, FeatureTable, reference_tables
 from components.errors import ArtifactError, RecsysError
+from components.monitoring.drift_features import VIEWS, DriftProfile, FeatureTable, reference_tables
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def fit_references(
     """Reference tables from the model's answers and the held-out interactions, and a
     detector fitted on each. None, with a warning, where alibi-detect is not installed: the
     model still trains and serves, and a drift check on it says it has no references."""
-    from components.drift import available, fit_detectors
+    from components.monitoring.drift import available, fit_detectors
 
     if not available():
         log.warning(
@@ -70,7 +70,7 @@ def fit_references(
 
 
 def save_references(references: References, artifact_dir: Path) -> None:
-    from components.drift import save_detectors
+    from components.monitoring.drift import save_detectors
 
     directory = artifact_dir / REFERENCE_DIR
     directory.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def has_references(artifact_dir: Path) -> bool:
 
 def load_references(artifact_dir: Path) -> References:
     """The references of a (checksum-verified) artifact; one ArtifactError line if absent."""
-    from components.drift import load_detectors
+    from components.monitoring.drift import load_detectors
 
     directory = Path(artifact_dir) / REFERENCE_DIR
     if not (directory / PROFILE).is_file():

@@ -2,7 +2,7 @@
 champion's references, and say `retrain` (with every reason that holds) or `ok`.
 
 Reasons, each with its threshold in the `monitoring` section of the config:
-- drift: a detector flags its view (`components.drift`; features in `ignore_features` are
+- drift: a detector flags its view (`components.monitoring.drift`; features in `ignore_features` are
   reported, not counted);
 - staleness: the champion is older than `max_model_age_days`;
 - online metric degradation: the champion's click-through rate in the window fell by more than
@@ -32,18 +32,8 @@ import pandas as pd
 from scipy.stats import norm
 
 from components.config import MonitoringConfig
-from components.drift import ViewResult, run_detectors
-from components.drift_features import (
-    FeatureTable,
-    ModelFacts,
-    event_table,
-    rating_table,
-    score_table,
-    served_table,
-)
-from components.drift_reference import References
 from components.errors import DataValidationError, RecsysError
-from components.observations import (
+from components.feedback.observations import (
     POSITIVE_EVENT_TYPES,
     BadRows,
     is_store_url,
@@ -54,6 +44,16 @@ from components.observations import (
     served_from_impressions,
     served_from_request_log,
 )
+from components.monitoring.drift import ViewResult, run_detectors
+from components.monitoring.drift_features import (
+    FeatureTable,
+    ModelFacts,
+    event_table,
+    rating_table,
+    score_table,
+    served_table,
+)
+from components.monitoring.drift_reference import References
 
 RETRAIN, OK, ALERT = "retrain", "ok", "alert"
 NO_NEW_DATA = (

@@ -14,7 +14,7 @@ import math
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from components.errors import RecsysError
-from components.monitor import RETRAIN, Decision
+from components.monitoring.monitor import RETRAIN, Decision
 
 JOB = "recsys-monitoring"
 

@@ -1,7 +1,7 @@
 """The drift report: the decision and its reasons, then per view and feature the test, its
 statistic, p-value and threshold, and a plot of the reference against the window.
 
-Self-contained HTML like the evaluation report (`components.report`: inline PNGs drawn with
+Self-contained HTML like the evaluation report (`components.evaluation.report`: inline PNGs drawn with
 matplotlib's object API, every data-derived text escaped); it is the monitoring pipeline's KFP
 `HTML` artifact and is logged to MLflow with the check.
 """
@@ -15,10 +15,10 @@ from itertools import pairwise
 
 import numpy as np
 
-from components.drift import ViewResult
-from components.drift_features import DriftProfile, FeatureTable
-from components.monitor import Decision
-from components.report import _STYLE, _context_html, _png_base64
+from components.evaluation.report import _STYLE, _context_html, _png_base64
+from components.monitoring.drift import ViewResult
+from components.monitoring.drift_features import DriftProfile, FeatureTable
+from components.monitoring.monitor import Decision
 
 
 def _ranges(edges: Sequence[float], low: str = "") -> list[str]:

@@ -48,7 +48,7 @@ def create_cluster(
     address. The train step's client waits for the scheduler and workers to come up."""
     from kubernetes.client.exceptions import ApiException
 
-    from components.kube_deploy import kube_api
+    from components.release.kube_deploy import kube_api
 
     api = kube_api(api)
     try:
@@ -66,7 +66,7 @@ def delete_cluster(name: str, namespace: str, api=None) -> bool:
     """Delete the DaskCluster (the operator removes its pods); False if it was already gone."""
     from kubernetes.client.exceptions import ApiException
 
-    from components.kube_deploy import kube_api
+    from components.release.kube_deploy import kube_api
 
     try:
         kube_api(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import RecsysError
-from components.registry import (
+from components.release.registry import (
     CHALLENGER,
     CHAMPION,
     _client,

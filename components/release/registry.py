@@ -8,7 +8,7 @@ the champion by the configured margin on the primary metric without regressing a
 beyond its tolerance; otherwise it is registered with no alias and the refusal is tagged.
 
 The gate compares only models of one data set: each version records its data identity
-(`components.data_identity`: the source and a sketch of the catalogue, as model version tags),
+(`components.data.data_identity`: the source and a sketch of the catalogue, as model version tags),
 and a model trained on another source or catalogue than the champion's is registered with no
 alias, the reason saying so, without a comparison.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import GateConfig, RegistryConfig
-from components.data_identity import DataIdentity, other_data_set
+from components.data.data_identity import DataIdentity, other_data_set
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def gate(
             "evaluate step), so the gate cannot compare: this version is registered without an "
             "alias; set one by hand once checked"
         )
-    from components.evaluate import compare_to_champion
+    from components.evaluation.evaluate import compare_to_champion
 
     decision = compare_to_champion(
         challenger,
@@ -209,7 +209,7 @@ def register_model(
     """Log the run, create a model version, and apply the gate's alias.
 
     `datasets` are `mlflow.entities.DatasetInput`s (the training source, see
-    `components.sources.lineage`), logged as the run's inputs.
+    `components.data.sources.lineage`), logged as the run's inputs.
 
     `results` maps "two_stage" (the new model), each baseline and "champion" (when there is
     one, evaluated on the same split) to their metrics; all are logged, prefixed by name.

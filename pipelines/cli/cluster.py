@@ -1,5 +1,5 @@
 """Cluster subcommands of `recsys`: submit, schedule, rollout status|promote|rollback|analyze
-(`analyze` lives in pipelines/rollout_analyze.py; it also works locally).
+(`analyze` lives in pipelines/cli/rollout_analyze.py; it also works locally).
 
 `register(subparsers)` adds them to the main parser; each sets `func`, which returns the exit
 code. Failures the user can act on are RecsysError (one line, exit 1, printed by the main CLI),
@@ -78,7 +78,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def _rollout_clients(args: argparse.Namespace):
     from mlflow import MlflowClient
 
-    from components.kube_deploy import kube_api
+    from components.release.kube_deploy import kube_api
 
     if not args.tracking_uri:
         raise ConfigError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
@@ -110,8 +110,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 def _rollout_local(args: argparse.Namespace) -> int:
     """The run home's deployment record (what `recsys serve` serves) and the registry."""
-    from components.deploy import RECORD, promote_local, rollback_local
-    from components.registry import default_home
+    from components.release.deploy import RECORD, promote_local, rollback_local
+    from components.release.registry import default_home
     from serving.rollout import format_local_status, local_status
 
     home = (args.home or default_home()).resolve()
@@ -173,6 +173,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         q.add_argument("--home", type=Path, default=None,
                        help="local: the run home (default: $RECSYS_HOME or ./runs)")
         q.set_defaults(func=cmd_rollout)
-    from pipelines.rollout_analyze import add_analyze
+    from pipelines.cli.rollout_analyze import add_analyze
 
     add_analyze(actions)

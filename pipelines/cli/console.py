@@ -14,7 +14,7 @@ from typing import Any
 
 
 class RolloutBackend:
-    """The console's `ExperimentBackend`, made of `pipelines.rollout_analyze`'s functions."""
+    """The console's `ExperimentBackend`, made of `pipelines.cli.rollout_analyze`'s functions."""
 
     def __init__(self, home: Path, *, kind: str, tracking_uri: str, name: str, namespace: str,
                  model_name: str, metrics_url: str, prometheus: str):
@@ -25,23 +25,23 @@ class RolloutBackend:
             metrics_url=metrics_url, prometheus=prometheus)
 
     def target(self) -> Any:
-        from pipelines import rollout_analyze
+        from pipelines.cli import rollout_analyze
 
         if self.kind == "local":
             return rollout_analyze.local_target(self.home)
-        from components.kube_deploy import kube_api
+        from components.release.kube_deploy import kube_api
 
         a = self.args
         return rollout_analyze.cluster_target(kube_api(), a.tracking_uri, name=a.name,
                                               namespace=a.namespace, model_name=a.model_name)
 
     def health(self, target: Any) -> tuple[dict, list[str]]:
-        from pipelines.rollout_analyze import serving_health
+        from pipelines.cli.rollout_analyze import serving_health
 
         return serving_health(self.args, target)
 
     def apply(self, action: str, target: Any) -> list[str]:
-        from pipelines.rollout_analyze import apply_decision
+        from pipelines.cli.rollout_analyze import apply_decision
 
         return apply_decision(action, target, self.args, self.home)
 
@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_console(args: argparse.Namespace) -> int:
     from components.config import load_config
-    from pipelines.rollout_analyze import DEFAULT_PROMETHEUS
+    from pipelines.cli.rollout_analyze import DEFAULT_PROMETHEUS
     from serving.console.config import console_config
     from serving.console.server import serve
     from serving.limits import connection_limits

@@ -29,7 +29,7 @@ def command(name: str = "recsys") -> str:
     if found and (not candidate.exists() or Path(found).resolve() == candidate.resolve()):
         return name
     if not candidate.exists():
-        return f"{sys.executable} -m pipelines.cli" if name == "recsys" else name
+        return f"{sys.executable} -m pipelines.cli.main" if name == "recsys" else name
     absolute = candidate.absolute()
     try:
         return str(absolute.relative_to(Path.cwd()))
@@ -95,10 +95,10 @@ def _with_model_name(config_yaml: str, name: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from components.config import load_config
-    from components.data import parse_columns
-    from components.registry import default_home
-    from components.report import metrics_table  # fail fast, before the long run
-    from pipelines.cli_monitor import record_training_source
+    from components.data.ingest import parse_columns
+    from components.evaluation.report import metrics_table  # fail fast, before the long run
+    from components.release.registry import default_home
+    from pipelines.cli.monitor import record_training_source
     from pipelines.local import run_local
 
     load_config(args.config)  # fail fast, before any step starts
@@ -237,12 +237,12 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from components.artifact import check_output_dir, save_model
     from components.config import config_to_dict, load_config
-    from components.data import load_dataset, parse_columns
-    from components.distributed import dask_client
-    from components.drift_reference import save_references
+    from components.data.ingest import load_dataset, parse_columns
+    from components.models.artifact import check_output_dir, save_model
+    from components.models.distributed import dask_client
     from components.models.two_stage import TwoStageRecommender
+    from components.monitoring.drift_reference import save_references
 
     # Before any work: a wrong --output is found in a second, not after training.
     check_output_dir(args.output, keep=(args.interactions, args.items or "", args.config or ""))
@@ -268,9 +268,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _fit_references_on_holdout(model, interactions, config):
     """Drift references for a model fitted on all the data: the split's held-out part stands
     for what serving will see (the model has seen it too). None where the data cannot be split."""
-    from components.drift_reference import fit_references
+    from components.data.split import split_interactions
     from components.errors import DataValidationError
-    from components.split import split_interactions
+    from components.monitoring.drift_reference import fit_references
 
     try:
         heldout = split_interactions(interactions, config.split).test
@@ -296,8 +296,8 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from components.artifact import load_model
-    from components.batch import recommend_file
+    from components.models.artifact import load_model
+    from components.models.batch import recommend_file
 
     model = load_model(args.model)
     written = recommend_file(model, args.users, args.k, args.output, progress=log.info)
@@ -308,9 +308,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 # Modules that add their own subcommands (serving, cluster operations).
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli_serve", "pipelines.cli_cluster",
-                                         "pipelines.cli_events", "pipelines.cli_monitor",
-                                         "pipelines.simulate", "pipelines.cli_console")
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli.serve", "pipelines.cli.cluster",
+                                         "pipelines.cli.events", "pipelines.cli.monitor",
+                                         "pipelines.cli.simulate", "pipelines.cli.console")
 
 
 # Libraries that log every call at INFO (httpx: one "HTTP Request: POST ..." line per request).

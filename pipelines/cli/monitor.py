@@ -47,7 +47,7 @@ def _training_source(home: Path) -> dict[str, Any]:
 
 def _default_feedback(home: Path) -> str:
     """The run home's feedback store, when `recsys events serve` created one."""
-    from components.feedback_store import STORE_FILE, default_store_url
+    from components.feedback.feedback_store import STORE_FILE, default_store_url
 
     return default_store_url(home) if (home / STORE_FILE).is_file() else ""
 
@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from components.config import load_config
-    from components.registry import default_home
+    from components.release.registry import default_home
     from pipelines.local import run_monitoring_local
 
     home = (args.home or default_home()).resolve()
@@ -195,7 +195,7 @@ def _print_decision(
     report: Path | None,
     started: float,
 ) -> None:
-    from components.monitor import finite
+    from components.monitoring.monitor import finite
 
     if args.json:
         out = {

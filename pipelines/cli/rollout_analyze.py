@@ -3,14 +3,14 @@
 Reads what was shown and what users did from the feedback store (the run home's, or --store),
 the serving metrics of each version (locally the predictor's /metrics; on a cluster Prometheus),
 and which versions are being compared (locally the deployment record; on a cluster the
-InferenceService's canary and the MLflow aliases). `components.experiment.analyze` decides;
+InferenceService's canary and the MLflow aliases). `components.experiments.experiment.analyze` decides;
 with --auto the decision is carried out through the existing rollout code (`serving.rollout`
-on a cluster, `components.deploy`'s local promote and rollback here) and recorded, with its
+on a cluster, `components.release.deploy`'s local promote and rollback here) and recorded, with its
 evidence, as an MLflow run (experiment `<registry experiment>-online`, tags `decision`,
 `basis`, the versions; metrics; the full analysis as `analysis.json`), and as tags on the
 challenger's model version.
 
-The analysis keeps no state between runs (see `components/experiment.py`), so a CronJob may run
+The analysis keeps no state between runs (see `components/experiments/experiment.py`), so a CronJob may run
 it every few minutes: rerunning it does not inflate false decisions.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def artifact_version(client: Any, tracking_uri: str, model_name: str, version: s
 
 
 def local_target(home: Path) -> Target:
-    from components.deploy import RECORD, read_record
+    from components.release.deploy import RECORD, read_record
 
     path = home / RECORD
     if not path.exists():
@@ -126,7 +126,7 @@ def _parse_time(text: str) -> float:
 
 
 def read_feedback(store_url: str, since: float | None):
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     with FeedbackStore(store_url, create=False) as store:
         return store.read_impressions(since=since), store.read_events(since=since)
@@ -134,7 +134,7 @@ def read_feedback(store_url: str, since: float | None):
 
 def serving_health(args: argparse.Namespace, target: Target) -> tuple[dict, list[str]]:
     """VersionHealth per version, and notes on what could not be read."""
-    from components.serving_health import cluster_health, scrape_local
+    from components.experiments.serving_health import cluster_health, scrape_local
 
     try:
         if target.kind == "cluster":
@@ -153,12 +153,12 @@ def apply_decision(action: str, target: Target, args: argparse.Namespace, home: 
     if action not in ("promote", "rollback"):
         return []
     if target.kind == "local":
-        from components.deploy import promote_local, rollback_local
+        from components.release.deploy import promote_local, rollback_local
 
         return (promote_local if action == "promote" else rollback_local)(home)
     from mlflow import MlflowClient
 
-    from components.kube_deploy import kube_api
+    from components.release.kube_deploy import kube_api
     from serving import rollout
 
     operation = rollout.promote if action == "promote" else rollout.rollback
@@ -173,7 +173,7 @@ def record_decision(tracking_uri: str, experiment: str, analysis: Any, target: T
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from components.registry import _experiment_id, mlflow_metric_name
+    from components.release.registry import _experiment_id, mlflow_metric_name
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = _experiment_id(client, experiment, tracking_uri)
@@ -282,9 +282,9 @@ class Outcome:
 def run_analysis(args: argparse.Namespace) -> Outcome:
     """Everything `recsys rollout analyze` does but printing (`recsys simulate` calls it too)."""
     from components.config import load_config
-    from components.experiment import analyze
-    from components.feedback_store import default_store_url
-    from components.registry import default_home
+    from components.experiments.experiment import analyze
+    from components.feedback.feedback_store import default_store_url
+    from components.release.registry import default_home
 
     config = load_config(args.config)
     experiment = config.experiment
@@ -300,7 +300,7 @@ def run_analysis(args: argparse.Namespace) -> Outcome:
                               "--challenger-version")
         target = Target(kind, args.champion_version, args.challenger_version)
         if kind == "local" and (home / "deployment.json").is_file():
-            from components.deploy import read_record
+            from components.release.deploy import read_record
 
             target.metrics_url = recorded_metrics_url(read_record(home / "deployment.json"))
     elif args.champion_version or args.challenger_version:
@@ -308,7 +308,7 @@ def run_analysis(args: argparse.Namespace) -> Outcome:
     elif kind == "local":
         target = local_target(home)
     else:
-        from components.kube_deploy import kube_api
+        from components.release.kube_deploy import kube_api
 
         if not args.tracking_uri:
             raise RecsysError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from components.errors import RecsysError
-from components.registry import default_home
+from components.release.registry import default_home
 from serving.server import add_server_arguments
 
 
@@ -65,7 +65,7 @@ def record_predictor(home: Path, host: str, http_port: int, grpc_port: int) -> N
     import os
     import time
 
-    from components.deploy import RECORD, read_record, write_record
+    from components.release.deploy import RECORD, read_record, write_record
 
     record = read_record(home / RECORD)
     write_record(home, {**record, "predictor": {
@@ -82,7 +82,7 @@ def handler(args: argparse.Namespace) -> int:
     check_ports(args.host, {"--http-port": args.http_port, "--grpc-port": args.grpc_port})
     if args.model_dir is None:
         try:
-            from components.deploy import RECORD, resolve_deployment
+            from components.release.deploy import RECORD, resolve_deployment
         except ImportError as exc:
             raise RecsysError(
                 f"no --model-dir given and the deployed model cannot be looked up ({exc}); "
@@ -106,7 +106,7 @@ def handler(args: argparse.Namespace) -> int:
             # Serving the run home's model: log the answers there, where `recsys monitor` looks.
             args.request_log = str((args.home or default_home()) / "requests")
     if args.online_store is None:  # the store `recsys events serve` writes, on this machine
-        from components.feedback_store import default_store_url
+        from components.feedback.feedback_store import default_store_url
 
         args.online_store = default_store_url(args.home or default_home())
     # KServe answers with FastAPI's ORJSONResponse, which FastAPI deprecates with a warning on

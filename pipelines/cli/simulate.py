@@ -10,7 +10,7 @@
    which follows the record and writes each answer's impressions to the store).
 4. Replays simulated users: each replays a real user (drawn with replacement) with that user's
    past as `history_item_ids`, and clicks what the real user went on to rate (the held-out
-   future) through a position-bias click model (`components.simulation.ClickModel`); clicks,
+   future) through a position-bias click model (`components.experiments.simulation.ClickModel`); clicks,
    likes (ratings of 4 and more) and ratings go through `POST /v1/events`, items clicked are
    excluded from the user's later answers.
 5. Every `--analyze-every` sessions runs `recsys rollout analyze --auto` (in process) and prints
@@ -148,8 +148,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 def _models(cache: Path, data: Any, split: Any) -> dict[str, Path]:
     """Both models trained on the split's past, cached by the data's fingerprint."""
-    from components.artifact import save_model
     from components.config import config_from_dict
+    from components.models.artifact import save_model
     from components.models.two_stage import TwoStageRecommender
 
     paths = {}
@@ -169,8 +169,8 @@ def _models(cache: Path, data: Any, split: Any) -> dict[str, Path]:
 def _offline_results(cache: Path, models: dict[str, Path], split: Any) -> dict[str, dict]:
     """Each model's offline metrics on the split's held-out future (`evaluate_model`, as the
     pipeline's evaluate step computes them), cached beside the models."""
-    from components.artifact import load_model
-    from components.offline_eval import evaluate_model
+    from components.evaluation.offline_eval import evaluate_model
+    from components.models.artifact import load_model
 
     out = {}
     for name, directory in models.items():
@@ -190,8 +190,8 @@ def _register(home: Path, champion: Path, challenger: Path,
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from components.data_identity import model_identity
-    from components.registry import logged_metrics
+    from components.data.data_identity import model_identity
+    from components.release.registry import logged_metrics
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -216,7 +216,7 @@ class SimulatedUsers:
     """Who visits, what they were shown before, what they clicked; their real past and future."""
 
     def __init__(self, train: Any, future: Any, items: np.ndarray, population: int, seed: int):
-        from components.simulation import UserFutures
+        from components.experiments.simulation import UserFutures
 
         self.futures = UserFutures.from_interactions(future, items)
         self.rng = np.random.default_rng(seed)
@@ -265,13 +265,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import os
 
     from components.config import SplitConfig
-    from components.data import load_dataset
-    from components.deploy import deploy_local
-    from components.feedback_store import default_store_url
-    from components.registry import default_home
-    from components.simulation import ClickModel
-    from components.split import split_interactions
-    from pipelines.rollout_analyze import run_analysis
+    from components.data.ingest import load_dataset
+    from components.data.split import split_interactions
+    from components.experiments.simulation import ClickModel
+    from components.feedback.feedback_store import default_store_url
+    from components.release.deploy import deploy_local
+    from components.release.registry import default_home
+    from pipelines.cli.rollout_analyze import run_analysis
 
     if args.traffic:
         return cmd_traffic(args)
@@ -446,9 +446,9 @@ def _traffic_data(home: Path) -> tuple[Any, Any]:
     import yaml
 
     from components.config import config_from_dict
-    from components.data import load_dataset
-    from components.split import split_interactions
-    from pipelines.cli_monitor import SOURCE_RECORD
+    from components.data.ingest import load_dataset
+    from components.data.split import split_interactions
+    from pipelines.cli.monitor import SOURCE_RECORD
 
     record = home / SOURCE_RECORD
     source = json.loads(record.read_text()) if record.is_file() else {}
@@ -480,10 +480,10 @@ def cmd_traffic(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from components.deploy import resolve_deployment
-    from components.feedback_store import default_store_url, display_url
-    from components.registry import default_home
-    from components.simulation import ClickModel
+    from components.experiments.simulation import ClickModel
+    from components.feedback.feedback_store import default_store_url, display_url
+    from components.release.deploy import resolve_deployment
+    from components.release.registry import default_home
 
     sessions = TRAFFIC_SESSIONS if args.sessions is None else args.sessions
     if args.users < 10 or sessions < BATCH:
@@ -555,7 +555,7 @@ def cmd_traffic(args: argparse.Namespace) -> int:
         for process in reversed(processes):
             _stop(process)
     requests = -(-sessions // BATCH)
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     with FeedbackStore(store, create=False) as written:
         landed = len(written.read_events(since=wall - 1))

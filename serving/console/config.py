@@ -50,8 +50,8 @@ def console_config(
     """The configuration for a run home: MLflow at `$MLFLOW_TRACKING_URI` or the home's SQLite
     store, the feedback store at `$RECSYS_FEEDBACK_STORE` or the home's `feedback.db`, the
     request log in `<home>/requests`."""
-    from components.feedback_store import default_store_url
-    from components.registry import default_home
+    from components.feedback.feedback_store import default_store_url
+    from components.release.registry import default_home
 
     home = Path(home or default_home()).resolve()
     if tracking_uri is None:

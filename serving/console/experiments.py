@@ -1,6 +1,6 @@
 """The Experiments page: champion against challenger as `recsys rollout analyze` sees them.
 
-The analysis is `components.experiment.analyze` on the feedback store's impressions and events,
+The analysis is `components.experiments.experiment.analyze` on the feedback store's impressions and events,
 with the serving guardrails measured where `recsys rollout analyze` measures them. The chart
 replays the same analysis on growing prefixes of the data (the analysis keeps no state, so the
 value at time t is what an analysis run at t said): the always-valid interval of the effect and
@@ -83,7 +83,7 @@ class ExperimentView:
 
 def read_feedback(store_url: str, since: float | None):
     from components.errors import RecsysError
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
     from serving.console.monitoring import store_exists
 
     missing = store_exists(store_url)
@@ -106,7 +106,7 @@ def trajectory(labelled, *, champion: str, challenger: str, config,
     impression: what the analysis would have said then (p-value, effect and always-valid
     interval). The rows are selected once (`experiment_rows`, as `analyze` selects them) and
     the test is rerun on growing prefixes of them, with `analyze`'s own test function."""
-    from components.experiment import ab_test, experiment_rows, experiment_start
+    from components.experiments.experiment import ab_test, experiment_rows, experiment_start
 
     out = Trajectory()
     start = experiment_start(labelled, challenger)
@@ -170,7 +170,7 @@ def gather(console) -> ExperimentView:
 
 def _current(console) -> ExperimentView:
     from components.errors import RecsysError
-    from components.experiment import analyze_labelled, label_impressions
+    from components.experiments.experiment import analyze_labelled, label_impressions
 
     view = ExperimentView()
     backend: ExperimentBackend | None = console.experiments

@@ -134,7 +134,7 @@ def latency_from_metrics(text: str, model_name: str) -> list[Latency]:
     router serves, else KServe's predict time."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from components.serving_health import histogram_quantile
+    from components.experiments.serving_health import histogram_quantile
 
     per_version: dict[str, list[tuple[float, float]]] = {}
     kserve: list[tuple[float, float]] = []
@@ -211,7 +211,7 @@ def _bucket(engine, column, first: float, step: float):
 def _grouped(url: str, build) -> list[tuple]:
     """Run a grouped query against the feedback store; `Unavailable` in words if it cannot."""
     from components.errors import RecsysError
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     missing = store_exists(url)
     if missing:
@@ -231,7 +231,7 @@ def event_counts(url: str, starts: np.ndarray, step: float,
     """Events per bucket and type, counted by the database (bounded whatever the volume)."""
     import sqlalchemy as sa
 
-    from components.feedback_store import events_table as t
+    from components.feedback.feedback_store import events_table as t
 
     def build(engine):
         bucket = _bucket(engine, t.c.timestamp, float(starts[0]), step).label("bucket")
@@ -246,7 +246,7 @@ def request_counts(url: str, starts: np.ndarray, step: float,
     """Answers per bucket and model version, from the impressions the predictor stored."""
     import sqlalchemy as sa
 
-    from components.feedback_store import impressions_table as t
+    from components.feedback.feedback_store import impressions_table as t
 
     def build(engine):
         bucket = _bucket(engine, t.c.timestamp, float(starts[0]), step).label("bucket")

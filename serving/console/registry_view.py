@@ -7,7 +7,7 @@ of each column marked), the online decision if `recsys rollout analyze --auto` t
 HTML report.
 
 Offline metrics of models trained on different data sets (another source, another catalogue:
-`components.data_identity`, recorded as tags on each version) say nothing about each other, so
+`components.data.data_identity`, recorded as tags on each version) say nothing about each other, so
 the versions are grouped by data set and compared within a group only. Versions registered
 before the identity was recorded go with the oldest version that records one: the first the
 gate compared with them, as it compares with a version that records none.
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.data_identity import DataIdentity
-from components.registry import mlflow_metric_name
-from components.report import DEFAULT_COLUMNS
+from components.data.data_identity import DataIdentity
+from components.evaluation.report import DEFAULT_COLUMNS
+from components.release.registry import mlflow_metric_name
 from serving.console.clients import Unavailable
 from serving.console.recent import Recent
 

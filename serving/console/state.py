@@ -55,7 +55,7 @@ class Console:
         """Import MLflow and open its store once, off the request path (the first import
         costs seconds)."""
         try:
-            import components.experiment  # noqa: F401 (scipy and pandas: seconds, once)
+            import components.experiments.experiment  # noqa: F401 (scipy and pandas: seconds, once)
 
             self.registry.aliases()
         except Unavailable:

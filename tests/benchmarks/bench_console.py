@@ -40,8 +40,8 @@ CLIENTS = 8
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, small_dataset):
     from components.config import SplitConfig
+    from components.data.split import split_interactions
     from components.models.two_stage import TwoStageRecommender
-    from components.split import split_interactions
 
     work = tmp_path_factory.mktemp("console-bench")
     split = split_interactions(small_dataset.interactions, SplitConfig())

@@ -23,9 +23,11 @@ import pytest
 from scipy.stats import chi2_contingency, ks_2samp
 
 from components.config import Config
-from components.data import load_dataset
-from components.drift import fit_detectors, run_detectors
-from components.drift_features import (
+from components.data.ingest import load_dataset
+from components.data.split import split_interactions
+from components.models.two_stage import TwoStageRecommender
+from components.monitoring.drift import fit_detectors, run_detectors
+from components.monitoring.drift_features import (
     ModelFacts,
     event_table,
     rating_table,
@@ -33,8 +35,6 @@ from components.drift_features import (
     score_table,
     served_table,
 )
-from components.models.two_stage import TwoStageRecommender
-from components.split import split_interactions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -121,7 +121,7 @@ class Checker:
 
 
 def _as_table(name: str, values: np.ndarray):
-    from components.drift_features import VIEWS, FeatureTable
+    from components.monitoring.drift_features import VIEWS, FeatureTable
 
     names, categorical = zip(*VIEWS[name])
     return FeatureTable(name, names, categorical, values)

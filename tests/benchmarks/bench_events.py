@@ -98,7 +98,7 @@ def _metric(text: str, name: str) -> float:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_acknowledged_events_are_stored_once_under_load(backend, tmp_path, request):
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     url = (f"sqlite:///{tmp_path / 'feedback.db'}" if backend == "sqlite"
            else request.getfixturevalue("postgres_url"))

@@ -3,10 +3,10 @@ wrong, how often a better challenger wins, and how many impressions A/B testing 
 interleaving need to decide.
 
 Simulated users replay real users of the default data (the temporal split's held-out future is
-what they click, through a position-bias click model: `components.simulation`), served by two
+what they click, through a position-bias click model: `components.experiments.simulation`), served by two
 real models trained on the split's past: popularity alone (the champion) and EASE (the
 challenger, better offline); and a close pair, EASE against the two-stage model. Each experiment reruns the real analysis
-(`components.experiment.analyze_labelled`) after every round of sessions, as the CronJob would,
+(`components.experiments.experiment.analyze_labelled`) after every round of sessions, as the CronJob would,
 until it decides. Runs are independent draws (seeded): who arrives, their sticky buckets, clicks.
 
 Reported, not gated by time; the targets of the issue are asserted: A/A experiments decide
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from components.config import ExperimentConfig, SplitConfig, config_from_dict
-from components.simulation import ClickModel, UserFutures, rankings_of, run_experiment
+from components.experiments.simulation import ClickModel, UserFutures, rankings_of, run_experiment
 
 pytestmark = pytest.mark.bench
 
@@ -68,10 +68,10 @@ def _one(job: tuple[str, int]) -> dict:
 @pytest.fixture(scope="module")
 def simulation():
     """The two models, their rankings for every real user, and the users' futures."""
-    from components.data import load_dataset
+    from components.data.ingest import load_dataset
+    from components.data.split import split_interactions
+    from components.evaluation.offline_eval import evaluate_model
     from components.models.two_stage import TwoStageRecommender
-    from components.offline_eval import evaluate_model
-    from components.split import split_interactions
 
     data = load_dataset("movielens-dslabs")
     split = split_interactions(data.interactions, SplitConfig())

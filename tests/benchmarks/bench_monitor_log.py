@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_monitoring import _champion  # the champion of the monitoring tests
 
 from components.config import MonitoringConfig
-from components.monitor import read_window
+from components.monitoring.monitor import read_window
 from serving.request_log import LogEntry, RequestLog
 
 pytestmark = pytest.mark.bench
@@ -119,7 +119,7 @@ def _check(home: Path) -> tuple[dict, float, str, float]:
     its largest process, the drift-check step's seconds and the command's."""
     env = {**os.environ, "RECSYS_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "pipelines.cli", "monitor", "--check-only", "--json"]
+    command = [sys.executable, "-m", "pipelines.cli.main", "monitor", "--check-only", "--json"]
     run = subprocess.run(
         [sys.executable, "-c", MEASURE, *command],
         capture_output=True,

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_serving import REPO, Proc, _train, load, v2_bodies
 from events_process import start_service, stop_service
 
-from components.data import load_dataset
-from components.feedback_store import FeedbackStore
+from components.data.ingest import load_dataset
+from components.feedback.feedback_store import FeedbackStore
 
 pytestmark = pytest.mark.bench
 VISIBILITY_TRIALS = 40

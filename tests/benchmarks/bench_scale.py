@@ -1,5 +1,5 @@
 """Scale benchmark (`make bench`): the default config fitted on MovieLens-25M-shaped synthetic
-data of 1M, 5M and 25M interactions (components/synthetic.py), each size in a fresh process:
+data of 1M, 5M and 25M interactions (components/data/synthetic.py), each size in a fresh process:
 fit time (wall and CPU: the machines are shared, and CPU seconds are what a shared machine
 cannot inflate), peak RSS, quality against the generator's truth (truth NDCG@10 of the served
 model and of its best generator alone, 2,000 users), the artifact's size, and the predictor's

@@ -29,8 +29,8 @@ import httpx
 import numpy as np
 import pytest
 
-from components.artifact import load_model, save_model
-from components.data import load_dataset
+from components.data.ingest import load_dataset
+from components.models.artifact import load_model, save_model
 from components.models.two_stage import TwoStageRecommender
 
 pytestmark = pytest.mark.bench

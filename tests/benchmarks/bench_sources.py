@@ -28,7 +28,7 @@ from source_servers import (
     psycopg_dsn,
 )
 
-from components.data import read_raw, source_fingerprint, synthetic_dataset
+from components.data.ingest import read_raw, source_fingerprint, synthetic_dataset
 
 pytestmark = pytest.mark.bench
 

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.artifact import load_model
 from components.config import config_from_dict
-from components.data import load_dataset
+from components.data.ingest import load_dataset
+from components.evaluation.report import metrics_table
+from components.models.artifact import load_model
 from components.models.two_stage import TwoStageRecommender
-from components.report import metrics_table
 
 pytestmark = pytest.mark.bench
 
@@ -61,7 +61,7 @@ def _package_metrics(test: pd.DataFrame, recs: pd.DataFrame) -> dict[str, float]
 
 
 def _recsys(*args: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "-q", *args], check=False,
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli.main", "-q", *args], check=False,
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-2000:]
 
@@ -206,8 +206,8 @@ def peak_mb():
 
 _FIT_SNIPPET = _PEAK_MB + """
 import sys, time
-from components.data import synthetic_dataset
-from components.validate import validate_interactions
+from components.data.ingest import synthetic_dataset
+from components.data.validate import validate_interactions
 from components.models.two_stage import TwoStageRecommender
 n = int(sys.argv[1])
 inter, items = synthetic_dataset(max(n // 100, 100), max(int(n ** 0.5) * 4, 200), n, seed=1)
@@ -244,7 +244,7 @@ import runpy, sys, time
 sys.argv = ["recsys", "-q", "fit", "--interactions", sys.argv[1], "--output", sys.argv[2]]
 t = time.perf_counter()
 try:
-    runpy.run_module("pipelines.cli", run_name="__main__")
+    runpy.run_module("pipelines.cli.main", run_name="__main__")
 except SystemExit as exit:
     assert not exit.code, exit.code
 print(time.perf_counter() - t, peak_mb())

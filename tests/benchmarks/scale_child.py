@@ -31,11 +31,11 @@ def _status(field: str) -> float:
 def fit(n: int, out: Path, large_catalogue_items: int | None = None) -> dict:
     """`large_catalogue_items` overrides the default config's threshold (to measure both paths
     on one data set)."""
-    from components.artifact import save_model
     from components.config import config_from_dict
+    from components.data.synthetic import movielens_like, truth_quality
+    from components.data.validate import validate_interactions
+    from components.models.artifact import save_model
     from components.models.two_stage import TwoStageRecommender
-    from components.synthetic import movielens_like, truth_quality
-    from components.validate import validate_interactions
 
     started = time.perf_counter()
     inter, items, truth = movielens_like(n, seed=1)

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from components.data import RawDataset, validate_raw, with_feedback
+from components.data.ingest import RawDataset, validate_raw, with_feedback
+from components.data.validate import validate_interactions
 from components.errors import DataValidationError
-from components.feedback_store import FeedbackStore, events_table
-from components.validate import validate_interactions
+from components.feedback.feedback_store import FeedbackStore, events_table
 
 NOW = time.time()
 

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from components.data import load_dataset, read_raw, validate_raw
+from components.data.ingest import load_dataset, read_raw, validate_raw
 from components.errors import DataValidationError
 
 
@@ -128,7 +128,7 @@ def test_synthetic_data_has_requested_scale_and_is_seeded():
 
 def test_fingerprint_ignores_row_order_but_not_content(small_dataset):
     df = small_dataset.interactions
-    from components.data import fingerprint
+    from components.data.ingest import fingerprint
 
     assert fingerprint(df) == fingerprint(df.sample(frac=1, random_state=1))
     changed = df.copy()
@@ -137,7 +137,7 @@ def test_fingerprint_ignores_row_order_but_not_content(small_dataset):
 
 
 def test_source_fingerprint_follows_content_not_path(tmp_path):
-    from components.data import source_fingerprint
+    from components.data.ingest import source_fingerprint
 
     path = tmp_path / "events.csv"
     path.write_text("user_id,item_id\n1,10\n2,11\n")
@@ -157,7 +157,7 @@ def test_source_fingerprint_follows_content_not_path(tmp_path):
 
 
 def test_source_fingerprint_of_a_directory_hashes_the_files_read_raw_reads(tmp_path):
-    from components.data import read_raw, source_fingerprint
+    from components.data.ingest import read_raw, source_fingerprint
 
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4,1\n")
     first = source_fingerprint(str(tmp_path))

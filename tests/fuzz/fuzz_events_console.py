@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from console_stack import free_port, start
 from events_process import start_service, stop_service
 
-from components.feedback_events import EVENT_FIELDS, EVENT_TYPES
-from components.feedback_store import FeedbackStore
+from components.feedback.feedback_events import EVENT_FIELDS, EVENT_TYPES
+from components.feedback.feedback_store import FeedbackStore
 
 pytestmark = pytest.mark.fuzz
 

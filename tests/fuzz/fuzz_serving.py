@@ -62,7 +62,7 @@ LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "10"))
 def model_dir(request) -> Path:
     if os.environ.get("FUZZ_MODEL_DIR"):
         return Path(os.environ["FUZZ_MODEL_DIR"])
-    from components.registry import default_home
+    from components.release.registry import default_home
 
     record = default_home() / "deployment.json"
     if record.exists():
@@ -74,7 +74,7 @@ def model_dir(request) -> Path:
 
 @pytest.fixture(scope="module")
 def catalogue(model_dir) -> dict:
-    from components.artifact import load_model
+    from components.models.artifact import load_model
 
     model = load_model(model_dir)
     titles = model.data_.items.get("title")

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _recsys(*args, cwd=None, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *map(str, args)],
+        [sys.executable, "-m", "pipelines.cli.main", *map(str, args)],
         check=False, capture_output=True, text=True, cwd=cwd, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
@@ -81,7 +81,7 @@ def test_failures_are_one_clear_line(tmp_path, args, fragment):
 def _main(capfd, *args) -> tuple[int, str, str]:
     """The CLI in this process (its imports are paid once): exit code, stdout, stderr, with
     what native code writes to the file descriptors (a LAPACK message) included."""
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     code = main([str(a) for a in args])
     out, err = capfd.readouterr()
@@ -194,7 +194,7 @@ def test_serve_with_nothing_deployed_is_one_line_and_creates_nothing(tmp_path):
     home.mkdir()
     env = {"RECSYS_HOME": str(home)}
     env_clean = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli.main", "serve"], capture_output=True,
                             text=True, timeout=120, env={**env_clean, **env, "PYTHONPATH": str(REPO)}, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -253,7 +253,7 @@ def _every_help_path(parser, prefix=()):
 
 def test_every_subcommand_help_renders(capsys):
     """argparse renders help lazily: a stray '%' in a help string only fails when asked."""
-    from pipelines.cli import build_parser
+    from pipelines.cli.main import build_parser
 
     paths = list(_every_help_path(build_parser()))
     assert {p[0] for p in paths} == set(COMMANDS)
@@ -316,7 +316,7 @@ def test_serve_on_a_port_in_use_is_one_line_before_loading(fitted, tmp_path, bus
 def test_serve_with_a_missing_model_dir_says_so_and_creates_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RECSYS_HOME", "RECSYS_ONLINE_STORE")}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(tmp_path / "nonexistent")],
+        [sys.executable, "-m", "pipelines.cli.main", "serve", "--model-dir", str(tmp_path / "nonexistent")],
         check=False, capture_output=True, text=True, cwd=tmp_path, timeout=120,
         env={**env, "PYTHONPATH": str(REPO)})
     assert result.returncode == 1
@@ -331,7 +331,7 @@ def test_serve_prints_no_library_deprecation_warning_on_requests(fitted, tmp_pat
 
     http_port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--model-dir", str(fitted),
+        [sys.executable, "-m", "pipelines.cli.main", "serve", "--model-dir", str(fitted),
          "--no-online-store", "--http-port", str(http_port), "--grpc-port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -30,7 +30,7 @@ from console_stack import (
     start_predictor,
 )
 
-from components.feedback_store import FeedbackStore
+from components.feedback.feedback_store import FeedbackStore
 
 PAGES = ("/try", "/try?user={user}", "/try?like={title}", "/experiments", "/monitoring",
          "/models", "/models/1/report")
@@ -46,8 +46,8 @@ def _missing(what: str) -> None:
 def stack(tmp_path_factory, small_dataset):
     """A run home with an experiment, and the predictor, events service and console on it."""
     from components.config import SplitConfig
+    from components.data.split import split_interactions
     from components.models.two_stage import TwoStageRecommender
-    from components.split import split_interactions
 
     work = tmp_path_factory.mktemp("console")
     split = split_interactions(small_dataset.interactions, SplitConfig())

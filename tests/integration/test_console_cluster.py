@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiment_data import experiment_feedback
 from k8s_double import KubeApiDouble
 
-from components.feedback_store import FeedbackStore
-from components.kube_deploy import deploy_inference_service
+from components.feedback.feedback_store import FeedbackStore
+from components.release.kube_deploy import deploy_inference_service
 
 MODEL = "recsys"
 
@@ -72,7 +72,7 @@ def test_read_only_console_follows_the_canary_and_changes_nothing(cluster):
     from fastapi.testclient import TestClient
 
     from components.config import ExperimentConfig
-    from pipelines.cli_console import RolloutBackend
+    from pipelines.cli.console import RolloutBackend
     from serving.console.app import create_app
     from serving.console.config import console_config
     from serving.console.state import build_console

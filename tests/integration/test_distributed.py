@@ -11,11 +11,11 @@ tests/unit/test_dask_cluster.py and its RBAC with the other manifests."""
 from __future__ import annotations
 
 from components.config import ModelConfig, RankerConfig, SplitConfig
-from components.data import load_dataset
-from components.distributed import dask_client
+from components.data.ingest import load_dataset
+from components.data.split import split_interactions
+from components.evaluation.offline_eval import evaluate_model
+from components.models.distributed import dask_client
 from components.models.two_stage import TwoStageRecommender
-from components.offline_eval import evaluate_model
-from components.split import split_interactions
 
 TOLERANCE = 0.025
 

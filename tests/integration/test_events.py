@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from components.feedback_store import FeedbackStore
+from components.feedback.feedback_store import FeedbackStore
 from serving.payload_logger import REQUEST_TYPE, RESPONSE_TYPE, EventPairer
 from serving.request_log import read_request_log
 
@@ -62,7 +62,7 @@ def service(tmp_path_factory):
     log = home / "service.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "events", "serve", "--home", str(home),
+            [sys.executable, "-m", "pipelines.cli.main", "events", "serve", "--home", str(home),
              "--port", str(port), "--request-log", str(home / "log"), "--pending-ttl", "2",
              "--max-batch", "50", "--max-body-bytes", "100000",
              "--allow-origin", ALLOWED_ORIGIN],
@@ -297,7 +297,7 @@ def test_fuzz_whatever_is_posted_the_answer_is_200_400_or_413(service):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from components.feedback_events import EVENT_FIELDS, EVENT_TYPES
+    from components.feedback.feedback_events import EVENT_FIELDS, EVENT_TYPES
 
     base, url = service[:2]
     scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**64) | st.floats()
@@ -541,7 +541,7 @@ def test_an_unreachable_redis_costs_the_history_not_the_event(tmp_path):
 
 
 def test_a_store_that_cannot_work_is_one_line_and_exit_1(capsys):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     assert main(["events", "serve", "--store", "mysql://nobody@nowhere/db"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [

@@ -12,16 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.data.validate import validate_interactions
 from components.errors import ConfigError
-from components.feedback_events import EVENT_COLUMNS, InvalidEvent, normalize_batch
-from components.feedback_store import (
+from components.feedback.feedback_events import EVENT_COLUMNS, InvalidEvent, normalize_batch
+from components.feedback.feedback_store import (
     IMPRESSION_COLUMNS,
     INTERACTION_COLUMNS,
     FeedbackStore,
     default_store_url,
     events_table,
 )
-from components.validate import validate_interactions
 
 T0 = 1_700_000_000.0
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from k8s_double import KubeApiDouble
 
 from components.errors import ClusterError, ConfigError
-from components.kube_deploy import (
+from components.release.kube_deploy import (
     CANARY_STARTED_ANNOTATION,
     MODEL_VERSION_ANNOTATION,
     PREVIOUS_VERSION_ANNOTATION,
@@ -183,7 +183,7 @@ def test_the_manifests_placeholder_service_is_taken_over_whole():
 
 
 def test_proxied_mlflow_uris_map_to_the_object_store():
-    from components.kube_deploy import object_store_uri
+    from components.release.kube_deploy import object_store_uri
 
     dest = "s3://mlflow/artifacts"
     assert object_store_uri("mlflow-artifacts:/1/abc/artifacts/model", dest) == "s3://mlflow/artifacts/1/abc/artifacts/model"

@@ -436,7 +436,7 @@ def test_the_feedback_database_job_works_on_a_real_postgresql(rendered, postgres
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     psql = require_tool("psql", "runs the feedback database Job's script")
     job = _one(rendered["base"], "Job", "recsys-feedback-db")
@@ -767,12 +767,12 @@ def test_alert_rules_parse_and_cover_the_required_alerts(rendered):
 
 def test_alerts_use_metrics_the_predictor_exports(rendered):
     """The recsys_* names in the rules must be counters/gauges that serving.metrics defines, or
-    series the drift check pushes to the Pushgateway (components.monitor_metrics)."""
+    series the drift check pushes to the Pushgateway (components.monitoring.monitor_metrics)."""
     from prometheus_client import Counter, Gauge
 
     import serving.metrics
-    from components.monitor import Decision
-    from components.monitor_metrics import decision_registry
+    from components.monitoring.monitor import Decision
+    from components.monitoring.monitor_metrics import decision_registry
 
     exported = set()
     for value in vars(serving.metrics).values():
@@ -832,7 +832,7 @@ def test_podmonitor_selects_the_predictor_and_keeps_the_revision_label(rendered)
 
 def test_the_deploy_steps_own_inferenceservice_matches_kserve_models():
     """The object the pipeline's deploy step creates when none exists passes the same check."""
-    from components.kube_deploy import build_inference_service
+    from components.release.kube_deploy import build_inference_service
 
     isvc = build_inference_service(name="recsys", namespace=NAMESPACE, image=IMAGE + ":0.1.0",
                                    storage_uri="s3://mlflow/artifacts/1/abc/artifacts/model",
@@ -843,7 +843,7 @@ def test_the_deploy_steps_own_inferenceservice_matches_kserve_models():
 def test_the_rollout_cronjob_runs_the_analysis_as_the_deployer(rendered, monkeypatch):
     """Every few minutes, `recsys rollout analyze --auto` on the cluster, with the deployer's
     rights (which are what promote and rollback need), reaching what the command reads."""
-    from pipelines.cli import build_parser
+    from pipelines.cli.main import build_parser
 
     docs = rendered["base"]
     cron = _one(docs, "CronJob", "recsys-rollout-analyze")

@@ -94,7 +94,7 @@ def _recsys(*args: str, home: Path, timeout: float = 900) -> subprocess.Complete
     env = {**os.environ, "RECSYS_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "pipelines.cli.main", *args],
         check=False,
         capture_output=True,
         text=True,
@@ -130,8 +130,8 @@ def _champion(home: Path, monkeypatch) -> tuple:
     """Train and register the first champion with the pipeline's own step functions (what
     `recsys run` runs, without the KFP subprocesses), and record the source for retraining."""
     from components import steps
-    from components.registry import default_tracking_uri
-    from pipelines.cli_monitor import record_training_source
+    from components.release.registry import default_tracking_uri
+    from pipelines.cli.monitor import record_training_source
 
     monkeypatch.setenv("RECSYS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -184,7 +184,7 @@ def _serve(home: Path, log: Path) -> tuple[subprocess.Popen, str]:
             [
                 sys.executable,
                 "-m",
-                "pipelines.cli",
+                "pipelines.cli.main",
                 "serve",
                 "--http-port",
                 str(port),
@@ -301,8 +301,8 @@ def test_end_to_end_serve_shift_monitor_retrain(tmp_path, capsys, monkeypatch):
     assert version.tags["gate"] == ("accepted" if accepted else "refused")
     assert str(client.get_model_version_by_alias("recsys", "champion").version) == "1"
     # The retrained model learnt from the feedback: its catalogue has the new items.
-    from components.drift_features import ModelFacts
-    from components.registry import download_model
+    from components.monitoring.drift_features import ModelFacts
+    from components.release.registry import download_model
 
     model_dir = download_model(client.tracking_uri, version.source, tmp_path / "v2")
     facts = ModelFacts.from_artifact(model_dir)
@@ -324,7 +324,7 @@ def test_monitor_prints_its_decision_when_retraining_cannot_or_does_not_run(tmp_
     events and a retraining that then fails, the decision is still printed, exit code 3."""
     home = tmp_path / "home"
     train, heldout, _ = _champion(home, monkeypatch)
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     with FeedbackStore(f"sqlite:///{home / 'feedback.db'}"):
         pass  # an empty store, as `recsys events serve` leaves it before any event

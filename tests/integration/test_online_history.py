@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from components.artifact import load_model
-from components.feedback_events import normalize_event
-from components.feedback_store import FeedbackStore, events_table
+from components.feedback.feedback_events import normalize_event
+from components.feedback.feedback_store import FeedbackStore, events_table
+from components.models.artifact import load_model
 from serving.online_history import (
     FreshHistory,
     RedisHistorySource,
@@ -259,7 +259,7 @@ def test_recsys_serve_reads_the_run_home_store_unless_told_otherwise(
     """Which online store `recsys serve` hands the server (the server itself is the one the
     end-to-end tests above run)."""
     import serving.server
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     monkeypatch.delenv("RECSYS_ONLINE_STORE", raising=False)
     seen = {}

@@ -67,7 +67,7 @@ def _recsys(*args: str, home: Path, env_extra: dict | None = None) -> subprocess
     env = {**os.environ, "RECSYS_HOME": str(home), **(env_extra or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=600,
+        [sys.executable, "-m", "pipelines.cli.main", *args], capture_output=True, text=True, env=env, timeout=600,
         check=False,
     )
 
@@ -151,8 +151,8 @@ def test_serve_without_a_model_dir_finds_what_the_run_deployed(first_run, tmp_pa
     """`recsys serve` with no --model-dir: the deployment record, else the registry's champion."""
     import shutil
 
-    from components.artifact import load_model
-    from components.deploy import RECORD, resolve_served_model
+    from components.models.artifact import load_model
+    from components.release.deploy import RECORD, resolve_served_model
 
     home, _ = first_run
     served = resolve_served_model(home)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from components.config import GateConfig, RegistryConfig
-from components.registry import CHALLENGER, CHAMPION, current_champion, register_model
+from components.release.registry import CHALLENGER, CHAMPION, current_champion, register_model
 
 
 @pytest.fixture()
@@ -69,8 +69,8 @@ def test_a_champion_must_be_evaluated_before_the_gate(store, small_model_dir):
 
 
 def test_registered_artifact_loads_back(store, small_model_dir, tmp_path):
-    from components.artifact import load_model
-    from components.registry import download_model
+    from components.models.artifact import load_model
+    from components.release.registry import download_model
 
     _register(small_model_dir, store, 0.30, 0.20)
     _version, source = current_champion(store, "recsys-test")
@@ -83,8 +83,8 @@ def test_the_server_fetches_a_model_by_registry_uri(store, small_model_dir, monk
     import subprocess
     import sys
 
-    from components.artifact import load_model
     from components.errors import RecsysError
+    from components.models.artifact import load_model
     from serving.predictor import find_artifact
     from serving.server import fetch_model, is_remote
 
@@ -131,7 +131,7 @@ def test_a_champion_this_code_cannot_load_is_left_out_not_fatal(
 def test_using_a_store_leaves_the_process_default_alone(store, small_model_dir, tmp_path, monkeypatch):
     """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ; the registry must not,
     or a later default_tracking_uri(home) in the same process would follow this store."""
-    from components.registry import default_tracking_uri, download_model
+    from components.release.registry import default_tracking_uri, download_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     _register(small_model_dir, store, 0.30, 0.20)
@@ -143,7 +143,7 @@ def test_using_a_store_leaves_the_process_default_alone(store, small_model_dir, 
 
 # ------------------------------------------------------------------ data identity
 def _identity(source, items):
-    from components.data_identity import identity_of
+    from components.data.data_identity import identity_of
 
     return identity_of(source, [f"i{n}" for n in items])
 
@@ -167,7 +167,7 @@ def test_the_gate_refuses_to_compare_models_of_another_data_set(store, small_mod
     catalogue grown by a quarter) are compared as usual, and the identity is on each version."""
     from mlflow import MlflowClient
 
-    from components.data_identity import CATALOGUE_TAG, SOURCE_TAG, DataIdentity
+    from components.data.data_identity import CATALOGUE_TAG, SOURCE_TAG, DataIdentity
 
     first = _register_on(small_model_dir, store, _identity("movielens-dslabs", range(400)), 0.01)
     assert first.alias == CHAMPION
@@ -204,7 +204,7 @@ def test_a_champion_registered_before_identities_is_compared_as_before(store, sm
 
 
 def test_catalogue_overlap_is_exact_when_small_and_close_when_large():
-    from components.data_identity import MIN_OVERLAP, SKETCH_SIZE, identity_of
+    from components.data.data_identity import MIN_OVERLAP, SKETCH_SIZE, identity_of
 
     small_a, small_b = identity_of("s", range(100)), identity_of("s", range(50, 150))
     assert small_a.overlap(small_b) == pytest.approx(50 / 150)
@@ -223,7 +223,7 @@ def _recsys_run(home, *args):
 
     env = {**os.environ, "RECSYS_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--home", str(home), *args],
+    return subprocess.run([sys.executable, "-m", "pipelines.cli.main", "run", "--home", str(home), *args],
                           capture_output=True, text=True, env=env, timeout=900, check=False)
 
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from k8s_double import KubeApiDouble
 
 from components.errors import ClusterError, RecsysError
-from components.kube_deploy import deploy_inference_service
+from components.release.kube_deploy import deploy_inference_service
 from serving.rollout import NoCanaryError, format_status, promote, rollback, rollout_status
 
 MODEL = "recsys-rollout-test"
@@ -237,7 +237,7 @@ def test_a_canary_that_is_not_ready_is_not_promoted(registry):
 
 
 def test_nothing_to_promote_fails_clearly_through_the_cli(tmp_path, monkeypatch, tracking_uri, registry):
-    from pipelines.cli_cluster import register
+    from pipelines.cli.cluster import register
 
     with KubeApiDouble() as k8s:
         _deploy(k8s, "1")

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiment_data import experiment_feedback
 from k8s_double import KubeApiDouble
 
-from components.deploy import RECORD, deploy_local, read_record
-from components.feedback_store import FeedbackStore, default_store_url
-from components.kube_deploy import deploy_inference_service
-from pipelines.cli import main
+from components.feedback.feedback_store import FeedbackStore, default_store_url
+from components.release.deploy import RECORD, deploy_local, read_record
+from components.release.kube_deploy import deploy_inference_service
+from pipelines.cli.main import main
 
 MODEL = "recsys"
 VERSIONS = {"1": "art-1", "2": "art-2"}  # MLflow version -> the artifact's own model_version

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiment_data import experiment_feedback
 
-from components.deploy import RECORD, deploy_local, read_record, write_record
-from components.feedback_store import FeedbackStore, default_store_url
+from components.feedback.feedback_store import FeedbackStore, default_store_url
+from components.release.deploy import RECORD, deploy_local, read_record, write_record
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "recsys"
@@ -57,7 +57,7 @@ def _recsys(*args: str, home: Path) -> subprocess.CompletedProcess:
            if k not in ("MLFLOW_TRACKING_URI", "KUBERNETES_SERVICE_HOST", "RECSYS_FEEDBACK_STORE")}
     env.update(RECSYS_HOME=str(home), KUBECONFIG=str(home / "no-kubeconfig"), HOME=str(home),
                PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pipelines.cli.main", *args], capture_output=True,
                           text=True, env=env, timeout=300, check=False, cwd=home)
 
 

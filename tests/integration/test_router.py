@@ -21,10 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving_process import REPO, Server, free_port, start_server, stop, wait_live
 
-from components.artifact import load_model
-from components.assignment import assign_variant, interleaved_version, request_seed, user_bucket
-from components.interleaving import team_draft
-from components.serving_health import parse_router_metrics
+from components.experiments.assignment import (
+    assign_variant,
+    interleaved_version,
+    request_seed,
+    user_bucket,
+)
+from components.experiments.interleaving import team_draft
+from components.experiments.serving_health import parse_router_metrics
+from components.models.artifact import load_model
 from serving.request_log import read_request_log
 
 CHALLENGER_PERCENT, INTERLEAVE_PERCENT = 40.0, 30.0
@@ -32,8 +37,8 @@ CHALLENGER_PERCENT, INTERLEAVE_PERCENT = 40.0, 30.0
 
 @pytest.fixture(scope="module")
 def challenger_dir(tmp_path_factory, small_dataset) -> Path:
-    from components.artifact import save_model
     from components.config import config_from_dict
+    from components.models.artifact import save_model
     from components.models.two_stage import TwoStageRecommender
 
     off = {"enabled": False}
@@ -162,7 +167,7 @@ def test_metrics_and_request_log_are_per_version(routed, models):
 
 
 def test_impressions_record_each_positions_version_and_the_variant(routed, models, feedback_url):
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     champion, challenger = models
     users = [str(u) for u in range(50)]  # the server's batch limit
@@ -199,7 +204,7 @@ def registered_home(tmp_path, small_model_dir, challenger_dir):
     challenger, deployed locally with every user on the challenger."""
     from mlflow import MlflowClient
 
-    from components.deploy import deploy_local
+    from components.release.deploy import deploy_local
 
     home = tmp_path / "home"
     home.mkdir()
@@ -221,7 +226,7 @@ def registered_home(tmp_path, small_model_dir, challenger_dir):
 def test_recsys_serve_follows_the_deployment_record(registered_home, models):
     """`recsys serve` with no model directory serves the record's champion and challenger, and
     a local rollback applies to the next requests without a restart."""
-    from components.deploy import rollback_local
+    from components.release.deploy import rollback_local
 
     champion, challenger = models
     http_port = free_port()

@@ -180,7 +180,7 @@ def test_answers_equal_the_model_called_in_process(http_client, small_model_dir,
     """The server answers plain requests from a table precomputed at load: same as the model.
     (Items with exactly equal scores may come in either order: the model's tie order is
     arbitrary, and differs with k.)"""
-    from components.artifact import load_model
+    from components.models.artifact import load_model
 
     model = load_model(small_model_dir)
     users = sorted(catalogue[1])[:20] + ["nobody"]
@@ -580,7 +580,7 @@ def test_dockerfile_runs_the_serving_module_as_non_root():
 def test_recsys_serve_subcommand_options():
     import argparse
 
-    from pipelines.cli_serve import handler, register
+    from pipelines.cli.serve import handler, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

@@ -285,7 +285,7 @@ def test_the_server_listens_on_the_host_it_is_given_only(server):
 def test_recsys_serve_defaults_to_loopback():
     import argparse
 
-    from pipelines.cli_serve import register
+    from pipelines.cli.serve import register
     from serving.server import build_parser
 
     parser = argparse.ArgumentParser()

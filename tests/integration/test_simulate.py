@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_simulate_promotes_a_better_challenger(tmp_path):
     from mlflow import MlflowClient
 
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     result = subprocess.run(
         [str(Path(sys.executable).parent / "recsys"), "simulate", "--home", str(tmp_path),

@@ -30,7 +30,7 @@ from source_servers import (
     set_moto_auth,
 )
 
-from components.data import read_raw, source_fingerprint, synthetic_dataset, validate_raw
+from components.data.ingest import read_raw, source_fingerprint, synthetic_dataset, validate_raw
 from components.errors import DataSourceError
 from components.steps import fingerprint_source
 
@@ -339,7 +339,7 @@ def test_dvc_bad_sources_fail_in_one_line(dvc_repo, tmp_path):
 def _recsys(*args: str, home: Path, env: dict) -> subprocess.CompletedProcess:
     full = {**os.environ, "RECSYS_HOME": str(home), **env}
     full.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "run", *args, "--home", str(home)],
+    return subprocess.run([sys.executable, "-m", "pipelines.cli.main", "run", *args, "--home", str(home)],
                           check=False, capture_output=True, text=True, env=full, timeout=900)
 
 

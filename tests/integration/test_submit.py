@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from components.errors import ClusterError, ConfigError
-from pipelines.cli_cluster import DEFAULT_PACKAGE, register
+from pipelines.cli.cluster import DEFAULT_PACKAGE, register
 from pipelines.submit import parse_params, pipeline_parameters, schedule_run, submit_run
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.artifact import load_model, save_model
 from components.config import AlsConfig, ModelConfig, RankerConfig, ScaleConfig, SplitConfig
+from components.models.artifact import load_model, save_model
 from components.models.two_stage import TwoStageRecommender
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def test_with_items_every_generator_trains(catalogue, scale, tmp_path):
 
 
 def test_on_dask_workers_content_is_left_out_too(catalogue, tmp_path):
-    from components.distributed import dask_client
+    from components.models.distributed import dask_client
 
     interactions, _ = catalogue
     with dask_client(2) as client:
@@ -118,7 +118,7 @@ def test_recsys_fit_without_items_on_the_retrieval_path(catalogue, tmp_path):
         "  als: {factors: 8, iterations: 3}\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "fit", "--interactions", tmp_path / "big.csv",
+        [sys.executable, "-m", "pipelines.cli.main", "fit", "--interactions", tmp_path / "big.csv",
          "--config", tmp_path / "strat.yaml", "--output", tmp_path / "m"],
         check=False, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -134,9 +134,9 @@ def test_recsys_fit_without_items_on_the_retrieval_path(catalogue, tmp_path):
 def test_without_items_diversity_is_not_reported(catalogue):
     """No item text: no diversity for any model (it read 1.0000 for every one), and the
     metrics table has no such column; with items it is reported."""
-    from components.offline_eval import evaluate_model
-    from components.report import metrics_table
-    from components.split import split_interactions
+    from components.data.split import split_interactions
+    from components.evaluation.offline_eval import evaluate_model
+    from components.evaluation.report import metrics_table
 
     interactions, items = catalogue
     parts = split_interactions(interactions, SplitConfig(method="stratified"))

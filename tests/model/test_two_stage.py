@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.artifact import load_model, save_model
 from components.config import ModelConfig, RankerConfig, SplitConfig
-from components.data import load_dataset
+from components.data.ingest import load_dataset
+from components.data.split import split_interactions, stratified_split
+from components.evaluation.offline_eval import evaluate_model
+from components.models.artifact import load_model, save_model
 from components.models.two_stage import TwoStageRecommender, chosen_trees, ndcg_of_groups
-from components.offline_eval import evaluate_model
-from components.split import split_interactions, stratified_split
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from components.artifact import load_model, read_manifest
 from components.errors import ArtifactError
+from components.models.artifact import load_model, read_manifest
 
 
 def test_round_trip_answers_the_same(small_model_dir, small_dataset):

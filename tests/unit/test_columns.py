@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from components.data import load_dataset, parse_columns
+from components.data.ingest import load_dataset, parse_columns
 from components.errors import DataValidationError
 
 
@@ -114,7 +114,7 @@ def test_both_pipelines_take_columns():
 
 
 def test_recsys_run_refuses_a_malformed_mapping_before_running(tmp_path, capfd):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     assert main(["run", "--columns", "person=userId", "--home", str(tmp_path / "home")]) == 1
     err = capfd.readouterr().err.strip().splitlines()

@@ -176,7 +176,7 @@ def test_pipeline_runs_from_the_local_pipeline_root(tmp_path):
 
 
 def test_event_and_request_counts_are_grouped_by_the_database(store_url):
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
 
     now = time.time()
     starts, step = monitoring.buckets(now - 3_600, now)
@@ -209,7 +209,7 @@ def form_token(page) -> str:
 def client(tmp_path):
     from fastapi.testclient import TestClient
 
-    from pipelines.cli_console import RolloutBackend
+    from pipelines.cli.console import RolloutBackend
     from serving.console.app import create_app
     from serving.console.config import console_config
     from serving.console.state import build_console
@@ -349,8 +349,8 @@ def test_trajectory_ends_where_the_analysis_stands(tmp_path):
     from experiment_data import experiment_feedback
 
     from components.config import ExperimentConfig
-    from components.experiment import analyze_labelled, label_impressions
-    from components.feedback_store import FeedbackStore
+    from components.experiments.experiment import analyze_labelled, label_impressions
+    from components.feedback.feedback_store import FeedbackStore
     from serving.console.experiments import trajectory
 
     impressions, events = experiment_feedback("a", "b", rate_a=0.04, rate_b=0.08, users=1_000,
@@ -413,8 +413,8 @@ def test_monitoring_marks_an_alert_apart_from_a_retraining_and_says_why(tmp_path
     page shows it in the warning colour (not as a healthy decision) with the reason it gave."""
     from fastapi.testclient import TestClient
 
-    from components.monitor import Decision
     from components.monitor_step import _log_to_mlflow
+    from components.monitoring.monitor import Decision
     from serving.console.app import create_app
     from serving.console.config import console_config
     from serving.console.state import build_console
@@ -451,8 +451,8 @@ def test_monitoring_shows_the_drift_decisions_recorded_in_mlflow(tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from components.monitor import Decision
     from components.monitor_step import _log_to_mlflow
+    from components.monitoring.monitor import Decision
     from serving.console.app import create_app
     from serving.console.config import console_config
     from serving.console.state import build_console
@@ -505,8 +505,8 @@ def test_models_page_compares_only_versions_of_one_data_set(tmp_path, small_mode
     import re
 
     from components.config import GateConfig, RegistryConfig
-    from components.data_identity import identity_of
-    from components.registry import register_model
+    from components.data.data_identity import identity_of
+    from components.release.registry import register_model
 
     home = tmp_path / "home"
     home.mkdir()
@@ -555,10 +555,10 @@ def test_concluded_experiments_stay_on_the_experiments_page(tmp_path):
     from fastapi.testclient import TestClient
 
     from components.config import ExperimentConfig
-    from components.experiment import analyze_labelled, label_impressions
-    from components.feedback_store import FeedbackStore
-    from pipelines.cli_console import RolloutBackend
-    from pipelines.rollout_analyze import Target, record_decision
+    from components.experiments.experiment import analyze_labelled, label_impressions
+    from components.feedback.feedback_store import FeedbackStore
+    from pipelines.cli.console import RolloutBackend
+    from pipelines.cli.rollout_analyze import Target, record_decision
     from serving.console.app import create_app
     from serving.console.config import console_config
     from serving.console.state import build_console
@@ -607,11 +607,11 @@ def test_the_simulation_registers_its_models_with_their_offline_metrics(tmp_path
     step, so the Models page's table is not empty."""
     import re
 
-    from components.artifact import load_model
     from components.config import SplitConfig
-    from components.offline_eval import evaluate_model
-    from components.split import split_interactions
-    from pipelines.simulate import _register
+    from components.data.split import split_interactions
+    from components.evaluation.offline_eval import evaluate_model
+    from components.models.artifact import load_model
+    from pipelines.cli.simulate import _register
 
     home = tmp_path / "home"
     home.mkdir()
@@ -665,7 +665,7 @@ def test_a_read_only_console_stores_no_events(tmp_path):
     from events_process import start_service, stop_service
     from fastapi.testclient import TestClient
 
-    from components.feedback_store import FeedbackStore
+    from components.feedback.feedback_store import FeedbackStore
     from serving.console.app import create_app
     from serving.console.config import console_config
     from serving.console.state import build_console

@@ -4,7 +4,7 @@ timeout that cleans up after a killed step, and the scheduler address the step c
 Creating and deleting it needs a cluster with the operator, which these machines do not have."""
 from __future__ import annotations
 
-from components.dask_cluster import IDLE_TIMEOUT_S, cluster_spec, scheduler_address
+from components.release.dask_cluster import IDLE_TIMEOUT_S, cluster_spec, scheduler_address
 
 
 def test_cluster_spec_is_a_daskcluster_of_the_project_image():

@@ -17,20 +17,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.artifact import read_manifest, save_model, verify_files
 from components.config import Config, MonitoringConfig
-from components.drift import _feature_thresholds, run_detectors
-from components.drift_features import ModelFacts, balanced_edges, bucket, quantile_edges
-from components.drift_reference import (
+from components.data.split import split_interactions
+from components.errors import ArtifactError, DataValidationError, RecsysError
+from components.models.artifact import read_manifest, save_model, verify_files
+from components.models.two_stage import TwoStageRecommender
+from components.monitoring.drift import _feature_thresholds, run_detectors
+from components.monitoring.drift_features import ModelFacts, balanced_edges, bucket, quantile_edges
+from components.monitoring.drift_reference import (
     fit_references,
     has_references,
     load_references,
     reference_rows,
     save_references,
 )
-from components.errors import ArtifactError, DataValidationError, RecsysError
-from components.models.two_stage import TwoStageRecommender
-from components.monitor import (
+from components.monitoring.monitor import (
     OK,
     RETRAIN,
     OnlineMetric,
@@ -40,7 +41,6 @@ from components.monitor import (
     read_window,
     window_tables,
 )
-from components.split import split_interactions
 from serving.request_log import LogEntry, RequestLog, read_request_log
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -496,7 +496,7 @@ def test_the_window_is_read_from_the_end_of_the_newest_files(tmp_path):
     """A window of 100 from two processes' logs (one rotated into several files): the same rows
     as reading every file and keeping the newest 100, and the reader never reaches the bad
     lines at the start of the oldest file (it stopped once the window was full)."""
-    from components.observations import BadRows, read_request_log_window
+    from components.feedback.observations import BadRows, read_request_log_window
 
     now = time.time()
     logs = tmp_path / "requests"
@@ -544,7 +544,7 @@ def test_the_decision_is_pushed_to_a_pushgateway(artifact, trained):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from components.monitor_metrics import JOB, push_decision
+    from components.monitoring.monitor_metrics import JOB, push_decision
 
     received = []
 
@@ -588,8 +588,8 @@ def test_the_decision_is_pushed_to_a_pushgateway(artifact, trained):
 def test_the_feedback_store_gives_served_rows_events_and_the_click_through_rate(tmp_path):
     """The real store (SQLite): impressions become served rows (no scores), click events join
     their impression by request id, the window before gives the CTR to compare with."""
-    from components.feedback_store import FeedbackStore
-    from components.monitor import online_metric
+    from components.feedback.feedback_store import FeedbackStore
+    from components.monitoring.monitor import online_metric
 
     url = f"sqlite:///{tmp_path / 'feedback.db'}"
     now = time.time()
@@ -642,13 +642,13 @@ def test_the_feedback_store_gives_served_rows_events_and_the_click_through_rate(
 
 def test_serving_and_the_cli_never_import_alibi_detect():
     """alibi-detect is not in the serving image: nothing on the serving path may import it, and
-    `components.drift` imports it only when a detector is fitted or loaded."""
+    `components.monitoring.drift` imports it only when a detector is fitted or loaded."""
     import subprocess
 
     code = (
-        "import sys, serving.predictor, serving.events, pipelines.cli, components.drift, "
-        "components.monitor, components.monitor_metrics; "
-        "pipelines.cli.build_parser(); print('alibi_detect' in sys.modules)"
+        "import sys, serving.predictor, serving.events, pipelines.cli.main, components.monitoring.drift, "
+        "components.monitoring.monitor, components.monitoring.monitor_metrics; "
+        "pipelines.cli.main.build_parser(); print('alibi_detect' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -657,10 +657,10 @@ def test_serving_and_the_cli_never_import_alibi_detect():
 def test_without_alibi_detect_training_goes_on_and_checking_says_why(
     trained, artifact, monkeypatch, caplog
 ):
-    import components.drift
+    import components.monitoring.drift
 
     model, _, reference, _ = trained
-    monkeypatch.setattr(components.drift, "available", lambda: False)
+    monkeypatch.setattr(components.monitoring.drift, "available", lambda: False)
     assert fit_references(model, reference, CONFIG.monitoring) is None
     assert "alibi-detect is not installed" in caplog.text
     with pytest.raises(

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 
 from components.config import ExperimentConfig, OnlineGuardrailConfig
-from components.experiment import (
+from components.experiments.experiment import (
     Decision,
     GuardrailCheck,
     VersionHealth,
@@ -145,7 +145,7 @@ def _check(status: str, name: str = "error_rate") -> GuardrailCheck:
 
 
 def _result(p_value: float, effect: float, n: int):
-    from components.experiment import SequentialResult
+    from components.experiments.experiment import SequentialResult
 
     return SequentialResult(n, n, 0.05, 0.05 + effect, effect, effect / 0.05, effect - 0.01,
                             effect + 0.01, p_value, 0.005, 1.0, n)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components.features import ItemStats, build_candidates, feature_names
 from components.models.base import build_training_data
+from components.models.features import ItemStats, build_candidates, feature_names
 
 DAY = 86_400.0
 

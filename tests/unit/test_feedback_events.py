@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.feedback_events import (
+from components.feedback.feedback_events import (
     EVENT_COLUMNS,
     EVENT_FIELDS,
     EVENT_TYPES,

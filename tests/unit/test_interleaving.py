@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from components.interleaving import (
+from components.experiments.interleaving import (
     min_decided_requests,
     request_credit,
     team_draft,

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from components.evaluate import GateDecision, compare_to_champion, metrics_by_k, ranking_metrics
+from components.evaluation.evaluate import (
+    GateDecision,
+    compare_to_champion,
+    metrics_by_k,
+    ranking_metrics,
+)
 
 D1, D2, D3 = 1.0, 1 / math.log2(3), 1 / math.log2(4)  # rank discounts 1/log2(rank + 1)
 
@@ -288,8 +293,8 @@ def test_accuracy_equals_the_benchmark_packages_own_metrics_on_real_data():
     import pandas as pd
     from recommenders.evaluation import python_evaluation as reference
 
-    from components.data import load_dataset
-    from components.split import stratified_split
+    from components.data.ingest import load_dataset
+    from components.data.split import stratified_split
 
     df = load_dataset("movielens-dslabs").interactions
     parts = stratified_split(df, 0.25, seed=42)

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from components.report import metrics_table, render_html_report
+from components.evaluation.report import metrics_table, render_html_report
 
 EVIL = "<script>alert(1)</script>"
 RESULTS = {

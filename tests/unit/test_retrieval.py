@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from components.features import ItemStats, build_candidates, build_candidates_from_retrieval
 from components.models.base import build_training_data
+from components.models.features import ItemStats, build_candidates, build_candidates_from_retrieval
 from components.models.retrieval import FactorIndex, retrieve_sparse
 
 
@@ -81,8 +81,8 @@ def test_features_from_retrieval_equal_the_dense_features(small_dataset):
 
 
 def test_large_path_trains_saves_loads_and_serves(small_dataset, tmp_path):
-    from components.artifact import load_model, save_model
     from components.config import ModelConfig, ScaleConfig
+    from components.models.artifact import load_model, save_model
     from components.models.two_stage import TwoStageRecommender
 
     config = ModelConfig(scale=ScaleConfig(large_catalogue_items=50, item_item_items=120, neighbours=30))

@@ -6,7 +6,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from components.serving_health import histogram_quantile, parse_router_metrics
+from components.experiments.serving_health import histogram_quantile, parse_router_metrics
 
 
 def test_histogram_quantile_interpolates_as_prometheus_does():

@@ -6,11 +6,11 @@ import sqlite3
 
 import pytest
 
+from components.data.sources import is_remote, open_source, redact, stem
+from components.data.sources.dvc import DvcSource
+from components.data.sources.object_store import S3Source
+from components.data.sources.sql import SqlSource
 from components.errors import DataSourceError
-from components.sources import is_remote, open_source, redact, stem
-from components.sources.dvc import DvcSource
-from components.sources.object_store import S3Source
-from components.sources.sql import SqlSource
 
 
 def test_only_urls_are_remote():

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from components.config import SplitConfig
+from components.data.split import kfold_splits, split_interactions, stratified_split, temporal_split
 from components.errors import DataValidationError
-from components.split import kfold_splits, split_interactions, stratified_split, temporal_split
 
 
 def _pairs(df: pd.DataFrame) -> set[tuple[str, str]]:
@@ -88,7 +88,7 @@ def _benchmark_split(df: pd.DataFrame, seed: int) -> set[tuple[str, str]]:
 def test_stratified_split_is_the_benchmarks_row_for_row_on_the_default_data(seed):
     """On the built-in default data (100,004 real ratings), our split holds out exactly the
     pairs the benchmark package's own splitter holds out."""
-    from components.data import load_dataset
+    from components.data.ingest import load_dataset
 
     df = load_dataset("movielens-dslabs").interactions
     ours = stratified_split(df, 0.25, seed=seed).test
@@ -97,7 +97,7 @@ def test_stratified_split_is_the_benchmarks_row_for_row_on_the_default_data(seed
 
 def test_stratified_split_is_the_benchmarks_row_for_row_on_ml100k(ml100k_dir):
     """The benchmark's own data: 25,008 ratings held out at seed 42, the same ones."""
-    from components.data import load_dataset
+    from components.data.ingest import load_dataset
 
     df = load_dataset(str(ml100k_dir)).interactions
     ours = stratified_split(df, 0.25, seed=42).test

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from components.synthetic import movielens_like, movielens_shape, truth_quality
-from components.validate import validate_interactions
+from components.data.synthetic import movielens_like, movielens_shape, truth_quality
+from components.data.validate import validate_interactions
 
 
 def _seen(inter, n_users, n_items):

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.titles import TitleIndex, normalise
+from components.models.titles import TitleIndex, normalise
 
 
 @pytest.fixture(scope="module")
 def movies():
-    from components.data import load_dataset
+    from components.data.ingest import load_dataset
 
     ds = load_dataset("movielens-dslabs")
     items = ds.items.sort_values("item_id").reset_index(drop=True)

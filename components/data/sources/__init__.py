@@ -54,14 +54,14 @@ def open_source(text: str, *, data_version: str = "") -> Source:
     """The source behind a URL; an unknown scheme is one clear line."""
     scheme = text.split("://", 1)[0].lower()
     if scheme == "s3":
-        from components.sources.object_store import S3Source
+        from components.data.sources.object_store import S3Source
 
         return S3Source.from_url(text)
     if scheme == "dvc":
-        from components.sources.dvc import DvcSource
+        from components.data.sources.dvc import DvcSource
 
         return DvcSource.from_url(text)
-    from components.sources.sql import SqlSource, is_sql_scheme
+    from components.data.sources.sql import SqlSource, is_sql_scheme
 
     if is_sql_scheme(scheme):
         return SqlSource.from_url(text, data_version=data_version)

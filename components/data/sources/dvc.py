@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.data.sources import concat_parts, is_table_file, read_table_bytes, redact, stem
 from components.errors import DataSourceError
-from components.sources import concat_parts, is_table_file, read_table_bytes, redact, stem
 
 _REPO_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 

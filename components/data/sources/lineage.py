@@ -17,7 +17,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
-from components.sources import is_remote, open_source
+from components.data.sources import is_remote, open_source
 
 
 class SourceUrl(DatasetSource):
@@ -31,7 +31,7 @@ class SourceUrl(DatasetSource):
         return "recsys_url"
 
     def load(self, **kwargs) -> Any:
-        raise NotImplementedError("read it with components.data.read_raw(url)")
+        raise NotImplementedError("read it with components.data.ingest.read_raw(url)")
 
     @staticmethod
     def _can_resolve(raw_source: Any) -> bool:

@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
+from components.data.sources import concat_parts, is_table_file, read_table_bytes, stem
 from components.errors import DataSourceError
-from components.sources import concat_parts, is_table_file, read_table_bytes, stem
 
 # What boto3 calls each place it found credentials, in words a user can act on.
 _CREDENTIAL_SOURCES = {

@@ -227,7 +227,7 @@ def _masked(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        from components.sources import redact
+        from components.data.sources import redact
 
         return redact(url)
 
