@@ -18,13 +18,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from components.errors import ConfigError, RecsysError
+from serving.events_limits import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_QUEUED_EVENTS,
+)
 
 log = logging.getLogger("recsys.events")
 
 DEFAULT_PORT = 8090
-DEFAULT_MAX_BATCH = 1_000
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-DEFAULT_MAX_QUEUED_EVENTS = 50_000
 # Event times before this are refused (a 0 or a small number is a client's bug, not a time).
 DEFAULT_EARLIEST_TIMESTAMP = "1990-01-01"
 

@@ -62,7 +62,11 @@ from components.feedback.feedback_events import (
     TimeBounds,
     normalize_batch,
 )
-from serving.events import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_EVENTS
+from serving.events_limits import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_QUEUED_EVENTS,
+)
 from serving.group_commit import GroupCommitter, Overloaded, accepted_rows
 from serving.impressions import ImpressionWriter, impressions_from_records
 from serving.payload_logger import REQUEST_TYPE, RESPONSE_TYPE, EventPairer

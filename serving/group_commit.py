@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from serving.events import DEFAULT_MAX_QUEUED_EVENTS
+from serving.events_limits import DEFAULT_MAX_QUEUED_EVENTS
 
 MAX_GROUP_EVENTS = 5_000
 _STOP = object()

@@ -401,8 +401,8 @@ class RecommenderModel(Model):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        from serving.http_errors import install_request_error_handler
         from serving.model_server import quiet_logging
-        from serving.server import install_request_error_handler
 
         install_request_error_handler()  # a spawned REST worker imports KServe's app afresh
         quiet_logging(bool(state.get("enable_latency_logging")))

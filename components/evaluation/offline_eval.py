@@ -5,13 +5,16 @@ same held-out users with training items excluded. The metrics themselves live in
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from components.evaluation.evaluate import ranking_metrics
-from components.models.two_stage import TwoStageRecommender
+
+if TYPE_CHECKING:  # annotations only: evaluation sits below models (docs/architecture.md)
+    from components.models.two_stage import TwoStageRecommender
 
 _CHUNK = 512
 

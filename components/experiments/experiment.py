@@ -51,6 +51,11 @@ import pandas as pd
 from scipy.stats import norm
 
 from components.config import ExperimentConfig, OnlineGuardrailConfig
+from components.experiments.interleaving import (
+    min_decided_requests,
+    request_credit,
+    win_rate_test,
+)
 
 IMPRESSION_COLUMNS = ("request_id", "user_id", "item_id", "position", "model_version",
                       "source_version", "variant", "timestamp")
@@ -439,8 +444,6 @@ def analyze_labelled(labelled: pd.DataFrame, *, champion: str, challenger: str,
                      config: ExperimentConfig | None = None,
                      health: Mapping[str, VersionHealth] | None = None) -> Analysis:
     """`analyze` on impressions already labelled with what users did (`label_impressions`)."""
-    from components.experiments.interleaving import interleaving_analysis
-
     config = config or ExperimentConfig()
     start = experiment_start(labelled, challenger)
     notes: list[str] = []
@@ -500,3 +503,55 @@ def ab_test(rows: pd.DataFrame, outcome: str, config: ExperimentConfig
 def _record(row: pd.Series) -> dict[str, Any]:
     return {k: (int(v) if k in {"requests", "users", "impressions", "clicks", "likes", "dislikes",
                                 "ratings"} else float(v)) for k, v in row.items()}
+
+
+def interleaving_analysis(interleaved: pd.DataFrame, *, champion: str, challenger: str,
+                          config: ExperimentConfig, since: float | None, until: float | None,
+                          metrics: dict[str, dict[str, Any]], serving: list, notes: list[str]):
+    """`analyze` for `method: interleaving`: the team-draft win rate (`interleaving`) with the
+    serving and like-rate guardrails."""
+    top = interleaved[interleaved["position"] < config.k]
+    credit = request_credit(top, champion, challenger)
+    minimum = min_decided_requests(config.interleaving_min_win_rate, config.alpha, config.power)
+    maximum = math.ceil(minimum * config.max_sample_factor)
+    guardrails = list(serving)
+    # Like rate within the interleaved answers: the items each model placed, side by side.
+    by_source = top.assign(model_version=top["source_version"], variant="")
+    like_rows = experiment_rows(by_source, champion, challenger, config.k)
+    like_rate = top["liked"].mean() if len(top) else 0.0
+    like_test = mixture_sprt(like_rows["arm"].to_numpy(), like_rows["user_id"].to_numpy(),
+                             like_rows["liked"].to_numpy(), alpha=config.alpha,
+                             mixture_sd=max(config.min_detectable_effect * like_rate, 1e-6))
+    guardrails.append(like_rate_guardrail(like_test, 1, config.guardrails))
+    if credit.empty:
+        decision = Decision("continue", "waiting", ("no interleaved answers yet",))
+        return Analysis(champion, challenger, "interleaving", "ctr", config.alpha, since, until,
+                        metrics, None, minimum, maximum, guardrails, decision, notes)
+    test = win_rate_test(credit["outcome"].to_numpy(), alpha=config.alpha,
+                         mixture_sd=config.interleaving_mixture_sd)
+    test["requests"] = len(credit)
+    n = test["wins"] + test["losses"]
+    breached = [g for g in guardrails if isinstance(g, GuardrailCheck) and g.status == "breached"]
+    summary = (f"challenger won {test['wins']:,} and lost {test['losses']:,} of "
+               f"{len(credit):,} interleaved answers ({test['ties']:,} ties), always-valid "
+               f"p = {test['p_value']:.4g} (sign test {test['sign_test_p_value']:.4g})")
+    if breached:
+        decision = Decision("rollback", "guardrail",
+                            tuple(f"guardrail {g.name} breached: {g.detail}" for g in breached))
+    elif n < minimum:
+        decision = Decision("continue", "waiting",
+                            ((f"{n:,} of the {minimum:,} decided answers the power analysis asks "
+                             f"for; {summary}"),))
+    elif test["p_value"] <= config.alpha:
+        better = test["wins"] > test["losses"]
+        decision = Decision("promote" if better else "rollback", "effect",
+                            (f"challenger {'better' if better else 'worse'}: {summary}",))
+    elif n >= maximum:
+        decision = Decision("rollback", "futility",
+                            ((f"no significant preference after {n:,} decided answers (maximum "
+                             f"{maximum:,}): the champion stays; {summary}"),))
+    else:
+        decision = Decision("continue", "waiting", (f"no significant preference yet: {summary}",))
+    return Analysis(champion, challenger, "interleaving", "ctr", config.alpha, since, until,
+                    metrics, test, minimum, maximum, guardrails, decision, notes,
+                    impressions=int(credit["impressions"].sum()))

@@ -29,8 +29,6 @@ import pandas as pd
 from scipy.special import betaln
 from scipy.stats import binomtest, norm
 
-from components.config import ExperimentConfig
-
 CHAMPION_TEAM, CHALLENGER_TEAM = 0, 1
 
 
@@ -124,63 +122,3 @@ def min_decided_requests(win_rate: float, alpha: float, power: float) -> int:
     n = ((z_alpha * 0.5 + z_power * math.sqrt(win_rate * (1.0 - win_rate)))
          / (win_rate - 0.5)) ** 2
     return math.ceil(n)
-
-
-def interleaving_analysis(interleaved: pd.DataFrame, *, champion: str, challenger: str,
-                          config: ExperimentConfig, since: float | None, until: float | None,
-                          metrics: dict[str, dict[str, Any]], serving: list, notes: list[str]):
-    """`components.experiments.experiment.analyze` for `method: interleaving`."""
-    from components.experiments.experiment import (
-        Analysis,
-        Decision,
-        GuardrailCheck,
-        experiment_rows,
-        like_rate_guardrail,
-        mixture_sprt,
-    )
-
-    top = interleaved[interleaved["position"] < config.k]
-    credit = request_credit(top, champion, challenger)
-    minimum = min_decided_requests(config.interleaving_min_win_rate, config.alpha, config.power)
-    maximum = math.ceil(minimum * config.max_sample_factor)
-    guardrails = list(serving)
-    # Like rate within the interleaved answers: the items each model placed, side by side.
-    by_source = top.assign(model_version=top["source_version"], variant="")
-    like_rows = experiment_rows(by_source, champion, challenger, config.k)
-    like_rate = top["liked"].mean() if len(top) else 0.0
-    like_test = mixture_sprt(like_rows["arm"].to_numpy(), like_rows["user_id"].to_numpy(),
-                             like_rows["liked"].to_numpy(), alpha=config.alpha,
-                             mixture_sd=max(config.min_detectable_effect * like_rate, 1e-6))
-    guardrails.append(like_rate_guardrail(like_test, 1, config.guardrails))
-    if credit.empty:
-        decision = Decision("continue", "waiting", ("no interleaved answers yet",))
-        return Analysis(champion, challenger, "interleaving", "ctr", config.alpha, since, until,
-                        metrics, None, minimum, maximum, guardrails, decision, notes)
-    test = win_rate_test(credit["outcome"].to_numpy(), alpha=config.alpha,
-                         mixture_sd=config.interleaving_mixture_sd)
-    test["requests"] = len(credit)
-    n = test["wins"] + test["losses"]
-    breached = [g for g in guardrails if isinstance(g, GuardrailCheck) and g.status == "breached"]
-    summary = (f"challenger won {test['wins']:,} and lost {test['losses']:,} of "
-               f"{len(credit):,} interleaved answers ({test['ties']:,} ties), always-valid "
-               f"p = {test['p_value']:.4g} (sign test {test['sign_test_p_value']:.4g})")
-    if breached:
-        decision = Decision("rollback", "guardrail",
-                            tuple(f"guardrail {g.name} breached: {g.detail}" for g in breached))
-    elif n < minimum:
-        decision = Decision("continue", "waiting",
-                            ((f"{n:,} of the {minimum:,} decided answers the power analysis asks "
-                             f"for; {summary}"),))
-    elif test["p_value"] <= config.alpha:
-        better = test["wins"] > test["losses"]
-        decision = Decision("promote" if better else "rollback", "effect",
-                            (f"challenger {'better' if better else 'worse'}: {summary}",))
-    elif n >= maximum:
-        decision = Decision("rollback", "futility",
-                            ((f"no significant preference after {n:,} decided answers (maximum "
-                             f"{maximum:,}): the champion stays; {summary}"),))
-    else:
-        decision = Decision("continue", "waiting", (f"no significant preference yet: {summary}",))
-    return Analysis(champion, challenger, "interleaving", "ctr", config.alpha, since, until,
-                    metrics, test, minimum, maximum, guardrails, decision, notes,
-                    impressions=int(credit["impressions"].sum()))

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from components.models.features import feature_names
-from components.models.two_stage import chosen_trees, truncated, validation_ndcg
+from components.models.ranker_rounds import chosen_trees, truncated, validation_ndcg
 
 log = logging.getLogger(__name__)
 

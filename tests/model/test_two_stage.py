@@ -10,7 +10,8 @@ from components.data.ingest import load_dataset
 from components.data.split import split_interactions, stratified_split
 from components.evaluation.offline_eval import evaluate_model
 from components.models.artifact import load_model, save_model
-from components.models.two_stage import TwoStageRecommender, chosen_trees, ndcg_of_groups
+from components.models.ranker_rounds import chosen_trees, ndcg_of_groups
+from components.models.two_stage import TwoStageRecommender
 
 
 @pytest.fixture(scope="module")
