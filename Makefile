@@ -35,6 +35,7 @@ run: install
 ## The test suite (what CI runs).
 test: install tools
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not bench and not fuzz" --durations=15 tests
 
 ## Speed, memory and quality targets (not part of `make test`). The HTTP figures need `wrk`
