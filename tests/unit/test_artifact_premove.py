@@ -1,8 +1,8 @@
 """A model saved before `components/` was split into stage packages still loads and answers.
 
 The fixture (tests/fixtures/artifact_premove) was written by the code as it was before the
-move (`components/artifact.py`, `components/models/two_stage.py`), on synthetic data (60 users,
-40 items, seed 3), with its answers for six users beside it. The artifact holds no pickles, so
+move (`save_model` of the flat layout, main at 10c58f6), on synthetic data (60 users, 40 items,
+seed 3), with its answers for six users beside it. The artifact holds no pickles, so
 no module path is stored in it; this test is the proof that loading does not depend on where the
 modules live."""
 from __future__ import annotations
