@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from kserve.protocol.infer_type import InferInput, InferRequest
 from prometheus_client import REGISTRY
 
@@ -213,3 +212,15 @@ def test_a_like_invalidates_exactly_that_users_cached_answer(small_model_dir, tm
         predictor.terminate()
         predictor.wait(30)
         assert stop_service(events) == 0
+
+
+def test_a_negative_answer_cache_size_is_a_one_line_error(tmp_path):
+    import subprocess
+
+    for command in (["-m", "serving", "--model-dir", str(tmp_path)],
+                    ["-m", "pipelines.cli.main", "serve", "--model-dir", str(tmp_path)]):
+        done = subprocess.run([sys.executable, *command, "--answer-cache-size", "-1"],
+                              check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0, done.stderr[-1000:]
+        assert "--answer-cache-size must not be negative, got -1" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
