@@ -763,8 +763,8 @@ class RecommenderModel(Model):
             cold = np.asarray(rec.cold_start, dtype=bool)
             for n, (j, i) in enumerate(zip(group, rows)):
                 parts.top[i], parts.scores[i], parts.cold[i] = top[n], scores[n], cold[n]
-                self._answers.put(str(query.ids[i]), _Cached(fresh[j], top[n], scores[n],
-                                                             bool(cold[n])))
+                self._answers.put(str(query.ids[i]), _Cached(  # copies: not views of a batch
+                    fresh[j], top[n].copy(), scores[n].copy(), bool(cold[n])))
 
     def _recommend(self, query: Query) -> Answer:
         parts = self._cache_parts(query)
