@@ -17,6 +17,9 @@ DEFAULT_MAX_ANSWER_ITEMS = 100_000
 # Title queries (item_id values that are not an exact item id) one request may ask: each is
 # scored against every title (about 10-40 ms on a 9,000-title catalogue).
 DEFAULT_MAX_TITLE_QUERIES = 16
+# Answers kept for users with fresh feedback (an LRU beside the precomputed table), about
+# 1 KB each at the table's k: `--answer-cache-size`.
+DEFAULT_ANSWER_CACHE_SIZE = 10_000
 MAX_QUERY_LENGTH = 200  # characters of an item_id/title query (the longest MovieLens title: 151)
 MAX_LIST_IDS = 100_000  # ids in exclude_item_ids + history_item_ids, over the whole request
 MAX_LIST_LENGTH = 10_000  # per-row width of exclude_item_ids / history_item_ids

@@ -44,6 +44,22 @@ MODEL_INFO = Gauge(
     "The model being served (value 1); labels carry its version and training data fingerprint",
     ["model_name", "model_version", "data_fingerprint"],
 )
+ANSWER_CACHE = Counter(
+    "recsys_answer_cache",
+    "User rows the answer cache could hold, by result: hit (the precomputed table, or the kept "
+    "answer of a user whose fresh history has not changed since), miss (a model call)",
+    ["model_name", "result"],
+)
+ANSWER_CACHE_EVICTIONS = Counter(
+    "recsys_answer_cache_evictions",
+    "Kept answers dropped to stay within --answer-cache-size (least recently used first)",
+    ["model_name"],
+)
+ANSWER_CACHE_ENTRIES = Gauge(
+    "recsys_answer_cache_entries",
+    "Answers kept beside the precomputed table (users with fresh history, rows not filled yet)",
+    ["model_name"],
+)
 MODEL_READY = Gauge("recsys_model_ready", "1 when the model loaded and passed its warm-up", ["model_name"])
 
 
@@ -62,6 +78,10 @@ class ModelMetrics:
         self._log_dropped = {
             reason: REQUEST_LOG_DROPPED.labels(model_name, reason) for reason in DROP_REASONS
         }
+        self.cache_hits = ANSWER_CACHE.labels(model_name, "hit")
+        self.cache_misses = ANSWER_CACHE.labels(model_name, "miss")
+        self.cache_evictions = ANSWER_CACHE_EVICTIONS.labels(model_name)
+        self.cache_entries = ANSWER_CACHE_ENTRIES.labels(model_name)
         self.ready = MODEL_READY.labels(model_name)
         self.ready.set(0)
 

@@ -564,6 +564,11 @@ class PredictorFeedback:
         fresh = self.history.lookup(user_ids)
         return history if fresh is None else merge_histories(history, fresh)
 
+    def fresh_rows(self, user_ids: Sequence[str]) -> list[tuple[str, ...]] | None:
+        """Each user's fresh items (newest first), or None when no user has any. A row is also
+        the version of that user's history: the predictor's answer cache keys on it."""
+        return self.history.lookup(user_ids)
+
     def shown(self, entry: Any) -> None:
         """An answered request (a request-log `LogEntry`), queued for the impressions table."""
         if self.impressions is not None:

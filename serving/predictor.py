@@ -24,6 +24,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 from components.errors import ArtifactError
 from components.models.artifact import MANIFEST, load_model
 from serving.limits import (
+    DEFAULT_ANSWER_CACHE_SIZE,
     DEFAULT_MAX_ANSWER_ITEMS,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_TITLE_QUERIES,
@@ -90,7 +92,77 @@ class Query:
     ids: np.ndarray  # [B] object (str): user ids, or item ids / titles
     k: np.ndarray  # [B] int64
     exclude: list[list[str]] | None = None
-    history: list[list[str]] | None = None
+    history: list[list[str]] | None = None  # what the client sent
+    # What each user did since training (the online history), or None when no user has any.
+    # Kept apart from `history` until the model call: it is also the version of the user's
+    # cached answer.
+    fresh: list[tuple[str, ...]] | None = None
+
+    def model_history(self) -> list[list[str]] | None:
+        """The history rows the model scores with: the client's, then the fresh items."""
+        if self.fresh is None:
+            return self.history
+        if self.history is None:
+            return [list(row) for row in self.fresh]
+        return [[*sent, *extra] for sent, extra in zip(self.history, self.fresh)]
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """One user's answer at the cache's width, valid while that user's fresh history is
+    `version` (the tuple of fresh items itself, so a version is exact and costs nothing)."""
+
+    version: tuple[str, ...]
+    top: np.ndarray  # [width] int32 item indices
+    scores: np.ndarray  # [width] float32
+    cold: bool
+
+
+class AnswerLRU:
+    """The answers the precomputed table cannot give, one entry per user, least recently used
+    evicted first. A user's entry holds the answer for one version of the user's fresh history:
+    new feedback makes it miss (and its answer replaces it), other users' entries stay.
+    Thread-safe: the event loop reads while the model's worker thread writes."""
+
+    def __init__(self, size: int, on_evict=None):
+        self.size = max(0, int(size))
+        self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self._lock = threading.Lock()
+        self._on_evict = on_evict
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, user: str, version: tuple[str, ...]) -> _Cached | None:
+        with self._lock:
+            entry = self._entries.get(user)
+            if entry is None or entry.version != version:
+                return None
+            self._entries.move_to_end(user)
+            return entry
+
+    def put(self, user: str, entry: _Cached) -> None:
+        if self.size == 0:
+            return
+        evicted = 0
+        with self._lock:
+            self._entries[user] = entry
+            self._entries.move_to_end(user)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+                evicted += 1
+        if evicted and self._on_evict is not None:
+            self._on_evict(evicted)
+
+
+@dataclass
+class _Parts:
+    """A cacheable query's rows as found in the cache; `missing` rows need the model."""
+
+    top: np.ndarray  # [B, W] int32
+    scores: np.ndarray  # [B, W] float32
+    cold: np.ndarray  # [B] bool
+    missing: list[int]
 
 
 @dataclass
@@ -238,8 +310,10 @@ class RecommenderModel(Model):
         request_log_dir: str | Path | None = None,
         online_store: str | None = None,
         online_store_prefix: str = "recsys:",
+        answer_cache_size: int = DEFAULT_ANSWER_CACHE_SIZE,
     ):
         super().__init__(name)
+        self.answer_cache_size = answer_cache_size
         self.model_dir = Path(model_dir)
         self.max_batch_size = max_batch_size
         self.max_answer_items = max_answer_items
@@ -318,6 +392,8 @@ class RecommenderModel(Model):
         self._cache_top = self._cache_scores = None
         self._cache_filled = 0  # rows [0, filled) and the cold-start row are answers
         n_users, width = int(model.data_.n_users), min(CACHE_K, self.n_items)
+        self._cache_width = width
+        self._answers = self._new_lru()
         if (n_users + 1) * width > CACHE_MAX_ENTRIES:
             log.info("answer cache off: %d users x k=%d is above %d entries",
                      n_users, width, CACHE_MAX_ENTRIES)
@@ -347,6 +423,12 @@ class RecommenderModel(Model):
             self._cache_filled = end  # published after the rows are written
         log.info("answer cache: %d users x k=%d in %.1fs",
                  len(users) - 1, self._cache_width, time.perf_counter() - started)
+
+    def _new_lru(self) -> AnswerLRU:
+        metrics = self._metrics
+        lru = AnswerLRU(self.answer_cache_size, on_evict=metrics.cache_evictions.inc)
+        metrics.cache_entries.set_function(lambda: len(lru))
+        return lru
 
     @staticmethod
     def _fill_cache_rows(model, users, top, scores, start: int, end: int) -> None:
@@ -396,6 +478,7 @@ class RecommenderModel(Model):
         state["_metrics"] = None
         state["_feedback"] = None
         state["_executor"] = None
+        state["_answers"] = None  # holds a lock; each worker starts its own, empty
         state.pop("_cache_thread", None)  # a worker gets the rows filled so far
         state.pop("_cache_stop", None)
         return state
@@ -408,6 +491,8 @@ class RecommenderModel(Model):
         quiet_logging(bool(state.get("enable_latency_logging")))
         self.__dict__.update(state)
         self._metrics = ModelMetrics(self.name)
+        if "_answers" in state:
+            self._answers = self._new_lru()  # each worker keeps its own
         if self.ready:
             manifest = self._model.manifest_
             self._metrics.set_model(self.model_version, str(manifest.get("data_fingerprint", "")))
@@ -450,7 +535,7 @@ class RecommenderModel(Model):
             log.warning("unexpected error parsing a request (%s: %s)", type(exc).__name__, exc, exc_info=True)
             raise InvalidInput(f"malformed request: {type(exc).__name__}: {exc}") from None
         if self._feedback is not None and not query.by_item:  # what users did since training
-            query.history = self._feedback.add_fresh_history(query.ids.tolist(), query.history)
+            query.fresh = self._feedback.fresh_rows(query.ids.tolist())
         try:
             answer = await self._answer(query)
         except Exception:
@@ -462,8 +547,11 @@ class RecommenderModel(Model):
 
     async def _answer(self, query: Query) -> Answer:
         """A cached answer on the spot; anything that calls the model in the worker thread."""
-        if not query.by_item and self._is_cached(query):
-            return self._recommend(query)
+        if not query.by_item:
+            parts = self._cache_parts(query)
+            if parts is not None and not parts.missing:
+                self._metrics.cache_hits.inc(len(query.ids))
+                return self._cached_answer(query, parts)
         if self._executor is None:  # one thread: model calls run one at a time, off the loop
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
         work = self._similar if query.by_item else self._recommend
@@ -607,39 +695,95 @@ class RecommenderModel(Model):
         return query
 
     # ------------------------------------------------------------------ the model call
-    def _is_cached(self, query: Query, users: np.ndarray | None = None) -> bool:
-        """Whether the answer table holds this query's answer: no exclusions or history, k
-        within the table, and (while a background thread still fills it) every user's row in."""
+    def _cache_parts(self, query: Query) -> _Parts | None:
+        """This query's rows from the answer cache, or None when the cache cannot answer it
+        (the client sent exclusions or a history, or k is past the cache's width). A user
+        without fresh feedback is a row of the precomputed table (once filled); a user with
+        some, or a row not filled yet, is an LRU entry valid for that user's fresh items as
+        they are now. Rows found in neither are `missing`: the model answers them."""
+        width = getattr(self, "_cache_width", 0)
         if (
-            getattr(self, "_cache_top", None) is None
-            or query.exclude is not None or query.history is not None
-            or int(query.k.max()) > self._cache_width
+            query.exclude is not None or query.history is not None
+            or int(query.k.max()) > width
         ):
-            return False
-        if self._cache_filled >= len(self._cache_top) - 1:
-            return True
-        if users is None:
-            users = self._model.user_index(query.ids.tolist())
-        return bool((users < self._cache_filled).all())  # unknown users: -1, always in
+            return None
+        table, lru = self._cache_top, self._answers
+        if lru.size == 0 and (table is None or query.fresh is not None):
+            return None  # no LRU: fresh rows (and rows past the table) take a plain model call
+        ids = query.ids.tolist()
+        users = self._model.user_index(ids)
+        cold_row = -1 if table is None else len(table) - 1
+        if query.fresh is None and table is not None and self._cache_filled >= cold_row:
+            rows = np.where(users < 0, cold_row, users)  # the common case, vectorised
+            k = int(query.k.max())
+            return _Parts(self._cache_top[rows, :k], self._cache_scores[rows, :k], users < 0, [])
+        batch = len(ids)
+        top = np.zeros((batch, width), dtype=np.int32)
+        scores = np.full((batch, width), np.nan, dtype=np.float32)
+        cold = np.zeros(batch, dtype=bool)
+        missing = []
+        for i, user in enumerate(ids):
+            version = query.fresh[i] if query.fresh is not None else ()
+            row = int(users[i])
+            if not version and table is not None and row < self._cache_filled:
+                row = cold_row if row < 0 else row  # unknown users: the cold-start row
+                top[i], scores[i], cold[i] = table[row], self._cache_scores[row], row == cold_row
+                continue
+            entry = lru.get(user, version)
+            if entry is None:
+                missing.append(i)
+            else:
+                top[i], scores[i], cold[i] = entry.top, entry.scores, entry.cold
+        return _Parts(top, scores, cold, missing)
+
+    def _cached_answer(self, query: Query, parts: _Parts) -> Answer:
+        width = int(query.k.max())
+        item_ids = self._item_ids[parts.top[:, :width]]
+        scores = parts.scores[:, :width].copy()
+        _pad(item_ids, scores, query.k)
+        return Answer(item_ids, scores, cold_start=parts.cold)
+
+    def _fill_missing(self, query: Query, parts: _Parts) -> None:
+        """Score the missing rows at the cache's width, keep each in the LRU (under the fresh
+        items it was scored with) and put it in `parts`. Rows with fresh items and rows
+        without are scored apart, each as it would be alone."""
+        model, width = self._model, parts.top.shape[1]
+        fresh = [query.fresh[i] if query.fresh is not None else () for i in parts.missing]
+        for with_fresh in (True, False):
+            group = [j for j, items in enumerate(fresh) if bool(items) == with_fresh]
+            if not group:
+                continue
+            rows = [parts.missing[j] for j in group]
+            rec = model.recommend(
+                query.ids[rows].tolist(), width,
+                history_item_ids=[list(fresh[j]) for j in group] if with_fresh else None,
+            )
+            top = np.searchsorted(model.data_.item_ids, rec.item_ids).astype(np.int32)
+            scores = rec.scores.astype(np.float32)
+            cold = np.asarray(rec.cold_start, dtype=bool)
+            for n, (j, i) in enumerate(zip(group, rows)):
+                parts.top[i], parts.scores[i], parts.cold[i] = top[n], scores[n], cold[n]
+                self._answers.put(str(query.ids[i]), _Cached(  # copies: not views of a batch
+                    fresh[j], top[n].copy(), scores[n].copy(), bool(cold[n])))
 
     def _recommend(self, query: Query) -> Answer:
+        parts = self._cache_parts(query)
+        if parts is not None:
+            if parts.missing:
+                self._metrics.cache_misses.inc(len(parts.missing))
+                self._fill_missing(query, parts)
+            hits = len(query.ids) - len(parts.missing)
+            if hits:
+                self._metrics.cache_hits.inc(hits)
+            return self._cached_answer(query, parts)
         width = int(query.k.max())
-        users = None
-        if getattr(self, "_cache_top", None) is not None and query.exclude is None and query.history is None:
-            users = self._model.user_index(query.ids.tolist())
-        if users is not None and self._is_cached(query, users):
-            cold = users < 0
-            rows = np.where(cold, len(self._cache_top) - 1, users)
-            item_ids = self._item_ids[self._cache_top[rows, :width]]
-            scores = self._cache_scores[rows, :width].copy()
-        else:
-            rec = self._model.recommend(
-                query.ids.tolist(), width, exclude_item_ids=query.exclude, history_item_ids=query.history
-            )
-            item_ids, scores = rec.item_ids.astype(object), rec.scores.astype(np.float32, copy=True)
-            cold = np.asarray(rec.cold_start, dtype=bool)
+        rec = self._model.recommend(
+            query.ids.tolist(), width, exclude_item_ids=query.exclude,
+            history_item_ids=query.model_history(),
+        )
+        item_ids, scores = rec.item_ids.astype(object), rec.scores.astype(np.float32, copy=True)
         _pad(item_ids, scores, query.k)
-        return Answer(item_ids, scores, cold_start=cold)
+        return Answer(item_ids, scores, cold_start=np.asarray(rec.cold_start, dtype=bool))
 
     def _similar(self, query: Query) -> Answer:
         batch, width = len(query.ids), int(query.k.max())

@@ -392,8 +392,8 @@ def _timed(name: str, model: RecommenderModel, call: Callable[[Query], Answer], 
 
 def _fresh(model: RecommenderModel, query: Query) -> Query:
     """The query with what its users did since `model` was trained (the online history)."""
-    if model._feedback is not None:
-        query.history = model._feedback.add_fresh_history(query.ids.tolist(), query.history)
+    if model._feedback is not None:  # kept apart: the model's answer cache keys on it
+        query.fresh = model._feedback.fresh_rows(query.ids.tolist())
     return query
 
 

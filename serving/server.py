@@ -32,6 +32,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
     """The server options; `model_dir_default=None` makes --model-dir optional with no default
     (`recsys serve`, which also listens on loopback only unless told otherwise)."""
     from serving.limits import (
+        DEFAULT_ANSWER_CACHE_SIZE,
         DEFAULT_MAX_ANSWER_ITEMS,
         DEFAULT_MAX_BATCH_SIZE,
         DEFAULT_MAX_TITLE_QUERIES,
@@ -92,6 +93,12 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         help="answer from the model's training data only")
     parser.add_argument("--online-store-prefix", default="recsys:", metavar="PREFIX",
                         help="Redis key prefix, as the events service's (default: %(default)s)")
+    parser.add_argument("--answer-cache-size", dest="answer_cache_size", type=int,
+                        default=DEFAULT_ANSWER_CACHE_SIZE, metavar="N",
+                        help="answers kept for users with fresh feedback (until their next "
+                        "event; least recently used dropped first, about 1 KB each), so a "
+                        "repeat request is a lookup instead of a model call; 0 turns this off "
+                        "(default: %(default)s)")
     experiment = parser.add_argument_group(
         "champion and challenger",
         "serve a second model to a share of users (sticky: by a hash of the user id), and/or "
@@ -137,6 +144,8 @@ def _validate(args: argparse.Namespace) -> None:
     for name in ("max_answer_items", "max_title_queries"):
         if getattr(args, name) < 1:
             raise RecsysError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.answer_cache_size < 0:
+        raise RecsysError(f"--answer-cache-size must not be negative, got {args.answer_cache_size}")
     if args.drain_seconds < 0:
         raise RecsysError(f"--drain-seconds must not be negative, got {args.drain_seconds}")
     from serving.limits import connection_limits
@@ -239,6 +248,7 @@ def serve(args: argparse.Namespace) -> int:
         request_log_dir=None if routed else args.request_log,
         online_store=args.online_store or None,
         online_store_prefix=args.online_store_prefix,
+        answer_cache_size=args.answer_cache_size,
     )
     if routed:
         model = _router(args, model)
@@ -282,7 +292,7 @@ def _router(args: argparse.Namespace, champion):
 
     loader = partial(_loaded_model, args.model_name, args.max_batch_size,
                      args.online_store or None, args.online_store_prefix,
-                     args.max_answer_items, args.max_title_queries)
+                     args.max_answer_items, args.max_title_queries, args.answer_cache_size)
     challenger = None
     if args.challenger_dir and not args.no_challenger:
         challenger = loader(_local(args.challenger_dir), load=False)
@@ -305,8 +315,8 @@ def _router(args: argparse.Namespace, champion):
 
 
 def _loaded_model(name: str, max_batch_size: int, online_store: str | None, prefix: str,
-                  max_answer_items: int, max_title_queries: int, model_dir: str,
-                  load: bool = True):
+                  max_answer_items: int, max_title_queries: int, answer_cache_size: int,
+                  model_dir: str, load: bool = True):
     """A RecommenderModel for the router (module level: REST workers get the router pickled).
     Each has its own online history (fresh items are filtered by its own training data)."""
     from serving.predictor import RecommenderModel
@@ -314,7 +324,8 @@ def _loaded_model(name: str, max_batch_size: int, online_store: str | None, pref
     model = RecommenderModel(name, model_dir, max_batch_size=max_batch_size,
                              max_answer_items=max_answer_items,
                              max_title_queries=max_title_queries,
-                             online_store=online_store, online_store_prefix=prefix)
+                             online_store=online_store, online_store_prefix=prefix,
+                             answer_cache_size=answer_cache_size)
     if load:
         model.load()
     return model

@@ -206,3 +206,118 @@ def test_online_history_cost_in_process(ml100k_model, tmp_path):
     print(f"{'predictor.predict, 1 user (v2), in process':48} {'us per call':>12}")
     for label, us in rows:
         print(f"{label:48} {us:12.0f}")
+
+
+# ------------------------------------------------------------- every user with fresh likes
+SESSION_USERS = 100
+SESSION_SECONDS = 8
+
+
+def _sessions(url: str, path: str, events_url: str | None, users: list[str],
+              seconds: int = SESSION_SECONDS) -> dict:
+    """The worst case for an answer cache: each of `users` asks for its answer, likes the top
+    item through the events service, asks again, and so on (a click-then-refresh session),
+    16 sessions at a time. Only the recommendation requests are timed. Without `events_url`
+    (the no-op model) the same requests run with the like skipped."""
+    import asyncio
+
+    from bench_serving import CONNECTIONS
+
+    async def run() -> dict:
+        latencies, errors = [], 0
+        deadline = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=2 * CONNECTIONS)
+        async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+            async def session(own: list[str]) -> None:
+                nonlocal errors
+                i = 0
+                while time.perf_counter() < deadline:
+                    user = own[i % len(own)]
+                    i += 1
+                    body = {"inputs": [
+                        {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [user]},
+                        {"name": "k", "datatype": "INT32", "shape": [1], "data": [10]}]}
+                    started = time.perf_counter()
+                    response = await client.post(url + path, json=body)
+                    latencies.append(time.perf_counter() - started)
+                    errors += response.status_code != 200
+                    if events_url is None or response.status_code != 200:
+                        continue
+                    top = next(o for o in response.json()["outputs"] if o["name"] == "item_ids")
+                    liked = await client.post(events_url + "/v1/events", json={
+                        "event_id": uuid.uuid4().hex, "type": "like", "user_id": user,
+                        "item_id": top["data"][0]})
+                    errors += liked.status_code != 200
+
+            started = time.perf_counter()
+            await asyncio.gather(*(session(users[c::CONNECTIONS]) for c in range(CONNECTIONS)))
+            elapsed = time.perf_counter() - started
+        ms = np.asarray(latencies) * 1000
+        return {"rps": len(ms) / elapsed, "p50": float(np.percentile(ms, 50)),
+                "p99": float(np.percentile(ms, 99)), "errors": errors, "requests": len(ms)}
+
+    return asyncio.run(run())
+
+
+def test_every_user_fresh(ml100k_model, tmp_path, request):
+    """Every requesting user has fresh likes in Redis (three each): `wrk -t1 -c16` of
+    single-user v2 requests over all users against the no-op model in the same run; then the
+    worst case, a like between every two requests of each of 100 users (asyncio + httpx on
+    both servers, the likes through the events service). Medians of ROUNDS rounds. Targets:
+    >= 0.50x the no-op's req/s and p99 <= 50 ms with every user fresh; p99 <= 50 ms in the
+    worst case. They report; they do not gate."""
+    ds, model_dir = ml100k_model
+    users = ds.interactions["user_id"].astype(str).unique().tolist()
+    redis_url, prefix = request.getfixturevalue("redis_prefix")
+    from serving.online_history import RedisHistoryWriter
+
+    rng = random.Random(11)
+    items = ds.interactions["item_id"].astype(str).unique().tolist()
+    writer = RedisHistoryWriter(redis_url, prefix=prefix)
+    writer.push([{"type": "like", "user_id": user, "item_id": rng.choice(items),
+                  "timestamp": time.time()} for user in users for _ in range(3)])
+    writer.close()
+    bodies = v2_bodies(users, 1, n=2 * len(users), seed=3)
+    session_users = rng.sample(users, SESSION_USERS)
+    online = ("--online-store", redis_url, "--online-store-prefix", prefix)
+    setups = {
+        "no-op": ([sys.executable, str(REPO / "tests" / "benchmarks" / "noop_server.py")], "noop"),
+        "ours, redis": ([sys.executable, "-m", "serving", "--model-dir", str(model_dir), *online],
+                        "recsys"),
+    }
+    servers = {label: Proc(command, tmp_path / f"{label}.log", f"/v2/models/{name}/ready")
+               for label, (command, name) in setups.items()}
+    store_url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    events, events_url = start_service(store_url, tmp_path / "events.log", *online)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    try:
+        time.sleep(1)  # the histories' first read
+        for _round in range(ROUNDS):
+            for label, (_command, name) in setups.items():
+                path = f"/v2/models/{name}/infer"
+                runs.setdefault((label, "all fresh (wrk)"), []).append(
+                    load(servers[label].url, path, bodies))
+                runs.setdefault((label, "like per request"), []).append(_sessions(
+                    servers[label].url, path, events_url if label != "no-op" else None,
+                    session_users))
+    finally:
+        stop_service(events)
+        for server in servers.values():
+            server.stop()
+    results = {key: {"rps": float(np.median([r["rps"] for r in rs])),
+                     "p50": float(np.median([r["p50"] for r in rs])),
+                     "p99": float(np.median([r["p99"] for r in rs])),
+                     "errors": sum(r["errors"] for r in rs)} for key, rs in runs.items()}
+    print()
+    print(f"single-user v2 REST, 16 connections, one worker (ML-100K model), medians of {ROUNDS} "
+          f"rounds; every one of {len(users)} users has 3 fresh likes in Redis; "
+          f"'like per request': {SESSION_USERS} users, a like between every two requests")
+    print(f"{'server':12} {'scenario':17} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'vs no-op req/s':>15} {'vs no-op p99':>13} {'errors':>7}")
+    for (label, scenario), r in results.items():
+        base = results["no-op", scenario]
+        print(f"{label:12} {scenario:17} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} "
+              f"{r['rps'] / base['rps']:14.2f}x {r['p99'] / base['p99']:12.2f}x "
+              f"{r['errors']:7d}")
+    print("(targets: all fresh >= 0.50x req/s and p99 <= 50 ms; like per request p99 <= 50 ms)")
+    assert all(r["errors"] == 0 for r in results.values())
