@@ -46,6 +46,8 @@ Generator = PopularityModel | EaseModel | SequenceEaseModel | AlsModel | Content
 # Non-candidates rank below every candidate, in popularity order.
 _FALLBACK_OFFSET = -1e4
 _CHUNK = 1024
+# Candidate rows up to which the ranker predicts on one thread (`TwoStageRecommender._rank`).
+_ONE_THREAD_ROWS = 4096
 
 
 @dataclass
@@ -418,6 +420,14 @@ class TwoStageRecommender:
         return False
 
     # ------------------------------------------------------------------ scoring
+    def _rank(self, features: np.ndarray) -> np.ndarray:
+        """The ranker's scores of candidate rows. A serving call has a few hundred rows, for
+        which starting OpenMP threads costs more than the trees: up to `_ONE_THREAD_ROWS` rows
+        are scored on one thread (each row's score does not depend on the thread count)."""
+        if len(features) <= _ONE_THREAD_ROWS:
+            return self.ranker_.predict(features, num_threads=1)
+        return self.ranker_.predict(features)
+
     def _generator_scores(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
         return {name: gen.score(users, history) for name, gen in self.generators_.items()}
 
@@ -459,7 +469,7 @@ class TwoStageRecommender:
         else:
             cand = self._candidates(users, history)
             final = np.broadcast_to(_FALLBACK_OFFSET + popularity / (popularity.max() + 1), history.shape).copy()
-            final[cand.rows, cand.items] = self.ranker_.predict(cand.features)
+            final[cand.rows, cand.items] = self._rank(cand.features)
         cold = np.diff(history.indptr) == 0
         if cold.any():  # nothing to personalise on: the popularity answer
             final[cold] = self.cold_start_scores(popularity)
@@ -491,7 +501,7 @@ class TwoStageRecommender:
             cand = self._candidates(users, history)
             keep = ~SparseLookup(banned).contains(cand.rows, cand.items)
             rows, cand_items = cand.rows[keep], cand.items[keep]
-            score = self.ranker_.predict(cand.features[keep]).astype(np.float32)
+            score = self._rank(cand.features[keep]).astype(np.float32)
             order = np.lexsort((-score, rows))
             rows, cand_items, score = rows[order], cand_items[order], score[order]
             rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
