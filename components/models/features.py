@@ -264,3 +264,49 @@ def build_candidates_from_retrieval(
     columns += _pair_columns(history, stats, rows, items, user_time)
     features = np.column_stack(columns).astype(np.float32)
     return Candidates(rows=rows, items=items, features=features)
+
+
+def build_candidates_one(
+    scores: dict[str, np.ndarray],
+    seen: np.ndarray,
+    history: sp.csr_matrix,
+    stats: ItemStats,
+    n_per_generator: int,
+    user_time: np.ndarray,  # [1, 3] as `build_candidates`
+) -> Candidates:
+    """`build_candidates` for a batch of one user, on [n_items] rows instead of [B, n_items]
+    matrices: the same candidates in the same order and the same features. `seen` holds the
+    user's history as sorted item indices, `history` the same as one CSR row."""
+    n_items = history.shape[1]
+    unseen = np.ones(n_items, dtype=bool)
+    unseen[seen] = False
+    mask = np.zeros(n_items, dtype=bool)
+    ranks: dict[str, np.ndarray] = {}
+    best: dict[str, float] = {}
+    for name, s in scores.items():
+        s = np.where(unseen, s[0], -np.inf)
+        best[name] = s.max()
+        top = top_n(s[None, :], n_per_generator)[0]
+        rank = np.full(n_items, len(top), dtype=np.float32)
+        rank[top] = np.arange(len(top), dtype=np.float32)
+        ranks[name] = rank
+        mask[top] = True
+    mask &= unseen
+    items = np.flatnonzero(mask)
+    rows = np.zeros(len(items), dtype=np.int64)
+    n_unseen = max(int(unseen.sum()), 1)
+    columns = []
+    for name, s in scores.items():
+        s = s[0]
+        picked = s[items]
+        top = best[name]
+        relative = np.where(np.abs(top) > 1e-12, picked / (1 if top == 0 else top), 0.0)
+        masked = np.where(unseen, s, 0.0)
+        # In float64, as `build_candidates` divides its float32 sums by an int64 count.
+        mean = float(masked.sum()) / n_unseen
+        std = np.sqrt(max(float((masked**2).sum()) / n_unseen - mean**2, 0.0))
+        z = (picked - mean) / max(std, 1e-12)
+        columns += [z, ranks[name][items], relative]
+    columns += _pair_columns(history, stats, rows, items, user_time)
+    features = np.column_stack(columns).astype(np.float32)
+    return Candidates(rows=rows, items=items, features=features)

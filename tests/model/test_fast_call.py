@@ -125,3 +125,35 @@ def test_a_batch_of_changed_histories_answers_as_single_calls(model):
         one = model.recommend([user], 10, history_item_ids=[history])
         np.testing.assert_array_equal(one.item_ids[0], batch.item_ids[i])
         np.testing.assert_allclose(one.scores[0], batch.scores[i], rtol=1e-6, atol=1e-9)
+
+
+def test_single_calls_answer_as_the_batch_path_in_every_case(model):
+    """Known users as trained, with exclusions, with a history that adds nothing or names
+    unknown items, unseen users without a history, and k beyond the catalogue: a call for one
+    user answers what the same user gets within a batch (the vectorised path)."""
+    rng = np.random.default_rng(11)
+    data = model.data_
+    ids = data.item_ids
+    cases = []
+    for row in range(0, data.n_users, 4):
+        user = str(data.user_ids[row])
+        trained = ids[data.matrix.indices[data.matrix.indptr[row] : data.matrix.indptr[row + 1]]]
+        cases += [
+            (user, 10, None, None),
+            (user, 10, [rng.choice(ids, 5).tolist()], None),
+            (user, 10, None, [trained[:3].tolist() + ["no-such-item"]]),
+            (user, 7, [rng.choice(ids, 2).tolist()], [rng.choice(ids, 4).tolist()]),
+        ]
+    cases += [("nobody", 10, None, None), ("nobody", 10, None, [["no-such-item"]])]
+    cases += [(str(data.user_ids[0]), data.n_items + 5, None, None)]
+    for user, k, exclude, history in cases:
+        one = model.recommend([user], k, exclude_item_ids=exclude, history_item_ids=history)
+        both = model.recommend(
+            [user, "someone-else"],
+            k,
+            exclude_item_ids=None if exclude is None else exclude + [[]],
+            history_item_ids=None if history is None else history + [[ids[0]]],
+        )
+        np.testing.assert_array_equal(one.item_ids[0], both.item_ids[0], err_msg=user)
+        np.testing.assert_allclose(one.scores[0], both.scores[0], rtol=1e-6, atol=1e-9)
+        assert one.cold_start[0] == both.cold_start[0]
