@@ -13,6 +13,9 @@ from scipy.linalg.lapack import dposv
 from components.models.base import TrainingData
 from components.models.retrieval import FactorIndex, Retrieved
 
+# Batches up to this many users are scored without BLAS (`AlsModel.score`).
+_FEW_USERS = 4
+
 
 class AlsModel:
     name = "als"
@@ -79,7 +82,13 @@ class AlsModel:
         return out
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
-        return self.user_factors(users, history) @ self.item_factors_.T
+        factors = self.user_factors(users, history)
+        if len(factors) <= _FEW_USERS:
+            # numpy sends a one-row product to BLAS gemv, which OpenBLAS splits over its
+            # threads at this size: waking them costs far more than the product on a busy
+            # machine. einsum's own loop stays on the calling thread.
+            return np.einsum("bd,id->bi", factors, self.item_factors_)
+        return factors @ self.item_factors_.T
 
     def retrieve(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> Retrieved:
         """Top-n unseen items by exact inner-product search (large catalogues)."""
