@@ -203,12 +203,46 @@ def _pair_columns(
     activity = np.diff(history.indptr).astype(np.float32)
     # Share of the user's history in the item's genres.
     profile = np.asarray(history @ stats.genres, dtype=np.float32)
-    profile /= np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
-    overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
     # The user's taste for popular and for older items: the mean popularity share and year of
     # their history, against which each candidate's is measured.
     share = history_mean(history, stats.log_share)
     user_year = history_mean(history, stats.year)
+    return _pair_rows(stats, rows, items, user_time, activity, profile, share, user_year)
+
+
+def _pair_columns_one(
+    seen: np.ndarray, stats: ItemStats, items: np.ndarray, user_time: np.ndarray
+) -> list[np.ndarray]:
+    """`_pair_columns` for one user whose history is the sorted item indices `seen`: the
+    per-user sums on those indices rather than by sparse products."""
+    activity = np.array([len(seen)], dtype=np.float32)
+    profile = stats.genres[seen].sum(axis=0, keepdims=True)
+    share = np.array([_mean_known(stats.log_share[seen])])
+    user_year = np.array([_mean_known(stats.year[seen])])
+    rows = np.zeros(len(items), dtype=np.int64)
+    return _pair_rows(stats, rows, items, user_time, activity, profile, share, user_year)
+
+
+def _mean_known(values: np.ndarray) -> float:
+    """Mean of the values that are not NaN, in float64 (`history_mean` for one row)."""
+    values = values.astype(np.float64)
+    known = ~np.isnan(values)
+    n = int(known.sum())
+    return float(values[known].sum()) / n if n else np.nan
+
+
+def _pair_rows(
+    stats: ItemStats,
+    rows: np.ndarray,
+    items: np.ndarray,
+    user_time: np.ndarray,
+    activity: np.ndarray,  # [B] history lengths
+    profile: np.ndarray,  # [B, n_genres] float32 genre counts of the history
+    share: np.ndarray,  # [B] mean log share of the history
+    user_year: np.ndarray,  # [B] mean year of the history
+) -> list[np.ndarray]:
+    profile = profile / np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
+    overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
     return [
         stats.log_share[items],
         stats.days_since_last_seen[items],
@@ -269,15 +303,14 @@ def build_candidates_from_retrieval(
 def build_candidates_one(
     scores: dict[str, np.ndarray],
     seen: np.ndarray,
-    history: sp.csr_matrix,
     stats: ItemStats,
     n_per_generator: int,
     user_time: np.ndarray,  # [1, 3] as `build_candidates`
 ) -> Candidates:
     """`build_candidates` for a batch of one user, on [n_items] rows instead of [B, n_items]
     matrices: the same candidates in the same order and the same features. `seen` holds the
-    user's history as sorted item indices, `history` the same as one CSR row."""
-    n_items = history.shape[1]
+    user's history as sorted item indices."""
+    n_items = len(stats.log_popularity)
     unseen = np.ones(n_items, dtype=bool)
     unseen[seen] = False
     mask = np.zeros(n_items, dtype=bool)
@@ -307,6 +340,6 @@ def build_candidates_one(
         std = np.sqrt(max(float((masked**2).sum()) / n_unseen - mean**2, 0.0))
         z = (picked - mean) / max(std, 1e-12)
         columns += [z, ranks[name][items], relative]
-    columns += _pair_columns(history, stats, rows, items, user_time)
+    columns += _pair_columns_one(seen, stats, items, user_time)
     features = np.column_stack(columns).astype(np.float32)
     return Candidates(rows=rows, items=items, features=features)

@@ -31,6 +31,7 @@ from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.features import (
     ItemStats,
+    _mean_known,
     build_candidates,
     build_candidates_from_retrieval,
     build_candidates_one,
@@ -613,10 +614,10 @@ class TwoStageRecommender:
         if user >= 0:
             user_time = self.user_time_[users]
         else:
-            user_time = np.repeat(self.stats_.history_time(history)[:, None], len(USER_TIMES), axis=1)
+            user_time = np.full((1, len(USER_TIMES)), _mean_known(self.stats_.mean_time[seen]))
         scores = {name: gen.score(users, history) for name, gen in self.generators_.items()}
         cand = build_candidates_one(
-            scores, seen, history, self.stats_, self.config.ranker.candidates_per_generator, user_time
+            scores, seen, self.stats_, self.config.ranker.candidates_per_generator, user_time
         )
         popularity = self.stats_.log_popularity
         final = (_FALLBACK_OFFSET + popularity / (popularity.max() + 1)).astype(np.float32)
