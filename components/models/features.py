@@ -5,7 +5,9 @@ never candidates). Each pair is described by every generator's score and rank, i
 and recency, item year, user activity, the genre overlap between the item and the user's
 history, the item's popularity and year against the means of the user's history (a taste for
 popular or for older films), and whether the item was in use while the user was active.
-Everything is computed on whole [B, n_items] score matrices: no loop over items.
+Everything is computed on whole [B, n_items] score matrices: no loop over items. A single
+user's call (`build_candidates_one`) computes the same on [n_items] rows and its history's item
+indices, without the sparse products whose fixed cost dominates at one row.
 """
 from __future__ import annotations
 
@@ -217,13 +219,13 @@ def _pair_columns_one(
     per-user sums on those indices rather than by sparse products."""
     activity = np.array([len(seen)], dtype=np.float32)
     profile = stats.genres[seen].sum(axis=0, keepdims=True)
-    share = np.array([_mean_known(stats.log_share[seen])])
-    user_year = np.array([_mean_known(stats.year[seen])])
+    share = np.array([mean_of_known(stats.log_share[seen])])
+    user_year = np.array([mean_of_known(stats.year[seen])])
     rows = np.zeros(len(items), dtype=np.int64)
     return _pair_rows(stats, rows, items, user_time, activity, profile, share, user_year)
 
 
-def _mean_known(values: np.ndarray) -> float:
+def mean_of_known(values: np.ndarray) -> float:
     """Mean of the values that are not NaN, in float64 (`history_mean` for one row)."""
     values = values.astype(np.float64)
     known = ~np.isnan(values)

@@ -31,11 +31,11 @@ from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.features import (
     ItemStats,
-    _mean_known,
     build_candidates,
     build_candidates_from_retrieval,
     build_candidates_one,
     feature_names,
+    mean_of_known,
     top_n,
 )
 from components.models.popularity import PopularityModel
@@ -614,7 +614,7 @@ class TwoStageRecommender:
         if user >= 0:
             user_time = self.user_time_[users]
         else:
-            user_time = np.full((1, len(USER_TIMES)), _mean_known(self.stats_.mean_time[seen]))
+            user_time = np.full((1, len(USER_TIMES)), mean_of_known(self.stats_.mean_time[seen]))
         scores = {name: gen.score(users, history) for name, gen in self.generators_.items()}
         cand = build_candidates_one(
             scores, seen, self.stats_, self.config.ranker.candidates_per_generator, user_time
