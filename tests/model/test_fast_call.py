@@ -157,3 +157,14 @@ def test_single_calls_answer_as_the_batch_path_in_every_case(model):
         np.testing.assert_array_equal(one.item_ids[0], both.item_ids[0], err_msg=user)
         np.testing.assert_allclose(one.scores[0], both.scores[0], rtol=1e-6, atol=1e-9)
         assert one.cold_start[0] == both.cold_start[0]
+
+
+@pytest.mark.parametrize("name", ["ease", "seq_ease"])
+def test_one_user_ease_scores_are_the_sparse_products(model, name):
+    gen = model.generators_[name]
+    rows = np.arange(model.data_.n_users)
+    for history in changed(model, rows, 3, seed=4) + [[], ["no-such-item"]]:
+        matrix = history_matrix(model.data_.item_ids, [history], model.data_.n_items)
+        expected = np.zeros((1, gen.n_items_), dtype=np.float32)
+        expected[:, gen.items_] = np.asarray(matrix[:, gen.items_] @ gen.weights_)
+        np.testing.assert_array_equal(gen.score(np.array([-1]), matrix), expected)
