@@ -302,6 +302,13 @@ def build_candidates_from_retrieval(
     return Candidates(rows=rows, items=items, features=features)
 
 
+def _top_n_row(scores: np.ndarray, n: int) -> np.ndarray:
+    """`top_n` of one [n_items] row."""
+    n = min(n, len(scores))
+    part = np.argpartition(-scores, n - 1)[:n]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
 def build_candidates_one(
     scores: dict[str, np.ndarray],
     seen: np.ndarray,
@@ -321,7 +328,7 @@ def build_candidates_one(
     for name, s in scores.items():
         s = np.where(unseen, s[0], -np.inf)
         best[name] = s.max()
-        top = top_n(s[None, :], n_per_generator)[0]
+        top = _top_n_row(s, n_per_generator)
         rank = np.full(n_items, len(top), dtype=np.float32)
         rank[top] = np.arange(len(top), dtype=np.float32)
         ranks[name] = rank
