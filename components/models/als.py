@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg.lapack import dposv
 
 from components.models.base import TrainingData
 from components.models.retrieval import FactorIndex, Retrieved
+
+# Batches up to this many users are scored without BLAS (`AlsModel.score`).
+_FEW_USERS = 4
 
 
 class AlsModel:
@@ -56,24 +60,35 @@ class AlsModel:
         return self
 
     def _prepare(self) -> None:
-        y = self.item_factors_.astype(np.float64)
+        # Kept for every user step: the float64 factors and YᵀY + λI, computed once.
+        self.item_factors64_ = self.item_factors_.astype(np.float64)
+        y = self.item_factors64_
         self.gram_ = y.T @ y + self.regularization * np.eye(y.shape[1])
 
     def user_factors(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         out = np.empty((history.shape[0], self.item_factors_.shape[1]), dtype=np.float32)
         known = users >= 0
         out[known] = self.user_factors_[users[known]]
-        y = self.item_factors_.astype(np.float64)
+        y = self.item_factors64_
         for row in np.flatnonzero(~known):  # only rows without learned factors
             picked = y[history.indices[history.indptr[row] : history.indptr[row + 1]]]
             # `implicit` gives a positive the confidence c = α: x_u = (YᵀY + λI +
-            # (c-1)·Y_uᵀY_u)⁻¹ c·Y_uᵀ1 is its user step.
-            a = self.gram_ + (self.alpha - 1.0) * picked.T @ picked
-            out[row] = np.linalg.solve(a, self.alpha * picked.sum(axis=0))
+            # (c-1)·Y_uᵀY_u)⁻¹ c·Y_uᵀ1 is its user step. The matrix is symmetric positive
+            # definite: one Cholesky solve (LAPACK dposv), without the general solver's
+            # LU and its BLAS thread start-up, which cost more than the solve at these sizes.
+            a = self.gram_ + (self.alpha - 1.0) * (picked.T @ picked)
+            _, x, info = dposv(a, self.alpha * picked.sum(axis=0))
+            out[row] = x if info == 0 else np.linalg.solve(a, self.alpha * picked.sum(axis=0))
         return out
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
-        return self.user_factors(users, history) @ self.item_factors_.T
+        factors = self.user_factors(users, history)
+        if len(factors) <= _FEW_USERS:
+            # numpy sends a one-row product to BLAS gemv, which OpenBLAS splits over its
+            # threads at this size: waking them costs far more than the product on a busy
+            # machine. einsum's own loop stays on the calling thread.
+            return np.einsum("bd,id->bi", factors, self.item_factors_)
+        return factors @ self.item_factors_.T
 
     def retrieve(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> Retrieved:
         """Top-n unseen items by exact inner-product search (large catalogues)."""

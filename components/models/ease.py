@@ -98,10 +98,28 @@ class EaseModel:
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         if sp.issparse(self.weights_):  # pruned: rows and columns in catalogue indices
             return np.asarray((history @ self.weights_).toarray(), dtype=np.float32)
+        if history.shape[0] == 1:  # one user: the rows of its items, summed in history order
+            return self._score_one(history.indices[history.indptr[0] : history.indptr[1]])
         if len(self.items_) == self.n_items_:  # every item has support: no column selection
             return np.asarray(history @ self.weights_, dtype=np.float32)
         out = np.zeros((history.shape[0], self.n_items_), dtype=np.float32)
         out[:, self.items_] = np.asarray(history[:, self.items_] @ self.weights_)
+        return out
+
+    def _score_one(self, items: np.ndarray) -> np.ndarray:
+        """[1, n_items] scores of one history (catalogue indices, ascending): the sum of the
+        weight rows of its supported items, as the sparse product adds them, without the
+        sparse column selection whose fixed cost dominates at one row."""
+        column = getattr(self, "_column", None)
+        if column is None:
+            column = self._column = np.full(self.n_items_, -1, dtype=np.int64)
+            column[self.items_] = np.arange(len(self.items_))
+        rows = column[np.sort(items)]
+        summed = self.weights_[rows[rows >= 0]].sum(axis=0, dtype=np.float32)
+        if len(self.items_) == self.n_items_:
+            return summed[None, :]
+        out = np.zeros((1, self.n_items_), dtype=np.float32)
+        out[0, self.items_] = summed
         return out
 
     def retrieve(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> Retrieved:

@@ -5,7 +5,9 @@ never candidates). Each pair is described by every generator's score and rank, i
 and recency, item year, user activity, the genre overlap between the item and the user's
 history, the item's popularity and year against the means of the user's history (a taste for
 popular or for older films), and whether the item was in use while the user was active.
-Everything is computed on whole [B, n_items] score matrices: no loop over items.
+Everything is computed on whole [B, n_items] score matrices: no loop over items. A single
+user's call (`build_candidates_one`) computes the same on [n_items] rows and its history's item
+indices, without the sparse products whose fixed cost dominates at one row.
 """
 from __future__ import annotations
 
@@ -203,12 +205,46 @@ def _pair_columns(
     activity = np.diff(history.indptr).astype(np.float32)
     # Share of the user's history in the item's genres.
     profile = np.asarray(history @ stats.genres, dtype=np.float32)
-    profile /= np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
-    overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
     # The user's taste for popular and for older items: the mean popularity share and year of
     # their history, against which each candidate's is measured.
     share = history_mean(history, stats.log_share)
     user_year = history_mean(history, stats.year)
+    return _pair_rows(stats, rows, items, user_time, activity, profile, share, user_year)
+
+
+def _pair_columns_one(
+    seen: np.ndarray, stats: ItemStats, items: np.ndarray, user_time: np.ndarray
+) -> list[np.ndarray]:
+    """`_pair_columns` for one user whose history is the sorted item indices `seen`: the
+    per-user sums on those indices rather than by sparse products."""
+    activity = np.array([len(seen)], dtype=np.float32)
+    profile = stats.genres[seen].sum(axis=0, keepdims=True)
+    share = np.array([mean_of_known(stats.log_share[seen])])
+    user_year = np.array([mean_of_known(stats.year[seen])])
+    rows = np.zeros(len(items), dtype=np.int64)
+    return _pair_rows(stats, rows, items, user_time, activity, profile, share, user_year)
+
+
+def mean_of_known(values: np.ndarray) -> float:
+    """Mean of the values that are not NaN, in float64 (`history_mean` for one row)."""
+    values = values.astype(np.float64)
+    known = ~np.isnan(values)
+    n = int(known.sum())
+    return float(values[known].sum()) / n if n else np.nan
+
+
+def _pair_rows(
+    stats: ItemStats,
+    rows: np.ndarray,
+    items: np.ndarray,
+    user_time: np.ndarray,
+    activity: np.ndarray,  # [B] history lengths
+    profile: np.ndarray,  # [B, n_genres] float32 genre counts of the history
+    share: np.ndarray,  # [B] mean log share of the history
+    user_year: np.ndarray,  # [B] mean year of the history
+) -> list[np.ndarray]:
+    profile = profile / np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
+    overlap = np.einsum("pg,pg->p", profile[rows], stats.genres[items])
     return [
         stats.log_share[items],
         stats.days_since_last_seen[items],
@@ -262,5 +298,57 @@ def build_candidates_from_retrieval(
         rank = np.where(hit, list_rank[order][at] if len(list_keys) else 0, np.float32(width))
         columns += [z, rank, relative]
     columns += _pair_columns(history, stats, rows, items, user_time)
+    features = np.column_stack(columns).astype(np.float32)
+    return Candidates(rows=rows, items=items, features=features)
+
+
+def _top_n_row(scores: np.ndarray, n: int) -> np.ndarray:
+    """`top_n` of one [n_items] row."""
+    n = min(n, len(scores))
+    part = np.argpartition(-scores, n - 1)[:n]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def build_candidates_one(
+    scores: dict[str, np.ndarray],
+    seen: np.ndarray,
+    stats: ItemStats,
+    n_per_generator: int,
+    user_time: np.ndarray,  # [1, 3] as `build_candidates`
+) -> Candidates:
+    """`build_candidates` for a batch of one user, on [n_items] rows instead of [B, n_items]
+    matrices: the same candidates in the same order and the same features. `seen` holds the
+    user's history as sorted item indices."""
+    n_items = len(stats.log_popularity)
+    unseen = np.ones(n_items, dtype=bool)
+    unseen[seen] = False
+    mask = np.zeros(n_items, dtype=bool)
+    ranks: dict[str, np.ndarray] = {}
+    best: dict[str, float] = {}
+    for name, s in scores.items():
+        s = np.where(unseen, s[0], -np.inf)
+        best[name] = s.max()
+        top = _top_n_row(s, n_per_generator)
+        rank = np.full(n_items, len(top), dtype=np.float32)
+        rank[top] = np.arange(len(top), dtype=np.float32)
+        ranks[name] = rank
+        mask[top] = True
+    mask &= unseen
+    items = np.flatnonzero(mask)
+    rows = np.zeros(len(items), dtype=np.int64)
+    n_unseen = max(int(unseen.sum()), 1)
+    columns = []
+    for name, s in scores.items():
+        s = s[0]
+        picked = s[items]
+        top = best[name]
+        relative = np.where(np.abs(top) > 1e-12, picked / (1 if top == 0 else top), 0.0)
+        masked = np.where(unseen, s, 0.0)
+        # In float64, as `build_candidates` divides its float32 sums by an int64 count.
+        mean = float(masked.sum()) / n_unseen
+        std = np.sqrt(max(float((masked**2).sum()) / n_unseen - mean**2, 0.0))
+        z = (picked - mean) / max(std, 1e-12)
+        columns += [z, ranks[name][items], relative]
+    columns += _pair_columns_one(seen, stats, items, user_time)
     features = np.column_stack(columns).astype(np.float32)
     return Candidates(rows=rows, items=items, features=features)

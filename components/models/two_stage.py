@@ -33,7 +33,9 @@ from components.models.features import (
     ItemStats,
     build_candidates,
     build_candidates_from_retrieval,
+    build_candidates_one,
     feature_names,
+    mean_of_known,
     top_n,
 )
 from components.models.popularity import PopularityModel
@@ -46,6 +48,8 @@ Generator = PopularityModel | EaseModel | SequenceEaseModel | AlsModel | Content
 # Non-candidates rank below every candidate, in popularity order.
 _FALLBACK_OFFSET = -1e4
 _CHUNK = 1024
+# Candidate rows up to which the ranker predicts on one thread (`TwoStageRecommender._rank`).
+_ONE_THREAD_ROWS = 4096
 
 
 @dataclass
@@ -225,7 +229,7 @@ class TwoStageRecommender:
         self.data_ = data
         self.stats_ = ItemStats.from_training(data)
         self.user_time_ = data.user_times()  # [n_users, 3], NaN if unknown
-        self._user_rows = self._title_index = None  # lookups of the previous data, if any
+        self._user_rows = self._item_rows = self._title_index = None  # lookups of the previous data
 
     @property
     def large_(self) -> bool:
@@ -418,6 +422,14 @@ class TwoStageRecommender:
         return False
 
     # ------------------------------------------------------------------ scoring
+    def _rank(self, features: np.ndarray) -> np.ndarray:
+        """The ranker's scores of candidate rows. A serving call has a few hundred rows, for
+        which starting OpenMP threads costs more than the trees: up to `_ONE_THREAD_ROWS` rows
+        are scored on one thread (each row's score does not depend on the thread count)."""
+        if len(features) <= _ONE_THREAD_ROWS:
+            return self.ranker_.predict(features, num_threads=1)
+        return self.ranker_.predict(features)
+
     def _generator_scores(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
         return {name: gen.score(users, history) for name, gen in self.generators_.items()}
 
@@ -459,7 +471,7 @@ class TwoStageRecommender:
         else:
             cand = self._candidates(users, history)
             final = np.broadcast_to(_FALLBACK_OFFSET + popularity / (popularity.max() + 1), history.shape).copy()
-            final[cand.rows, cand.items] = self.ranker_.predict(cand.features)
+            final[cand.rows, cand.items] = self._rank(cand.features)
         cold = np.diff(history.indptr) == 0
         if cold.any():  # nothing to personalise on: the popularity answer
             final[cold] = self.cold_start_scores(popularity)
@@ -491,7 +503,7 @@ class TwoStageRecommender:
             cand = self._candidates(users, history)
             keep = ~SparseLookup(banned).contains(cand.rows, cand.items)
             rows, cand_items = cand.rows[keep], cand.items[keep]
-            score = self.ranker_.predict(cand.features[keep]).astype(np.float32)
+            score = self._rank(cand.features[keep]).astype(np.float32)
             order = np.lexsort((-score, rows))
             rows, cand_items, score = rows[order], cand_items[order], score[order]
             rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
@@ -538,6 +550,14 @@ class TwoStageRecommender:
     ) -> Recommendations:
         """Top-k for users by id. Unknown users get the cold-start answer (popularity, or
         content and collaborative scores from `history_item_ids` when given)."""
+        if len(user_ids) == 1 and self.ranker_ is not None and not self.large_:
+            one = self._recommend_one(
+                str(user_ids[0]), k,
+                None if exclude_item_ids is None else exclude_item_ids[0],
+                None if history_item_ids is None else history_item_ids[0],
+            )
+            if one is not None:
+                return one
         users = self.user_index(user_ids)
         cold = users < 0
         n_items = self.data_.n_items
@@ -557,6 +577,56 @@ class TwoStageRecommender:
             exclude = history_matrix(self.data_.item_ids, [list(e) for e in exclude_item_ids], n_items)
         top, scores = self.recommend_indices(users, sp.csr_matrix(history), k, exclude)
         return Recommendations(self.data_.item_ids[top], scores, cold)
+
+    def _item_index(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Sorted unique catalogue indices of the known ids among `item_ids`."""
+        rows = getattr(self, "_item_rows", None)
+        if rows is None:
+            rows = self._item_rows = {iid: row for row, iid in enumerate(self.data_.item_ids.tolist())}
+        found = [rows[i] for i in map(str, item_ids) if i in rows]
+        return np.unique(np.asarray(found, dtype=np.int64))
+
+    def _recommend_one(
+        self, user_id: str, k: int, exclude: Sequence[str] | None, extra: Sequence[str] | None
+    ) -> Recommendations | None:
+        """`recommend` for one user of a ranked, dense-path model, on [n_items] rows instead of
+        sparse [1, n_items] matrices: the same answer as the batch path (tests/model/
+        test_fast_call.py) at a fraction of its fixed cost. None for a user with no history
+        (the cold-start answer is the batch path's)."""
+        user = known = self.user_index([user_id])[0]
+        matrix = self.data_.matrix
+        seen = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]] if user >= 0 else matrix.indices[:0]
+        seen = np.sort(seen).astype(np.int64)
+        if extra is not None:
+            added = self._item_index(extra)
+            grown = np.union1d(seen, added)
+            if len(grown) > len(seen):
+                user = -1  # a new history means new user factors
+            seen = grown
+        if not len(seen):
+            return None
+        n_items = self.data_.n_items
+        history = sp.csr_matrix(
+            (np.ones(len(seen), np.float32), seen.astype(np.int32), np.array([0, len(seen)], np.int32)),
+            shape=(1, n_items),
+        )
+        users = np.array([user], dtype=np.int64)
+        if user >= 0:
+            user_time = self.user_time_[users]
+        else:
+            user_time = np.full((1, len(USER_TIMES)), mean_of_known(self.stats_.mean_time[seen]))
+        scores = {name: gen.score(users, history) for name, gen in self.generators_.items()}
+        cand = build_candidates_one(
+            scores, seen, self.stats_, self.config.ranker.candidates_per_generator, user_time
+        )
+        popularity = self.stats_.log_popularity
+        final = (_FALLBACK_OFFSET + popularity / (popularity.max() + 1)).astype(np.float32)
+        final[cand.items] = self._rank(cand.features)
+        final[seen] = -np.inf
+        if exclude is not None:
+            final[self._item_index(exclude)] = -np.inf
+        top = top_n(final[None, :], min(k, n_items))
+        return Recommendations(self.data_.item_ids[top], final[top], np.array([known < 0]))
 
     def similar_items(self, item_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Items most like each given item by content, then co-occurrence when there is no text."""
