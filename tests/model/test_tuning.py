@@ -19,8 +19,10 @@ from components.config import Config, config_from_dict
 from components.data.ingest import load_dataset
 from components.data.split import split_interactions
 from components.errors import ConfigError
+from components.evaluation.offline_eval import evaluate_model
+from components.models.two_stage import TwoStageRecommender
 from components.tuning.space import DEFAULT_SPACE, load_space
-from components.tuning.tune import tune, tuning_splits
+from components.tuning.tune import compare, tune, tuning_splits
 
 REPO = Path(__file__).resolve().parents[2]
 # A small space: three values, so two or three trials already differ.
@@ -87,6 +89,21 @@ def test_a_rerun_with_the_same_seed_reproduces_the_study(tiny, space_file):
     assert runs[0].best_value == max(v for _, v in first)
 
 
+def test_the_comparison_scores_every_model_on_the_same_evaluation_users(tiny):
+    tuned = {"model": {**FAST["model"], "ease": {"l2": 60.0}, "als": {"factors": 6}}}
+    results = compare(tiny.interactions, tiny.items, FAST, tuned)
+    names = {"two_stage", "popularity", "ease", "seq_ease", "als"}
+    assert set(results) == {f"{n} ({label})" for n in names for label in ("untuned", "tuned")}
+    # Popularity has nothing to tune: the same figures for both, so the same users and items.
+    assert results["popularity (untuned)"] == results["popularity (tuned)"]
+    assert results["ease (untuned)"]["ndcg@10"] != results["ease (tuned)"]["ndcg@10"]
+    untuned = config_from_dict(FAST)
+    split = split_interactions(tiny.interactions, untuned.split)
+    model = TwoStageRecommender(untuned.model, untuned.split).fit(split.train, tiny.items,
+                                                                 progress=lambda _: None)
+    assert results["two_stage (untuned)"] == evaluate_model(model, split.test)["two_stage"]
+
+
 def test_the_default_space_names_values_of_the_config():
     names = [p.name for p in load_space(DEFAULT_SPACE)]
     assert "model.ease.l2" in names and "model.ranker.learning_rate" in names
@@ -128,8 +145,13 @@ def test_recsys_tune_logs_every_trial_and_fit_takes_the_best_config(tmp_path, ti
     start.write_text(yaml.safe_dump({**FAST, "registry": {"model_name": "tuned"}}))
     result = _recsys("tune", "--data", inter, "--items", items, "--config", start, "--space",
                      space_file, "--trials", 2, "--seed", 3, "--home", tmp_path / "home",
-                     "--output", tmp_path / "best.yaml", cwd=tmp_path)
+                     "--output", tmp_path / "best.yaml", "--compare", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # The comparison: the evaluate step's table, a row per model, untuned and tuned.
+    table = result.stdout[result.stdout.index("\nmodel "):].strip().splitlines()
+    rows = {line.split("  ")[0].strip() for line in table[2:]}
+    assert {"two_stage (untuned)", "two_stage (tuned)", "ease (tuned)", "als (untuned)",
+            "popularity (tuned)"} <= rows
     lines = [line for line in result.stdout.splitlines() if line.startswith("trial ")]
     assert [line.split(":")[0] for line in lines] == ["trial   0", "trial   1"]
     assert all("ndcg@10 0." in line and "best 0." in line and line.endswith("s") for line in lines)
