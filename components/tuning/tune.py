@@ -25,6 +25,7 @@ import yaml
 
 from components.config import Config, config_from_dict
 from components.data.split import split_interactions
+from components.errors import ConfigError, RecsysError
 from components.evaluation.evaluate import ranking_metrics
 from components.evaluation.offline_eval import evaluate_model, recommend_for_users, relevance_matrix
 from components.models.two_stage import TwoStageRecommender
@@ -135,11 +136,17 @@ def tune(
         "trials": trials, "timeout": timeout or "", "seed": seed, "space": ", ".join(p.name for p in space),
         "train_interactions": len(train), "validation_interactions": len(validation),
     })
-    study = optuna.create_study(
-        study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0),
-    )
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        study = optuna.create_study(
+            study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0),
+        )
+    except (SQLAlchemyError, ValueError, ImportError) as exc:  # a bad URL, a database down: one line
+        _end_parent(client, parent, "FAILED")
+        raise ConfigError(f"--storage {storage}: cannot open the study: {str(exc).splitlines()[0]}") from None
     if not study.trials:
         study.enqueue_trial(_baseline_params(base_config, space))
     records: list[dict[str, Any]] = []
@@ -190,12 +197,14 @@ def tune(
             what = f"failed ({trial.state.name.lower()})"
         progress(f"trial {trial.number:>3}: {what}; {best}; {seconds:.1f}s")
 
-    study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[report])
+    try:
+        study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[report])
+    except BaseException:
+        _end_parent(client, parent, "FAILED")
+        raise
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         _end_parent(client, parent, "FAILED")
-        from components.errors import RecsysError
-
         raise RecsysError("no trial completed: give more --trials or a longer --timeout")
     best = study.best_trial
     best_raw = copy.deepcopy(base)

@@ -192,3 +192,14 @@ def test_recsys_tune_refuses_a_bad_space_in_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("recsys tune: error: ") and "lambda" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_recsys_tune_refuses_a_bad_storage_in_one_line(tmp_path):
+    result = _recsys("tune", "--data", "synthetic", "--synthetic-users", 50, "--synthetic-items", 30,
+                     "--synthetic-interactions", 1000, "--storage", "nosuchdb://study", "--trials", 1,
+                     "--home", tmp_path / "home", cwd=tmp_path)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("recsys tune: error: --storage nosuchdb://study: cannot open the study")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "best.yaml").exists()
