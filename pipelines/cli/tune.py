@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "tune", help="search hyperparameters with Optuna and write the best config",
         description="Search the config values named in --space with Optuna (TPE sampler seeded "
-        "by --seed, so a rerun on the same data reproduces the study; a median pruner stops a "
+        "by --seed, so a rerun on the same data reproduces the study (unless --storage "
+        "continues an earlier one); a median pruner stops a "
         "trial whose generators alone already rank worse than the median trial's). Each trial "
         "fits the two-stage model on the training split minus a validation slice and is scored "
         "by NDCG@10 on that slice: the evaluation split that `recsys run` reports on is never "
@@ -34,14 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="stop starting trials after this many seconds (default: no limit)")
     p.add_argument("--space", type=Path, default=None,
-                   help=f"search space YAML: dotted config keys and ranges (default: {DEFAULT_SPACE.name}, "
+                   help=f"search space YAML: dotted config keys and ranges (default: components/tuning/{DEFAULT_SPACE.name}, "
                    "the generators' and the ranker's values)")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage (sqlite:///study.db, postgresql+psycopg://...): the study "
                    "is kept there and a rerun continues it (default: in memory)")
     p.add_argument("--output", type=Path, default=Path("best.yaml"),
                    help="where to write the best config (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=42, help="the sampler's seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="the sampler's seed (and the synthetic data's) (default: %(default)s)")
     p.add_argument("--compare", action="store_true",
                    help="then fit the untuned and the tuned config on the training split and print "
                    "the metrics of each generator alone and of the two-stage model on the "
