@@ -85,7 +85,7 @@ compile: install
 # requirements-runtime.lock: the serving image (no alibi-detect, DVC or Dask: about 1 GB less).
 # requirements-pipeline.lock: the pipeline image (runtime + the monitoring, sources and
 # distributed extras). Both are subsets of requirements.lock, version for version.
-EXTRAS := --extra monitoring --extra sources --extra distributed
+EXTRAS := --extra monitoring --extra sources --extra distributed --extra tuning
 lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra dev $(EXTRAS) --python-version 3.11 -q -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml -c requirements.lock --python-version 3.11 -q -o requirements-runtime.lock

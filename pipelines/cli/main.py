@@ -310,7 +310,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 # Modules that add their own subcommands (serving, cluster operations).
 _SUBCOMMAND_MODULES: tuple[str, ...] = ("pipelines.cli.serve", "pipelines.cli.cluster",
                                          "pipelines.cli.events", "pipelines.cli.monitor",
-                                         "pipelines.cli.simulate", "pipelines.cli.console")
+                                         "pipelines.cli.simulate", "pipelines.cli.console",
+                                         "pipelines.cli.tune")
 
 
 # Libraries that log every call at INFO (httpx: one "HTTP Request: POST ..." line per request).

@@ -230,7 +230,7 @@ def test_bad_k_and_bad_users_file(files, fitted, tmp_path):
 
 
 COMMANDS = ("run", "compile", "fit", "recommend", "serve", "submit", "schedule", "rollout", "events",
-            "monitor", "simulate", "console")
+            "monitor", "simulate", "console", "tune")
 
 
 def test_help_lists_every_command():
