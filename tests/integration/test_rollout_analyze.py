@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiment_data import experiment_feedback
 from k8s_double import KubeApiDouble
+from registry_home import two_version_home
 
 from components.feedback.feedback_store import FeedbackStore, default_store_url
 from components.release.deploy import RECORD, deploy_local, read_record
@@ -36,24 +37,7 @@ VERSIONS = {"1": "art-1", "2": "art-2"}  # MLflow version -> the artifact's own 
 @pytest.fixture()
 def registry(tmp_path):
     """A home whose MLflow store holds versions 1 (champion) and 2 (challenger)."""
-    from mlflow import MlflowClient
-
-    home = tmp_path / "home"
-    home.mkdir()
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("recsys", artifact_location=(home / "mlartifacts").as_uri())
-    client.create_registered_model(MODEL)
-    for version, model_version in VERSIONS.items():
-        model_dir = tmp_path / f"model-{version}"
-        model_dir.mkdir()
-        (model_dir / "manifest.json").write_text(json.dumps({"model_version": model_version}))
-        run = client.create_run(experiment)
-        client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
-        client.set_terminated(run.info.run_id)
-        client.create_model_version(MODEL, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-    client.set_registered_model_alias(MODEL, "champion", "1")
-    client.set_registered_model_alias(MODEL, "challenger", "2")
+    home, uri, client = two_version_home(tmp_path, MODEL, VERSIONS)
     # Sized for the data below: a 30% lift is what the power analysis must detect.
     (home / "config.yaml").write_text("experiment:\n  min_detectable_effect: 0.3\n")
     return home, uri, client

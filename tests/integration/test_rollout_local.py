@@ -5,7 +5,6 @@ record names (a real HTTP server on a free loopback port), not whatever answers 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiment_data import experiment_feedback
+from registry_home import two_version_home
 
 from components.feedback.feedback_store import FeedbackStore, default_store_url
 from components.release.deploy import RECORD, deploy_local, read_record, write_record
@@ -31,23 +31,7 @@ MODEL = "recsys"
 @pytest.fixture()
 def home(tmp_path):
     """A run home with versions 1 (champion) and 2 (challenger), deployed locally 50/50."""
-    from mlflow import MlflowClient
-
-    home = tmp_path / "home"
-    home.mkdir()
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("recsys", artifact_location=(home / "mlartifacts").as_uri())
-    client.create_registered_model(MODEL)
-    for version in ("1", "2"):
-        model_dir = tmp_path / f"model-{version}"
-        model_dir.mkdir()
-        (model_dir / "manifest.json").write_text(json.dumps({"model_version": f"art-{version}"}))
-        run = client.create_run(experiment)
-        client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
-        client.create_model_version(MODEL, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-    client.set_registered_model_alias(MODEL, "champion", "1")
-    client.set_registered_model_alias(MODEL, "challenger", "2")
+    home, uri, _ = two_version_home(tmp_path, MODEL, {"1": "art-1", "2": "art-2"})
     deploy_local(tracking_uri=uri, model_name=MODEL, home=home, challenger_percent=50)
     return home
 
