@@ -15,6 +15,15 @@ def chromium_path() -> str | None:
     return found if Path(found).exists() else None
 
 
+def browser_missing(what: str, tests: str = "the browser tests") -> None:
+    """Skip where no browser can run here; under CI (CI=1) it must, so fail instead."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{what}; CI must run {tests}")
+    pytest.skip(what)
+
+
 def launch(playwright):
     """Chromium through playwright; raises RuntimeError naming what is missing."""
     path = chromium_path()

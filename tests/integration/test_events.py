@@ -184,9 +184,12 @@ def test_a_page_on_another_port_cannot_store_an_event_from_a_browser(service, tm
     import http.server
     import socketserver
 
-    from browser import launch
+    from browser import browser_missing, launch
 
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    try:
+        import playwright.sync_api as playwright_api
+    except ImportError as exc:
+        browser_missing(f"playwright not installed ({exc})")
     base, url = service[:2]
     (tmp_path / "index.html").write_text("<!doctype html><title>elsewhere</title>")
 
@@ -218,7 +221,7 @@ def test_a_page_on_another_port_cannot_store_an_event_from_a_browser(service, tm
             try:
                 browser = launch(pw)
             except RuntimeError as exc:
-                pytest.skip(str(exc))
+                browser_missing(str(exc))
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{page_server.server_address[1]}/index.html")
             outcome = page.evaluate(script, [
