@@ -125,21 +125,12 @@ def test_online_history_cost_and_delay(ml100k_model, tmp_path, request):
     finally:
         for server in servers.values():
             server.stop()
-    results = {key: {"rps": float(np.median([r["rps"] for r in rs])),
-                     "p50": float(np.median([r["p50"] for r in rs])),
-                     "p99": float(np.median([r["p99"] for r in rs])),
-                     "errors": sum(r["errors"] for r in rs)} for key, rs in runs.items()}
+    results = _medians(runs)
 
     print()
     print(f"single-user v2 REST, 16 connections, one worker (ML-100K model), medians of {ROUNDS} "
           f"rounds; fresh feedback for {len(fresh_users)} of {len(users)} users")
-    print(f"{'server':16} {'scenario':11} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'vs no-op req/s':>15} {'vs no-op p99':>13} {'errors':>7}")
-    for (label, scenario), r in results.items():
-        base = results["no-op", scenario]
-        print(f"{label:16} {scenario:11} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} "
-              f"{r['rps'] / base['rps']:14.2f}x {r['p99'] / base['p99']:12.2f}x "
-              f"{r['errors']:7d}")
+    _print_against_noop(results, server_width=16, scenario_width=11)
     print("(targets, history on, none fresh: >= 0.80x req/s, <= 1.30x p99)")
     for label, d in delays.items():
         print(f"{label}: a like's 2xx to the first answer without the item: p50 "
@@ -304,20 +295,30 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
         stop_service(events)
         for server in servers.values():
             server.stop()
-    results = {key: {"rps": float(np.median([r["rps"] for r in rs])),
-                     "p50": float(np.median([r["p50"] for r in rs])),
-                     "p99": float(np.median([r["p99"] for r in rs])),
-                     "errors": sum(r["errors"] for r in rs)} for key, rs in runs.items()}
+    results = _medians(runs)
     print()
     print(f"single-user v2 REST, 16 connections, one worker (ML-100K model), medians of {ROUNDS} "
           f"rounds; every one of {len(users)} users has 3 fresh likes in Redis; "
           f"'like per request': {SESSION_USERS} users, a like between every two requests")
-    print(f"{'server':12} {'scenario':17} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'vs no-op req/s':>15} {'vs no-op p99':>13} {'errors':>7}")
-    for (label, scenario), r in results.items():
-        base = results["no-op", scenario]
-        print(f"{label:12} {scenario:17} {r['rps']:8.0f} {r['p50']:8.2f} {r['p99']:8.2f} "
-              f"{r['rps'] / base['rps']:14.2f}x {r['p99'] / base['p99']:12.2f}x "
-              f"{r['errors']:7d}")
+    _print_against_noop(results, server_width=12, scenario_width=17)
     print("(targets: all fresh >= 0.50x req/s and p99 <= 50 ms; like per request p99 <= 50 ms)")
     assert all(r["errors"] == 0 for r in results.values())
+
+
+def _medians(runs: dict) -> dict:
+    """Per (server, scenario): the median req/s, p50 and p99 of its rounds, errors summed."""
+    return {key: {"rps": float(np.median([r["rps"] for r in rs])),
+                  "p50": float(np.median([r["p50"] for r in rs])),
+                  "p99": float(np.median([r["p99"] for r in rs])),
+                  "errors": sum(r["errors"] for r in rs)} for key, rs in runs.items()}
+
+
+def _print_against_noop(results: dict, *, server_width: int, scenario_width: int) -> None:
+    """The table: each server's figures and their ratio to the no-op's in the same scenario."""
+    print(f"{'server':{server_width}} {'scenario':{scenario_width}} {'req/s':>8} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'vs no-op req/s':>15} {'vs no-op p99':>13} {'errors':>7}")
+    for (label, scenario), r in results.items():
+        base = results["no-op", scenario]
+        print(f"{label:{server_width}} {scenario:{scenario_width}} {r['rps']:8.0f} "
+              f"{r['p50']:8.2f} {r['p99']:8.2f} {r['rps'] / base['rps']:14.2f}x "
+              f"{r['p99'] / base['p99']:12.2f}x {r['errors']:7d}")
