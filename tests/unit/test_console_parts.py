@@ -4,6 +4,7 @@ app itself in-process (FastAPI's TestClient) on a run home where nothing runs ye
 must say in words what is missing."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
@@ -408,13 +409,13 @@ def test_recent_reuses_a_read_for_its_seconds_and_never_keeps_failures():
     assert recent.get("k", read) == 5
 
 
-def test_monitoring_marks_an_alert_apart_from_a_retraining_and_says_why(tmp_path):
-    """A check whose reasons hold but that had no new data to retrain on is an `alert`: the
-    page shows it in the warning colour (not as a healthy decision) with the reason it gave."""
+@contextlib.contextmanager
+def _drift_section(tmp_path, decision, report_html: str):
+    """The decision recorded by the monitoring step's own MLflow writer, with its report; yields
+    a client of a console on that store and the Monitoring page's drift section."""
     from fastapi.testclient import TestClient
 
     from components.monitor_step import _log_to_mlflow
-    from components.monitoring.monitor import Decision
     from serving.console.app import create_app
     from serving.console.config import console_config
     from serving.console.state import build_console
@@ -422,13 +423,8 @@ def test_monitoring_marks_an_alert_apart_from_a_retraining_and_says_why(tmp_path
     home = tmp_path / "home"
     home.mkdir()
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    decision = Decision(
-        "alert", ["drift: requests.user_activity moved (p = 0.0001)"],
-        {"requests.user_activity": {"p_value": 1e-4, "statistic": 0.31}},
-        [], "v3", time.time(), {"rows": {"requests": 1000}},
-        no_retrain_reason="no new data to retrain on")
     report = tmp_path / "report"
-    report.write_text("<html><body>check</body></html>")
+    report.write_text(report_html)
     decision_file = tmp_path / "decision"
     decision_file.write_text(decision.to_json())
     _log_to_mlflow(uri, "recsys-monitoring", decision, report, decision_file)
@@ -438,7 +434,20 @@ def test_monitoring_marks_an_alert_apart_from_a_retraining_and_says_why(tmp_path
                             timeout=1.0)
     with TestClient(create_app(build_console(config))) as client:
         page = client.get("/monitoring").text
-        section = page[page.index('id="drift-title"'):page.index('id="runs-title"')]
+        yield client, page[page.index('id="drift-title"'):page.index('id="runs-title"')]
+
+
+def test_monitoring_marks_an_alert_apart_from_a_retraining_and_says_why(tmp_path):
+    """A check whose reasons hold but that had no new data to retrain on is an `alert`: the
+    page shows it in the warning colour (not as a healthy decision) with the reason it gave."""
+    from components.monitoring.monitor import Decision
+
+    decision = Decision(
+        "alert", ["drift: requests.user_activity moved (p = 0.0001)"],
+        {"requests.user_activity": {"p_value": 1e-4, "statistic": 0.31}},
+        [], "v3", time.time(), {"rows": {"requests": 1000}},
+        no_retrain_reason="no new data to retrain on")
+    with _drift_section(tmp_path, decision, "<html><body>check</body></html>") as (_, section):
         assert '<span class="badge decision-continue">alert</span>' in section
         assert "Not retrained: no new data to retrain on" in section
 
@@ -449,34 +458,15 @@ def test_monitoring_shows_the_drift_decisions_recorded_in_mlflow(tmp_path):
     report."""
     import re
 
-    from fastapi.testclient import TestClient
-
-    from components.monitor_step import _log_to_mlflow
     from components.monitoring.monitor import Decision
-    from serving.console.app import create_app
-    from serving.console.config import console_config
-    from serving.console.state import build_console
 
-    home = tmp_path / "home"
-    home.mkdir()
-    uri = f"sqlite:///{home / 'mlflow.db'}"
     decision = Decision(
         "retrain", ["drift: requests.user_activity moved (p = 0.0001)"],
         {"requests.user_activity": {"p_value": 1e-4, "statistic": 0.31},
          "scores.score": {"p_value": 0.4, "statistic": 0.02}},
         [], "v7", time.time(), {"rows": {"requests": 1000}})
-    report = tmp_path / "report"
-    report.write_text("<html><body><h1>Drift check</h1></body></html>")
-    decision_file = tmp_path / "decision"
-    decision_file.write_text(decision.to_json())
-    _log_to_mlflow(uri, "recsys-monitoring", decision, report, decision_file)
-
-    closed = "http://127.0.0.1:9"
-    config = console_config(home, tracking_uri=uri, predictor_url=closed, events_url=closed,
-                            timeout=1.0)
-    with TestClient(create_app(build_console(config))) as client:
-        page = client.get("/monitoring").text
-        section = page[page.index('id="drift-title"'):page.index('id="runs-title"')]
+    report = "<html><body><h1>Drift check</h1></body></html>"
+    with _drift_section(tmp_path, decision, report) as (client, section):
         assert "retrain" in section and "champion <code>v7</code>" in section
         assert "drift: requests.user_activity moved (p = 0.0001)" in section
         assert re.search(r"requests\.user_activity</th><td class=\"num\">0\.3100</td>"
