@@ -10,7 +10,8 @@ Faithfulness, over 300 training users and each item of their top 10: how often r
 item's top "because" contributor from the history lowers the generator's score, against
 removing a random other history item; how often the top removal lowers it more; and the
 largest gap between the top removal's drop and its attribution (0 where the generator is
-linear in the history: EASE, sequence EASE).
+linear in the history: EASE, sequence EASE); and, for ALS, how far a training user's served
+score (its learned factors) is from the user step's, to which its attributions sum.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_model_call import changed_histories
 from bench_serving import _train
-from faithfulness import removals
+from faithfulness import als_step_gap, removals
 
 from components.data.ingest import load_dataset
 from components.models.artifact import load_model
@@ -90,3 +91,7 @@ def test_explain_faithfulness(ml100k_model):
         print(f"{name:10} {len(found.top_drop):6d} {found.top_lowers:11.3f} {found.random_lowers:14.3f} "
               f"{found.top_beats_random:13.3f} {ratio:21.1f} {found.exactness_error:25.2e}")
         assert found.top_lowers >= found.random_lowers
+    if "als" in model.generators_:
+        gap = als_step_gap(model, rows)
+        print(f"ALS, training users: the served score (learned factors) against the user step's that the "
+              f"attributions sum to: relative gap median {np.median(gap):.4f}, p90 {np.percentile(gap, 90):.4f}")
