@@ -145,22 +145,6 @@ def ranker_contributions(model: TwoStageRecommender, features: np.ndarray) -> tu
     return contrib[:, -1], {group: contrib[:, at].sum(axis=1) for group, at in columns}
 
 
-def ranker_importance(model: TwoStageRecommender) -> dict[str, dict[str, float]] | None:
-    """The ranker's global feature importance: total gain of the splits on each feature and
-    on each `feature_group`, largest first (ties by name); None without a ranker."""
-    if model.ranker_ is None:
-        return None
-    names = model.ranker_.feature_name()
-    gain = np.asarray(model.ranker_.feature_importance(importance_type="gain"), dtype=np.float64)
-    features = {name: float(g) for name, g in zip(names, gain)}
-    groups = {group: float(gain[at].sum()) for group, at in group_columns(tuple(names))}
-    return {"features": _largest_first(features), "groups": _largest_first(groups)}
-
-
-def _largest_first(values: dict[str, float]) -> dict[str, float]:
-    return dict(sorted(values.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
 # --------------------------------------------------------------------- helpers
 @dataclass
 class _Request:

@@ -30,7 +30,6 @@ from components.models.explain import (
     explain_similar,
     feature_group,
     history_contributions,
-    ranker_importance,
 )
 from components.models.two_stage import TwoStageRecommender
 
@@ -223,7 +222,6 @@ def test_a_model_without_ranker_explains_its_serving_generator(small_dataset):
     answer = plain.recommend([user], K)
     explained = explain_recommendations(plain, user, answer.item_ids[0].tolist())
     np.testing.assert_allclose([e["score"] for e in explained["items"]], answer.scores[0], rtol=1e-6)
-    assert ranker_importance(plain) is None
     for entry in explained["items"]:
         assert entry["ranker"] is None and entry["because_generator"] == plain.ranked_by
         assert entry["because_score"] == pytest.approx(entry["score"], rel=1e-4, abs=1e-5)
@@ -250,16 +248,6 @@ def test_a_large_catalogue_model_explains_its_retrieved_answer(small_dataset):
             name = entry["because_generator"]
             item = int(np.searchsorted(large.data_.item_ids, entry["item_id"]))
             assert entry["because_score"] == pytest.approx(float(scores[name][item]), rel=1e-4, abs=1e-5)
-
-
-def test_ranker_importance_is_the_gain_by_feature_and_group(model):
-    importance = ranker_importance(model)
-    gain = model.ranker_.feature_importance(importance_type="gain")
-    assert list(importance["features"]) == sorted(importance["features"], key=lambda n: (-importance["features"][n], n))
-    assert sum(importance["groups"].values()) == pytest.approx(float(gain.sum()))
-    scores = sum(v for n, v in importance["features"].items() if feature_group(n) == "generator scores")
-    assert importance["groups"]["generator scores"] == pytest.approx(scores)
-    assert json.loads(json.dumps(importance)) == importance
 
 
 def test_items_no_generator_proposed_are_the_popularity_fill(model):
