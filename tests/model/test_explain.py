@@ -26,6 +26,7 @@ from components.config import ModelConfig
 from components.models.artifact import load_model
 from components.models.explain import (
     FEATURE_GROUPS,
+    because_generator,
     explain_recommendations,
     explain_similar,
     feature_group,
@@ -266,3 +267,11 @@ def test_items_no_generator_proposed_are_the_popularity_fill(model):
     assert all(e["ranker"] is not None for e in items[: len(items) - len(filled)])  # below every candidate
     last_ranked = items[len(items) - len(filled) - 1]
     assert last_ranked["versus_next"]["groups"] == {} and last_ranked["versus_next"]["item_id"] == filled[0]["item_id"]
+
+
+def test_because_generator_is_the_best_ranked_history_generator(model):
+    assert because_generator(model, {"als": 2, "ease": 5, "popularity": 1}) == "als"
+    assert because_generator(model, {"seq_ease": 3, "ease": 3}) == "ease"  # a tie: EASE, exact
+    assert because_generator(model, {"content": 1, "seq_ease": 3}) == "content"
+    assert because_generator(model, {"popularity": 1}) == "ease"  # none proposed it: EASE
+    assert because_generator(model, {}) == "ease"
