@@ -182,7 +182,8 @@ def _known_set(model: TwoStageRecommender, item_ids: Sequence[str]) -> set[int]:
 
 
 def _titles(model: TwoStageRecommender) -> np.ndarray:
-    return model.data_.items["title"].fillna("").astype(str).to_numpy()
+    """[n_items] titles ("" if unknown: `base.item_metadata` filled them), without a copy."""
+    return model.data_.items["title"].to_numpy()
 
 
 def because_generator(model: TwoStageRecommender, proposed: dict[str, int]) -> str | None:
