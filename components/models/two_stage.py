@@ -30,6 +30,7 @@ from components.models.base import USER_TIMES, TrainingData, build_training_data
 from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.features import (
+    Candidates,
     ItemStats,
     build_candidates,
     build_candidates_from_retrieval,
@@ -586,6 +587,50 @@ class TwoStageRecommender:
         found = [rows[i] for i in map(str, item_ids) if i in rows]
         return np.unique(np.asarray(found, dtype=np.int64))
 
+    def one_user_history(self, user_id: str, extra: Sequence[str] | None) -> tuple[int, np.ndarray]:
+        """(training row, or -1 for a user unknown or whose history grew; sorted item indices
+        of the history) that `recommend` scores one user on: its training history plus the
+        known items of `extra`."""
+        user = self.user_index([user_id])[0]
+        matrix = self.data_.matrix
+        seen = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]] if user >= 0 else matrix.indices[:0]
+        seen = np.sort(seen).astype(np.int64)
+        if extra is not None:
+            grown = np.union1d(seen, self._item_index(extra))
+            if len(grown) > len(seen):
+                user = -1  # a new history means new user factors
+            seen = grown
+        return int(user), seen
+
+    def one_user_candidates(self, user: int, seen: np.ndarray) -> tuple[dict[str, np.ndarray], Candidates]:
+        """Every generator's [n_items] scores of one user's history (`one_user_history`) and
+        the ranker's candidate rows for it: the features the served answer was ranked on."""
+        history = sp.csr_matrix(
+            (np.ones(len(seen), np.float32), seen.astype(np.int32), np.array([0, len(seen)], np.int32)),
+            shape=(1, self.data_.n_items),
+        )
+        users = np.array([user], dtype=np.int64)
+        scores = {name: gen.score(users, history)[0] for name, gen in self.generators_.items()}
+        if self.large_:  # the retrieval path's candidates, as `recommend_indices` builds them
+            return scores, self._candidates(users, history)
+        if user >= 0:
+            user_time = self.user_time_[users]
+        else:
+            user_time = np.full((1, len(USER_TIMES)), mean_of_known(self.stats_.mean_time[seen]))
+        rows = {name: s[None, :] for name, s in scores.items()}
+        cand = build_candidates_one(rows, seen, self.stats_, self.config.ranker.candidates_per_generator, user_time)
+        return scores, cand
+
+    def fallback_scores(self) -> np.ndarray:
+        """[n_items] the score of an item no generator proposed: below every candidate, in
+        popularity order."""
+        popularity = self.stats_.log_popularity
+        return (_FALLBACK_OFFSET + popularity / (popularity.max() + 1)).astype(np.float32)
+
+    def rank_scores(self, features: np.ndarray) -> np.ndarray:
+        """The ranker's raw scores of candidate rows, as the served answer orders them."""
+        return self._rank(features)
+
     def _recommend_one(
         self, user_id: str, k: int, exclude: Sequence[str] | None, extra: Sequence[str] | None
     ) -> Recommendations | None:
@@ -593,43 +638,37 @@ class TwoStageRecommender:
         sparse [1, n_items] matrices: the same answer as the batch path (tests/model/
         test_fast_call.py) at a fraction of its fixed cost. None for a user with no history
         (the cold-start answer is the batch path's)."""
-        user = known = self.user_index([user_id])[0]
-        matrix = self.data_.matrix
-        seen = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]] if user >= 0 else matrix.indices[:0]
-        seen = np.sort(seen).astype(np.int64)
-        if extra is not None:
-            added = self._item_index(extra)
-            grown = np.union1d(seen, added)
-            if len(grown) > len(seen):
-                user = -1  # a new history means new user factors
-            seen = grown
+        known = self.user_index([user_id])[0]
+        user, seen = self.one_user_history(user_id, extra)
         if not len(seen):
             return None
-        n_items = self.data_.n_items
-        history = sp.csr_matrix(
-            (np.ones(len(seen), np.float32), seen.astype(np.int32), np.array([0, len(seen)], np.int32)),
-            shape=(1, n_items),
-        )
-        users = np.array([user], dtype=np.int64)
-        if user >= 0:
-            user_time = self.user_time_[users]
-        else:
-            user_time = np.full((1, len(USER_TIMES)), mean_of_known(self.stats_.mean_time[seen]))
-        scores = {name: gen.score(users, history) for name, gen in self.generators_.items()}
-        cand = build_candidates_one(
-            scores, seen, self.stats_, self.config.ranker.candidates_per_generator, user_time
-        )
-        popularity = self.stats_.log_popularity
-        final = (_FALLBACK_OFFSET + popularity / (popularity.max() + 1)).astype(np.float32)
+        _, cand = self.one_user_candidates(user, seen)
+        final = self.fallback_scores()
         final[cand.items] = self._rank(cand.features)
         final[seen] = -np.inf
         if exclude is not None:
             final[self._item_index(exclude)] = -np.inf
-        top = top_n(final[None, :], min(k, n_items))
+        top = top_n(final[None, :], min(k, self.data_.n_items))
         return Recommendations(self.data_.item_ids[top], final[top], np.array([known < 0]))
 
     def similar_items(self, item_index: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Items most like each given item by content, then co-occurrence when there is no text."""
+        sims = self.similarity_rows(item_index)
+        sims[np.arange(len(item_index)), item_index] = -np.inf
+        top = top_n(sims, min(k, sims.shape[1] - 1))
+        return self.data_.item_ids[top], np.take_along_axis(sims, top, axis=1)
+
+    @property
+    def similarity_measure(self) -> str:
+        """What `similarity_rows` measures: "content" (cosine of item text), else
+        "co-occurrence" (EASE's item-item weights), else "popularity"."""
+        if "content" in self.generators_:
+            return "content"
+        return "co-occurrence" if "ease" in self.generators_ else "popularity"
+
+    def similarity_rows(self, item_index: np.ndarray) -> np.ndarray:
+        """[len(item_index), n_items] float32 similarity of each given item to every item
+        (`similarity_measure`), the item itself included."""
         if "content" in self.generators_:
             sims = self.generators_["content"].similar(item_index)
         else:
@@ -640,10 +679,7 @@ class TwoStageRecommender:
             sims = self.generators_.get("ease", self.generators_["popularity"]).score(
                 np.full(len(item_index), -1), one_hot
             )
-        sims = sims.astype(np.float32, copy=True)
-        sims[np.arange(len(item_index)), item_index] = -np.inf
-        top = top_n(sims, min(k, sims.shape[1] - 1))
-        return self.data_.item_ids[top], np.take_along_axis(sims, top, axis=1)
+        return sims.astype(np.float32, copy=True)
 
     # ------------------------------------------------------------ item lookup
     @property
