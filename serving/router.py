@@ -233,8 +233,14 @@ class ExperimentRouter(Model):
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-router")
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
+    async def explain(self, payload: InferRequest | dict,
+                      headers: Mapping[str, str] | None = None) -> InferResponse | dict:
+        """KServe's explain verb: the answer, each row explained by the model that made it."""
+        return await self.predict(payload, headers, explain=True)
+
     async def predict(self, payload: InferRequest | dict, headers: Mapping[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> InferResponse | dict:
+                      response_headers: dict[str, str] | None = None, *,
+                      explain: bool = False) -> InferResponse | dict:
         arms = self._arms
         lead = arms.champion
         if not lead.ready:
@@ -242,11 +248,14 @@ class ExperimentRouter(Model):
         if self._watcher is None and self.record is not None:
             self._start_watcher()  # a REST worker process starts its own
         is_v2 = isinstance(payload, InferRequest)
-        query = _parse(lead, payload, is_v2)
+        query = _parse(lead, payload, is_v2, explain)
         request_id = lead._request_id(payload if is_v2 else None, headers)
         if query.by_item:
             answer = await self._in_worker(_timed, self.name, lead, lead._similar, query)
             lead._count_and_log(query, answer, request_id)
+            if query.explain:
+                explanations = await self._in_worker(lead._explanations, query, answer)
+                return lead._explained_response(payload, query, answer, request_id, explanations)
             return (lead._v2_response(payload, answer, request_id) if is_v2
                     else lead._v1_response(query, answer, request_id))
         variants = [arms.variant(u) for u in query.ids.tolist()]
@@ -254,6 +263,13 @@ class ExperimentRouter(Model):
             self._answer, arms, query, variants, request_id)
         self._count_and_log(lead, query, answer, request_id, versions, sources, variants)
         response_version = ",".join(dict.fromkeys(versions))
+        if query.explain:
+            explanations = await self._in_worker(
+                self._explanations, arms, query, variants, answer, sources)
+            response = lead._explained_response(payload, query, answer, request_id, explanations)
+            if arms.challenger is not None:
+                _versioned(response, payload, response_version, versions)
+            return response
         if arms.challenger is None:  # one model serves: the predictor's own answer, unchanged
             return (lead._v2_response(payload, answer, request_id) if is_v2
                     else lead._v1_response(query, answer, request_id))
@@ -314,6 +330,37 @@ class ExperimentRouter(Model):
             EXPERIMENT_REQUESTS.labels(self.name, both, INTERLEAVED).inc(len(idx))
         return Answer(item_ids, scores, cold_start=cold), versions, sources
 
+    @staticmethod
+    def _explanations(arms: Arms, query: Query, variants: list[str], answer: Answer,
+                      sources: np.ndarray | None) -> list[dict]:
+        """Each row explained by the model that answered it; an interleaved row item by item by
+        the model that placed the item (each model explains its own items, in their order, so
+        `versus_next` compares an item with the next one of the same model), marked
+        `"interleaved": true` with each item's `model_version`."""
+        rows = []
+        for i, variant in enumerate(variants):
+            sub = _rows(query, [i])
+            if variant != INTERLEAVED:
+                model = arms.challenger if variant == CHALLENGER else arms.champion
+                rows += model._explanations(_fresh(model, sub), _row_answer(answer, i))
+                continue
+            placed = [(item, str(source)) for item, source in
+                      zip(answer.item_ids[i].tolist(), sources[i].tolist()) if item]
+            explained: dict[str, dict] = {}
+            merged: dict | None = None
+            for model in (arms.champion, arms.challenger):
+                mine = [item for item, source in placed if source == model.model_version]
+                own = Answer(np.asarray([mine], dtype=object).reshape(1, -1),
+                             np.zeros((1, len(mine)), dtype=np.float32), cold_start=answer.cold_start[[i]])
+                explanation = model._explanations(_fresh(model, _rows(query, [i])), own)[0]
+                merged = merged or explanation
+                for entry in explanation.get("items", []):
+                    explained[entry["item_id"]] = {**entry, "model_version": model.model_version}
+            items = [{**explained[item], "rank": n + 1} for n, (item, _) in enumerate(placed)
+                     if item in explained]
+            rows.append({**merged, "interleaved": True, "items": items})
+        return rows
+
     def _count_and_log(self, lead: RecommenderModel, query: Query, answer: Answer,
                        request_id: str, versions: list[str], sources: np.ndarray | None,
                        variants: list[str]) -> None:
@@ -362,11 +409,14 @@ def split_of(entry: Mapping[str, Any] | None,
     return percent, interleave
 
 
-def _parse(model: RecommenderModel, payload: Any, is_v2: bool) -> Query:
+def _parse(model: RecommenderModel, payload: Any, is_v2: bool, explain: bool = False) -> Query:
     """The predictor's own validation and bounds, counted the same way."""
     try:
         query = model._parse_v2(payload) if is_v2 else model._parse_v1(payload)
+        query.explain = query.explain or explain
         model._check_bounds(query)
+        if query.explain:
+            model._check_explain_bounds(query)
         return query
     except InvalidInput:
         model._metrics.invalid_input.inc()
@@ -403,6 +453,26 @@ def _rows(query: Query, idx: list[int]) -> Query:
         exclude=None if query.exclude is None else [query.exclude[i] for i in idx],
         history=None if query.history is None else [query.history[i] for i in idx],
     )
+
+
+def _row_answer(answer: Answer, i: int) -> Answer:
+    return Answer(answer.item_ids[[i]], answer.scores[[i]], cold_start=answer.cold_start[[i]])
+
+
+def _versioned(response: InferResponse | dict, payload: Any, version: str,
+               versions: list[str]) -> None:
+    """A challenger serves: the response's version, and each row's (as predict answers)."""
+    if isinstance(response, dict):
+        response["model_version"] = version
+        for prediction, row_version in zip(response["predictions"], versions):
+            prediction["model_version"] = row_version
+        return
+    response.model_version = version
+    out = InferOutput("model_versions", [len(versions)], "BYTES", np.asarray(versions, dtype=object))
+    if payload.from_grpc:
+        data, out.data = out.data, None
+        out.set_data_from_numpy(data, binary_data=True)
+    response.outputs.append(out)
 
 
 def _place(item_ids: np.ndarray, scores: np.ndarray, cold: np.ndarray, idx: list[int],
