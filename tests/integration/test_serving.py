@@ -548,6 +548,9 @@ def test_corrupt_artifact_is_live_but_not_ready(servers):
     assert httpx.get(f"http://{bad.http}/v2/models/{MODEL}/ready").status_code == 503
     response = post_v2(bad, v2_body(("user_id", "BYTES", [1], ["u1"])))
     assert response.status_code == 503, response.text
+    explained = httpx.post(f"{bad.url}/v1/models/{MODEL}:explain",
+                           json={"instances": [{"user_id": "u1"}]}, timeout=10)
+    assert explained.status_code == 503 and "checksum mismatch" in explained.json()["error"]
     client = GrpcClient(bad.grpc)
     try:
         assert client.is_server_live()
