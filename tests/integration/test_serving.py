@@ -693,6 +693,8 @@ def test_recsys_serve_subcommand_options():
     assert (args.http_port, args.grpc_port, args.max_batch_size, args.model_name) == (9000, 8081, 10, MODEL)
     args = parser.parse_args(["serve", "--model_dir", "/x", "--grpc_port", "9001"])  # KServe spellings
     assert (args.model_dir, args.grpc_port) == ("/x", 9001)
+    assert args.max_explain_items == 1000
+    assert parser.parse_args(["serve", "--max-explain-items", "5"]).max_explain_items == 5
 
 
 def test_shutdown_flushes_the_request_log(servers):
