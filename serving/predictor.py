@@ -14,6 +14,11 @@ in one worker thread of the model's own, so REST, gRPC and the health probes kee
 while it works (rapidfuzz and numpy release the GIL), and heavy requests queue there instead
 of taking every core.
 
+Explanations (KServe's explain verb, `:explain`, and the v2 `explain` input) are asked for,
+never implied: a request without them takes exactly the path above. When asked, the
+explanations of the answer (`components/models/explain.py`) are computed in the same worker
+thread after it, within their own bound (`--max-explain-items`, B x k).
+
 The module is longer than most here because the contract lives in one place: both protocols'
 parsing, the model call (with the answer cache) and both protocols' responses.
 """
@@ -629,7 +634,7 @@ class RecommenderModel(Model):
             if query.by_item:
                 resolved = str(answer.resolved_ids[row])
                 rows.append(explain_similar(model, resolved, items) if resolved else
-                            {"item_id": query_id, "kind": "similar",
+                            {"user_id": None, "item_id": query_id, "kind": "similar",
                              "reason": "no item matches the query", "items": []})
                 continue
             sent = [item for item in query.history[row] if item] if query.history else []
