@@ -70,3 +70,19 @@ def removals(model, generator: str, rows: np.ndarray, k: int = 10, seed: int = 0
             random_drop.append(base[column] - without_other)
             top_contribution.append(contributions[top, column])
     return Removals(np.asarray(top_drop), np.asarray(random_drop), np.asarray(top_contribution))
+
+
+def als_step_gap(model, rows: np.ndarray, k: int = 10) -> np.ndarray:
+    """[P] |served ALS score - user step's score| / |served score| over each training user's
+    top-k: how far a training user's learned factors (from the last sweep) are from the user
+    step on the same history, which the ALS attributions sum to."""
+    data, als = model.data_, model.generators_["als"]
+    gaps = []
+    for row in rows:
+        seen = np.sort(data.matrix.indices[data.matrix.indptr[row] : data.matrix.indptr[row + 1]]).astype(np.int64)
+        items = np.searchsorted(data.item_ids, model.recommend([str(data.user_ids[row])], k).item_ids[0])
+        history = _row(seen, data.n_items)
+        served = als.score(np.array([row]), history)[0, items].astype(np.float64)
+        step = als.score(np.array([-1]), history)[0, items].astype(np.float64)
+        gaps.append(np.abs(served - step) / np.maximum(np.abs(served), 1e-12))
+    return np.concatenate(gaps) if gaps else np.zeros(0)

@@ -32,11 +32,13 @@ shared genres and the similarity `similar_items` ranks by.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.lapack import dposv
 
 from components.models.two_stage import TwoStageRecommender
 
@@ -95,7 +97,10 @@ def als_contributions(gen, seen: np.ndarray, items: np.ndarray) -> np.ndarray:
     y = gen.item_factors64_
     picked = y[seen]
     a = gen.gram_ + (gen.alpha - 1.0) * (picked.T @ picked)
-    w_items = np.linalg.solve(a, y[items].T)  # W y_i, [f, len(items)] (W is symmetric)
+    targets = np.ascontiguousarray(y[items].T)
+    _, w_items, info = dposv(a, targets)  # W y_i, [f, len(items)] (W is symmetric)
+    if info != 0:  # as `AlsModel.user_factors`: the general solver where Cholesky fails
+        w_items = np.linalg.solve(a, targets)
     return gen.alpha * (picked @ w_items)
 
 
@@ -123,17 +128,21 @@ def history_contributions(model: TwoStageRecommender, name: str, seen: np.ndarra
     raise ValueError(f"generator {name!r} has no history attribution")
 
 
+@functools.lru_cache(maxsize=16)
+def group_columns(names: tuple[str, ...]) -> tuple[tuple[str, np.ndarray], ...]:
+    """(group, column indices) of the ranker's features, in `FEATURE_GROUPS` order."""
+    groups = [feature_group(name) for name in names]
+    found = ((g, np.flatnonzero(np.asarray(groups) == g)) for g in FEATURE_GROUPS)
+    return tuple((g, columns) for g, columns in found if len(columns))
+
+
 def ranker_contributions(model: TwoStageRecommender, features: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(bias [n], group -> [n] contributions) of the ranker's raw scores of `features`:
-    LightGBM's `pred_contrib`, summed per `feature_group`."""
+    LightGBM's `pred_contrib` (TreeSHAP), summed per `feature_group`. One thread: at an
+    answer's ten rows, starting OpenMP threads costs more than the trees."""
     contrib = np.asarray(model.ranker_.predict(features, pred_contrib=True, num_threads=1), dtype=np.float64)
-    names = model.ranker_.feature_name()
-    groups: dict[str, np.ndarray] = {}
-    for group in FEATURE_GROUPS:
-        columns = [j for j, name in enumerate(names) if feature_group(name) == group]
-        if columns:
-            groups[group] = contrib[:, columns].sum(axis=1)
-    return contrib[:, -1], groups
+    columns = group_columns(tuple(model.ranker_.feature_name()))
+    return contrib[:, -1], {group: contrib[:, at].sum(axis=1) for group, at in columns}
 
 
 # --------------------------------------------------------------------- helpers

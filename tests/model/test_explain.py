@@ -225,3 +225,26 @@ def test_a_model_without_ranker_explains_its_serving_generator(small_dataset):
     for entry in explained["items"]:
         assert entry["ranker"] is None and entry["because_generator"] == plain.ranked_by
         assert entry["because_score"] == pytest.approx(entry["score"], rel=1e-4, abs=1e-5)
+
+
+def test_a_large_catalogue_model_explains_its_retrieved_answer(small_dataset):
+    """Above `scale.large_catalogue_items` the candidates come from retrieval and the item-item
+    weights are pruned: the explanation uses those very rows and weights."""
+    config = ModelConfig.model_validate({"scale": {
+        "large_catalogue_items": 50, "item_item_items": 120, "neighbours": 30, "content_dimensions": 8,
+    }, "ranker": {"folds": 2}})
+    large = TwoStageRecommender(config).fit(small_dataset.interactions, small_dataset.items, progress=lambda _: None)
+    assert large.large_ and large.ranker_ is not None
+    for n, user in enumerate(users(large, 30)):
+        history, added = fresh_history(large, user, 2, seed=n)
+        answer = large.recommend([user], K, history_item_ids=[history])
+        explained = explain_recommendations(large, user, answer.item_ids[0].tolist(), history, added)
+        assert [e["item_id"] for e in explained["items"]] == answer.item_ids[0].tolist()
+        np.testing.assert_allclose([e["score"] for e in explained["items"]], answer.scores[0], rtol=1e-6, atol=1e-6)
+        scores = served_scores(large, user, history)
+        for entry in explained["items"]:
+            if entry["ranker"] is not None:
+                assert entry["ranker"]["bias"] + sum(entry["ranker"]["groups"].values()) == pytest.approx(entry["score"], abs=1e-6)
+            name = entry["because_generator"]
+            item = int(np.searchsorted(large.data_.item_ids, entry["item_id"]))
+            assert entry["because_score"] == pytest.approx(float(scores[name][item]), rel=1e-4, abs=1e-5)
