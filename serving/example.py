@@ -252,6 +252,9 @@ def render_explain(answer: dict) -> list[str]:
         "",
     ]
     first = explanation["items"][0]
+    if explanation["kind"] == "cold_start":
+        lines.append(f"User {explanation['user_id']} is new to the model: the answer is the "
+                     f"{explanation['reason']} items ({first['title']} first).")
     because = "; ".join(f"{b['title']} ({b['contribution']:+.3f})" for b in first["because"])
     if because:
         lines.append(f"{first['title']} is first because user {explanation['user_id']} liked {because}: the "

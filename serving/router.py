@@ -259,13 +259,14 @@ class ExperimentRouter(Model):
             return (lead._v2_response(payload, answer, request_id) if is_v2
                     else lead._v1_response(query, answer, request_id))
         variants = [arms.variant(u) for u in query.ids.tolist()]
+        seen: dict | None = {} if query.explain else None
         answer, versions, sources = await self._in_worker(
-            self._answer, arms, query, variants, request_id)
+            self._answer, arms, query, variants, request_id, seen)
         self._count_and_log(lead, query, answer, request_id, versions, sources, variants)
         response_version = ",".join(dict.fromkeys(versions))
         if query.explain:
             explanations = await self._in_worker(
-                self._explanations, arms, query, variants, answer, sources)
+                self._explanations, arms, query, variants, answer, sources, seen)
             response = lead._explained_response(payload, query, answer, request_id, explanations)
             if arms.challenger is not None:
                 _versioned(response, payload, response_version, versions)
@@ -289,9 +290,11 @@ class ExperimentRouter(Model):
             prediction["model_version"] = version
         return response
 
-    def _answer(self, arms: Arms, query: Query, variants: list[str], request_id: str):
+    def _answer(self, arms: Arms, query: Query, variants: list[str], request_id: str,
+                seen: dict | None = None):
         """The combined answer, each row's version, and (when a row interleaves) the version of
-        each position."""
+        each position. `seen`, when given, keeps the fresh history each model scored each row
+        with (for the explanations of the same answer)."""
         batch, width = len(query.ids), int(query.k.max())
         item_ids = np.full((batch, width), "", dtype=object)
         scores = np.full((batch, width), np.nan, dtype=np.float32)
@@ -302,7 +305,8 @@ class ExperimentRouter(Model):
         for variant, model in ((CHAMPION, arms.champion), (CHALLENGER, arms.challenger)):
             if rows.get(variant):
                 idx = rows[variant]
-                part = _timed(self.name, model, model._recommend, _fresh(model, _rows(query, idx)))
+                part = _timed(self.name, model, model._recommend,
+                              _fresh(model, _rows(query, idx), seen, idx))
                 _place(item_ids, scores, cold, idx, part)
                 for i in idx:
                     versions[i] = model.model_version
@@ -311,9 +315,9 @@ class ExperimentRouter(Model):
             idx = rows[INTERLEAVED]
             sub = _rows(query, idx)
             first = _timed(self.name, arms.champion, arms.champion._recommend,
-                           _fresh(arms.champion, sub))
+                           _fresh(arms.champion, sub, seen, idx))
             second = _timed(self.name, arms.challenger, arms.challenger._recommend,
-                            _fresh(arms.challenger, _rows(query, idx)))
+                            _fresh(arms.challenger, _rows(query, idx), seen, idx))
             both = interleaved_version(arms.champion.model_version, arms.challenger.model_version)
             sources = np.full((batch, width), "", dtype=object)
             for j, i in enumerate(idx):
@@ -332,7 +336,7 @@ class ExperimentRouter(Model):
 
     @staticmethod
     def _explanations(arms: Arms, query: Query, variants: list[str], answer: Answer,
-                      sources: np.ndarray | None) -> list[dict]:
+                      sources: np.ndarray | None, seen: dict) -> list[dict]:
         """Each row explained by the model that answered it; an interleaved row item by item by
         the model that placed the item (each model explains its own items, in their order, so
         `versus_next` compares an item with the next one of the same model), marked
@@ -342,7 +346,7 @@ class ExperimentRouter(Model):
             sub = _rows(query, [i])
             if variant != INTERLEAVED:
                 model = arms.challenger if variant == CHALLENGER else arms.champion
-                rows += model._explanations(_fresh(model, sub), _row_answer(answer, i))
+                rows += model._explanations(_scored_with(model, sub, seen, i), _row_answer(answer, i))
                 continue
             placed = [(item, str(source)) for item, source in
                       zip(answer.item_ids[i].tolist(), sources[i].tolist()) if item]
@@ -352,7 +356,8 @@ class ExperimentRouter(Model):
                 mine = [item for item, source in placed if source == model.model_version]
                 own = Answer(np.asarray([mine], dtype=object).reshape(1, -1),
                              np.zeros((1, len(mine)), dtype=np.float32), cold_start=answer.cold_start[[i]])
-                explanation = model._explanations(_fresh(model, _rows(query, [i])), own)[0]
+                explanation = model._explanations(
+                    _scored_with(model, _rows(query, [i]), seen, i), own)[0]
                 merged = merged or explanation
                 for entry in explanation.get("items", []):
                     explained[entry["item_id"]] = {**entry, "model_version": model.model_version}
@@ -440,10 +445,22 @@ def _timed(name: str, model: RecommenderModel, call: Callable[[Query], Answer], 
         MODEL_SECONDS.labels(name, model.model_version).observe(time.perf_counter() - started)
 
 
-def _fresh(model: RecommenderModel, query: Query) -> Query:
-    """The query with what its users did since `model` was trained (the online history)."""
+def _fresh(model: RecommenderModel, query: Query, seen: dict | None = None,
+           idx: list[int] | None = None) -> Query:
+    """The query with what its users did since `model` was trained (the online history); kept
+    in `seen` by (model, row of the whole request) when given."""
     if model._feedback is not None:  # kept apart: the model's answer cache keys on it
         query.fresh = model._feedback.fresh_rows(query.ids.tolist())
+        if seen is not None:
+            for j, i in enumerate(idx):
+                seen[(id(model), i)] = query.fresh[j] if query.fresh is not None else ()
+    return query
+
+
+def _scored_with(model: RecommenderModel, query: Query, seen: dict, row: int) -> Query:
+    """A one-row query with the fresh history `model` scored that row with (`_answer`)."""
+    if (id(model), row) in seen:
+        query.fresh = [seen[(id(model), row)]]
     return query
 
 
