@@ -219,6 +219,8 @@ def _versus_next(items: list[dict], whole_difference: str | None = None) -> None
     """Fills each item's `versus_next`: its ranker groups minus the next item's (or, where
     the order is one score's, the whole difference under `whole_difference`); None for the last."""
     for this, nxt in itertools.pairwise(items):
+        if this["score"] is None or nxt["score"] is None:  # a history item: nothing to compare
+            continue
         difference = this["score"] - nxt["score"]
         groups = {} if whole_difference is None else {whole_difference: difference}
         if this["ranker"] is not None and nxt["ranker"] is not None:
@@ -257,6 +259,7 @@ def explain_recommendations(
         return _cold_start(req, str(user_id))
     scores, cand = model.one_user_candidates(user, seen)
     items = _ranked_items(req, scores, cand) if model.ranker_ is not None else _generator_items(req, scores)
+    _mark_history(req, items)
     _add_because(req, items, top_because)
     _versus_next(items, None if model.ranker_ is not None else "generator scores")
     return {"user_id": str(user_id), "kind": "personal", "reason": None, "items": items}
@@ -315,10 +318,22 @@ def _generator_items(req: _Request, scores: dict[str, np.ndarray]) -> list[dict]
     return out
 
 
+def _mark_history(req: _Request, items: list[dict]) -> None:
+    """An answer longer than the unseen catalogue ends with history items, scored -inf by
+    `recommend`: their score is null and they are marked `in_history`, unexplained."""
+    seen = set(req.seen.tolist())
+    for entry, item in zip(items, req.items):
+        if int(item) in seen:
+            entry.update(score=None, generators=[], ranker=None, in_history=True)
+
+
 def _add_because(req: _Request, items: list[dict], top: int) -> None:
     """Fills each item's `because` from its generator (`because_generator`), computing each
     generator's attributions once for all the items it explains."""
-    chosen = [because_generator(req.model, {g["name"]: g["rank"] for g in entry["generators"]}) for entry in items]
+    chosen = [
+        None if entry.get("in_history") else because_generator(req.model, {g["name"]: g["rank"] for g in entry["generators"]})
+        for entry in items
+    ]
     for name in sorted({c for c in chosen if c is not None}):
         at = [i for i, c in enumerate(chosen) if c == name]
         contributions = history_contributions(req.model, name, req.seen, req.items[at])

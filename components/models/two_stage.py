@@ -591,7 +591,10 @@ class TwoStageRecommender:
         """(training row, or -1 for a user unknown or whose history grew; sorted item indices
         of the history) that `recommend` scores one user on: its training history plus the
         known items of `extra`."""
-        user = self.user_index([user_id])[0]
+        return self._history_of(int(self.user_index([user_id])[0]), extra)
+
+    def _history_of(self, user: int, extra: Sequence[str] | None) -> tuple[int, np.ndarray]:
+        """`one_user_history` of a training row (-1: unknown)."""
         matrix = self.data_.matrix
         seen = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]] if user >= 0 else matrix.indices[:0]
         seen = np.sort(seen).astype(np.int64)
@@ -638,8 +641,8 @@ class TwoStageRecommender:
         sparse [1, n_items] matrices: the same answer as the batch path (tests/model/
         test_fast_call.py) at a fraction of its fixed cost. None for a user with no history
         (the cold-start answer is the batch path's)."""
-        known = self.user_index([user_id])[0]
-        user, seen = self.one_user_history(user_id, extra)
+        known = int(self.user_index([user_id])[0])
+        user, seen = self._history_of(known, extra)
         if not len(seen):
             return None
         _, cand = self.one_user_candidates(user, seen)

@@ -248,3 +248,21 @@ def test_a_large_catalogue_model_explains_its_retrieved_answer(small_dataset):
             name = entry["because_generator"]
             item = int(np.searchsorted(large.data_.item_ids, entry["item_id"]))
             assert entry["because_score"] == pytest.approx(float(scores[name][item]), rel=1e-4, abs=1e-5)
+
+
+def test_items_no_generator_proposed_are_the_popularity_fill(model):
+    """Past the candidates, an answer continues in popularity order: those items have no
+    ranker part and no proposing generator, and their score is the fill's."""
+    user = users(model)[2]
+    answer = model.recommend([user], model.data_.n_items)
+    items = explain_recommendations(model, user, answer.item_ids[0].tolist())["items"]
+    history = [e for e in items if e.get("in_history")]  # k beyond the unseen items: -inf in the answer
+    assert len(history) == len(model.one_user_history(user, None)[1]) and np.isneginf(answer.scores[0][-len(history):]).all()
+    assert all(e["score"] is None and e["because"] == [] and e["versus_next"] is None for e in history)
+    items = items[: len(items) - len(history)]
+    np.testing.assert_allclose([e["score"] for e in items], answer.scores[0][: len(items)], rtol=1e-6, atol=1e-6)
+    filled = [e for e in items if e["ranker"] is None]
+    assert filled and all(e["generators"] == [] for e in filled)
+    assert all(e["ranker"] is not None for e in items[: len(items) - len(filled)])  # below every candidate
+    last_ranked = items[len(items) - len(filled) - 1]
+    assert last_ranked["versus_next"]["groups"] == {} and last_ranked["versus_next"]["item_id"] == filled[0]["item_id"]
