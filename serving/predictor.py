@@ -642,6 +642,7 @@ class RecommenderModel(Model):
             rows.append(explain_recommendations(
                 model, query_id, items, history_item_ids=[*sent, *fresh] or None,
                 fresh_item_ids=fresh))
+        self._metrics.explained_rows.inc(len(rows))
         return rows
 
     def _explained_response(self, payload: InferRequest | dict, query: Query, answer: Answer,

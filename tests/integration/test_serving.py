@@ -319,7 +319,7 @@ def test_v1_explain_of_similar_items_names_shared_genres(server):
         assert item["similarity"] == pytest.approx(score, abs=1e-5)
 
 
-def test_v2_explain_input_over_http_and_grpc(http_client, grpc_client, catalogue):
+def test_v2_explain_input_over_http_and_grpc(server, http_client, grpc_client, catalogue):
     _, seen = catalogue
     users = [min(seen), "nobody-at-all"]
     flag = httpclient.InferInput("explain", [1], "BOOL")
@@ -332,10 +332,15 @@ def test_v2_explain_input_over_http_and_grpc(http_client, grpc_client, catalogue
     for row, answered in zip(rows, ids):
         assert [i["item_id"] for i in row["items"]] == [i for i in answered if i]
         _check_ranker_sums(row)
+    explained = _metric(httpx.get(f"{server.url}/metrics").text, "recsys_explained_rows_total",
+                        model_name=MODEL)
+    assert explained >= 2  # this request's two rows, at least
     plain = http_client.infer(MODEL, [_bytes_input(httpclient, "user_id", users),
                                       _int_input(httpclient, "k", [4])])
     assert plain.as_numpy("explanations") is None  # not asked: no explanation work, no output
     assert (_ids(plain) == ids).all()
+    assert _metric(httpx.get(f"{server.url}/metrics").text, "recsys_explained_rows_total",
+                   model_name=MODEL) == explained  # the plain request explained nothing
     reply = grpc_client.infer(MODEL, [("user_id", "BYTES", users), ("k", "INT32", [4]),
                                       ("explain", "BOOL", [True])])
     assert [json.loads(v) for v in reply["outputs"]["explanations"].tolist()] == rows
