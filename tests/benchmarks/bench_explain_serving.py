@@ -8,7 +8,7 @@ On the MovieLens 100K model:
 - over HTTP, one worker, by `wrk`: plain v2 single-user predict requests (no `explain`) against
   the no-op KServe model in the same run, in alternating rounds (the ratio bench_serving
   reports); with `RECSYS_BENCH_BASELINE=DIR` (a checkout of the code before explanations, e.g.
-  `git archive main | tar -x -C DIR`) that code's predictor takes the same rounds, so the
+  `git archive 38cc8cd | tar -x -C DIR`, the commit before them) that code's predictor takes the same rounds, so the
   predict path's throughput is compared with what it was, on the same machine at the same time.
   Then `:explain` and the v2 `explain` input at k = 10: latency with one connection, req/s with
   the benchmark's connections.
