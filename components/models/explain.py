@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg.lapack import dposv
 
+from components.models.features import Candidates
 from components.models.two_stage import TwoStageRecommender
 
 # The history-based generators, in the order that breaks a tie between equal ranks.
@@ -151,7 +152,6 @@ class _Request:
     """One user's answer being explained, in index space."""
 
     model: TwoStageRecommender
-    user: int  # training row, -1 if unknown or its history grew
     seen: np.ndarray  # sorted history item indices
     fresh: set[int]  # history items from the real-time history
     items: np.ndarray  # the answer's item indices, in order
@@ -182,7 +182,8 @@ def _known_set(model: TwoStageRecommender, item_ids: Sequence[str]) -> set[int]:
 
 
 def _titles(model: TwoStageRecommender) -> np.ndarray:
-    return model.data_.items["title"].fillna("").astype(str).to_numpy()
+    """[n_items] titles ("" if unknown: `base.item_metadata` filled them), without a copy."""
+    return model.data_.items["title"].to_numpy()
 
 
 def because_generator(model: TwoStageRecommender, proposed: dict[str, int]) -> str | None:
@@ -239,6 +240,23 @@ def _item(req: _Request, rank: int, score: float) -> dict:
     }
 
 
+def _proposers(
+    model: TwoStageRecommender,
+    ranks: dict[str, int],  # generator -> 0-based rank of the item in its order
+    scores: dict[str, np.ndarray],
+    item: int,
+    listed: Callable[[str, int], bool],
+) -> list[dict]:
+    """The generators `listed` keeps, best rank first (ties in the model's generator order),
+    each with its 1-based rank and its score of the item."""
+    order = list(model.generators_)
+    return [
+        {"name": g, "rank": r + 1, "score": float(scores[g][item])}
+        for g, r in sorted(ranks.items(), key=lambda kv: (kv[1], order.index(kv[0])))
+        if listed(g, r)
+    ]
+
+
 # ----------------------------------------------------------------- explanations
 def explain_recommendations(
     model: TwoStageRecommender,
@@ -252,7 +270,7 @@ def explain_recommendations(
     `item_ids` in that order (see the module docstring and docs/architecture.md)."""
     user, seen = model.one_user_history(str(user_id), history_item_ids)
     req = _Request(
-        model, user, seen, _known_set(model, fresh_item_ids) & set(seen.tolist()),
+        model, seen, _known_set(model, fresh_item_ids) & set(seen.tolist()),
         item_indices(model, item_ids), _titles(model),
     )
     if not len(seen):
@@ -265,7 +283,7 @@ def explain_recommendations(
     return {"user_id": str(user_id), "kind": "personal", "reason": None, "items": items}
 
 
-def _ranked_items(req: _Request, scores: dict[str, np.ndarray], cand) -> list[dict]:
+def _ranked_items(req: _Request, scores: dict[str, np.ndarray], cand: Candidates) -> list[dict]:
     """The answer's items with the ranker's score, its group contributions and the generators
     that proposed each (their rank from the very feature row the ranker saw)."""
     model = req.model
@@ -288,11 +306,7 @@ def _ranked_items(req: _Request, scores: dict[str, np.ndarray], cand) -> list[di
             "groups": {g: float(v[at]) for g, v in groups.items()},
         }
         ranks = {g: int(features[at, names.index(f"{g}_rank")]) for g in model.generators_ if f"{g}_rank" in names}
-        entry["generators"] = [
-            {"name": g, "rank": r + 1, "score": float(scores[g][item])}
-            for g, r in sorted(ranks.items(), key=lambda kv: (kv[1], list(model.generators_).index(kv[0])))
-            if r < listed
-        ]
+        entry["generators"] = _proposers(model, ranks, scores, int(item), lambda g, r: r < listed)
         out.append(entry)
         at += 1
     return out
@@ -309,11 +323,7 @@ def _generator_items(req: _Request, scores: dict[str, np.ndarray]) -> list[dict]
     for rank, item in enumerate(req.items, start=1):
         entry = _item(req, rank, float(scores[model.ranked_by][item]))
         ranks = {g: int((s[unseen] > s[item]).sum()) for g, s in scores.items()}
-        entry["generators"] = [
-            {"name": g, "rank": r + 1, "score": float(scores[g][item])}
-            for g, r in sorted(ranks.items(), key=lambda kv: (kv[1], list(model.generators_).index(kv[0])))
-            if r < listed or g == model.ranked_by
-        ]
+        entry["generators"] = _proposers(model, ranks, scores, int(item), lambda g, r: r < listed or g == model.ranked_by)
         out.append(entry)
     return out
 

@@ -26,6 +26,7 @@ from components.config import ModelConfig
 from components.models.artifact import load_model
 from components.models.explain import (
     FEATURE_GROUPS,
+    because_generator,
     explain_recommendations,
     explain_similar,
     feature_group,
@@ -235,6 +236,14 @@ def test_a_large_catalogue_model_explains_its_retrieved_answer(small_dataset):
     }, "ranker": {"folds": 2}})
     large = TwoStageRecommender(config).fit(small_dataset.interactions, small_dataset.items, progress=lambda _: None)
     assert large.large_ and large.ranker_ is not None
+    assert large.generators_["content"].item_embeddings_ is not None  # the LSA space
+    for name in ("ease", "seq_ease", "als", "content"):  # pruned weights, LSA: still exact sums
+        for row in range(0, large.data_.n_users, 25):
+            seen = np.sort(large.data_.matrix[row].indices).astype(np.int64)
+            items = np.arange(0, large.data_.n_items, 9)
+            expected = large.generators_[name].score(np.array([-1]), _history(large, seen))[0, items]
+            got = history_contributions(large, name, seen, items).sum(axis=0)
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=name)
     for n, user in enumerate(users(large, 30)):
         history, added = fresh_history(large, user, 2, seed=n)
         answer = large.recommend([user], K, history_item_ids=[history])
@@ -266,3 +275,11 @@ def test_items_no_generator_proposed_are_the_popularity_fill(model):
     assert all(e["ranker"] is not None for e in items[: len(items) - len(filled)])  # below every candidate
     last_ranked = items[len(items) - len(filled) - 1]
     assert last_ranked["versus_next"]["groups"] == {} and last_ranked["versus_next"]["item_id"] == filled[0]["item_id"]
+
+
+def test_because_generator_is_the_best_ranked_history_generator(model):
+    assert because_generator(model, {"als": 2, "ease": 5, "popularity": 1}) == "als"
+    assert because_generator(model, {"seq_ease": 3, "ease": 3}) == "ease"  # a tie: EASE, exact
+    assert because_generator(model, {"content": 1, "seq_ease": 3}) == "content"
+    assert because_generator(model, {"popularity": 1}) == "ease"  # none proposed it: EASE
+    assert because_generator(model, {}) == "ease"
