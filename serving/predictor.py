@@ -70,8 +70,11 @@ CACHE_MAX_ENTRIES = 25_000_000
 # within seconds, and until a user's row is in, that user's answer is computed per request.
 CACHE_SYNC_MAX_USERS = 10_000
 _CACHE_CHUNK = 256
-USER_INPUTS = ("user_id", "k", "exclude_item_ids", "history_item_ids", "explain")
-ITEM_INPUTS = ("item_id", "k", "explain")
+# v1 instance fields; v2 inputs add `explain` (v1 asks for explanations with the :explain verb)
+USER_FIELDS = ("user_id", "k", "exclude_item_ids", "history_item_ids")
+ITEM_FIELDS = ("item_id", "k")
+USER_INPUTS = (*USER_FIELDS, "explain")
+ITEM_INPUTS = (*ITEM_FIELDS, "explain")
 _ID_TYPES = ("BYTES", "INT64", "INT32")
 _K_TYPES = ("INT32", "INT64")
 
@@ -753,8 +756,7 @@ class RecommenderModel(Model):
         if not all(isinstance(i, dict) for i in instances):
             raise InvalidInput('"instances" must hold objects such as {"user_id": "42", "k": 10}')
         by_item = "item_id" in instances[0]
-        key, expected = ("item_id", ITEM_INPUTS) if by_item else ("user_id", USER_INPUTS)
-        expected = tuple(n for n in expected if n != "explain")  # v1 asks with the :explain verb
+        key, expected = ("item_id", ITEM_FIELDS) if by_item else ("user_id", USER_FIELDS)
         limit = self.n_items - 1 if by_item else self.n_items
         ids, ks, exclude, history, listed = [], [], [], [], 0
         for row, inst in enumerate(instances):

@@ -38,7 +38,7 @@ from bench_serving import REPO, Proc, _train, load, v1_bodies, v2_bodies
 from components.data.ingest import load_dataset
 
 pytestmark = pytest.mark.bench
-ROUNDS = 3
+ROUNDS = int(os.environ.get("RECSYS_BENCH_ROUNDS", "3"))  # alternating rounds of plain predict
 SECONDS = 5
 K = 10
 
