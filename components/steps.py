@@ -293,9 +293,25 @@ def evaluate(
         primary_metric=config.gate.primary_metric,
         champion=results.get("champion"),
         context=context,
+        feature_importance=ranker_importance(model),
     )
     Path(report_out).write_text(html)
     return results
+
+
+def ranker_importance(model) -> dict[str, float] | None:
+    """The ranker's global feature importance: LightGBM's total gain of the splits on each
+    feature, summed by the feature groups the explanations use (None without a ranker)."""
+    from components.models.explain import feature_group
+
+    booster = getattr(model, "ranker_", None)
+    if booster is None:
+        return None
+    grouped: dict[str, float] = {}
+    for name, gain in zip(booster.feature_name(), booster.feature_importance(importance_type="gain")):
+        group = feature_group(name)
+        grouped[group] = grouped.get(group, 0.0) + float(gain)
+    return grouped
 
 
 def register(

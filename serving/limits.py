@@ -20,6 +20,10 @@ DEFAULT_MAX_TITLE_QUERIES = 16
 # Answers kept for users with fresh feedback (an LRU beside the precomputed table), about
 # 1 KB each at the table's k: `--answer-cache-size`.
 DEFAULT_ANSWER_CACHE_SIZE = 10_000
+# B x k answer entries one explained request may hold (the `explain` input, the `:explain`
+# verb): each row's explanation costs about a model call of its own (the ranker's contributions
+# of k items, the generators' attributions over the user's history).
+DEFAULT_MAX_EXPLAIN_ITEMS = 1_000
 MAX_QUERY_LENGTH = 200  # characters of an item_id/title query (the longest MovieLens title: 151)
 MAX_LIST_IDS = 100_000  # ids in exclude_item_ids + history_item_ids, over the whole request
 MAX_LIST_LENGTH = 10_000  # per-row width of exclude_item_ids / history_item_ids

@@ -60,6 +60,11 @@ ANSWER_CACHE_ENTRIES = Gauge(
     "Answers kept beside the precomputed table (users with fresh history, rows not filled yet)",
     ["model_name"],
 )
+EXPLAINED_ROWS = Counter(
+    "recsys_explained_rows",
+    "Rows each model explained (the explain input or :explain); plain requests never add",
+    ["model_name"],
+)
 MODEL_READY = Gauge("recsys_model_ready", "1 when the model loaded and passed its warm-up", ["model_name"])
 
 
@@ -78,6 +83,7 @@ class ModelMetrics:
         self._log_dropped = {
             reason: REQUEST_LOG_DROPPED.labels(model_name, reason) for reason in DROP_REASONS
         }
+        self.explained_rows = EXPLAINED_ROWS.labels(model_name)
         self.cache_hits = ANSWER_CACHE.labels(model_name, "hit")
         self.cache_misses = ANSWER_CACHE.labels(model_name, "miss")
         self.cache_evictions = ANSWER_CACHE_EVICTIONS.labels(model_name)

@@ -5,7 +5,8 @@ Small subclasses and a logging filter, no patches of KServe's code:
 - `RecsysDataPlane`: server readiness (`/v2/health/ready`, gRPC ServerReady) is false while a
   registered model is not ready or the server drains (KServe answers true as soon as the process
   is up); a REST inference on a model that is not ready is a 503 that gives the reason and is
-  counted, as over gRPC; a v2 body KServe cannot decode is a 400, not a 500; a v2 JSON body sent
+  counted, as over gRPC; `:explain` answers without echoing the request's headers back; a v2
+  body KServe cannot decode is a 400, not a 500; a v2 JSON body sent
   without `content-type: application/json` (plain `curl -d`, tritonclient with
   `binary_data=False`) is read as the JSON it is.
 - `DisabledModelRepository`: the v2 model-repository extension (`/v2/repository/models/NAME/
@@ -76,6 +77,17 @@ class RecsysDataPlane(DataPlane):
             if hasattr(model, "not_ready_error"):
                 raise model.not_ready_error()
         return ready
+
+    async def explain(self, model_name: str, request, headers=None):
+        """KServe's explain verb, without KServe's echo of the request's headers into the
+        response's (its DataPlane.explain starts the response headers from the request's:
+        `host`, `authorization`, a `transfer-encoding` that contradicts the body's length)."""
+        from kserve.model import InferenceVerb
+
+        model = await self.get_model(model_name)
+        response, response_headers = await model(request, verb=InferenceVerb.EXPLAIN,
+                                                 headers=headers)
+        return response, dict(response_headers)
 
     def metadata(self) -> dict:
         metadata = dict(super().metadata())
@@ -281,7 +293,7 @@ class RecsysMiddleware:
 
     - what this server does not serve is a 4xx, not KServe's 501 (a server error to any client
       or fuzzer): a model version (`?model_version=` or `/versions/V/`: one version is served,
-      `model_version` in every answer says which) and `:explain` (no explainer);
+      `model_version` in every answer says which);
     - while the server drains, every answer says `Connection: close`, so that clients stop
       reusing connections before the listener closes (a request sent on an idle keep-alive
       connection as it is closed would get a reset instead of an answer).
@@ -318,8 +330,6 @@ def _unserved(scope) -> tuple[int, str] | None:
     path = scope.get("path", "")
     if "/versions/" in path and path.startswith("/v2/models/"):
         return 404, "model versions are not served by path: this server serves one version"
-    if path.endswith(":explain"):
-        return 404, "no explainer is served"
     if b"model_version=" in scope.get("query_string", b""):
         return 400, "model_version: this server serves one version; leave the parameter out"
     return None

@@ -14,6 +14,11 @@ in one worker thread of the model's own, so REST, gRPC and the health probes kee
 while it works (rapidfuzz and numpy release the GIL), and heavy requests queue there instead
 of taking every core.
 
+Explanations (KServe's explain verb, `:explain`, and the v2 `explain` input) are asked for,
+never implied: a request without them takes exactly the path above. When asked, the
+explanations of the answer (`components/models/explain.py`) are computed in the same worker
+thread after it, within their own bound (`--max-explain-items`, B x k).
+
 The module is longer than most here because the contract lives in one place: both protocols'
 parsing, the model call (with the answer cache) and both protocols' responses.
 """
@@ -40,10 +45,12 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 
 from components.errors import ArtifactError
 from components.models.artifact import MANIFEST, load_model
+from components.models.explain import explain_recommendations, explain_similar
 from serving.limits import (
     DEFAULT_ANSWER_CACHE_SIZE,
     DEFAULT_MAX_ANSWER_ITEMS,
     DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_EXPLAIN_ITEMS,
     DEFAULT_MAX_TITLE_QUERIES,
     MAX_LIST_IDS,
     MAX_LIST_LENGTH,
@@ -63,8 +70,11 @@ CACHE_MAX_ENTRIES = 25_000_000
 # within seconds, and until a user's row is in, that user's answer is computed per request.
 CACHE_SYNC_MAX_USERS = 10_000
 _CACHE_CHUNK = 256
-USER_INPUTS = ("user_id", "k", "exclude_item_ids", "history_item_ids")
-ITEM_INPUTS = ("item_id", "k")
+# v1 instance fields; v2 inputs add `explain` (v1 asks for explanations with the :explain verb)
+USER_FIELDS = ("user_id", "k", "exclude_item_ids", "history_item_ids")
+ITEM_FIELDS = ("item_id", "k")
+USER_INPUTS = (*USER_FIELDS, "explain")
+ITEM_INPUTS = (*ITEM_FIELDS, "explain")
 _ID_TYPES = ("BYTES", "INT64", "INT32")
 _K_TYPES = ("INT32", "INT64")
 
@@ -74,6 +84,7 @@ INPUT_TYPES = [
     {"name": "k", "datatype": "INT32", "shape": [-1]},
     {"name": "exclude_item_ids", "datatype": "BYTES", "shape": [-1, -1]},
     {"name": "history_item_ids", "datatype": "BYTES", "shape": [-1, -1]},
+    {"name": "explain", "datatype": "BOOL", "shape": [1]},  # optional: adds `explanations`
 ]
 OUTPUT_TYPES = [
     {"name": "item_ids", "datatype": "BYTES", "shape": [-1, -1]},
@@ -81,6 +92,7 @@ OUTPUT_TYPES = [
     {"name": "cold_start", "datatype": "BOOL", "shape": [-1]},
     {"name": "resolved_item_ids", "datatype": "BYTES", "shape": [-1]},
     {"name": "resolved_titles", "datatype": "BYTES", "shape": [-1]},
+    {"name": "explanations", "datatype": "BYTES", "shape": [-1]},  # when `explain` is true
 ]
 
 
@@ -97,6 +109,7 @@ class Query:
     # Kept apart from `history` until the model call: it is also the version of the user's
     # cached answer.
     fresh: list[tuple[str, ...]] | None = None
+    explain: bool = False  # the `explain` input, or the v1 `:explain` verb
 
     def model_history(self) -> list[list[str]] | None:
         """The history rows the model scores with: the client's, then the fresh items."""
@@ -288,6 +301,27 @@ def _id_lists(inp: InferInput, batch: int) -> list[list[str]]:
     return _tensor(inp, ("BYTES",), 2).tolist()  # "" padding matches no item: ignored
 
 
+def _explain_flag(inp: InferInput) -> bool:
+    """The optional `explain` input: BOOL [1], one flag for the whole request."""
+    if inp.datatype != "BOOL":
+        raise InvalidInput(f"explain: datatype must be BOOL, got {inp.datatype}")
+    shape = _declared_shape("explain", inp.shape, 1)
+    if shape != (1,):
+        raise InvalidInput(f"explain: shape must be [1] (one flag per request), got {list(shape)}")
+    try:
+        if inp._raw_data is not None:  # gRPC raw_input_contents, binary REST
+            flat = inp.as_numpy().reshape(-1).tolist()
+        else:
+            flat = list(inp.data) if isinstance(inp.data, (list, tuple)) else [inp.data]
+    except Exception as exc:  # noqa: BLE001 - the client's data
+        raise InvalidInput(f"explain: data does not match datatype BOOL: {exc}") from None
+    if len(flat) != 1:
+        raise InvalidInput(f"explain: shape [1] needs 1 value, data has {len(flat)}")
+    if not isinstance(flat[0], (bool, np.bool_)):
+        raise InvalidInput(f"explain: data must be true or false, got {flat[0]!r}")
+    return bool(flat[0])
+
+
 def _pad(item_ids: np.ndarray, scores: np.ndarray, k: np.ndarray) -> None:
     """Blank, in place, what lies past each row's own k and what has no finite score (nothing
     left but excluded items, or no match): "" ids and NaN scores, always at a row's end."""
@@ -311,8 +345,10 @@ class RecommenderModel(Model):
         online_store: str | None = None,
         online_store_prefix: str = "recsys:",
         answer_cache_size: int = DEFAULT_ANSWER_CACHE_SIZE,
+        max_explain_items: int = DEFAULT_MAX_EXPLAIN_ITEMS,
     ):
         super().__init__(name)
+        self.max_explain_items = max_explain_items
         self.answer_cache_size = answer_cache_size
         self.model_dir = Path(model_dir)
         self.max_batch_size = max_batch_size
@@ -520,13 +556,18 @@ class RecommenderModel(Model):
         payload: InferRequest | dict,
         headers: Mapping[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
+        *,
+        explain: bool = False,
     ) -> InferResponse | dict:
         if not self.ready:
             raise self.not_ready_error()
         is_v2 = isinstance(payload, InferRequest)
         try:
             query = self._parse_v2(payload) if is_v2 else self._parse_v1(payload)
+            query.explain = query.explain or explain
             self._check_bounds(query)
+            if query.explain:
+                self._check_explain_bounds(query)
         except InvalidInput:
             self._metrics.invalid_input.inc()
             raise
@@ -538,12 +579,21 @@ class RecommenderModel(Model):
             query.fresh = self._feedback.fresh_rows(query.ids.tolist())
         try:
             answer = await self._answer(query)
+            explanations = await self._explain_answer(query, answer) if query.explain else None
         except Exception:
             self._metrics.internal.inc()
             raise
         request_id = self._request_id(payload if is_v2 else None, headers)
         self._count_and_log(query, answer, request_id)
+        if explanations is not None:
+            return self._explained_response(payload, query, answer, request_id, explanations)
         return self._v2_response(payload, answer, request_id) if is_v2 else self._v1_response(query, answer, request_id)
+
+    async def explain(self, payload: InferRequest | dict,
+                      headers: Mapping[str, str] | None = None) -> InferResponse | dict:
+        """KServe's explain verb (`POST /v1/models/{name}:explain`, the body of `:predict`):
+        the answer and, row by row, why (`components/models/explain.py`)."""
+        return await self.predict(payload, headers, explain=True)
 
     async def _answer(self, query: Query) -> Answer:
         """A cached answer on the spot; anything that calls the model in the worker thread."""
@@ -556,6 +606,64 @@ class RecommenderModel(Model):
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
         work = self._similar if query.by_item else self._recommend
         return await asyncio.get_running_loop().run_in_executor(self._executor, work, query)
+
+    # ------------------------------------------------------------------ explanations
+    def _check_explain_bounds(self, query: Query) -> None:
+        """An explanation costs about a model call per row: fewer answer entries per request."""
+        batch, width = len(query.ids), int(query.k.max())
+        if batch * width > self.max_explain_items:
+            raise InvalidInput(
+                f"explain: a batch of {batch} at k={width} asks to explain {batch * width:,} "
+                f"items, above the limit of {self.max_explain_items:,} per request (ask for a "
+                "smaller k or batch)"
+            )
+
+    async def _explain_answer(self, query: Query, answer: Answer) -> list[dict]:
+        """The explanations of an answer, computed in the model's worker thread like any model
+        call (only when asked: the predict path never comes here)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._explanations, query, answer)
+
+    def _explanations(self, query: Query, answer: Answer) -> list[dict]:
+        """One explanation per row, of the items the row answered, in their order. A user's
+        history is what the model scored with (the client's, then the online history, whose
+        items are marked fresh)."""
+        model, rows = self._model, []
+        answered = answer.item_ids.tolist()
+        for row, query_id in enumerate(query.ids.tolist()):
+            items = [item for item in answered[row] if item]  # padding is at a row's end
+            if query.by_item:
+                resolved = str(answer.resolved_ids[row])
+                rows.append(explain_similar(model, resolved, items) if resolved else
+                            {"user_id": None, "item_id": query_id, "kind": "similar",
+                             "reason": "no item matches the query", "items": []})
+                continue
+            sent = [item for item in query.history[row] if item] if query.history else []
+            fresh = list(query.fresh[row]) if query.fresh is not None else []
+            rows.append(explain_recommendations(
+                model, query_id, items, history_item_ids=[*sent, *fresh] or None,
+                fresh_item_ids=fresh))
+        self._metrics.explained_rows.inc(len(rows))
+        return rows
+
+    def _explained_response(self, payload: InferRequest | dict, query: Query, answer: Answer,
+                            request_id: str, explanations: list[dict]) -> InferResponse | dict:
+        """The predict answer with the explanations: v2 gains the `explanations` output (one
+        JSON text per row), v1 an `explanations` list beside `predictions`."""
+        if not isinstance(payload, InferRequest):
+            response = self._v1_response(query, answer, request_id)
+            response["explanations"] = explanations
+            return response
+        response = self._v2_response(payload, answer, request_id)
+        texts = np.asarray([orjson.dumps(e).decode() for e in explanations], dtype=object)
+        out = InferOutput("explanations", [len(texts)], "BYTES", texts)
+        if payload.from_grpc:  # encoded now, as _v2_response does for the other outputs
+            data, out.data = out.data, None
+            out.set_data_from_numpy(data, binary_data=True)
+        response.outputs.append(out)
+        return response
 
     def _check_bounds(self, query: Query) -> None:
         batch, width = len(query.ids), int(query.k.max())
@@ -621,6 +729,8 @@ class RecommenderModel(Model):
             query.exclude = _id_lists(inputs["exclude_item_ids"], batch)
         if "history_item_ids" in inputs:
             query.history = _id_lists(inputs["history_item_ids"], batch)
+        if "explain" in inputs:
+            query.explain = _explain_flag(inputs["explain"])
         return query
 
     def _parse_v1(self, body: Any) -> Query:
@@ -646,7 +756,7 @@ class RecommenderModel(Model):
         if not all(isinstance(i, dict) for i in instances):
             raise InvalidInput('"instances" must hold objects such as {"user_id": "42", "k": 10}')
         by_item = "item_id" in instances[0]
-        key, expected = ("item_id", ITEM_INPUTS) if by_item else ("user_id", USER_INPUTS)
+        key, expected = ("item_id", ITEM_FIELDS) if by_item else ("user_id", USER_FIELDS)
         limit = self.n_items - 1 if by_item else self.n_items
         ids, ks, exclude, history, listed = [], [], [], [], 0
         for row, inst in enumerate(instances):

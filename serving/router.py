@@ -233,8 +233,14 @@ class ExperimentRouter(Model):
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-router")
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
+    async def explain(self, payload: InferRequest | dict,
+                      headers: Mapping[str, str] | None = None) -> InferResponse | dict:
+        """KServe's explain verb: the answer, each row explained by the model that made it."""
+        return await self.predict(payload, headers, explain=True)
+
     async def predict(self, payload: InferRequest | dict, headers: Mapping[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> InferResponse | dict:
+                      response_headers: dict[str, str] | None = None, *,
+                      explain: bool = False) -> InferResponse | dict:
         arms = self._arms
         lead = arms.champion
         if not lead.ready:
@@ -242,18 +248,29 @@ class ExperimentRouter(Model):
         if self._watcher is None and self.record is not None:
             self._start_watcher()  # a REST worker process starts its own
         is_v2 = isinstance(payload, InferRequest)
-        query = _parse(lead, payload, is_v2)
+        query = _parse(lead, payload, is_v2, explain)
         request_id = lead._request_id(payload if is_v2 else None, headers)
         if query.by_item:
             answer = await self._in_worker(_timed, self.name, lead, lead._similar, query)
             lead._count_and_log(query, answer, request_id)
+            if query.explain:
+                explanations = await self._in_worker(lead._explanations, query, answer)
+                return lead._explained_response(payload, query, answer, request_id, explanations)
             return (lead._v2_response(payload, answer, request_id) if is_v2
                     else lead._v1_response(query, answer, request_id))
         variants = [arms.variant(u) for u in query.ids.tolist()]
+        seen: dict | None = {} if query.explain else None
         answer, versions, sources = await self._in_worker(
-            self._answer, arms, query, variants, request_id)
+            self._answer, arms, query, variants, request_id, seen)
         self._count_and_log(lead, query, answer, request_id, versions, sources, variants)
         response_version = ",".join(dict.fromkeys(versions))
+        if query.explain:
+            explanations = await self._in_worker(
+                self._explanations, arms, query, variants, answer, sources, seen)
+            response = lead._explained_response(payload, query, answer, request_id, explanations)
+            if arms.challenger is not None:
+                _versioned(response, payload, response_version, versions)
+            return response
         if arms.challenger is None:  # one model serves: the predictor's own answer, unchanged
             return (lead._v2_response(payload, answer, request_id) if is_v2
                     else lead._v1_response(query, answer, request_id))
@@ -273,9 +290,11 @@ class ExperimentRouter(Model):
             prediction["model_version"] = version
         return response
 
-    def _answer(self, arms: Arms, query: Query, variants: list[str], request_id: str):
+    def _answer(self, arms: Arms, query: Query, variants: list[str], request_id: str,
+                seen: dict | None = None):
         """The combined answer, each row's version, and (when a row interleaves) the version of
-        each position."""
+        each position. `seen`, when given, keeps the fresh history each model scored each row
+        with (for the explanations of the same answer)."""
         batch, width = len(query.ids), int(query.k.max())
         item_ids = np.full((batch, width), "", dtype=object)
         scores = np.full((batch, width), np.nan, dtype=np.float32)
@@ -286,7 +305,8 @@ class ExperimentRouter(Model):
         for variant, model in ((CHAMPION, arms.champion), (CHALLENGER, arms.challenger)):
             if rows.get(variant):
                 idx = rows[variant]
-                part = _timed(self.name, model, model._recommend, _fresh(model, _rows(query, idx)))
+                part = _timed(self.name, model, model._recommend,
+                              _fresh(model, _rows(query, idx), seen, idx))
                 _place(item_ids, scores, cold, idx, part)
                 for i in idx:
                     versions[i] = model.model_version
@@ -295,9 +315,9 @@ class ExperimentRouter(Model):
             idx = rows[INTERLEAVED]
             sub = _rows(query, idx)
             first = _timed(self.name, arms.champion, arms.champion._recommend,
-                           _fresh(arms.champion, sub))
+                           _fresh(arms.champion, sub, seen, idx))
             second = _timed(self.name, arms.challenger, arms.challenger._recommend,
-                            _fresh(arms.challenger, _rows(query, idx)))
+                            _fresh(arms.challenger, _rows(query, idx), seen, idx))
             both = interleaved_version(arms.champion.model_version, arms.challenger.model_version)
             sources = np.full((batch, width), "", dtype=object)
             for j, i in enumerate(idx):
@@ -313,6 +333,38 @@ class ExperimentRouter(Model):
                 versions[i] = both
             EXPERIMENT_REQUESTS.labels(self.name, both, INTERLEAVED).inc(len(idx))
         return Answer(item_ids, scores, cold_start=cold), versions, sources
+
+    @staticmethod
+    def _explanations(arms: Arms, query: Query, variants: list[str], answer: Answer,
+                      sources: np.ndarray | None, seen: dict) -> list[dict]:
+        """Each row explained by the model that answered it; an interleaved row item by item by
+        the model that placed the item (each model explains its own items, in their order, so
+        `versus_next` compares an item with the next one of the same model), marked
+        `"interleaved": true` with each item's `model_version`."""
+        rows = []
+        for i, variant in enumerate(variants):
+            sub = _rows(query, [i])
+            if variant != INTERLEAVED:
+                model = arms.challenger if variant == CHALLENGER else arms.champion
+                rows += model._explanations(_scored_with(model, sub, seen, i), _row_answer(answer, i))
+                continue
+            placed = [(item, str(source)) for item, source in
+                      zip(answer.item_ids[i].tolist(), sources[i].tolist()) if item]
+            explained: dict[str, dict] = {}
+            merged: dict | None = None
+            for model in (arms.champion, arms.challenger):
+                mine = [item for item, source in placed if source == model.model_version]
+                own = Answer(np.asarray([mine], dtype=object).reshape(1, -1),
+                             np.zeros((1, len(mine)), dtype=np.float32), cold_start=answer.cold_start[[i]])
+                explanation = model._explanations(
+                    _scored_with(model, _rows(query, [i]), seen, i), own)[0]
+                merged = merged or explanation
+                for entry in explanation.get("items", []):
+                    explained[entry["item_id"]] = {**entry, "model_version": model.model_version}
+            items = [{**explained[item], "rank": n + 1} for n, (item, _) in enumerate(placed)
+                     if item in explained]
+            rows.append({**merged, "interleaved": True, "items": items})
+        return rows
 
     def _count_and_log(self, lead: RecommenderModel, query: Query, answer: Answer,
                        request_id: str, versions: list[str], sources: np.ndarray | None,
@@ -362,11 +414,14 @@ def split_of(entry: Mapping[str, Any] | None,
     return percent, interleave
 
 
-def _parse(model: RecommenderModel, payload: Any, is_v2: bool) -> Query:
+def _parse(model: RecommenderModel, payload: Any, is_v2: bool, explain: bool = False) -> Query:
     """The predictor's own validation and bounds, counted the same way."""
     try:
         query = model._parse_v2(payload) if is_v2 else model._parse_v1(payload)
+        query.explain = query.explain or explain
         model._check_bounds(query)
+        if query.explain:
+            model._check_explain_bounds(query)
         return query
     except InvalidInput:
         model._metrics.invalid_input.inc()
@@ -390,10 +445,22 @@ def _timed(name: str, model: RecommenderModel, call: Callable[[Query], Answer], 
         MODEL_SECONDS.labels(name, model.model_version).observe(time.perf_counter() - started)
 
 
-def _fresh(model: RecommenderModel, query: Query) -> Query:
-    """The query with what its users did since `model` was trained (the online history)."""
+def _fresh(model: RecommenderModel, query: Query, seen: dict | None = None,
+           idx: list[int] | None = None) -> Query:
+    """The query with what its users did since `model` was trained (the online history); kept
+    in `seen` by (model, row of the whole request) when given."""
     if model._feedback is not None:  # kept apart: the model's answer cache keys on it
         query.fresh = model._feedback.fresh_rows(query.ids.tolist())
+        if seen is not None:
+            for j, i in enumerate(idx):
+                seen[(id(model), i)] = query.fresh[j] if query.fresh is not None else ()
+    return query
+
+
+def _scored_with(model: RecommenderModel, query: Query, seen: dict, row: int) -> Query:
+    """A one-row query with the fresh history `model` scored that row with (`_answer`)."""
+    if (id(model), row) in seen:
+        query.fresh = [seen[(id(model), row)]]
     return query
 
 
@@ -403,6 +470,26 @@ def _rows(query: Query, idx: list[int]) -> Query:
         exclude=None if query.exclude is None else [query.exclude[i] for i in idx],
         history=None if query.history is None else [query.history[i] for i in idx],
     )
+
+
+def _row_answer(answer: Answer, i: int) -> Answer:
+    return Answer(answer.item_ids[[i]], answer.scores[[i]], cold_start=answer.cold_start[[i]])
+
+
+def _versioned(response: InferResponse | dict, payload: Any, version: str,
+               versions: list[str]) -> None:
+    """A challenger serves: the response's version, and each row's (as predict answers)."""
+    if isinstance(response, dict):
+        response["model_version"] = version
+        for prediction, row_version in zip(response["predictions"], versions):
+            prediction["model_version"] = row_version
+        return
+    response.model_version = version
+    out = InferOutput("model_versions", [len(versions)], "BYTES", np.asarray(versions, dtype=object))
+    if payload.from_grpc:
+        data, out.data = out.data, None
+        out.set_data_from_numpy(data, binary_data=True)
+    response.outputs.append(out)
 
 
 def _place(item_ids: np.ndarray, scores: np.ndarray, cold: np.ndarray, idx: list[int],

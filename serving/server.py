@@ -35,6 +35,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
         DEFAULT_ANSWER_CACHE_SIZE,
         DEFAULT_MAX_ANSWER_ITEMS,
         DEFAULT_MAX_BATCH_SIZE,
+        DEFAULT_MAX_EXPLAIN_ITEMS,
         DEFAULT_MAX_TITLE_QUERIES,
         add_connection_arguments,
     )
@@ -68,6 +69,11 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         default=DEFAULT_MAX_ANSWER_ITEMS,
                         help="largest answer, batch x k, a request may ask for; larger ones are "
                         "refused with 400 (default: %(default)s, about 2.5 MB of JSON)")
+    parser.add_argument("--max-explain-items", dest="max_explain_items", type=int,
+                        default=DEFAULT_MAX_EXPLAIN_ITEMS,
+                        help="largest answer, batch x k, an explained request (the explain input "
+                        "or :explain) may ask for; each row's explanation costs about a model "
+                        "call; larger ones are refused with 400 (default: %(default)s)")
     parser.add_argument("--max-title-queries", dest="max_title_queries", type=int,
                         default=DEFAULT_MAX_TITLE_QUERIES,
                         help="item_id values per request that are titles to match fuzzily (each "
@@ -141,7 +147,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise RecsysError(f"--workers must be at least 1, got {args.workers}")
     if args.max_batch_size < 1:
         raise RecsysError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
-    for name in ("max_answer_items", "max_title_queries"):
+    for name in ("max_answer_items", "max_explain_items", "max_title_queries"):
         if getattr(args, name) < 1:
             raise RecsysError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.answer_cache_size < 0:
@@ -244,6 +250,7 @@ def serve(args: argparse.Namespace) -> int:
         model_dir,
         max_batch_size=args.max_batch_size,
         max_answer_items=args.max_answer_items,
+        max_explain_items=args.max_explain_items,
         max_title_queries=args.max_title_queries,
         request_log_dir=None if routed else args.request_log,
         online_store=args.online_store or None,

@@ -131,6 +131,28 @@ def _metrics_html(results: Results, columns: Sequence[str]) -> str:
     return f"<table><tr><th>model</th>{header}</tr>{''.join(rows)}</table>"
 
 
+def _importance_html(importance: Mapping[str, float] | None) -> str:
+    """The ranker's global feature importance (total gain of the splits on each feature or
+    feature group), largest first, with its share of the whole."""
+    if not importance:
+        return ""
+    esc = html.escape
+    total = sum(max(float(v), 0.0) for v in importance.values())
+    rows = []
+    for name, gain in sorted(importance.items(), key=lambda kv: (-float(kv[1]), str(kv[0]))):
+        share = float(gain) / total if total > 0 else 0.0
+        rows.append(
+            f"<tr><th>{esc(str(name))}</th><td>{float(gain):,.1f}</td><td>{share:.1%}</td>"
+            f'<td style="text-align:left"><span style="display:inline-block;height:0.8em;'
+            f'width:{share * 12:.2f}em;background:#4a7ab5"></span></td></tr>'
+        )
+    return (
+        "<h2>Ranker feature importance (gain)</h2>"
+        "<table><tr><th>features</th><th>gain</th><th>share</th><th></th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
 def _context_html(context: Mapping[str, str] | None) -> str:
     if not context:
         return ""
@@ -157,9 +179,11 @@ def render_html_report(
     champion: Mapping[str, float] | None = None,
     decision_text: str | None = None,
     context: Mapping[str, str] | None = None,
+    feature_importance: Mapping[str, float] | None = None,
 ) -> str:
-    """A self-contained HTML page: context, metrics table (best per column in bold), a
-    metric-by-k plot, the primary metric per model against the champion, the gate decision."""
+    """A self-contained HTML page: context, metrics table (best per column in bold), the
+    ranker's feature importance (gain, when the model has a ranker), a metric-by-k plot, the
+    primary metric per model against the champion, the gate decision."""
     esc = html.escape
     # The primary metric leads the table even when it is not one of the default columns.
     columns = _columns(results, (primary_metric, *DEFAULT_COLUMNS))
@@ -178,6 +202,7 @@ def render_html_report(
         f"{_context_html(context)}\n"
         f"<h2>Metrics (primary: {esc(primary_metric)})</h2>\n"
         f"{_metrics_html(results, columns)}\n"
+        f"{_importance_html(feature_importance)}\n"
         f"{figures}\n"
         f"{decision}\n"
         "</body></html>\n"

@@ -268,7 +268,7 @@ def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) 
         if user is not None:
             try:
                 user_id = tryit.check_user_id(user)
-                answer = console.predictor.recommend(user_id, k)
+                answer = console.predictor.recommend(user_id, k, explain=True)
                 context["shown"] = tryit.compare(answer, console.catalogue, before)
             except Refused as exc:
                 context["error"] = str(exc)
@@ -336,7 +336,8 @@ def create_app(console: Console, *, allowed_hosts: Sequence[str] | None = None) 
             k_value = context["k"]
             try:
                 answer, changed = tryit.ask_until_changed(
-                    lambda: console.predictor.recommend(user.strip(), k_value), before or [],
+                    lambda: console.predictor.recommend(user.strip(), k_value, explain=True),
+                    before or [],
                     item.strip(), event_type)
                 context["shown"] = tryit.compare(answer, console.catalogue, before)
                 title = next((i.item.title for i in context["shown"].items

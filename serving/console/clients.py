@@ -6,6 +6,7 @@ sentence a person can act on; the pages show that sentence instead of a stack tr
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class Answer:
     cold_start: bool | None = None  # user answers
     resolved_item_id: str | None = None  # similar-item answers: the item the query matched
     resolved_title: str | None = None
+    explanation: dict | None = None  # when asked with explain: why each item (the contract's dict)
 
 
 class PredictorClient:
@@ -119,15 +121,35 @@ class PredictorClient:
             return str(per_row[0])
         return str(body.get("model_version") or "")
 
-    def recommend(self, user_id: str, k: int) -> Answer:
-        body, outputs, latency_ms = self._infer([
+    def recommend(self, user_id: str, k: int, *, explain: bool = False) -> Answer:
+        """One user's answer; with `explain`, also why each item (the `explain` input). A
+        predictor too old to explain refuses the input: then the answer comes without."""
+        inputs = [
             {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [user_id]},
             {"name": "k", "datatype": "INT32", "shape": [1], "data": [k]},
-        ])
+        ]
+        try:
+            body, outputs, latency_ms = self._infer(
+                [*inputs, {"name": "explain", "datatype": "BOOL", "shape": [1], "data": [True]}]
+                if explain else inputs)
+        except Refused as exc:
+            if not explain or "explain" not in str(exc):
+                raise
+            body, outputs, latency_ms = self._infer(inputs)
         ids, scores = self._row(outputs, k)
         cold = outputs.get("cold_start")
         return Answer(user_id, ids, scores, self._version(body, outputs), str(body.get("id", "")),
-                      latency_ms, cold_start=bool(cold[0]) if cold else None)
+                      latency_ms, cold_start=bool(cold[0]) if cold else None,
+                      explanation=self._explanation(outputs))
+
+    @staticmethod
+    def _explanation(outputs: dict[str, list]) -> dict | None:
+        texts = outputs.get("explanations") or []
+        try:
+            explanation = json.loads(texts[0]) if texts else None
+        except (TypeError, ValueError):
+            return None
+        return explanation if isinstance(explanation, dict) else None
 
     def similar(self, query: str, k: int) -> Answer:
         body, outputs, latency_ms = self._infer([

@@ -30,6 +30,7 @@ MAX_ID_CHARS = 256  # the events contract's limit on ids
 MAX_K = 50
 DEFAULT_K = 10
 FRESH_WITHIN_SECONDS = 2.0
+BECAUSE_SHOWN = 2  # history titles in an item's "Because you liked ..." line
 POLL_SECONDS = 0.15
 # What each button sends (the feedback contract's event types). A "view" is a click on the item.
 ACTIONS = {"view": "click", "like": "like", "dislike": "dislike", "rate": "rating"}
@@ -69,12 +70,38 @@ class Item:
 
 
 @dataclass
+class Why:
+    """One item's explanation as the page shows it (from the predictor's `explanations`)."""
+
+    because: list[str]  # titles of the history items behind it, largest contribution first
+    fresh: list[str]  # which of those the user did since training
+    reason: str | None = None  # "most popular" for a cold-start answer
+    proposed_by: list[str] = field(default_factory=list)  # "ease #3", ...
+    score: float | None = None  # the ranker's raw score
+    bias: float | None = None
+    groups: list[tuple[str, float]] = field(default_factory=list)  # largest |contribution| first
+    next_title: str | None = None
+    next_difference: float | None = None
+    next_groups: list[tuple[str, float]] = field(default_factory=list)
+
+    def versus(self, group: str) -> float | None:
+        """This item's contribution of `group` minus the next item's."""
+        return dict(self.next_groups).get(group)
+
+    def because_text(self) -> str:
+        if self.reason and not self.because:
+            return self.reason[:1].upper() + self.reason[1:]
+        return "Because you liked " + ", ".join(self.because[:BECAUSE_SHOWN]) if self.because else ""
+
+
+@dataclass
 class ShownItem:
     position: int  # 0-based, as the events carry it
     item: Item
     score: float
     change: str = "same"  # "new" | "up" | "down" | "same"
     moved: int = 0  # places up (+) or down (-)
+    why: Why | None = None
 
 
 @dataclass
@@ -202,10 +229,48 @@ def registry_items_lookup(registry) -> Callable[[str], Path | None]:
     return lookup
 
 
+def _sorted_groups(groups: dict | None) -> list[tuple[str, float]]:
+    pairs = [(str(k), float(v)) for k, v in (groups or {}).items() if isinstance(v, (int, float))]
+    return sorted(pairs, key=lambda kv: (-abs(kv[1]), kv[0]))
+
+
+def explained(answer: Answer, catalogue: Catalogue) -> dict[str, Why]:
+    """Each answered item's `Why`, from the answer's explanation (empty without one)."""
+    explanation = answer.explanation or {}
+    entries = [e for e in explanation.get("items") or [] if isinstance(e, dict)]
+    titles = {e.get("item_id"): e.get("title") for e in entries}
+    reason = explanation.get("reason") if explanation.get("kind") == "cold_start" else None
+    out = {}
+    for entry in entries:
+        because = [b for b in entry.get("because") or [] if isinstance(b, dict)]
+        named = [b.get("title") or catalogue.describe([str(b.get("item_id"))],
+                                                      answer.model_version)[0].title
+                 for b in because]
+        ranker = entry.get("ranker") or {}
+        following = entry.get("versus_next") or {}
+        following_id = following.get("item_id")
+        out[str(entry.get("item_id"))] = Why(
+            because=named,
+            fresh=[name for name, b in zip(named, because) if b.get("fresh")],
+            reason=reason,
+            proposed_by=[f"{g.get('name')} #{g.get('rank')}" for g in entry.get("generators") or []
+                         if isinstance(g, dict)],
+            score=ranker.get("raw_score"), bias=ranker.get("bias"),
+            groups=_sorted_groups(ranker.get("groups")),
+            next_title=(titles.get(following_id) or f"item {following_id}") if following_id else None,
+            next_difference=following.get("difference"),
+            next_groups=_sorted_groups(following.get("groups")),
+        )
+    return out
+
+
 def compare(answer: Answer, catalogue: Catalogue, before: list[str] | None) -> Shown:
-    """The answer with each item's change since `before` (the ids shown previously, in order)."""
+    """The answer with each item's change since `before` (the ids shown previously, in order),
+    and why each item is there when the answer came with an explanation."""
     items = catalogue.describe(answer.item_ids, answer.model_version)
-    shown = [ShownItem(n, item, score) for n, (item, score) in enumerate(zip(items, answer.scores))]
+    whys = explained(answer, catalogue)
+    shown = [ShownItem(n, item, score, why=whys.get(item.item_id))
+             for n, (item, score) in enumerate(zip(items, answer.scores))]
     if before is None:
         return Shown(answer, shown)
     previous = {item_id: n for n, item_id in enumerate(before)}

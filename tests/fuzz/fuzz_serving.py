@@ -129,7 +129,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
 
 
 # ------------------------------------------------------------------------------ structure-aware
-NAMES = ["user_id", "item_id", "k", "exclude_item_ids", "history_item_ids", "", "colour"]
+NAMES = ["user_id", "item_id", "k", "exclude_item_ids", "history_item_ids", "explain", "", "colour"]
 DATATYPES = ["BYTES", "INT32", "INT64", "FP32", "BOOL", "UINT8", "FP16", "STRING", ""]
 ANY_TEXT = st.text(st.characters(codec=None), max_size=40)  # surrogates and all
 HUGE = st.sampled_from([2**31, 2**63, 2**64, -(2**63) - 1, 10**30])
@@ -184,11 +184,17 @@ def v2_bodies(catalogue):
             queries = draw(st.lists(st.one_of(st.sampled_from(catalogue["items"] + (catalogue["titles"] or ["x"])),
                                               ANY_TEXT), min_size=1, max_size=20))
             return {"inputs": [{"name": "item_id", "datatype": "BYTES", "shape": [len(queries)], "data": queries}]}
+        if kind == 4:  # explained user requests: k and the batch may pass the explain bound
+            users = draw(good_users)
+            return {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [len(users)], "data": users},
+                               {"name": "k", "datatype": "INT32", "shape": [1], "data": [draw(k)]},
+                               {"name": "explain", "datatype": "BOOL", "shape": [1],
+                                "data": [draw(st.one_of(st.booleans(), scalars(catalogue)))]}]}
         out = {"inputs": draw(st.lists(tensors(catalogue), max_size=4))}
         if draw(st.booleans()):
             out["id"] = draw(st.one_of(ANY_TEXT, st.integers(), st.none()))
         if draw(st.integers(0, 4)) == 0:
-            out["outputs"] = [{"name": draw(st.sampled_from(["item_ids", "scores", "nope"]))}]
+            out["outputs"] = [{"name": draw(st.sampled_from(["item_ids", "scores", "explanations", "nope"]))}]
         return out
 
     return body()
@@ -216,15 +222,16 @@ def _encode(body, mutate: int) -> bytes:
 
 def _rows_answered(response, protocol: str) -> int:
     payload = response.json()
-    if protocol == "v1":
+    if protocol.startswith("v1"):
         return len(payload["predictions"])
     return next(o["shape"][0] for o in payload["outputs"] if o["name"] == "item_ids")
 
 
-@pytest.mark.parametrize("protocol", ["v2", "v1"])
+@pytest.mark.parametrize("protocol", ["v2", "v1", "v1-explain"])
 def test_structure_aware_fuzz_gets_no_5xx_and_loses_no_row(server, catalogue, protocol):
-    path = f"/v2/models/{MODEL}/infer" if protocol == "v2" else f"/v1/models/{MODEL}:predict"
-    strategy = v2_bodies(catalogue) if protocol == "v2" else v1_bodies(catalogue)
+    path = {"v2": f"/v2/models/{MODEL}/infer", "v1": f"/v1/models/{MODEL}:predict",
+            "v1-explain": f"/v1/models/{MODEL}:explain"}[protocol]
+    strategy = v2_bodies(catalogue) if protocol == "v2" else v1_bodies(catalogue)  # v1: both verbs
     statuses: dict[int, int] = {}
     answered = 0
     dropped_before = dropped_rows(server)

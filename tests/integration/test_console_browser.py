@@ -129,6 +129,32 @@ def test_try_it_returns_recommendations(stack, page):
     assert page.errors == []
 
 
+def test_try_it_says_why_each_item_with_a_detail_view(stack, page):
+    """Under each recommendation, "Because you liked ..." (the predictor's explanation, asked
+    with the `explain` input); "Why here" opens the ranker's contributions and versus-next."""
+    user = _user(stack)
+    page.goto(f"{stack['console'].url}/try?user={user}")
+    first = page.locator("li.rec").first
+    because = first.locator("p.because").inner_text()
+    assert because.startswith("Because you liked "), because
+    liked = because.removeprefix("Because you liked ").split(", ")
+    titles = set(stack["titles"].values())
+    assert liked and all(t in titles for t in liked), liked
+    table = first.locator("table.contrib")
+    assert not table.is_visible()  # the detail view starts closed
+    first.get_by_text("Why here").click()
+    table.wait_for(state="visible")
+    groups = table.locator("th[scope=row]").all_inner_texts()
+    assert "generator scores" in groups and len(groups) >= 3
+    caption = table.locator("caption").inner_text()
+    second = stack["titles"][_items(page)[1]]
+    assert "The ranker's score" in caption and f"“{second}”" in caption, caption
+    assert page.locator("li.rec p.because").count() == 10
+    page.goto(f"{stack['console'].url}/try?user=someone-new-{time.time_ns()}")
+    assert set(page.locator("li.rec p.because").all_inner_texts()) == {"Most popular"}
+    assert page.errors == []
+
+
 def test_a_like_changes_the_list(stack, page):
     """Like the first item: the event goes through the events API into the store, and the next
     answer drops the liked item (it joined the user's history) and shows what is new."""

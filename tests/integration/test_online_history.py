@@ -223,6 +223,14 @@ def test_three_likes_change_the_next_answer_and_are_never_recommended_again(
         after = wait_for(lambda: (a := recommend(url, user, 10))["items"] != before["items"]
                          and a)
         assert not set(after["items"]) & set(liked)
+        # The explanation counts the fresh likes as history, marked fresh (and only those).
+        response = httpx.post(url + "/v1/models/recsys:explain", timeout=30,
+                              json={"instances": [{"user_id": user, "k": 10}]})
+        assert response.status_code == 200, response.text
+        because = [b for i in response.json()["explanations"][0]["items"] for b in i["because"]]
+        fresh = {b["item_id"] for b in because if b["fresh"]}
+        assert fresh and fresh <= set(liked), because
+        assert not {b["item_id"] for b in because if not b["fresh"]} & set(liked)
         everything = recommend(url, user, data.n_items)["items"]
         assert len(everything) == data.n_items - len(trained) - 3
         assert not set(everything) & set(liked) and not set(everything) & trained

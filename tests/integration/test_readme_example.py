@@ -38,3 +38,10 @@ def test_both_examples_show_the_same_first_answer(small_model_dir, tmp_path):
     after = _answer(history, "sleep 1;")
     assert first[0] not in after  # the liked item is never recommended again
     assert f'"item_id": "{first[0]}"' in history  # the like is of the first answer's top item
+    # the explain call of the same model explains the same answer (its first two items)
+    assert "curl -s localhost:8080/v1/models/recsys:explain" in serving
+    explained = json.loads(serving.split('{"predictions": ')[1].split("\n")[0].rstrip(","))
+    assert explained[0]["item_ids"] == first[:2]
+    cold = explained[0]["cold_start"]  # user 1 is new to the small model, known to make run's
+    assert ("User 1 is new to the model: the answer is the most popular items" if cold
+            else "is first because user 1 liked") in serving

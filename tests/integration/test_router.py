@@ -147,6 +147,32 @@ def test_v2_answers_carry_each_rows_version(routed, small_dataset):
     assert bad.status_code == 400 and "k: must be at least 1" in bad.json()["error"]
 
 
+def test_explain_verb_explains_each_row_by_the_model_that_answered_it(routed, models, small_dataset):
+    champion, challenger = models
+    users = sorted(small_dataset.interactions["user_id"].astype(str).unique())[:20]
+    salt = challenger.model_version
+    response = httpx.post(f"{routed.url}/v1/models/recsys:explain", timeout=30,
+                          json={"instances": [{"user_id": u, "k": 5} for u in users]})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert len(answer["explanations"]) == len(users)
+    variants = set()
+    for user, prediction, explanation in zip(users, answer["predictions"], answer["explanations"]):
+        variant = assign_variant(user_bucket(user, salt), CHALLENGER_PERCENT, INTERLEAVE_PERCENT)
+        variants.add(variant)
+        assert [i["item_id"] for i in explanation["items"]] == prediction["item_ids"]
+        assert [i["rank"] for i in explanation["items"]] == list(range(1, 6))
+        if variant == "interleaved":
+            assert explanation["interleaved"] is True
+            placed = {i["model_version"] for i in explanation["items"]}
+            assert placed <= {champion.model_version, challenger.model_version}
+        else:
+            assert "interleaved" not in explanation
+            has_ranker = any(i["ranker"] for i in explanation["items"])
+            assert has_ranker == (variant == "champion")  # the challenger has no ranker
+    assert variants == {"champion", "challenger", "interleaved"}
+
+
 def test_metrics_and_request_log_are_per_version(routed, models):
     champion, challenger = models
     _v1(routed, [str(u) for u in range(40)], request_id="metrics-check")

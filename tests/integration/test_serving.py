@@ -41,8 +41,9 @@ from serving_process import (
 
 from serving.request_log import read_request_log
 
-INPUT_NAMES = {"user_id", "item_id", "k", "exclude_item_ids", "history_item_ids"}
-OUTPUT_NAMES = {"item_ids", "scores", "cold_start", "resolved_item_ids", "resolved_titles"}
+INPUT_NAMES = {"user_id", "item_id", "k", "exclude_item_ids", "history_item_ids", "explain"}
+OUTPUT_NAMES = {"item_ids", "scores", "cold_start", "resolved_item_ids", "resolved_titles",
+                "explanations"}
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +273,101 @@ def test_v1_protocol(server, catalogue):
     assert len(pred["item_ids"]) == 2
 
 
+# ---------------------------------------------------------------------------- explanations
+def _check_ranker_sums(explanation: dict) -> None:
+    for item in explanation["items"]:
+        ranker = item["ranker"]
+        if ranker is not None:  # bias + the groups is the ranker's raw score
+            assert ranker["bias"] + sum(ranker["groups"].values()) == pytest.approx(
+                ranker["raw_score"], abs=1e-4)
+
+
+def test_v1_explain_verb_answers_predictions_and_their_explanations(server, catalogue):
+    _, seen = catalogue
+    known = min(seen)
+    body = {"instances": [{"user_id": known, "k": 5}, {"user_id": "nobody-at-all", "k": 3}]}
+    predicted = httpx.post(f"{server.url}/v1/models/{MODEL}:predict", json=body, timeout=10)
+    response = httpx.post(f"{server.url}/v1/models/{MODEL}:explain", json=body, timeout=10,
+                          headers={"x-caller-secret": "s3cret"})
+    assert response.status_code == 200, response.text
+    assert "x-caller-secret" not in response.headers  # KServe would echo the request's headers
+    answer = response.json()
+    assert answer["predictions"] == predicted.json()["predictions"]
+    personal, cold = answer["explanations"]
+    assert personal["kind"] == "personal" and personal["user_id"] == known
+    assert [i["item_id"] for i in personal["items"]] == answer["predictions"][0]["item_ids"]
+    assert all(i["because"] and {b["item_id"] for b in i["because"]} <= seen[known]
+               for i in personal["items"])
+    assert personal["items"][-1]["versus_next"] is None
+    assert personal["items"][0]["versus_next"]["item_id"] == personal["items"][1]["item_id"]
+    _check_ranker_sums(personal)
+    assert cold["kind"] == "cold_start" and cold["reason"] == "most popular"
+    assert [i["item_id"] for i in cold["items"]] == answer["predictions"][1]["item_ids"]
+    again = httpx.post(f"{server.url}/v1/models/{MODEL}:explain", json=body, timeout=10)
+    assert again.json()["explanations"] == answer["explanations"]  # deterministic
+
+
+def test_v1_explain_of_similar_items_names_shared_genres(server):
+    body = {"instances": [{"item_id": "Item 12", "k": 3}]}
+    response = httpx.post(f"{server.url}/v1/models/{MODEL}:explain", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    prediction, explanation = response.json()["predictions"][0], response.json()["explanations"][0]
+    assert explanation["kind"] == "similar" and explanation["reason"] == "similar to Item 12"
+    assert [i["item_id"] for i in explanation["items"]] == prediction["item_ids"]
+    for item, score in zip(explanation["items"], prediction["scores"]):
+        assert isinstance(item["shared_genres"], list)
+        assert item["similarity"] == pytest.approx(score, abs=1e-5)
+
+
+def test_v2_explain_input_over_http_and_grpc(server, http_client, grpc_client, catalogue):
+    _, seen = catalogue
+    users = [min(seen), "nobody-at-all"]
+    flag = httpclient.InferInput("explain", [1], "BOOL")
+    flag.set_data_from_numpy(np.asarray([True]))
+    result = http_client.infer(MODEL, [_bytes_input(httpclient, "user_id", users),
+                                       _int_input(httpclient, "k", [4]), flag])
+    rows = [json.loads(v) for v in _ids(result, "explanations")]
+    ids = _ids(result)
+    assert [r["kind"] for r in rows] == ["personal", "cold_start"]
+    for row, answered in zip(rows, ids):
+        assert [i["item_id"] for i in row["items"]] == [i for i in answered if i]
+        _check_ranker_sums(row)
+    explained = _metric(httpx.get(f"{server.url}/metrics").text, "recsys_explained_rows_total",
+                        model_name=MODEL)
+    assert explained >= 2  # this request's two rows, at least
+    plain = http_client.infer(MODEL, [_bytes_input(httpclient, "user_id", users),
+                                      _int_input(httpclient, "k", [4])])
+    assert plain.as_numpy("explanations") is None  # not asked: no explanation work, no output
+    assert (_ids(plain) == ids).all()
+    assert _metric(httpx.get(f"{server.url}/metrics").text, "recsys_explained_rows_total",
+                   model_name=MODEL) == explained  # the plain request explained nothing
+    reply = grpc_client.infer(MODEL, [("user_id", "BYTES", users), ("k", "INT32", [4]),
+                                      ("explain", "BOOL", [True])])
+    assert [json.loads(v) for v in reply["outputs"]["explanations"].tolist()] == rows
+    reply = grpc_client.infer(MODEL, [("item_id", "BYTES", ["i12"]), ("explain", "BOOL", [True])])
+    similar = json.loads(reply["outputs"]["explanations"].tolist()[0])
+    assert similar["kind"] == "similar"
+    assert [i["item_id"] for i in similar["items"]] == [
+        i for i in reply["outputs"]["item_ids"].tolist()[0] if i]
+    reply = grpc_client.infer(MODEL, [("user_id", "BYTES", users), ("explain", "BOOL", [False])])
+    assert "explanations" not in reply["outputs"]
+
+
+def test_explain_uses_the_history_the_client_sends(server, small_dataset):
+    items = small_dataset.items["item_id"].astype(str).tolist()
+    sent = items[:3]
+    body = v2_body(("user_id", "BYTES", [1], ["nobody-at-all"]), ("k", "INT32", [1], [3]),
+                   ("history_item_ids", "BYTES", [1, 3], sent), ("explain", "BOOL", [1], [True]))
+    response = post_v2(server, body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    explanation = json.loads(outputs["explanations"][0])
+    assert explanation["kind"] == "personal"
+    because = [b for i in explanation["items"] for b in i["because"]]
+    assert because and {b["item_id"] for b in because} <= set(sent)
+    assert not any(b["fresh"] for b in because)  # the client's history is not the online one
+
+
 # ---------------------------------------------------------------------------- malformed requests
 U2 = ("user_id", "BYTES", [2], ["u1", "u2"])
 MALFORMED_V2 = {
@@ -300,6 +396,14 @@ MALFORMED_V2 = {
     "non-string BYTES": (v2_body(("user_id", "BYTES", [1], [{"a": 1}])), "user_id"),
     "nested ragged data": (v2_body(("user_id", "BYTES", [2], [["u1"], "u2"])), "user_id"),
     "similar k above catalogue": (v2_body(("item_id", "BYTES", [1], ["i1"]), ("k", "INT32", [1], [200])), "k"),
+    "explain INT32": (v2_body(U2, ("explain", "INT32", [1], [1])), "explain"),
+    "explain BYTES": (v2_body(U2, ("explain", "BYTES", [1], ["true"])), "explain"),
+    "explain per row": (v2_body(U2, ("explain", "BOOL", [2], [True, True])), "explain"),
+    "explain not a bool": (v2_body(U2, ("explain", "BOOL", [1], ["yes"])), "explain"),
+    "explain no data": (v2_body(U2, ("explain", "BOOL", [1], [])), "explain"),
+    "explain too many items": (
+        v2_body(("user_id", "BYTES", [MAX_BATCH], ["u"] * MAX_BATCH), ("k", "INT32", [1], [40]),
+                ("explain", "BOOL", [1], [True])), "explain"),
 }
 
 
@@ -324,6 +428,7 @@ MALFORMED_V1 = {
     "user_id list": ({"instances": [{"user_id": ["u1"]}]}, "user_id"),
     "exclude not list": ({"instances": [{"user_id": "u1", "exclude_item_ids": "i1"}]}, "exclude_item_ids"),
     "batch too large": ({"instances": [{"user_id": "u"}] * (MAX_BATCH + 1)}, "limit"),
+    "explain as a field": ({"instances": [{"user_id": "u1", "explain": True}]}, "explain"),
 }
 
 
@@ -392,6 +497,7 @@ def test_grpc_malformed_is_invalid_argument(grpc_client):
         "datatype": [("user_id", "FP32", [1.5])],
         "empty": [("user_id", "BYTES", [], [0])],
         "limit": [("user_id", "BYTES", ["u"] * (MAX_BATCH + 1))],
+        "explain": [("user_id", "BYTES", ["u1"]), ("explain", "INT32", [1])],
     }
     for field, inputs in cases.items():
         with pytest.raises(GrpcError) as err:
@@ -405,7 +511,7 @@ def test_fuzzed_bodies_never_get_a_5xx(server):
     """~200 random mutations of valid v2 bodies, plus junk: every answer is 2xx or 4xx."""
     rng = random.Random(20240531)
     junk_values = [None, True, -1, 0, 2**64, 1.5, "", "x" * 300, [], {}, [[1]], [None], ["u1"], {"a": []}]
-    names = ["user_id", "item_id", "k", "exclude_item_ids", "history_item_ids", "", "zzz"]
+    names = ["user_id", "item_id", "k", "exclude_item_ids", "history_item_ids", "explain", "", "zzz"]
     dtypes = ["BYTES", "INT32", "INT64", "FP32", "BOOL", "FP16", "UINT8", "nope", ""]
 
     def tensor() -> dict:
@@ -447,6 +553,9 @@ def test_corrupt_artifact_is_live_but_not_ready(servers):
     assert httpx.get(f"http://{bad.http}/v2/models/{MODEL}/ready").status_code == 503
     response = post_v2(bad, v2_body(("user_id", "BYTES", [1], ["u1"])))
     assert response.status_code == 503, response.text
+    explained = httpx.post(f"{bad.url}/v1/models/{MODEL}:explain",
+                           json={"instances": [{"user_id": "u1"}]}, timeout=10)
+    assert explained.status_code == 503 and "checksum mismatch" in explained.json()["error"]
     client = GrpcClient(bad.grpc)
     try:
         assert client.is_server_live()
@@ -589,6 +698,8 @@ def test_recsys_serve_subcommand_options():
     assert (args.http_port, args.grpc_port, args.max_batch_size, args.model_name) == (9000, 8081, 10, MODEL)
     args = parser.parse_args(["serve", "--model_dir", "/x", "--grpc_port", "9001"])  # KServe spellings
     assert (args.model_dir, args.grpc_port) == ("/x", 9001)
+    assert args.max_explain_items == 1000
+    assert parser.parse_args(["serve", "--max-explain-items", "5"]).max_explain_items == 5
 
 
 def test_shutdown_flushes_the_request_log(servers):

@@ -682,3 +682,34 @@ def test_a_read_only_console_stores_no_events(tmp_path):
                 assert answer.status_code == 200 and stored == 1, answer.text[-1000:]
     finally:
         stop_service(process)
+
+
+def test_compare_shows_why_each_item_from_a_real_explanation(small_model_dir):
+    from components.models.artifact import load_model
+    from components.models.explain import explain_recommendations
+
+    model = load_model(small_model_dir)
+    items = model.data_.items
+    catalogue = _Catalogue(dict(zip(items["item_id"].astype(str), items["title"].astype(str))))
+    user = str(model.data_.user_ids[0])
+    ids = model.recommend([user], 4).item_ids[0].tolist()
+    explanation = explain_recommendations(model, user, ids)
+    answer = Answer(user, ids, [0.0] * 4, "v1", "req", 1.0, False, explanation=explanation)
+    shown = tryit.compare(answer, catalogue, before=None)
+    for entry, explained in zip(shown.items, explanation["items"]):
+        why, titles = entry.why, [b["title"] for b in explained["because"]]
+        assert why.because == titles and why.because_text() == (
+            "Because you liked " + ", ".join(titles[:tryit.BECAUSE_SHOWN]))
+        assert why.bias + sum(v for _, v in why.groups) == pytest.approx(why.score, abs=1e-6)
+        magnitudes = [abs(v) for _, v in why.groups]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+    assert shown.items[0].why.next_title == explanation["items"][1]["title"]
+    assert shown.items[0].why.versus("popularity") == pytest.approx(
+        explanation["items"][0]["versus_next"]["groups"]["popularity"])
+    assert shown.items[-1].why.next_title is None
+    cold = explain_recommendations(model, "nobody-at-all", ids)
+    shown = tryit.compare(Answer("x", ids, [0.0] * 4, "v1", "r", 1.0, True, explanation=cold),
+                          catalogue, before=None)
+    assert {e.why.because_text() for e in shown.items} == {"Most popular"}
+    plain = tryit.compare(_answer(["a"]), _Catalogue({"a": "A"}), before=None)
+    assert plain.items[0].why is None  # an answer without an explanation shows none

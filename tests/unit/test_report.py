@@ -133,3 +133,20 @@ def test_html_table_leads_with_a_primary_metric_outside_the_defaults():
 def test_html_without_metric_by_k_still_renders(results):
     page = Page(render_html_report(results, title="Eval", primary_metric="mrr"))
     assert len(page.images) == (1 if results else 0)  # just the bar chart, or nothing to plot
+
+
+def test_html_shows_the_ranker_importance_largest_first_with_shares():
+    importance = {"popularity": 10.0, "generator scores": 30.0, EVIL: 0.0, "recency": 10.0}
+    page = Page(render_html_report(RESULTS, title="t", feature_importance=importance))
+    text = [t.strip() for t in page.text if t.strip()]
+    assert "Ranker feature importance (gain)" in text
+    start = text.index("Ranker feature importance (gain)")
+    names = [t for t in text[start:] if t in importance]
+    assert names == ["generator scores", "popularity", "recency", EVIL]  # ties by name
+    assert "60.0%" in text and text.count("20.0%") == 2 and "0.0%" in text
+    assert "script" not in page.tags  # the escaped name is text, not a tag
+
+
+def test_html_without_a_ranker_has_no_importance_section():
+    page = Page(render_html_report(RESULTS, title="t", feature_importance=None))
+    assert not any("importance" in t for t in page.text)

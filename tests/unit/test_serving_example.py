@@ -30,3 +30,31 @@ def test_replace_block_keeps_the_rest_of_the_file():
     assert replace_block(text, f"{START}\nnew\n{END}") == f"before\n{START}\nnew\n{END}\nafter\n"
     with pytest.raises(ValueError):
         replace_block("no markers", "x")
+
+
+def test_render_explain_shows_a_real_explain_answer_and_says_it_in_words(small_model_dir):
+    import asyncio
+    import json
+
+    from serving.example import render_explain
+    from serving.predictor import RecommenderModel
+
+    predictor = RecommenderModel("recsys", small_model_dir)
+    assert predictor.load()
+    try:
+        user = str(predictor._model.data_.user_ids[0])
+        answer = asyncio.run(predictor.explain({"instances": [{"user_id": user, "k": 2}]}))
+    finally:
+        predictor.stop()
+    lines = render_explain(json.loads(json.dumps(answer)))
+    text = "\n".join(lines)
+    assert "curl -s localhost:8080/v1/models/recsys:explain" in text
+    first, second = answer["explanations"][0]["items"]
+    assert f'"item_id": "{first["item_id"]}"' in text and '"versus_next": null' in text
+    assert f"{first['title']} is first because user {user} liked {first['because'][0]['title']}" in text
+    assert f"It is above {second['title']} by {first['versus_next']['difference']:+.3f}" in text
+    # the JSON block parses back to the answer, rounded (the id shortened)
+    block = text[text.index("```json") + 8: text.rindex("```")]
+    parsed = json.loads(block.replace(f'"{answer["id"][:8]}..."', f'"{answer["id"]}"'))
+    assert parsed["predictions"] == json.loads(json.dumps(
+        [{**p, "scores": [round(s, 3) for s in p["scores"]]} for p in answer["predictions"]]))
