@@ -40,7 +40,7 @@ def cluster_spec(name: str, image: str, workers: int, cpu: str, memory: str,
     worker = spec["spec"]["worker"]["spec"]["containers"][0]
     worker["args"] = [*worker.get("args", []), "--nthreads", "1"]
     if password_secret:
-        worker["env"] = [*worker.get("env", []), {"name": "PGPASSWORD", "valueFrom": {
+        worker["env"] = [*(worker.get("env") or []), {"name": "PGPASSWORD", "valueFrom": {
             "secretKeyRef": {"name": password_secret, "key": PASSWORD_KEY, "optional": True}}}]
     return spec
 
