@@ -76,13 +76,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
                    help="tune first: N Optuna trials (as `recsys tune`, scored on a validation "
                    "slice of the training split) and train, evaluate and register the best "
-                   "config; cached on the data and the space, so a rerun reuses the result "
-                   "(default: %(default)s, no tuning)")
+                   "config; the study is kept per data, space and config, so a rerun on the "
+                   "same ones reuses its best and runs no trial (default: %(default)s, no tuning)")
     p.add_argument("--tune-space", type=Path, default=None, metavar="FILE",
                    help="search space YAML for --tune-trials (default: the one `recsys tune` uses)")
     p.add_argument("--tune-storage", default="", metavar="URL",
                    help="Optuna storage for the tune step's study (sqlite:///..., "
-                   "postgresql+psycopg://...; default: in memory)")
+                   "postgresql+psycopg://...; default: tune.db under --home)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print every step's output (always kept in logs/run-<time>.log under --home)")
     p.set_defaults(func=cmd_run)
