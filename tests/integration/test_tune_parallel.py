@@ -73,3 +73,19 @@ def test_trials_are_shared_evenly_and_a_study_needs_a_shared_storage(tiny):
 def test_one_study_per_data_space_and_config():
     names = {study_name_for(*key) for key in (("a", "s", "c"), ("b", "s", "c"), ("a", "t", "c"), ("a", "s", "d"))}
     assert len(names) == 4 and study_name_for("a", "s", "c") == study_name_for("a", "s", "c")
+
+
+def test_the_tune_step_refuses_parallel_trials_without_a_storage_before_making_a_cluster(tiny, tmp_path):
+    """No DaskCluster is created (no cluster runs here: creating one would fail on the missing
+    Kubernetes configuration instead of this line) when the study has nowhere to be shared."""
+    from components.steps import tune as tune_step
+
+    tiny.interactions.to_parquet(tmp_path / "i.parquet")
+    tiny.items.to_parquet(tmp_path / "items.parquet")
+    with pytest.raises(ConfigError, match="needs tune_storage"):
+        tune_step(str(tmp_path / "i.parquet"), str(tmp_path / "items.parquet"),
+                  str(tmp_path / "r.html"), config_yaml=yaml.safe_dump(FAST),
+                  space_yaml=yaml.safe_dump({"model.ease.l2": {"type": "float", "low": 50, "high": 99}}),
+                  trials=2, data_fingerprint="f", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                  dask_workers=2)
+    assert not (tmp_path / "r.html").exists()
