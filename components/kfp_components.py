@@ -93,6 +93,25 @@ def split_op(
     split(interactions.path, train.path, test.path, config_yaml=config_yaml)
 
 
+def tune_op(
+    interactions: Input[Dataset], item_table: Input[Dataset], config_yaml: str, space_yaml: str,
+    trials: int, data_fingerprint: str, tracking_uri: str, storage: str, seed: int,
+    dask_workers: int, dask_image: str, dask_namespace: str, dask_worker_memory: str,
+    password_secret: str, report: Output[HTML],
+) -> str:
+    from components.steps import tune
+
+    # Returns the config train fits: config_yaml itself with trials 0, else the study's best.
+    # data_fingerprint and space_yaml are in the cache key: same data and space, same result.
+    return tune(
+        interactions.path, item_table.path, report.path, config_yaml=config_yaml,
+        space_yaml=space_yaml, trials=trials, data_fingerprint=data_fingerprint,
+        tracking_uri=tracking_uri, storage=storage, seed=seed, dask_workers=dask_workers,
+        dask_image=dask_image, dask_namespace=dask_namespace,
+        dask_worker_memory=dask_worker_memory, password_secret=password_secret,
+    )
+
+
 def train_op(
     train: Input[Dataset], heldout: Input[Dataset], item_table: Input[Dataset], config_yaml: str,
     data_fingerprint: str, dask_workers: int, dask_image: str, dask_namespace: str,
@@ -198,7 +217,7 @@ def monitoring_summary_op(check: str, training: str) -> str:
                        "retraining": json.loads(training) if training else None})
 
 
-_STEPS = (fingerprint_op, ingest_op, validate_op, split_op, train_op, evaluate_op, register_op,
+_STEPS = (fingerprint_op, ingest_op, validate_op, split_op, tune_op, train_op, evaluate_op, register_op,
           deploy_op, drift_check_op, monitoring_summary_op)
 
 

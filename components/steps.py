@@ -185,6 +185,112 @@ def split(interactions_in: str, train_out: str, test_out: str, *, config_yaml: s
     return summary
 
 
+def tune(
+    interactions_in: str, items_in: str, report_out: str, *, config_yaml: str = "",
+    space_yaml: str = "", trials: int = 0, data_fingerprint: str = "", tracking_uri: str = "",
+    storage: str = "", seed: int = 42, dask_workers: int = 0, dask_image: str = "",
+    dask_namespace: str = "", dask_worker_memory: str = "8Gi", password_secret: str = "",
+) -> str:
+    """The config train fits: `config_yaml` itself with `trials` 0, else the best of a study of
+    `trials` trials (`components.tuning`) over `space_yaml` (the space's YAML text; empty: the
+    default space) on the validated interactions, the evaluation split's rows left out as in
+    `recsys tune`. With `dask_workers` > 0 the trials run in parallel on a Dask cluster
+    created for this step, the study in `storage` (an Optuna RDB URL the workers reach; their
+    database password from the Secret `password_secret`). One study per data fingerprint,
+    space and config (`tuning.parallel.study_name_for`): when `storage` already holds that
+    study's `trials` trials, its best is returned and no trial runs. Writes the study's HTML
+    report (also logged to its MLflow parent run, experiment recsys-tune)."""
+    from components.tuning.space import DEFAULT_SPACE, parse_space
+    from components.tuning.tune_report import log_tune_report, render_tune_report
+
+    if trials < 0:
+        from components.errors import ConfigError
+
+        raise ConfigError(f"tune_trials must be 0 (no tuning) or more, not {trials}")
+    if trials == 0:
+        Path(report_out).write_text(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Not tuned"
+            "</title></head><body><p>tune_trials is 0: train fits the given config.</p></body></html>\n")
+        log.info("tune_trials 0: training with the given config")
+        return config_yaml
+    parse_config(config_yaml)  # a bad config fails here, before any trial
+    space_text = space_yaml or DEFAULT_SPACE.read_text()
+    space = parse_space(space_text, "tune_space" if space_yaml else str(DEFAULT_SPACE.name))
+    base = yaml.safe_load(config_yaml or "") or {}
+    interactions, items = pd.read_parquet(interactions_in), _read_items(items_in)
+    from components.release.registry import default_tracking_uri
+    from components.tuning.parallel import (
+        finished_trials,
+        record_parent_run,
+        stored_parent_run,
+        study_name_for,
+        study_result,
+    )
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    study_name = study_name_for(data_fingerprint, space_text, config_yaml)
+    # The study of this data, space and config may be stored already (a rerun): only the
+    # trials it lacks run, none when it has them all.
+    remaining = trials - (finished_trials(storage, study_name) if storage else 0)
+    if remaining <= 0:
+        log.info("study %s already has %d trials in the tune storage: reusing its best, no new "
+                 "trial", study_name, trials)
+        result = study_result(study_name, storage, base, space, tracking_uri=None,
+                              experiment="recsys-tune", params={}, progress=log.info)
+        result.parent_run_id = stored_parent_run(storage, study_name)
+    elif dask_workers > 0:
+        result = _tune_on_dask(interactions, items, base, space, remaining, storage, study_name,
+                               seed, tracking_uri, dask_workers, dask_image, dask_namespace,
+                               dask_worker_memory, password_secret)
+    else:
+        from components.tuning.tune import tune as run_study
+
+        result = run_study(interactions, items, base, space, trials=remaining,
+                           storage=storage or None, seed=seed, tracking_uri=tracking_uri,
+                           study_name=study_name, progress=log.info)
+    if storage and remaining > 0:
+        record_parent_run(storage, study_name, result.parent_run_id)
+    page = render_tune_report(result, context={
+        "data fingerprint": data_fingerprint, "study": study_name, "trials": str(trials),
+        "space": ", ".join(p.name for p in space), "MLflow parent run": result.parent_run_id or "-",
+    })
+    Path(report_out).write_text(page)
+    if result.parent_run_id:
+        log_tune_report(tracking_uri, result.parent_run_id, page)
+    untuned = "-" if result.baseline_value is None else f"{result.baseline_value:.4f}"
+    log.info("tuned: validation ndcg@10 %.4f (trial %d), untuned %s; train fits the best config",
+             result.best_value, result.best_number, untuned)
+    return result.best_config_yaml()
+
+
+def _tune_on_dask(interactions: pd.DataFrame, items: pd.DataFrame | None, base: dict[str, Any],
+                  space: list, trials: int, storage: str, study_name: str, seed: int,
+                  tracking_uri: str, workers: int, image: str, namespace: str, memory: str,
+                  password_secret: str):
+    import uuid
+
+    from components.errors import ConfigError
+    from components.models.distributed import dask_client
+    from components.release.dask_cluster import create_cluster, delete_cluster
+    from components.tuning.parallel import tune_on_dask
+
+    if not storage:  # before a cluster is created for nothing
+        raise ConfigError("tune_trials with dask_workers > 0 needs tune_storage: the study's "
+                          "database the workers share (postgresql+psycopg://...)")
+    name = f"recsys-tune-{uuid.uuid4().hex[:8]}"
+    address = create_cluster(name, namespace, image, workers, memory=memory,
+                             password_secret=password_secret)
+    try:
+        with dask_client(address=address) as client:
+            client.wait_for_workers(workers, timeout=900)
+            log.info("Dask cluster %s: %d workers at %s", name, workers, address)
+            return tune_on_dask(client, interactions, items, base, space, trials=trials,
+                                storage=storage, study_name=study_name, seed=seed,
+                                tracking_uri=tracking_uri, progress=log.info)
+    finally:
+        delete_cluster(name, namespace)
+
+
 def train(
     train_in: str, items_in: str, model_out: str, *, config_yaml: str = "",
     data_fingerprint: str = "", heldout_in: str = "", dask_workers: int = 0,

@@ -165,8 +165,12 @@ def run_local(
     feedback: str = "",
     verbose: bool = False,
     columns: str = "",
+    tune_trials: int = 0,
+    tune_space: str = "",
+    tune_storage: str = "",
 ) -> dict[str, Any]:
-    """Run the whole pipeline; returns the deploy step's summary (registration, metrics, ...)."""
+    """Run the whole pipeline; returns the deploy step's summary (registration, metrics, ...).
+    `tune_trials` > 0 tunes the config first over `tune_space` (the space's YAML text)."""
     from pipelines.pipeline import build_pipeline
 
     home = home.resolve()
@@ -185,6 +189,11 @@ def run_local(
         "data_version": data_version,
         "feedback": _absolute_if_path(feedback),
         "columns": columns,
+        "tune_trials": tune_trials,
+        "tune_space": tune_space,
+        # Locally the studies stay in the run home: a rerun on the same data, space and config
+        # reuses its study's result instead of tuning again (kfp.local's own cache is off).
+        "tune_storage": tune_storage or (f"sqlite:///{home / 'tune.db'}" if tune_trials else ""),
     }, name="run", verbose=verbose)
     summary = json.loads(output)
     summary["tracking_uri"] = tracking_uri

@@ -1,5 +1,5 @@
-"""The training pipeline: fingerprint → ingest → validate → split → train → evaluate → register
-→ deploy.
+"""The training pipeline: fingerprint → ingest → validate → split → tune → train → evaluate →
+register → deploy.
 
 One `@dsl.pipeline`, built for a given image. Resources, retries and caching are set here, where
 the operator looks for them. Kubeflow keys its cache on parameter values and on the identity of
@@ -8,6 +8,13 @@ the cache. So a small uncached first step hashes the source (file bytes, dataset
 ingest, validate, split and train are cached on that hash: unchanged data and config re-use
 them, a file changed under the same path runs them again. Evaluate reads the registry's
 champion, register and deploy change the world: none of those is cached.
+
+Tune (`tune_trials` > 0) searches the config's hyperparameters on the validated data and hands
+train, evaluate and register the best config; with `tune_trials` 0 it hands them the given
+config unchanged. It is cached on the data fingerprint, the search space's text, the config
+and the number of trials, so a rerun on the same data and space reuses its result. With
+`dask_workers` > 0 its trials run in parallel on a Dask cluster of the run, the study in
+`tune_storage` (the manifests' PostgreSQL), its password from the Secret `tune_secret`.
 
 Kubeflow retries a failed step whatever failed, so only the steps that call a service are
 retried by it (evaluate: MLflow; deploy: the Kubernetes API). Bad data, a bad config or a file
@@ -38,6 +45,7 @@ _RESOURCES = {
     "ingest": ("500m", "1", "1Gi", "2Gi"),
     "validate": ("500m", "1", "1Gi", "2Gi"),
     "split": ("500m", "1", "1Gi", "2Gi"),
+    "tune": ("2", "4", "4Gi", "8Gi"),
     "train": ("2", "4", "4Gi", "8Gi"),
     "evaluate": ("1", "2", "2Gi", "4Gi"),
     "register": ("250m", "1", "512Mi", "1Gi"),
@@ -58,6 +66,14 @@ DATA_SECRET_KEYS = (
 def _with_data_credentials(task: dsl.PipelineTask, secret_name) -> dsl.PipelineTask:
     return kubernetes.use_secret_as_env(
         task, secret_name=secret_name, secret_key_to_env={k: k for k in DATA_SECRET_KEYS},
+        optional=True,
+    )
+
+
+def _with_tune_password(task: dsl.PipelineTask, secret_name) -> dsl.PipelineTask:
+    """The tuning database's password as PGPASSWORD (libpq reads it), from an optional Secret."""
+    return kubernetes.use_secret_as_env(
+        task, secret_name=secret_name, secret_key_to_env={"TUNE_DB_PASSWORD": "PGPASSWORD"},
         optional=True,
     )
 
@@ -113,6 +129,17 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
         # (dask-kubernetes operator) in `namespace` for the step and deleted after it.
         dask_workers: int = 0,
         dask_worker_memory: str = "8Gi",
+        # > 0: a tune step searches the hyperparameters with this many Optuna trials before
+        # train, which fits the best config; 0: no tuning, train fits config_yaml.
+        tune_trials: int = 0,
+        # The search space's YAML (as `recsys tune --space`); empty: the image's default space.
+        tune_space: str = "",
+        # The study's Optuna storage (postgresql+psycopg://...); empty: in the step's memory.
+        # Needed when dask_workers > 0: the workers share the study through it.
+        tune_storage: str = "",
+        # The Secret (in the run's namespace and in `namespace`, for the Dask workers) whose
+        # TUNE_DB_PASSWORD is the study database's password (manifests/base/tune-db.yaml).
+        tune_secret: str = "recsys-tune-db",
     ) -> str:
         source_args = {
             "source": source, "items": items, "synthetic_users": synthetic_users,
@@ -146,18 +173,31 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
             ),
             "split", retries=0, cache=True,
         )
+        tune = _configure(
+            ops["tune_op"](
+                interactions=validate.outputs["interactions"],
+                item_table=validate.outputs["item_table"], config_yaml=config_yaml,
+                space_yaml=tune_space, trials=tune_trials, data_fingerprint=fingerprint,
+                tracking_uri=mlflow_tracking_uri, storage=tune_storage, seed=seed,
+                dask_workers=dask_workers, dask_image=image, dask_namespace=namespace,
+                dask_worker_memory=dask_worker_memory, password_secret=tune_secret,
+            ),
+            "tune", retries=0, cache=True,
+        ).after(split)  # it needs only validate's data; after split, the steps keep one order
+        _with_tune_password(tune, tune_secret)
+        tuned_config = tune.outputs["Output"]  # config_yaml itself when tune_trials is 0
         train = _configure(
             ops["train_op"](
                 train=split.outputs["train"], heldout=split.outputs["test"],
                 item_table=validate.outputs["item_table"],
-                config_yaml=config_yaml, data_fingerprint=fingerprint, dask_workers=dask_workers,
+                config_yaml=tuned_config, data_fingerprint=fingerprint, dask_workers=dask_workers,
                 dask_image=image, dask_namespace=namespace, dask_worker_memory=dask_worker_memory,
             ),
             "train", retries=0, cache=True,
         )
         evaluate = _configure(
             ops["evaluate_op"](
-                model=train.outputs["model"], test=split.outputs["test"], config_yaml=config_yaml,
+                model=train.outputs["model"], test=split.outputs["test"], config_yaml=tuned_config,
                 tracking_uri=mlflow_tracking_uri, data_fingerprint=fingerprint,
             ),
             "evaluate", retries=1, cache=False,  # the champion it compares with may change
@@ -165,7 +205,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
         register = _configure(
             ops["register_op"](
                 model=train.outputs["model"], results=evaluate.outputs["results"],
-                report=evaluate.outputs["report"], config_yaml=config_yaml,
+                report=evaluate.outputs["report"], config_yaml=tuned_config,
                 tracking_uri=mlflow_tracking_uri, data_fingerprint=fingerprint, source=source,
                 items=items, source_fingerprint=source_check.output,
             ),

@@ -18,11 +18,18 @@ log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "kubernetes.dask.org", "v1", "daskclusters"
 SCHEDULER_PORT = 8786
 IDLE_TIMEOUT_S = 900
+# The key of the tuning database's Secret (manifests/base/tune-db.yaml) that becomes the
+# workers' PGPASSWORD, which libpq (psycopg) reads when the study's URL carries no password.
+PASSWORD_KEY = "TUNE_DB_PASSWORD"
 
 
-def cluster_spec(name: str, image: str, workers: int, cpu: str, memory: str) -> dict[str, Any]:
+def cluster_spec(name: str, image: str, workers: int, cpu: str, memory: str,
+                 password_secret: str = "") -> dict[str, Any]:
     """The DaskCluster resource: `workers` workers of `cpu` / `memory` running `image` (the
-    project's image, so workers can unpickle the model), one thread each, as LightGBM wants."""
+    project's image, so workers can unpickle the model), one thread each, as LightGBM wants.
+    With `password_secret`, the workers' PGPASSWORD comes from that Secret (optional, so a
+    cluster whose study needs no password starts without it): tuning trials open the study's
+    PostgreSQL from the workers."""
     from dask_kubernetes.operator import make_cluster_spec
 
     resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
@@ -32,6 +39,9 @@ def cluster_spec(name: str, image: str, workers: int, cpu: str, memory: str) -> 
                              idle_timeout=IDLE_TIMEOUT_S)
     worker = spec["spec"]["worker"]["spec"]["containers"][0]
     worker["args"] = [*worker.get("args", []), "--nthreads", "1"]
+    if password_secret:
+        worker["env"] = [*(worker.get("env") or []), {"name": "PGPASSWORD", "valueFrom": {
+            "secretKeyRef": {"name": password_secret, "key": PASSWORD_KEY, "optional": True}}}]
     return spec
 
 
@@ -42,7 +52,7 @@ def scheduler_address(name: str, namespace: str) -> str:
 
 def create_cluster(
     name: str, namespace: str, image: str, workers: int, cpu: str = "1", memory: str = "8Gi",
-    api=None,
+    api=None, password_secret: str = "",
 ) -> str:
     """Create the DaskCluster (an existing one of that name is reused); returns the scheduler
     address. The train step's client waits for the scheduler and workers to come up."""
@@ -53,7 +63,8 @@ def create_cluster(
     api = kube_api(api)
     try:
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                            cluster_spec(name, image, workers, cpu, memory))
+                                            cluster_spec(name, image, workers, cpu, memory,
+                                                         password_secret))
         log.info("created DaskCluster %s/%s with %d workers", namespace, name, workers)
     except ApiException as exc:
         if exc.status != 409:

@@ -82,15 +82,23 @@ def load_space(path: str | Path | None = None) -> list[Param]:
     config model. Any problem is one ConfigError line."""
     path = Path(path) if path is not None else DEFAULT_SPACE
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read search space: {exc.strerror}") from None
+    return parse_space(text, str(path))
+
+
+def parse_space(text: str, source: str = "search space") -> list[Param]:
+    """The space written in `text` (YAML, as in a space file), checked as `load_space` checks a
+    file; the pipeline passes its space as text, so a cached tune step follows its content."""
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: the search space must be a non-empty mapping of config keys")
-    params = [_param(str(name), spec, str(path)) for name, spec in raw.items()]
+        raise ConfigError(f"{source}: the search space must be a non-empty mapping of config keys")
+    params = [_param(str(name), spec, source) for name, spec in raw.items()]
     for p in params:  # each bound (or choice) must be a value the config accepts
         for value in (p.choices or (p.low, p.high)):
-            config_from_dict(set_dotted({}, p.name, value), source=f"{path}: {p.name}={value!r}")
+            config_from_dict(set_dotted({}, p.name, value), source=f"{source}: {p.name}={value!r}")
     return params

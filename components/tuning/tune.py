@@ -119,11 +119,13 @@ def tune(
     seed: int = 42,
     tracking_uri: str | None = None,
     experiment: str = "recsys-tune",
+    study_name: str = STUDY_NAME,
     progress: Callable[[str], None] = print,
     on_trial: Callable[[int, TwoStageRecommender, pd.DataFrame], None] | None = None,
 ) -> TuneResult:
     """Run the study; `base` is the raw config mapping (the YAML of --config). `on_trial` is
-    called with each trial's number, its fitted model and the rows it was scored on."""
+    called with each trial's number, its fitted model and the rows it was scored on. In a
+    `storage` shared by several studies (the pipeline's), `study_name` tells them apart."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -140,7 +142,7 @@ def tune(
 
     try:
         study = optuna.create_study(
-            study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="maximize",
+            study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0),
         )

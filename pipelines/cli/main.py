@@ -41,9 +41,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run the KFP training pipeline locally (no cluster)",
-        description="Run fingerprint → ingest → validate → split → train → evaluate → register → deploy with "
-        "kfp.local on this machine; MLflow is a SQLite store under --home. Prints one line per "
-        "step; the steps' own output goes to a log file under --home (--verbose prints it too).",
+        description="Run fingerprint → ingest → validate → split → tune → train → evaluate → register → "
+        "deploy with kfp.local on this machine; MLflow is a SQLite store under --home. Prints one "
+        "line per step; the steps' own output goes to a log file under --home (--verbose prints "
+        "it too). The tune step only passes the config on unless --tune-trials is given.",
     )
     p.add_argument("--data", default="movielens-dslabs",
                    help="built-in name (movielens-dslabs, synthetic), an ml-100k or MovieLens CSV "
@@ -70,7 +71,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-users", type=int, default=1000)
     p.add_argument("--synthetic-items", type=int, default=500)
     p.add_argument("--synthetic-interactions", type=int, default=50000)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42,
+                   help="the synthetic data's seed and the tuning sampler's (default: %(default)s)")
+    p.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                   help="tune first: N Optuna trials (as `recsys tune`, scored on a validation "
+                   "slice of the training split) and train, evaluate and register the best "
+                   "config; the study is kept per data, space and config, so a rerun on the "
+                   "same ones reuses its best and runs no trial (default: %(default)s, no tuning)")
+    p.add_argument("--tune-space", type=Path, default=None, metavar="FILE",
+                   help="search space YAML for --tune-trials (default: the one `recsys tune` uses)")
+    p.add_argument("--tune-storage", default="", metavar="URL",
+                   help="Optuna storage for the tune step's study (sqlite:///..., "
+                   "postgresql+psycopg://...; default: tune.db under --home)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print every step's output (always kept in logs/run-<time>.log under --home)")
     p.set_defaults(func=cmd_run)
@@ -93,6 +105,27 @@ def _with_model_name(config_yaml: str, name: str) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
+def _tune_space(args: argparse.Namespace) -> str:
+    """The space's text for the tune step (its cache follows the text, not a path), checked
+    here; empty when not tuning."""
+    from components.errors import ConfigError
+    from components.tuning.space import DEFAULT_SPACE, parse_space
+
+    if args.tune_trials < 0:
+        raise ConfigError(f"--tune-trials must be 0 (no tuning) or more, not {args.tune_trials}")
+    if args.tune_trials == 0:
+        if args.tune_space is not None or args.tune_storage:
+            raise ConfigError("--tune-space and --tune-storage need --tune-trials N")
+        return ""
+    path = args.tune_space or DEFAULT_SPACE
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read search space: {exc.strerror}") from None
+    parse_space(text, str(path))
+    return text
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from components.config import load_config
     from components.data.ingest import parse_columns
@@ -103,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     load_config(args.config)  # fail fast, before any step starts
     parse_columns(args.columns)
+    tune_space = _tune_space(args)
     config_yaml = args.config.read_text() if args.config else ""
     if args.model_name is not None:
         config_yaml = _with_model_name(config_yaml, args.model_name)
@@ -115,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
         synthetic_interactions=args.synthetic_interactions, seed=args.seed,
         data_version=args.data_version, feedback=args.feedback, verbose=args.verbose,
-        columns=args.columns,
+        columns=args.columns, tune_trials=args.tune_trials, tune_space=tune_space,
+        tune_storage=args.tune_storage,
     )
     reg, dep = summary["registration"], summary["deployment"]
     # `recsys monitor` retrains on the same source (plus the feedback) with the same config.

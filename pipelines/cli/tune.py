@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "by NDCG@10 on that slice: the evaluation split that `recsys run` reports on is never "
         "seen. Trial 0 is --config itself (the untuned baseline). Prints one line per trial; "
         "every trial is an MLflow child run under one parent run (experiment recsys-tune in the "
-        "--home store) holding the best config and each value's importance. Writes the best "
+        "--home store) holding the best config, each value's importance and the HTML report "
+        "(the study's history and the importances as plots; also under --home/reports/). Writes the best "
         "config to --output, a YAML `recsys run --config` and `recsys fit --config` take.")
     p.add_argument("--data", default="movielens-dslabs",
                    help="as `recsys run --data` (default: %(default)s)")
@@ -53,6 +54,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-items", type=int, default=500)
     p.add_argument("--synthetic-interactions", type=int, default=50000)
     p.set_defaults(func=cmd_tune)
+
+
+def _write_report(result, home: Path, args: argparse.Namespace) -> Path:
+    """The study's HTML report (history and importance plots), under the home's reports/ and
+    on the MLflow parent run."""
+    from components.release.registry import default_tracking_uri
+    from components.tuning.tune_report import log_tune_report, render_tune_report
+
+    page = render_tune_report(result, context={
+        "data": args.data, "config": str(args.config or "defaults"),
+        "space": str(args.space or "default"), "MLflow parent run": result.parent_run_id or "-",
+    })
+    path = home / "reports" / f"tune-{result.parent_run_id}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    if result.parent_run_id:
+        log_tune_report(default_tracking_uri(home), result.parent_run_id, page)
+    return path
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -104,6 +123,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in result.importances.items()))
     print(f"best config written to {args.output} (`recsys run --config {args.output}`); "
           f"MLflow parent run {result.parent_run_id}")
+    print(f"HTML report: {_write_report(result, home, args)}")
     if args.compare:
         print()
         results = compare(dataset.interactions, dataset.items, base, result.best_config,

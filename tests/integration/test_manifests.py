@@ -53,6 +53,7 @@ SECRETS = {
     "recsys-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
     "recsys-feedback-db": {"FEEDBACK_DB_USER", "FEEDBACK_DB_PASSWORD", "FEEDBACK_DB_NAME"},
     "recsys-redis": {"REDIS_PASSWORD"},
+    "recsys-tune-db": {"TUNE_DB_USER", "TUNE_DB_PASSWORD", "TUNE_DB_NAME"},
 }
 # The operator commands documented in manifests/README.md (the tests check they are there).
 ROLLBACK_PATCH = '{"spec":{"predictor":{"canaryTrafficPercent":0}}}'
@@ -422,7 +423,7 @@ def test_the_predictor_reads_the_history_lists_the_events_service_writes(rendere
                        {"serving.kserve.io/inferenceservice": "recsys"}]
     assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [6379]
     postgres = _one(docs, "NetworkPolicy", "recsys-postgres")
-    allowed = [f["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+    allowed = [f["podSelector"]["matchLabels"].get("app.kubernetes.io/name")
                for rule in postgres["spec"]["ingress"] for f in rule["from"] if "podSelector" in f]
     assert {"recsys-events", "recsys-feedback-db"} <= set(allowed)
 
@@ -458,6 +459,70 @@ def test_the_feedback_database_job_works_on_a_real_postgresql(rendered, postgres
         with FeedbackStore(owner_url.render_as_string(hide_password=False)) as store:
             store.add_events([{"event_id": "e", "type": "like", "user_id": "u", "item_id": "i"}])
             assert store.read_events().event_id.tolist() == ["e"]
+    finally:
+        engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{name}"')
+        engine.dispose()
+
+
+def test_the_tune_steps_study_database_is_reachable_with_one_password(kubectl, rendered):
+    """Parallel tuning (tune_trials and dask_workers > 0): the step (in kubeflow) and its Dask
+    workers (in the product's namespace) open the Optuna study in the manifests' PostgreSQL
+    with the tuning database's password: the Secret the pipeline names by default exists in
+    both namespaces with the same dev password, and PostgreSQL admits the workers."""
+    import inspect
+
+    from components.release.dask_cluster import PASSWORD_KEY, cluster_spec
+    from pipelines.pipeline import build_pipeline
+
+    default = inspect.signature(build_pipeline().pipeline_func).parameters["tune_secret"].default
+    (in_kubeflow,) = [d for d in yaml.safe_load_all(_kustomize(kubectl, MANIFESTS / "kubeflow"))
+                      if d and d["metadata"]["name"] == default]
+    assert in_kubeflow["metadata"]["namespace"] == "kubeflow"
+    dev = _one(rendered["dev"], "Secret", default)["data"]
+    assert in_kubeflow["data"][PASSWORD_KEY] == dev[PASSWORD_KEY]
+    job = _one(rendered["base"], "Job", "recsys-tune-db")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs["TUNE_DB_PASSWORD"] == {"name": default, "key": PASSWORD_KEY}
+    policy = _one(rendered["base"], "NetworkPolicy", "recsys-postgres")
+    sources = [f["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"]
+               for f in rule["from"] if "podSelector" in f]
+    worker = cluster_spec("t", "image", 2, "1", "1Gi")["spec"]["worker"]["spec"]
+    labels = {"dask.org/component": "worker"}  # what dask-kubernetes puts on worker pods
+    assert labels in sources and {"app.kubernetes.io/name": "recsys-tune-db"} in sources
+    assert worker["containers"][0]["name"] == "worker"
+
+
+def test_the_tune_database_job_makes_a_database_optuna_can_keep_a_study_in(rendered, postgres_url):
+    """The Job's script, run by the real `psql` as an admin against the machine's PostgreSQL:
+    it creates the tuning user and database, and an Optuna study then lives there as that user."""
+    import uuid
+
+    import optuna
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    psql = require_tool("psql", "runs the tuning database Job's script")
+    (container,) = _one(rendered["base"], "Job", "recsys-tune-db")["spec"]["template"]["spec"]["containers"]
+    (script,) = container["args"]
+    admin = make_url(postgres_url)
+    name = f"optuna_{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "PGHOST": admin.host, "PGPORT": str(admin.port or 5432),
+           "PGUSER": admin.username, "PGDATABASE": admin.database, "TUNE_DB_USER": name,
+           "TUNE_DB_NAME": name, "TUNE_DB_PASSWORD": "tune-password",
+           "PATH": f"{Path(psql).parent}:{os.environ['PATH']}"}
+    try:
+        run = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, env=env,
+                             timeout=60, check=False)
+        assert run.returncode == 0, run.stderr
+        url = admin.set(username=name, password="tune-password", database=name)
+        storage = url.render_as_string(hide_password=False)
+        study = optuna.create_study(study_name="s", storage=storage)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
     finally:
         engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
@@ -677,8 +742,9 @@ def test_pipeline_runs_get_the_data_source_secret_for_the_manifests_minio(kubect
 
     from pipelines.pipeline import DATA_SECRET_KEYS, build_pipeline
 
-    (secret,) = [d for d in yaml.safe_load_all(_kustomize(kubectl, MANIFESTS / "kubeflow")) if d]
     default_name = inspect.signature(build_pipeline().pipeline_func).parameters["data_secret"].default
+    (secret,) = [d for d in yaml.safe_load_all(_kustomize(kubectl, MANIFESTS / "kubeflow"))
+                 if d and d["metadata"]["name"] == default_name]
     assert secret["kind"] == "Secret" and secret["metadata"]["name"] == default_name
     assert secret["metadata"]["namespace"] == "kubeflow"
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}

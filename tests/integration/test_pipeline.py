@@ -29,7 +29,7 @@ def test_compiled_pipeline_sets_image_resources_retries_and_caching(tmp_path):
         compile_pipeline(tmp_path / "p.yaml", image="registry.example/recsys:9").read_text()
     )
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 8
+    assert len(executors) == 9
     for executor in executors.values():
         container = executor["container"]
         assert container["image"] == "registry.example/recsys:9"
@@ -41,11 +41,12 @@ def test_compiled_pipeline_sets_image_resources_retries_and_caching(tmp_path):
     # Only the steps that call a service are retried; a retry of bad data only delays its error.
     for step in ("evaluate-op", "deploy-op"):
         assert tasks[step]["retryPolicy"]["maxRetryCount"] == 1, step
-    for step in ("fingerprint-op", "ingest-op", "validate-op", "split-op", "train-op", "register-op"):
+    for step in ("fingerprint-op", "ingest-op", "validate-op", "split-op", "tune-op", "train-op",
+                 "register-op"):
         assert "retryPolicy" not in tasks[step], step
     # Kubeflow caches by parameter values and artifact identity: the uncached fingerprint step
     # feeds a content hash to ingest, so the cached chain below it follows the data.
-    for step in ("ingest-op", "validate-op", "split-op", "train-op"):
+    for step in ("ingest-op", "validate-op", "split-op", "tune-op", "train-op"):
         assert tasks[step]["cachingOptions"].get("enableCache") is True, step
     for step in ("fingerprint-op", "evaluate-op", "register-op", "deploy-op"):
         assert not tasks[step]["cachingOptions"].get("enableCache"), step
@@ -54,7 +55,12 @@ def test_compiled_pipeline_sets_image_resources_retries_and_caching(tmp_path):
     # The two steps that touch the data get the data-source Secret (optional, named by a
     # parameter) as environment variables; no other step sees it.
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-fingerprint-op", "exec-ingest-op"}
+    assert set(executors) == {"exec-fingerprint-op", "exec-ingest-op", "exec-tune-op"}
+    # The tune step gets only its study database's password (for a PostgreSQL study).
+    (tune_secret,) = executors.pop("exec-tune-op")["secretAsEnv"]
+    assert tune_secret["optional"] is True
+    assert tune_secret["secretNameParameter"] == {"componentInputParameter": "tune_secret"}
+    assert tune_secret["keyToEnv"] == [{"secretKey": "TUNE_DB_PASSWORD", "envVar": "PGPASSWORD"}]
     for executor in executors.values():
         (secret,) = executor["secretAsEnv"]
         assert secret["optional"] is True
@@ -96,13 +102,14 @@ def test_local_run_trains_registers_and_deploys(first_run):
 def test_local_run_prints_one_line_per_step_and_keeps_the_rest_in_a_log(first_run):
     home, result = first_run
     steps = [line.split()[0] for line in result.stderr.splitlines() if line.endswith("  done")]
-    assert steps == ["fingerprint", "ingest", "validate", "split", "train", "evaluate",
+    assert steps == ["fingerprint", "ingest", "validate", "split", "tune", "train", "evaluate",
                      "register", "deploy"], result.stderr
     assert len(result.stdout.splitlines()) + len(result.stderr.splitlines()) < 40
     assert "Executing task" not in result.stdout + result.stderr
     (log,) = (home / "logs").glob("run-*.log")
     assert f"full log: {log}" in result.stderr
-    assert log.read_text().count("Executing task") == 8
+    assert log.read_text().count("Executing task") == 9
+    assert "tune_trials 0: training with the given config" in log.read_text()
 
 
 def test_second_run_meets_the_gate(first_run):

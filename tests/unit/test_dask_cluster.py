@@ -24,3 +24,15 @@ def test_cluster_spec_is_a_daskcluster_of_the_project_image():
 
 def test_scheduler_address_is_the_operators_service():
     assert scheduler_address("recsys-fit-1", "recsys") == "tcp://recsys-fit-1-scheduler.recsys.svc.cluster.local:8786"
+
+
+def test_a_tuning_cluster_gives_its_workers_the_study_databases_password():
+    """Tuning trials open the study's PostgreSQL from the workers: PGPASSWORD from the Secret,
+    optional; a fit's cluster (no Secret named) gets no such variable."""
+    worker = cluster_spec("recsys-tune-1", "registry/recsys:1", 2, "1", "4Gi",
+                          password_secret="recsys-tune-db")["spec"]["worker"]["spec"]["containers"][0]
+    (password,) = [e for e in worker["env"] if e["name"] == "PGPASSWORD"]
+    assert password["valueFrom"] == {"secretKeyRef": {"name": "recsys-tune-db", "key": "TUNE_DB_PASSWORD",
+                                                      "optional": True}}
+    plain = cluster_spec("recsys-fit-1", "registry/recsys:1", 2, "1", "4Gi")["spec"]["worker"]["spec"]["containers"][0]
+    assert "PGPASSWORD" not in {e["name"] for e in plain.get("env") or []}
