@@ -2,7 +2,7 @@
 fixed bounds (a light module: the `recsys` CLI reads the defaults without importing KServe).
 
 Every bound is there so that one request's work, and its answer's size, has a ceiling: the
-cost of a request is at most a few hundred milliseconds of one worker thread, and an answer a
+cost of a request is at most a few hundred milliseconds of one model worker thread, and an answer a
 few megabytes (see serving/predictor.py for where each is checked).
 """
 from __future__ import annotations

@@ -83,3 +83,27 @@ def test_changed_history_call(ml100k_model):
     )
     print(out.getvalue())
     assert len(times) == CALLS
+
+
+def test_batched_rows_against_one_user_calls(ml100k_model):
+    """What the predictor's micro-batcher buys in process: the cost per row of one
+    `recommend` call for B users with changed histories (k = 100, the answer cache's width),
+    against the same rows as B one-user calls; medians of repeats."""
+    model = ml100k_model
+    users, histories = changed_histories(model, 32 * 8, seed=5)
+    model.recommend(users[:4], 100, history_item_ids=histories[:4])  # warm both paths
+    model.recommend(users[:1], 100, history_item_ids=histories[:1])
+    print()
+    print(f"{'rows':>5} {'one batched call, ms/row':>25} {'one-user calls, ms/row':>23}")
+    for batch in (1, 2, 4, 8, 16, 32):
+        together, alone = [], []
+        for start in range(0, 8 * batch, batch):
+            rows = slice(start, start + batch)
+            began = time.perf_counter()
+            model.recommend(users[rows], 100, history_item_ids=histories[rows])
+            together.append((time.perf_counter() - began) / batch)
+            began = time.perf_counter()
+            for user, history in zip(users[rows], histories[rows]):
+                model.recommend([user], 100, history_item_ids=[history])
+            alone.append((time.perf_counter() - began) / batch)
+        print(f"{batch:5d} {np.median(together) * 1000:25.2f} {np.median(alone) * 1000:23.2f}")
