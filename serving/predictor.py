@@ -10,9 +10,10 @@ nor shapes against data: whatever a client sends is either answered or refused w
 Work per request is bounded (rows, `B x k` answer entries, ids in exclude/history lists, title
 queries and their length), and only a table lookup runs on the event loop: every model call
 (fuzzy title matching, a request with exclusions or a history, k past the answer cache) runs
-in one worker thread of the model's own, so REST, gRPC and the health probes keep answering
-while it works (rapidfuzz and numpy release the GIL), and heavy requests queue there instead
-of taking every core.
+in the model's own worker threads (serving/model_calls.py), so REST, gRPC and the health probes
+keep answering while it works (rapidfuzz and numpy release the GIL), and heavy requests queue
+there instead of taking every core. Rows the answer cache lacks (users with new feedback) are
+gathered across concurrent requests by a micro-batcher and scored as one call.
 
 Explanations (KServe's explain verb, `:explain`, and the v2 `explain` input) are asked for,
 never implied: a request without them takes exactly the path above. When asked, the
@@ -24,14 +25,12 @@ parsing, the model call (with the answer cache) and both protocols' responses.
 """
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,12 @@ from serving.limits import (
     MAX_QUERY_LENGTH,
 )
 from serving.metrics import ModelMetrics
+from serving.model_calls import (
+    DEFAULT_BATCH_MAX_SIZE,
+    DEFAULT_BATCH_MAX_WAIT_MS,
+    DEFAULT_MODEL_THREADS,
+    ModelCalls,
+)
 from serving.request_log import DEFAULT_K, LogEntry, RequestLog
 
 log = kserve_logger.getChild("recsys")
@@ -346,15 +351,20 @@ class RecommenderModel(Model):
         online_store_prefix: str = "recsys:",
         answer_cache_size: int = DEFAULT_ANSWER_CACHE_SIZE,
         max_explain_items: int = DEFAULT_MAX_EXPLAIN_ITEMS,
+        model_threads: int = DEFAULT_MODEL_THREADS,
+        batch_max_size: int = DEFAULT_BATCH_MAX_SIZE,
+        batch_max_wait_ms: float = DEFAULT_BATCH_MAX_WAIT_MS,
     ):
         super().__init__(name)
         self.max_explain_items = max_explain_items
         self.answer_cache_size = answer_cache_size
+        self.model_threads, self.batch_max_size = model_threads, batch_max_size
+        self.batch_max_wait_ms = batch_max_wait_ms
         self.model_dir = Path(model_dir)
         self.max_batch_size = max_batch_size
         self.max_answer_items = max_answer_items
         self.max_title_queries = max_title_queries
-        self._executor: ThreadPoolExecutor | None = None
+        self._calls: ModelCalls | None = None  # the worker threads and batcher, on first use
         self.request_log_dir = request_log_dir
         self.load_error: str | None = None
         self.model_version = ""
@@ -497,9 +507,9 @@ class RecommenderModel(Model):
         self._metrics.ready.set(0)  # the gauge follows readiness, whatever ends it
         if getattr(self, "_cache_stop", None) is not None:
             self._cache_stop.set()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)  # answers in the worker finish, and get logged
-            self._executor = None
+        if self._calls is not None:
+            self._calls.close()  # answers in the workers finish, and get logged
+            self._calls = None
         if self._request_log is not None:
             self._request_log.close()
         if self._feedback is not None:
@@ -513,7 +523,7 @@ class RecommenderModel(Model):
         state["_request_log"] = None
         state["_metrics"] = None
         state["_feedback"] = None
-        state["_executor"] = None
+        state["_calls"] = None
         state["_answers"] = None  # holds a lock; each worker starts its own, empty
         state.pop("_cache_thread", None)  # a worker gets the rows filled so far
         state.pop("_cache_stop", None)
@@ -596,16 +606,25 @@ class RecommenderModel(Model):
         return await self.predict(payload, headers, explain=True)
 
     async def _answer(self, query: Query) -> Answer:
-        """A cached answer on the spot; anything that calls the model in the worker thread."""
+        """A cached answer on the spot; anything that calls the model in a worker thread. Rows
+        the answer cache lacks are scored by the batcher, with those of concurrent requests."""
+        calls = self.model_calls()
         if not query.by_item:
             parts = self._cache_parts(query)
             if parts is not None and not parts.missing:
                 self._metrics.cache_hits.inc(len(query.ids))
                 return self._cached_answer(query, parts)
-        if self._executor is None:  # one thread: model calls run one at a time, off the loop
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
+            if parts is not None:
+                return await calls.batched(self._fill_batch, (query, parts), len(parts.missing))
         work = self._similar if query.by_item else self._recommend
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work, query)
+        return await calls.run(work, query)
+
+    def model_calls(self) -> ModelCalls:
+        if self._calls is None:
+            self._calls = ModelCalls(self.name, threads=self.model_threads,
+                                     max_batch=self.batch_max_size,
+                                     max_wait_ms=self.batch_max_wait_ms)
+        return self._calls
 
     # ------------------------------------------------------------------ explanations
     def _check_explain_bounds(self, query: Query) -> None:
@@ -619,12 +638,9 @@ class RecommenderModel(Model):
             )
 
     async def _explain_answer(self, query: Query, answer: Answer) -> list[dict]:
-        """The explanations of an answer, computed in the model's worker thread like any model
+        """The explanations of an answer, computed in a model worker thread like any model
         call (only when asked: the predict path never comes here)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-model")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._explanations, query, answer)
+        return await self.model_calls().run(self._explanations, query, answer)
 
     def _explanations(self, query: Query, answer: Answer) -> list[dict]:
         """One explanation per row, of the items the row answered, in their order. A user's
@@ -853,35 +869,51 @@ class RecommenderModel(Model):
         _pad(item_ids, scores, query.k)
         return Answer(item_ids, scores, cold_start=parts.cold)
 
-    def _fill_missing(self, query: Query, parts: _Parts) -> None:
-        """Score the missing rows at the cache's width, keep each in the LRU (under the fresh
-        items it was scored with) and put it in `parts`. Rows with fresh items and rows
-        without are scored apart, each as it would be alone."""
-        model, width = self._model, parts.top.shape[1]
-        fresh = [query.fresh[i] if query.fresh is not None else () for i in parts.missing]
+    def _fill_rows(self, items: list[tuple[Query, _Parts]]) -> None:
+        """Score the missing rows of every (query, parts) at the cache's width in one model
+        call per kind, keep each in the LRU (under the fresh items it was scored with) and put
+        it in its `parts`. Rows with fresh items and rows without are scored apart, each as it
+        would be alone (a row's answer does not depend on the other rows of a batch)."""
+        model = self._model
+        rows = [(query, parts, i) for query, parts in items for i in parts.missing]
+        fresh = [query.fresh[i] if query.fresh is not None else () for query, _, i in rows]
+        width = items[0][1].top.shape[1]
         for with_fresh in (True, False):
-            group = [j for j, items in enumerate(fresh) if bool(items) == with_fresh]
+            group = [j for j, row_fresh in enumerate(fresh) if bool(row_fresh) == with_fresh]
             if not group:
                 continue
-            rows = [parts.missing[j] for j in group]
             rec = model.recommend(
-                query.ids[rows].tolist(), width,
+                [str(rows[j][0].ids[rows[j][2]]) for j in group], width,
                 history_item_ids=[list(fresh[j]) for j in group] if with_fresh else None,
             )
             top = np.searchsorted(model.data_.item_ids, rec.item_ids).astype(np.int32)
             scores = rec.scores.astype(np.float32)
             cold = np.asarray(rec.cold_start, dtype=bool)
-            for n, (j, i) in enumerate(zip(group, rows)):
+            for n, j in enumerate(group):
+                query, parts, i = rows[j]
                 parts.top[i], parts.scores[i], parts.cold[i] = top[n], scores[n], cold[n]
                 self._answers.put(str(query.ids[i]), _Cached(  # copies: not views of a batch
                     fresh[j], top[n].copy(), scores[n].copy(), bool(cold[n])))
+
+    def _fill_batch(self, items: list[tuple[Query, _Parts]]) -> list[Answer]:
+        """The batcher's call: the missing rows of concurrent requests scored together, then
+        each request's answer from its rows."""
+        self._fill_rows(items)
+        answers = []
+        for query, parts in items:
+            self._metrics.cache_misses.inc(len(parts.missing))
+            hits = len(query.ids) - len(parts.missing)
+            if hits:
+                self._metrics.cache_hits.inc(hits)
+            answers.append(self._cached_answer(query, parts))
+        return answers
 
     def _recommend(self, query: Query) -> Answer:
         parts = self._cache_parts(query)
         if parts is not None:
             if parts.missing:
                 self._metrics.cache_misses.inc(len(parts.missing))
-                self._fill_missing(query, parts)
+                self._fill_rows([(query, parts)])
             hits = len(query.ids) - len(parts.missing)
             if hits:
                 self._metrics.cache_hits.inc(hits)

@@ -226,11 +226,12 @@ class ExperimentRouter(Model):
 
     # ------------------------------------------------------------------ inference
     async def _in_worker(self, call: Callable[..., Any], *args: Any) -> Any:
-        """Model calls run one at a time in the router's own thread, off the event loop, so that
-        health probes and other requests are answered while a heavy one is scored (as in the
-        predictor)."""
+        """Model calls run in the router's own worker threads (the champion's --model-threads),
+        off the event loop, so that health probes and other requests are answered while a heavy
+        one is scored (as in the predictor; the router does not batch across requests)."""
         if getattr(self, "_executor", None) is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-router")
+            threads = getattr(self._arms.champion, "model_threads", 1)
+            self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"{self.name}-router")
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
     async def explain(self, payload: InferRequest | dict,

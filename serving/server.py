@@ -39,6 +39,11 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
         DEFAULT_MAX_TITLE_QUERIES,
         add_connection_arguments,
     )
+    from serving.model_calls import (
+        DEFAULT_BATCH_MAX_SIZE,
+        DEFAULT_BATCH_MAX_WAIT_MS,
+        DEFAULT_MODEL_THREADS,
+    )
 
     help_dir = (
         "model artifact directory (default: $MODEL_DIR, else %(default)s, where KServe's storage "
@@ -105,6 +110,19 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         "event; least recently used dropped first, about 1 KB each), so a "
                         "repeat request is a lookup instead of a model call; 0 turns this off "
                         "(default: %(default)s)")
+    parser.add_argument("--model-threads", dest="model_threads", type=int,
+                        default=DEFAULT_MODEL_THREADS, metavar="N",
+                        help="worker threads that run model calls, off the event loop; the "
+                        "probes and cached answers never wait for them (default: %(default)s)")
+    parser.add_argument("--batch-max-size", dest="batch_max_size", type=int,
+                        default=DEFAULT_BATCH_MAX_SIZE, metavar="ROWS",
+                        help="rows that need a model call (users whose answer is not cached), "
+                        "gathered across concurrent requests and scored as one call, at most "
+                        "this many; 1 turns batching off (default: %(default)s)")
+    parser.add_argument("--batch-max-wait-ms", dest="batch_max_wait_ms", type=float,
+                        default=DEFAULT_BATCH_MAX_WAIT_MS, metavar="MS",
+                        help="how long the first such row waits for others before its batch is "
+                        "scored (default: %(default)s)")
     experiment = parser.add_argument_group(
         "champion and challenger",
         "serve a second model to a share of users (sticky: by a hash of the user id), and/or "
@@ -152,6 +170,12 @@ def _validate(args: argparse.Namespace) -> None:
             raise RecsysError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.answer_cache_size < 0:
         raise RecsysError(f"--answer-cache-size must not be negative, got {args.answer_cache_size}")
+    if args.model_threads < 1:
+        raise RecsysError(f"--model-threads must be at least 1, got {args.model_threads}")
+    if args.batch_max_size < 1:
+        raise RecsysError(f"--batch-max-size must be at least 1, got {args.batch_max_size}")
+    if not 0 <= args.batch_max_wait_ms <= 1000:
+        raise RecsysError(f"--batch-max-wait-ms must be between 0 and 1000, got {args.batch_max_wait_ms:g}")
     if args.drain_seconds < 0:
         raise RecsysError(f"--drain-seconds must not be negative, got {args.drain_seconds}")
     from serving.limits import connection_limits
@@ -256,6 +280,7 @@ def serve(args: argparse.Namespace) -> int:
         online_store=args.online_store or None,
         online_store_prefix=args.online_store_prefix,
         answer_cache_size=args.answer_cache_size,
+        **_call_options(args),
     )
     if routed:
         model = _router(args, model)
@@ -281,6 +306,12 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call_options(args: argparse.Namespace) -> dict:
+    """Where model calls run: the RecommenderModel arguments of --model-threads and --batch-*."""
+    return {"model_threads": args.model_threads, "batch_max_size": args.batch_max_size,
+            "batch_max_wait_ms": args.batch_max_wait_ms}
+
+
 def _local(model_dir: str) -> str:
     if is_remote(model_dir):
         import tempfile
@@ -299,7 +330,8 @@ def _router(args: argparse.Namespace, champion):
 
     loader = partial(_loaded_model, args.model_name, args.max_batch_size,
                      args.online_store or None, args.online_store_prefix,
-                     args.max_answer_items, args.max_title_queries, args.answer_cache_size)
+                     args.max_answer_items, args.max_title_queries, args.answer_cache_size,
+                     _call_options(args))
     challenger = None
     if args.challenger_dir and not args.no_challenger:
         challenger = loader(_local(args.challenger_dir), load=False)
@@ -323,7 +355,7 @@ def _router(args: argparse.Namespace, champion):
 
 def _loaded_model(name: str, max_batch_size: int, online_store: str | None, prefix: str,
                   max_answer_items: int, max_title_queries: int, answer_cache_size: int,
-                  model_dir: str, load: bool = True):
+                  calls: dict, model_dir: str, load: bool = True):
     """A RecommenderModel for the router (module level: REST workers get the router pickled).
     Each has its own online history (fresh items are filtered by its own training data)."""
     from serving.predictor import RecommenderModel
@@ -332,7 +364,7 @@ def _loaded_model(name: str, max_batch_size: int, online_store: str | None, pref
                              max_answer_items=max_answer_items,
                              max_title_queries=max_title_queries,
                              online_store=online_store, online_store_prefix=prefix,
-                             answer_cache_size=answer_cache_size)
+                             answer_cache_size=answer_cache_size, **calls)
     if load:
         model.load()
     return model

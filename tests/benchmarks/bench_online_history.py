@@ -204,48 +204,103 @@ SESSION_USERS = 100
 SESSION_SECONDS = 8
 
 
+CLIENT_PROCESSES = 2
+
+
 def _sessions(url: str, path: str, events_url: str | None, users: list[str],
               seconds: int = SESSION_SECONDS) -> dict:
     """The worst case for an answer cache: each of `users` asks for its answer, likes the top
     item through the events service, asks again, and so on (a click-then-refresh session),
-    16 sessions at a time. Only the recommendation requests are timed. Without `events_url`
-    (the no-op model) the same requests run with the like skipped."""
-    import asyncio
+    16 sessions at a time over kept-alive connections, split over CLIENT_PROCESSES client
+    processes with a minimal asyncio HTTP/1.1 client, so that the load generator is not what
+    is measured. Only the recommendation requests are timed. Without `events_url` (the no-op
+    model) the same requests run with the like skipped. Also the delay from each like's 2xx to
+    the first answer of that user without the liked item."""
+    from concurrent.futures import ProcessPoolExecutor
 
     from bench_serving import CONNECTIONS
 
-    async def run() -> dict:
-        latencies, errors = [], 0
-        deadline = time.perf_counter() + seconds
-        limits = httpx.Limits(max_connections=2 * CONNECTIONS)
-        async with httpx.AsyncClient(limits=limits, timeout=10) as client:
-            async def session(own: list[str]) -> None:
-                nonlocal errors
-                i = 0
-                while time.perf_counter() < deadline:
-                    user = own[i % len(own)]
-                    i += 1
-                    body = {"inputs": [
-                        {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [user]},
-                        {"name": "k", "datatype": "INT32", "shape": [1], "data": [10]}]}
-                    started = time.perf_counter()
-                    response = await client.post(url + path, json=body)
-                    latencies.append(time.perf_counter() - started)
-                    errors += response.status_code != 200
-                    if events_url is None or response.status_code != 200:
-                        continue
-                    top = next(o for o in response.json()["outputs"] if o["name"] == "item_ids")
-                    liked = await client.post(events_url + "/v1/events", json={
-                        "event_id": uuid.uuid4().hex, "type": "like", "user_id": user,
-                        "item_id": top["data"][0]})
-                    errors += liked.status_code != 200
+    shares = [[users[c::CONNECTIONS] for c in range(CONNECTIONS)][p::CLIENT_PROCESSES]
+              for p in range(CLIENT_PROCESSES)]
+    with ProcessPoolExecutor(CLIENT_PROCESSES) as pool:
+        parts = list(pool.map(_client_process, [url] * CLIENT_PROCESSES,
+                              [path] * CLIENT_PROCESSES, [events_url] * CLIENT_PROCESSES, shares,
+                              [seconds] * CLIENT_PROCESSES))
+    ms = np.concatenate([p["latencies"] for p in parts]) * 1000
+    delays = np.concatenate([p["delays"] for p in parts]) * 1000
+    elapsed = max(p["elapsed"] for p in parts)
+    return {"rps": len(ms) / elapsed, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)), "errors": sum(p["errors"] for p in parts),
+            "requests": len(ms),
+            "visible_p99": float(np.percentile(delays, 99)) if len(delays) else float("nan"),
+            "visible_max": float(delays.max()) if len(delays) else float("nan")}
 
-            started = time.perf_counter()
-            await asyncio.gather(*(session(users[c::CONNECTIONS]) for c in range(CONNECTIONS)))
-            elapsed = time.perf_counter() - started
-        ms = np.asarray(latencies) * 1000
-        return {"rps": len(ms) / elapsed, "p50": float(np.percentile(ms, 50)),
-                "p99": float(np.percentile(ms, 99)), "errors": errors, "requests": len(ms)}
+
+async def _post(stream, host: str, path: str, body: bytes) -> tuple[int, bytes]:
+    reader, writer = stream
+    writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host.encode(), len(body), body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return status, await reader.readexactly(length)
+
+
+def _client_process(url: str, path: str, events_url: str | None, sessions: list[list[str]],
+                    seconds: int) -> dict:
+    import asyncio
+
+    import orjson
+
+    def address(u: str) -> tuple[str, int]:
+        host, port = u.rsplit("//", 1)[1].rsplit(":", 1)
+        return host, int(port)
+
+    async def run() -> dict:
+        latencies, delays, errors = [], [], 0
+        deadline = time.perf_counter() + seconds
+        pending: dict[str, tuple[str, float]] = {}  # user -> (liked item, its 2xx)
+
+        async def session(own: list[str]) -> None:
+            nonlocal errors
+            host, port = address(url)
+            stream = await asyncio.open_connection(host, port)
+            events = None
+            if events_url is not None:
+                events = await asyncio.open_connection(*address(events_url))
+            i = 0
+            while time.perf_counter() < deadline:
+                user = own[i % len(own)]
+                i += 1
+                body = orjson.dumps({"inputs": [
+                    {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [user]},
+                    {"name": "k", "datatype": "INT32", "shape": [1], "data": [10]}]})
+                started = time.perf_counter()
+                status, data = await _post(stream, host, path, body)
+                answered = time.perf_counter()
+                latencies.append(answered - started)
+                errors += status != 200
+                if events is None or status != 200:
+                    continue
+                items = next(o for o in orjson.loads(data)["outputs"]
+                             if o["name"] == "item_ids")["data"]
+                if user in pending and pending[user][0] not in items:
+                    delays.append(answered - pending.pop(user)[1])
+                event = orjson.dumps({"event_id": uuid.uuid4().hex, "type": "like",
+                                      "user_id": user, "item_id": items[0]})
+                liked, _ = await _post(events, "events", "/v1/events", event)
+                errors += liked != 200
+                if user not in pending:
+                    pending[user] = (items[0], time.perf_counter())
+            for s in (stream, events):
+                if s is not None:
+                    s[1].close()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(session(own) for own in sessions))
+        return {"latencies": np.asarray(latencies), "delays": np.asarray(delays),
+                "errors": errors, "elapsed": time.perf_counter() - started}
 
     return asyncio.run(run())
 
@@ -271,10 +326,12 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
     bodies = v2_bodies(users, 1, n=2 * len(users), seed=3)
     session_users = rng.sample(users, SESSION_USERS)
     online = ("--online-store", redis_url, "--online-store-prefix", prefix)
+    ours = [sys.executable, "-m", "serving", "--model-dir", str(model_dir), *online]
     setups = {
         "no-op": ([sys.executable, str(REPO / "tests" / "benchmarks" / "noop_server.py")], "noop"),
-        "ours, redis": ([sys.executable, "-m", "serving", "--model-dir", str(model_dir), *online],
-                        "recsys"),
+        "one thread": (ours + ["--model-threads", "1", "--batch-max-size", "1"], "recsys"),
+        "batcher": (ours + ["--model-threads", "1", "--batch-max-size", "32"], "recsys"),
+        "4 threads": (ours + ["--model-threads", "4", "--batch-max-size", "1"], "recsys"),
     }
     servers = {label: Proc(command, tmp_path / f"{label}.log", f"/v2/models/{name}/ready")
                for label, (command, name) in setups.items()}
@@ -302,6 +359,12 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
           f"'like per request': {SESSION_USERS} users, a like between every two requests")
     _print_against_noop(results, server_width=12, scenario_width=17)
     print("(targets: all fresh >= 0.50x req/s and p99 <= 50 ms; like per request p99 <= 50 ms)")
+    for label in setups:
+        rs = runs[label, "like per request"]
+        if label != "no-op":
+            print(f"{label}: a like's 2xx to the user's first answer without the item: p99 "
+                  f"{np.median([r['visible_p99'] for r in rs]):.0f} ms, max "
+                  f"{max(r['visible_max'] for r in rs):.0f} ms (median of rounds; target < 1 s)")
     assert all(r["errors"] == 0 for r in results.values())
 
 

@@ -116,6 +116,70 @@ def test_cached_and_uncached_answers_are_the_same_for_users_with_fresh_history(
         plain.stop()
 
 
+def batch_rows(name: str) -> tuple[float, float]:
+    """How many batched model calls the predictor made, and how many rows they scored."""
+    labels = {"model_name": name}
+    return (REGISTRY.get_sample_value("recsys_model_batch_rows_count", labels) or 0.0,
+            REGISTRY.get_sample_value("recsys_model_batch_rows_sum", labels) or 0.0)
+
+
+def test_batched_single_and_cached_calls_answer_the_same(small_model_dir, redis_prefix):
+    """Over many users with fresh likes (some unknown to the model): concurrent single-user
+    requests to a predictor whose batcher waits long enough to gather them (they are scored in
+    a few batched calls), their repeats (cached) and a predictor that scores every request on
+    its own, without a cache or batcher, return the same items and, to float tolerance, the
+    same scores; so do four worker threads without the batcher."""
+    url, prefix = redis_prefix
+    data = load_model(small_model_dir).data_
+    rng = random.Random(8)
+    users = rng.sample(data.user_ids.tolist(), min(80, data.n_users)) + ["new-1", "new-2"]
+    writer = RedisHistoryWriter(url, prefix=prefix)
+    writer.push(fresh_likes(data, users, rng))
+    writer.close()
+    common = {"online_store": url, "online_store_prefix": prefix}
+    models = {
+        "single": RecommenderModel("single", small_model_dir, answer_cache_size=0,
+                                   batch_max_size=1, **common),
+        "batched": RecommenderModel("batched", small_model_dir, batch_max_size=32,
+                                    batch_max_wait_ms=200, **common),
+        "threads": RecommenderModel("threads", small_model_dir, model_threads=4,
+                                    batch_max_size=1, **common),
+    }
+
+    async def concurrently(model: RecommenderModel) -> list:
+        async def one(user: str):
+            request = InferRequest(model.name, [InferInput("user_id", [1], "BYTES", [user]),
+                                                InferInput("k", [1], "INT32", [10])])
+            outputs = {o.name: o.data for o in (await model.predict(request)).outputs}
+            return np.asarray(outputs["item_ids"]), np.asarray(outputs["scores"])
+
+        return await asyncio.gather(*(one(user) for user in users))
+
+    try:
+        for model in models.values():
+            assert model.load()
+            history = model._feedback.history
+            wait_for(lambda h=history: len(h._fresh) == len(users))
+        expected = [predict(models["single"], [user]) for user in users]
+        calls, rows = batch_rows("batched")
+        answers = {"batched": asyncio.run(concurrently(models["batched"])),
+                   "threads": asyncio.run(concurrently(models["threads"]))}
+        new_calls, new_rows = batch_rows("batched")
+        assert new_rows - rows == len(users)  # every user's first answer took the batcher
+        assert new_calls - calls <= len(users) / 8  # in batches, not one by one
+        answers["cached"] = [predict(models["batched"], [user]) for user in users]
+        assert batch_rows("batched") == (new_calls, new_rows)  # repeats: lookups
+        for label, got in answers.items():
+            for user, (items, scores), (want_items, want_scores) in zip(users, got, expected):
+                np.testing.assert_array_equal(items.reshape(-1), want_items.reshape(-1),
+                                              err_msg=f"{label}: user {user}")
+                np.testing.assert_allclose(scores.reshape(-1), want_scores.reshape(-1),
+                                           rtol=1e-6, atol=1e-9, err_msg=f"{label}: user {user}")
+    finally:
+        for model in models.values():
+            model.stop()
+
+
 def test_the_lru_keeps_its_size_and_counts_evictions():
     evicted = []
     lru = AnswerLRU(2, on_evict=evicted.append)
@@ -223,4 +287,18 @@ def test_a_negative_answer_cache_size_is_a_one_line_error(tmp_path):
                               check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode != 0, done.stderr[-1000:]
         assert "--answer-cache-size must not be negative, got -1" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_bad_model_call_options_are_one_line_errors(tmp_path):
+    import subprocess
+
+    for option, value, message in (
+            ("--model-threads", "0", "--model-threads must be at least 1, got 0"),
+            ("--batch-max-size", "0", "--batch-max-size must be at least 1, got 0"),
+            ("--batch-max-wait-ms", "-1", "--batch-max-wait-ms must be between 0 and 1000, got -1")):
+        done = subprocess.run([sys.executable, "-m", "serving", "--model-dir", str(tmp_path),
+                               option, value], check=False, cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode != 0 and message in done.stderr, done.stderr[-1000:]
         assert "Traceback" not in done.stderr

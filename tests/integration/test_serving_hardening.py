@@ -73,16 +73,18 @@ def _new_lines(server, since: int) -> list[str]:
 
 
 # ------------------------------------------------------------------ High 1: bounded, off the loop
+@pytest.mark.parametrize("threads", ["1", "4"])
 def test_liveness_answers_within_a_second_while_the_heaviest_allowed_request_runs(
-    small_model_dir, tmp_path
+    small_model_dir, tmp_path, threads
 ):
     """With room for 100 title queries per request, 32 such requests of the longest allowed
     titles, eight at a time (each title fuzzily matched against every title): the model's worker
-    thread is busy for seconds, and REST and gRPC liveness each still answer within a second."""
+    threads (one, or four) are busy for seconds, and REST and gRPC liveness and REST readiness
+    each still answer within a second."""
     from serving.limits import MAX_QUERY_LENGTH
 
     srv = start_server(small_model_dir, tmp_path, "--max-title-queries", "100",
-                       "--max-batch-size", "100")
+                       "--max-batch-size", "100", "--model-threads", threads)
     grpc = None
     try:
         wait_live(srv)
@@ -99,6 +101,9 @@ def test_liveness_answers_within_a_second_while_the_heaviest_allowed_request_run
             while not all(f.done() for f in heavy):
                 t = time.monotonic()
                 assert httpx.get(f"{srv.url}/v2/health/live", timeout=5).status_code == 200
+                rest_worst = max(rest_worst, time.monotonic() - t)
+                t = time.monotonic()
+                assert httpx.get(f"{srv.url}/v2/models/{MODEL}/ready", timeout=5).status_code == 200
                 rest_worst = max(rest_worst, time.monotonic() - t)
                 t = time.monotonic()
                 assert grpc.is_server_live()

@@ -1,0 +1,83 @@
+"""The micro-batcher and worker threads of serving/model_calls.py, on plain functions."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from serving.model_calls import ModelCalls
+
+
+def test_concurrent_calls_are_scored_in_batches_of_at_most_the_maximum():
+    calls = ModelCalls("unit-batches", max_batch=4, max_wait_ms=50)
+    seen: list[list[int]] = []
+
+    def double(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        return [2 * i for i in items]
+
+    async def run() -> list[int]:
+        return await asyncio.gather(*(calls.batched(double, i, 1) for i in range(10)))
+
+    try:
+        assert asyncio.run(run()) == [2 * i for i in range(10)]
+    finally:
+        calls.close()
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_a_lone_call_waits_at_most_the_wait_and_a_failed_batch_fails_each_caller():
+    calls = ModelCalls("unit-errors", max_batch=8, max_wait_ms=1)
+
+    def broken(items: list[int]) -> list[int]:
+        raise ValueError(f"{len(items)} items")
+
+    async def run():
+        return await asyncio.gather(*(calls.batched(broken, i, 1) for i in range(3)),
+                                    return_exceptions=True)
+
+    try:
+        assert asyncio.run(asyncio.wait_for(
+            calls.batched(lambda items: [i + 1 for i in items], 1, 1), timeout=30)) == 2
+        errors = asyncio.run(run())
+    finally:
+        calls.close()
+    assert [str(e) for e in errors] == ["3 items"] * 3
+
+
+def test_closing_finishes_the_batch_in_flight_and_its_callers_get_their_answers():
+    calls = ModelCalls("unit-close", max_batch=4, max_wait_ms=0)
+    finished = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        time.sleep(0.3)
+        finished.set()
+        return items
+
+    async def run():
+        tasks = [asyncio.ensure_future(calls.batched(slow, i, 1)) for i in range(4)]
+        await asyncio.sleep(0.05)  # the batch is in its worker thread
+        assert not finished.is_set()
+        await asyncio.get_running_loop().run_in_executor(None, calls.close)
+        assert finished.is_set()  # close() returned after the batch, not before
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(run()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_plain_calls_run_in_the_worker_threads(threads):
+    calls = ModelCalls("unit-threads", threads=threads, max_batch=1)
+
+    async def run():
+        return await asyncio.gather(*(calls.run(lambda: threading.current_thread().name)
+                                      for _ in range(6)))
+
+    try:
+        names = asyncio.run(run())
+    finally:
+        calls.close()
+    assert all(n.startswith("unit-threads-model") for n in names)
+    assert len(set(names)) <= threads
