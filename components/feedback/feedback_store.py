@@ -269,8 +269,10 @@ class FeedbackStore:
         statement building and hands the driver one executemany (about 10x cheaper)."""
         if not rows:
             return 0
-        # Key order, as for events: PostgreSQL writers cannot deadlock on overlapping batches.
-        ordered = sorted(rows, key=lambda r: (r[0], r[1], r[3]))
+        # Key order, as for events: PostgreSQL writers cannot deadlock on overlapping batches
+        # (SQLite's writers are serialised: no sort, a tenth of the rows' CPU there).
+        ordered = (rows if self.engine.dialect.name == "sqlite"
+                   else sorted(rows, key=lambda r: (r[0], r[1], r[3])))
         with self.engine.begin() as conn:
             return max(conn.exec_driver_sql(self._impression_sql, ordered).rowcount, 0)
 
