@@ -638,7 +638,7 @@ class RecommenderModel(Model):
             )
 
     async def _explain_answer(self, query: Query, answer: Answer) -> list[dict]:
-        """The explanations of an answer, computed in the model's worker thread like any model
+        """The explanations of an answer, computed in a model worker thread like any model
         call (only when asked: the predict path never comes here)."""
         return await self.model_calls().run(self._explanations, query, answer)
 

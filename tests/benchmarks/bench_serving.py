@@ -58,12 +58,13 @@ def _rss_mb(pid: int) -> float:
 
 class Proc:
     def __init__(self, cmd: list[str], log: Path, ready_path: str):
-        self.http_port = _free_port()
-        cmd = cmd + ["--http-port", str(self.http_port), "--grpc-port", str(_free_port())]
+        self.http_port, self.grpc_port = _free_port(), _free_port()
+        cmd = cmd + ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.http_port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         deadline = time.monotonic() + 180
         while True:
             if self.process.poll() is not None:

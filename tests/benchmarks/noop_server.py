@@ -22,14 +22,19 @@ class NoopModel(kserve.Model):
 
     def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
         batch = int(payload.inputs[0].shape[0])
+        outputs = [
+            InferOutput("item_ids", [batch, K], "BYTES", np.full((batch, K), "1", dtype=object)),
+            InferOutput("scores", [batch, K], "FP32", np.ones((batch, K), dtype=np.float32)),
+            InferOutput("cold_start", [batch], "BOOL", np.zeros(batch, dtype=bool)),
+        ]
+        if payload.from_grpc:  # encoded now, as the predictor does (KServe's to_grpc needs it)
+            for out in outputs:
+                data, out.data = out.data, None
+                out.set_data_from_numpy(data, binary_data=True)
         return InferResponse(
             response_id=payload.id or "noop",
             model_name=self.name,
-            infer_outputs=[
-                InferOutput("item_ids", [batch, K], "BYTES", np.full((batch, K), "1", dtype=object)),
-                InferOutput("scores", [batch, K], "FP32", np.ones((batch, K), dtype=np.float32)),
-                InferOutput("cold_start", [batch], "BOOL", np.zeros(batch, dtype=bool)),
-            ],
+            infer_outputs=outputs,
             use_binary_outputs=payload.use_binary_outputs,
             requested_outputs=payload.request_outputs,
         )
