@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_serving import REPO, Proc, _train, load, v2_bodies
 from events_process import start_service, stop_service
+from grpc_load import load_summary
 
 from components.data.ingest import load_dataset
 from components.feedback.feedback_store import FeedbackStore
@@ -72,6 +73,17 @@ def _visibility(events_url: str, url: str, users: list[str]) -> np.ndarray:
         delays.append(time.perf_counter() - acknowledged)
     return np.asarray(delays)
 
+
+def _like_three_each(ds, users: list[str], redis_url: str, prefix: str,
+                     rng: random.Random) -> None:
+    """Three fresh likes of random items for every user, straight into the Redis history."""
+    from serving.online_history import RedisHistoryWriter
+
+    items = ds.interactions["item_id"].astype(str).unique().tolist()
+    writer = RedisHistoryWriter(redis_url, prefix=prefix)
+    writer.push([{"type": "like", "user_id": user, "item_id": rng.choice(items),
+                  "timestamp": time.time()} for user in users for _ in range(3)])
+    writer.close()
 
 def test_online_history_cost_and_delay(ml100k_model, tmp_path, request):
     ds, model_dir = ml100k_model
@@ -226,14 +238,7 @@ def _sessions(url: str, path: str, events_url: str | None, users: list[str],
         parts = list(pool.map(_client_process, [url] * CLIENT_PROCESSES,
                               [path] * CLIENT_PROCESSES, [events_url] * CLIENT_PROCESSES, shares,
                               [seconds] * CLIENT_PROCESSES))
-    ms = np.concatenate([p["latencies"] for p in parts]) * 1000
-    delays = np.concatenate([p["delays"] for p in parts]) * 1000
-    elapsed = max(p["elapsed"] for p in parts)
-    return {"rps": len(ms) / elapsed, "p50": float(np.percentile(ms, 50)),
-            "p99": float(np.percentile(ms, 99)), "errors": sum(p["errors"] for p in parts),
-            "requests": len(ms),
-            "visible_p99": float(np.percentile(delays, 99)) if len(delays) else float("nan"),
-            "visible_max": float(delays.max()) if len(delays) else float("nan")}
+    return load_summary(parts)
 
 
 async def _post(stream, host: str, path: str, body: bytes) -> tuple[int, bytes]:
@@ -315,14 +320,8 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
     ds, model_dir = ml100k_model
     users = ds.interactions["user_id"].astype(str).unique().tolist()
     redis_url, prefix = request.getfixturevalue("redis_prefix")
-    from serving.online_history import RedisHistoryWriter
-
     rng = random.Random(11)
-    items = ds.interactions["item_id"].astype(str).unique().tolist()
-    writer = RedisHistoryWriter(redis_url, prefix=prefix)
-    writer.push([{"type": "like", "user_id": user, "item_id": rng.choice(items),
-                  "timestamp": time.time()} for user in users for _ in range(3)])
-    writer.close()
+    _like_three_each(ds, users, redis_url, prefix, rng)
     bodies = v2_bodies(users, 1, n=2 * len(users), seed=3)
     session_users = rng.sample(users, SESSION_USERS)
     online = ("--online-store", redis_url, "--online-store-prefix", prefix)
@@ -403,14 +402,8 @@ def test_grpc_figures(ml100k_model, tmp_path, request):
     ds, model_dir = ml100k_model
     users = ds.interactions["user_id"].astype(str).unique().tolist()
     redis_url, prefix = request.getfixturevalue("redis_prefix")
-    from serving.online_history import RedisHistoryWriter
-
     rng = random.Random(11)
-    items = ds.interactions["item_id"].astype(str).unique().tolist()
-    writer = RedisHistoryWriter(redis_url, prefix=prefix)
-    writer.push([{"type": "like", "user_id": user, "item_id": rng.choice(items),
-                  "timestamp": time.time()} for user in users for _ in range(3)])
-    writer.close()
+    _like_three_each(ds, users, redis_url, prefix, rng)
     session_users = rng.sample(users, SESSION_USERS)
     quiet_users = sorted(set(users) - set(session_users))  # no fresh feedback in SQLite
     online = ("--online-store", redis_url, "--online-store-prefix", prefix)

@@ -30,6 +30,12 @@ def grpc_load(url: str, model: str, users: list[str], seconds: float, *, connect
                           [warmup] * PROCESSES, [None] * PROCESSES))
         parts = list(pool.map(_process, [url] * PROCESSES, [model] * PROCESSES, per_process,
                               [seconds] * PROCESSES, [events_url] * PROCESSES))
+    return load_summary(parts)
+
+
+def load_summary(parts: list[dict]) -> dict:
+    """One figure of the client processes' parts (latencies and like-to-answer delays in
+    seconds, errors, elapsed): req/s, p50/p99 ms, and the delays' p99 and max in ms."""
     ms = np.concatenate([p["latencies"] for p in parts]) * 1000
     delays = np.concatenate([p["delays"] for p in parts]) * 1000
     elapsed = max(p["elapsed"] for p in parts)
