@@ -434,7 +434,6 @@ def test_the_feedback_database_job_works_on_a_real_postgresql(rendered, postgres
     nothing but the password, and the events' store then works as that user."""
     import uuid
 
-    import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
     from components.feedback.feedback_store import FeedbackStore
@@ -460,12 +459,19 @@ def test_the_feedback_database_job_works_on_a_real_postgresql(rendered, postgres
             store.add_events([{"event_id": "e", "type": "like", "user_id": "u", "item_id": "i"}])
             assert store.read_events().event_id.tolist() == ["e"]
     finally:
-        engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{name}"')
-        engine.dispose()
+        _drop_database_and_role(postgres_url, name)
 
+
+
+def _drop_database_and_role(postgres_url: str, name: str) -> None:
+    """What a database Job's script created under `name`, gone again."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{name}"')
+    engine.dispose()
 
 def test_the_tune_steps_study_database_is_reachable_with_one_password(kubectl, rendered):
     """Parallel tuning (tune_trials and dask_workers > 0): the step (in kubeflow) and its Dask
@@ -502,7 +508,6 @@ def test_the_tune_database_job_makes_a_database_optuna_can_keep_a_study_in(rende
     import uuid
 
     import optuna
-    import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
     psql = require_tool("psql", "runs the tuning database Job's script")
@@ -524,11 +529,7 @@ def test_the_tune_database_job_makes_a_database_optuna_can_keep_a_study_in(rende
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
         assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
     finally:
-        engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{name}"')
-        engine.dispose()
+        _drop_database_and_role(postgres_url, name)
 
 
 # --- rollout commands --------------------------------------------------------------------------
