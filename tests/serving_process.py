@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from ports import free_port  # re-exported: tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "recsys"
 MAX_BATCH = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The gRPC side of the tests: tritonclient.grpc in a child process, one JSON line per call.

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port  # re-exported: tests import it from here
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "recsys-test-key",
@@ -28,11 +29,6 @@ S3_ENV = {
 }
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
