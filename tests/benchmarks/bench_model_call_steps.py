@@ -18,6 +18,8 @@ plus a cProfile top-5 (own time) of the before and after states.
   answer with them already made, so every timed request is a repeat with nothing new since:
   a model call before, a lookup after.
 
+RECSYS_BENCH_ROUNDS sets the rounds (default 5); RECSYS_BENCH_BUSY=N keeps N more processes
+spinning on the CPU while it measures (default 0): the same comparison on a loaded machine.
 They report; they do not gate. The answers are compared with the before state's.
 """
 from __future__ import annotations
@@ -43,6 +45,9 @@ pytestmark = pytest.mark.bench
 REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("model_call_child.py")
 ROUNDS = int(os.environ.get("RECSYS_BENCH_ROUNDS", "5"))
+# Processes that keep a core busy during the measurement (the predictor shares its cores with
+# the events service, Redis and other work): 0 measures a quiet machine, 2 a loaded 2-core one.
+BUSY = int(os.environ.get("RECSYS_BENCH_BUSY", "0"))
 FRESH_USERS = 100
 PREDICT_PASSES = 2  # each timed pass asks for every fresh user this many times
 
@@ -131,13 +136,14 @@ def _run_steps(steps, tmp_path: Path, args_of) -> tuple[list[dict], dict, list[f
     """Start one child per commit, interleave ROUNDS timed passes, profile the first and the
     last non-HEAD commits; per commit: rounds of (p50, p99, CPU ms per call), first answers."""
     commits = [(_resolve(c), c, label) for c, label in steps]
-    children = []
+    children, busy = [], []
     try:
         for i, (sha, name, _) in enumerate(commits):
             tree = _unpack(sha, tmp_path / f"tree-{i}-{name}")
             children.append(Child(tree, args_of(i, tree), tmp_path / f"child-{i}.log"))
         for child in children:
             assert child.read()["ready"]
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(BUSY)]
         rounds = [[] for _ in commits]
         answers = [None] * len(commits)
         loads = [_loadavg()]
@@ -152,6 +158,9 @@ def _run_steps(steps, tmp_path: Path, args_of) -> tuple[list[dict], dict, list[f
             loads.append(_loadavg())
         profiles = {j: children[j].ask("profile")["top"] for j in (0, len(commits) - 2)}
     finally:
+        for process in busy:
+            process.kill()
+            process.wait()
         for child in children:
             child.stop()
     results = [{"commit": name, "label": label, "rounds": np.asarray(rounds[i]),
@@ -204,7 +213,7 @@ def test_what_each_model_call_change_bought(ml100k_fitted, tmp_path):
     results, profiles, loads = _run_steps(
         STEPS, tmp_path, lambda i, tree: ["model", str(artifact), str(workload)])
     print(f"\nsingle-user recommend, changed history (+3 items), {CALLS} calls a pass, "
-          f"ML-100K; load average {min(loads):.1f}-{max(loads):.1f} during the run")
+          f"ML-100K, {BUSY} busy processes; load average {min(loads):.1f}-{max(loads):.1f}")
     _table(results, "one-user model call")
     same = _same_answers(results)
     print("answers identical to the before state's: "
@@ -232,7 +241,8 @@ def test_what_the_answer_cache_bought(ml100k_fitted, tmp_path):
                                                 f"sqlite:///{tmp_path / f'feedback-{i}.db'}"])
     print(f"\npredictor.predict, single-user v2, a repeat request of a user with 3 fresh likes "
           f"(SQLite history, impressions stored), {len(order)} requests a pass over "
-          f"{FRESH_USERS} users, ML-100K; load average {min(loads):.1f}-{max(loads):.1f}")
+          f"{FRESH_USERS} users, ML-100K, {BUSY} busy processes; load average "
+          f"{min(loads):.1f}-{max(loads):.1f}")
     _table(results, "repeat request of a user with fresh feedback")
     same = _same_answers(results)
     print("answers identical to the before state's: "

@@ -20,6 +20,7 @@ import json
 import os
 import pstats
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -47,23 +48,28 @@ def _checkout() -> Path:
 def _top(profile: cProfile.Profile, calls: int, root: Path) -> list[dict]:
     """The PROFILE_TOP functions by own time, per workload call, with paths made relative
     to the checkout or to site-packages."""
-    stats = pstats.Stats(profile).stats
+    stats = (profile if isinstance(profile, pstats.Stats) else pstats.Stats(profile)).stats
     rows = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:PROFILE_TOP]
     out = []
+    stdlib = sysconfig.get_paths()["stdlib"]
     for (file, line, func), (_cc, ncalls, own, cumulative, _callers) in rows:
         where = file
-        if file.startswith(str(root)):
-            where = file[len(str(root)) + 1:]
-        elif "site-packages" in file:
+        if "site-packages/" in file:
             where = file.split("site-packages/", 1)[1]
+        else:
+            for prefix in (str(root), stdlib):
+                if file.startswith(prefix + os.sep):
+                    where = file[len(prefix) + 1:]
         name = f"{where}:{line}({func})" if line else func
         out.append({"function": name, "calls": ncalls / calls,
                     "own_ms": own / calls * 1e3, "cumulative_ms": cumulative / calls * 1e3})
     return out
 
 
-def _serve(run_pass, root: Path, calls: int) -> None:
-    """Answer the parent's commands; `run_pass()` returns (wall seconds per call, answers)."""
+def _serve(run_pass, root: Path, calls: int, worker=None) -> None:
+    """Answer the parent's commands; `run_pass()` returns (wall seconds per call, answers).
+    `worker`, a one-thread executor the pass also runs work on (the predictor's model thread),
+    is profiled too: cProfile sees only the threads it is enabled in."""
     for line in sys.stdin:
         command = line.strip()
         if command == "time":
@@ -73,10 +79,19 @@ def _serve(run_pass, root: Path, calls: int) -> None:
             _answer({"ms": [s * 1e3 for s in seconds], "cpu_ms": cpu / calls * 1e3,
                      "answers": answers})
         elif command == "profile":
-            profile = cProfile.Profile()
+            profile, thread = cProfile.Profile(), cProfile.Profile()
+            if worker is not None:
+                worker.submit(thread.enable).result()
             profile.enable()
             run_pass()
             profile.disable()
+            if worker is not None:
+                worker.submit(thread.disable).result()
+                profile.create_stats()
+                thread.create_stats()
+                merged = pstats.Stats(profile)
+                merged.add(thread)
+                profile = merged
             _answer({"top": _top(profile, calls, root)})
         elif command == "quit":
             return
@@ -161,7 +176,8 @@ def predictor(artifact: str, workload: dict, store_url: str) -> None:
 
     _answer({"ready": True})
     try:
-        _serve(run_pass, root, len(order))
+        # The model thread of the code before the model-call module (None: not profiled).
+        _serve(run_pass, root, len(order), getattr(served, "_executor", None))
     finally:
         served.stop()
 
