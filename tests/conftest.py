@@ -25,6 +25,22 @@ def ml100k_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ml100k_fitted(ml100k_dir, tmp_path_factory):
+    """MovieLens 100K and the two-stage model fitted on all of `u.data` (as `recsys fit` does),
+    saved as an artifact directory: (dataset, artifact directory). Fitted once per session for
+    every benchmark that needs it; each loads the artifact itself (`load_model`), so no two
+    modules share a model object."""
+    from components.data.ingest import load_dataset
+    from components.models.artifact import save_model
+    from components.models.two_stage import TwoStageRecommender
+
+    ds = load_dataset(str(ml100k_dir))
+    model = TwoStageRecommender().fit(ds.interactions, ds.items, progress=lambda _: None)
+    directory = tmp_path_factory.mktemp("ml100k-model") / "artifact"
+    return ds, save_model(model, directory, data_fingerprint=ds.fingerprint)
+
+
+@pytest.fixture(scope="session")
 def small_dataset():
     """A synthetic dataset with titles and genres: seconds to train on, real structure."""
     from components.data.ingest import load_dataset

@@ -28,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_model_call import changed_histories
-from bench_serving import _train
 from faithfulness import als_step_gap, removals
 
-from components.data.ingest import load_dataset
 from components.models.artifact import load_model
 from components.models.explain import explain_recommendations
 
@@ -42,9 +40,8 @@ FAITHFUL_USERS = 300
 
 
 @pytest.fixture(scope="module")
-def ml100k_model(ml100k_dir, tmp_path_factory):
-    ds = load_dataset(str(ml100k_dir))
-    return load_model(_train(ds, tmp_path_factory.mktemp("bench-explain") / "model"))
+def ml100k_model(ml100k_fitted):
+    return load_model(ml100k_fitted[1])
 
 
 def _percentiles(times: list[float]) -> tuple[float, float]:

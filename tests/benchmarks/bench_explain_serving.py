@@ -33,9 +33,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_serving
-from bench_serving import REPO, Proc, _train, load, v1_bodies, v2_bodies
-
-from components.data.ingest import load_dataset
+from bench_serving import REPO, Proc, load, v1_bodies, v2_bodies
 
 pytestmark = pytest.mark.bench
 ROUNDS = int(os.environ.get("RECSYS_BENCH_ROUNDS", "3"))  # alternating rounds of plain predict
@@ -44,9 +42,8 @@ K = 10
 
 
 @pytest.fixture(scope="module")
-def ml100k(ml100k_dir, tmp_path_factory):
-    ds = load_dataset(str(ml100k_dir))
-    return ds, _train(ds, tmp_path_factory.mktemp("bench-explain") / "model")
+def ml100k(ml100k_fitted):
+    return ml100k_fitted
 
 
 def _percentiles(seconds: list[float]) -> tuple[float, float]:

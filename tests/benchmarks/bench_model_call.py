@@ -23,9 +23,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_serving import _train
-
-from components.data.ingest import load_dataset
 from components.models.artifact import load_model
 
 pytestmark = pytest.mark.bench
@@ -34,9 +31,8 @@ FRESH = 3
 
 
 @pytest.fixture(scope="module")
-def ml100k_model(ml100k_dir, tmp_path_factory):
-    ds = load_dataset(str(ml100k_dir))
-    return load_model(_train(ds, tmp_path_factory.mktemp("bench-model-call") / "model"))
+def ml100k_model(ml100k_fitted):
+    return load_model(ml100k_fitted[1])
 
 
 def changed_histories(

@@ -27,11 +27,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_serving import REPO, Proc, _train, load, v2_bodies
+from bench_serving import REPO, Proc, load, v2_bodies
 from events_process import start_service, stop_service
 from grpc_load import load_summary
 
-from components.data.ingest import load_dataset
 from components.feedback.feedback_store import FeedbackStore
 
 pytestmark = pytest.mark.bench
@@ -40,9 +39,8 @@ ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
-def ml100k_model(ml100k_dir, tmp_path_factory):
-    ds = load_dataset(str(ml100k_dir))
-    return ds, _train(ds, tmp_path_factory.mktemp("bench-online") / "model")
+def ml100k_model(ml100k_fitted):
+    return ml100k_fitted
 
 
 def _fresh_events(ds, users: list[str], seed: int = 0) -> list[dict]:

@@ -182,9 +182,8 @@ def load(url: str, path: str, bodies: list[str], seconds: int = SECONDS) -> dict
 
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def ml100k(ml100k_dir, tmp_path_factory):
-    ds = load_dataset(str(ml100k_dir))
-    return ds, _train(ds, tmp_path_factory.mktemp("bench-ml100k") / "model")
+def ml100k(ml100k_fitted):
+    return ml100k_fitted
 
 
 # ------------------------------------------------------------------------------ benchmarks
