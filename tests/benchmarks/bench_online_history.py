@@ -225,9 +225,11 @@ def _sessions(url: str, path: str, events_url: str | None, users: list[str],
     item through the events service, asks again, and so on (a click-then-refresh session),
     16 sessions at a time over kept-alive connections, split over CLIENT_PROCESSES client
     processes with a minimal asyncio HTTP/1.1 client, so that the load generator is not what
-    is measured. Only the recommendation requests are timed. Without `events_url` (the no-op
-    model) the same requests run with the like skipped. Also the delay from each like's 2xx to
-    the first answer of that user without the liked item."""
+    is measured. Only the recommendation requests are timed. The no-op model gets the same
+    likes through the same events service (which shares the machine's cores with the server
+    measured), so that its figures bear the same load. Also the delay from each like's 2xx to
+    the first answer of that user without the liked item (none for the no-op, whose answers
+    never change)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from bench_serving import CONNECTIONS
@@ -313,8 +315,8 @@ def _client_process(url: str, path: str, events_url: str | None, sessions: list[
 def test_every_user_fresh(ml100k_model, tmp_path, request):
     """Every requesting user has fresh likes in Redis (three each): `wrk -t1 -c16` of
     single-user v2 requests over all users against the no-op model in the same run; then the
-    worst case, a like between every two requests of each of 100 users (asyncio + httpx on
-    both servers, the likes through the events service). Medians of ROUNDS rounds. Targets:
+    worst case, a like between every two requests of each of 100 users (a minimal asyncio
+    client on both servers, the likes through the events service for both). Medians of ROUNDS rounds. Targets:
     >= 0.50x the no-op's req/s and p99 <= 50 ms with every user fresh; p99 <= 50 ms in the
     worst case. They report; they do not gate."""
     ds, model_dir = ml100k_model
@@ -345,8 +347,7 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
                 runs.setdefault((label, "all fresh (wrk)"), []).append(
                     load(servers[label].url, path, bodies))
                 runs.setdefault((label, "like per request"), []).append(_sessions(
-                    servers[label].url, path, events_url if label != "no-op" else None,
-                    session_users))
+                    servers[label].url, path, events_url, session_users))
     finally:
         stop_service(events)
         for server in servers.values():
@@ -431,7 +432,7 @@ def test_grpc_figures(ml100k_model, tmp_path, request):
                     name = setups[server][1]
                     runs.setdefault((server, scenario), []).append(grpc_load(
                         servers[server].grpc_url, name, pool, GRPC_SECONDS,
-                        events_url=events_url if likes and server != "no-op" else None))
+                        events_url=events_url if likes else None))
     finally:
         stop_service(events)
         for server in servers.values():
