@@ -346,8 +346,15 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
                 path = f"/v2/models/{name}/infer"
                 runs.setdefault((label, "all fresh (wrk)"), []).append(
                     load(servers[label].url, path, bodies))
-                runs.setdefault((label, "like per request"), []).append(_sessions(
-                    servers[label].url, path, events_url, session_users))
+                pids = {"server": servers[label].process.pid, "events": events.pid}
+                before, started = {k: _cpu_seconds(p) for k, p in pids.items()}, time.time()
+                result = _sessions(servers[label].url, path, events_url, session_users)
+                elapsed = time.time() - started
+                for k, p in pids.items():  # CPU per request and share of a core, per process
+                    used = _cpu_seconds(p) - before[k]
+                    result[f"{k}_ms"] = used * 1000 / max(result["rps"] * elapsed, 1)
+                    result[f"{k}_cores"] = used / elapsed
+                runs.setdefault((label, "like per request"), []).append(result)
     finally:
         stop_service(events)
         for server in servers.values():
@@ -359,13 +366,27 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
           f"'like per request': {SESSION_USERS} users, a like between every two requests")
     _print_against_noop(results, server_width=12, scenario_width=17)
     print("(targets: all fresh >= 0.50x req/s and p99 <= 50 ms; like per request p99 <= 50 ms)")
+    print(f"load average after the run: {Path('/proc/loadavg').read_text().split()[:3]}")
     for label in setups:
         rs = runs[label, "like per request"]
+        print(f"{label}: like per request, CPU per request (medians of rounds): server "
+              f"{np.median([r['server_ms'] for r in rs]):.2f} ms "
+              f"({np.median([r['server_cores'] for r in rs]):.2f} of a core), events service "
+              f"{np.median([r['events_ms'] for r in rs]):.2f} ms "
+              f"({np.median([r['events_cores'] for r in rs]):.2f} of a core)")
         if label != "no-op":
             print(f"{label}: a like's 2xx to the user's first answer without the item: p99 "
                   f"{np.median([r['visible_p99'] for r in rs]):.0f} ms, max "
                   f"{max(r['visible_max'] for r in rs):.0f} ms (median of rounds; target < 1 s)")
     assert all(r["errors"] == 0 for r in results.values())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process so far (its threads included)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _medians(runs: dict) -> dict:
