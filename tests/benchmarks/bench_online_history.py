@@ -223,9 +223,11 @@ def _sessions(url: str, path: str, events_url: str | None, users: list[str],
     item through the events service, asks again, and so on (a click-then-refresh session),
     16 sessions at a time over kept-alive connections, split over CLIENT_PROCESSES client
     processes with a minimal asyncio HTTP/1.1 client, so that the load generator is not what
-    is measured. Only the recommendation requests are timed. Without `events_url` (the no-op
-    model) the same requests run with the like skipped. Also the delay from each like's 2xx to
-    the first answer of that user without the liked item."""
+    is measured. Only the recommendation requests are timed. The no-op model gets the same
+    likes through the same events service (which shares the machine's cores with the server
+    measured), so that its figures bear the same load. Also the delay from each like's 2xx to
+    the first answer of that user without the liked item (none for the no-op, whose answers
+    never change)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from bench_serving import CONNECTIONS
@@ -311,8 +313,8 @@ def _client_process(url: str, path: str, events_url: str | None, sessions: list[
 def test_every_user_fresh(ml100k_model, tmp_path, request):
     """Every requesting user has fresh likes in Redis (three each): `wrk -t1 -c16` of
     single-user v2 requests over all users against the no-op model in the same run; then the
-    worst case, a like between every two requests of each of 100 users (asyncio + httpx on
-    both servers, the likes through the events service). Medians of ROUNDS rounds. Targets:
+    worst case, a like between every two requests of each of 100 users (a minimal asyncio
+    client on both servers, the likes through the events service for both). Medians of ROUNDS rounds. Targets:
     >= 0.50x the no-op's req/s and p99 <= 50 ms with every user fresh; p99 <= 50 ms in the
     worst case. They report; they do not gate."""
     ds, model_dir = ml100k_model
@@ -342,9 +344,15 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
                 path = f"/v2/models/{name}/infer"
                 runs.setdefault((label, "all fresh (wrk)"), []).append(
                     load(servers[label].url, path, bodies))
-                runs.setdefault((label, "like per request"), []).append(_sessions(
-                    servers[label].url, path, events_url if label != "no-op" else None,
-                    session_users))
+                pids = {"server": servers[label].process.pid, "events": events.pid}
+                before, started = {k: _cpu_seconds(p) for k, p in pids.items()}, time.time()
+                result = _sessions(servers[label].url, path, events_url, session_users)
+                elapsed = time.time() - started
+                for k, p in pids.items():  # CPU per request and share of a core, per process
+                    used = _cpu_seconds(p) - before[k]
+                    result[f"{k}_ms"] = used * 1000 / max(result["rps"] * elapsed, 1)
+                    result[f"{k}_cores"] = used / elapsed
+                runs.setdefault((label, "like per request"), []).append(result)
     finally:
         stop_service(events)
         for server in servers.values():
@@ -356,13 +364,27 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
           f"'like per request': {SESSION_USERS} users, a like between every two requests")
     _print_against_noop(results, server_width=12, scenario_width=17)
     print("(targets: all fresh >= 0.50x req/s and p99 <= 50 ms; like per request p99 <= 50 ms)")
+    print(f"load average after the run: {Path('/proc/loadavg').read_text().split()[:3]}")
     for label in setups:
         rs = runs[label, "like per request"]
+        print(f"{label}: like per request, CPU per request (medians of rounds): server "
+              f"{np.median([r['server_ms'] for r in rs]):.2f} ms "
+              f"({np.median([r['server_cores'] for r in rs]):.2f} of a core), events service "
+              f"{np.median([r['events_ms'] for r in rs]):.2f} ms "
+              f"({np.median([r['events_cores'] for r in rs]):.2f} of a core)")
         if label != "no-op":
             print(f"{label}: a like's 2xx to the user's first answer without the item: p99 "
                   f"{np.median([r['visible_p99'] for r in rs]):.0f} ms, max "
                   f"{max(r['visible_max'] for r in rs):.0f} ms (median of rounds; target < 1 s)")
     assert all(r["errors"] == 0 for r in results.values())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process so far (its threads included)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _medians(runs: dict) -> dict:
@@ -429,7 +451,7 @@ def test_grpc_figures(ml100k_model, tmp_path, request):
                     name = setups[server][1]
                     runs.setdefault((server, scenario), []).append(grpc_load(
                         servers[server].grpc_url, name, pool, GRPC_SECONDS,
-                        events_url=events_url if likes and server != "no-op" else None))
+                        events_url=events_url if likes else None))
     finally:
         stop_service(events)
         for server in servers.values():
