@@ -1,7 +1,8 @@
 """What was shown: recommendation answers as rows of the feedback store's `impressions` table.
 
 Two writers feed it. Locally the predictor hands every answered request to an
-`ImpressionWriter` (a queue put on the request path, nothing more); on a cluster the events
+`ImpressionProcessWriter` (an append to a buffer on the request path, nothing more; a child
+process builds and stores the rows, see the class); on a cluster the events
 service does the same with the answers KServe's payload logger posts. A background thread
 turns them into rows (one per shown item: request_id, user, item, 0-based position, model
 version) and stores them in batches, so neither the predictor nor the logger's sink waits on
