@@ -569,11 +569,12 @@ class PredictorFeedback:
                                            since_timestamp=train_end or None, prefix=prefix)
         self.impressions = None
         if not is_redis_url(url):
-            from serving.impressions import ImpressionWriter
+            from serving.impressions import ImpressionProcessWriter
 
             dropped = IMPRESSIONS_DROPPED.labels(model_name)
-            self.impressions = ImpressionWriter(
-                self.history.source.store, on_drop=dropped.inc, on_error=dropped.inc).start()
+            self.impressions = ImpressionProcessWriter(
+                url, on_drop=dropped.inc, on_error=dropped.inc,
+                on_exit=IMPRESSIONS_WRITER_EXITS.labels(model_name).inc).start()
         log.info("online history from %s%s", display_url(url) if not is_redis_url(url) else url,
                  "; impressions stored there" if self.impressions else "")
 
@@ -603,4 +604,8 @@ class PredictorFeedback:
 IMPRESSIONS_DROPPED = Counter(
     "recsys_impressions_dropped",
     "Answers whose impressions were not stored (writer behind, or a store error)",
+    ["model_name"])
+IMPRESSIONS_WRITER_EXITS = Counter(
+    "recsys_impressions_writer_exits",
+    "Impressions writer processes that died (their unstored answers count as dropped)",
     ["model_name"])
