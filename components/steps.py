@@ -461,6 +461,12 @@ def register(
         )] if source else [],
         data_identity=model_identity(source, model_dir) if source else None,
     )
+    # The config as given to train (the tune step's best, when it tuned): what a retraining
+    # fits again (`recsys monitor` reads it back, `trained_config_yaml`).
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=registration.tracking_uri).log_text(
+        registration.run_id, config_yaml, TRAINED_CONFIG_ARTIFACT)
     log.info(
         "registered %s version %s, alias %s: %s",
         registration.model_name,
@@ -469,6 +475,21 @@ def register(
         registration.reason,
     )
     return json.loads(registration.to_json())
+
+
+TRAINED_CONFIG_ARTIFACT = "config.yaml"
+
+
+def trained_config_yaml(registration: dict[str, Any]) -> str:
+    """The config YAML a registered version's run was trained with (`register` logs it)."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=registration["tracking_uri"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(registration["run_id"], TRAINED_CONFIG_ARTIFACT, tmp)
+        return Path(path).read_text()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,6 +14,7 @@ candidates follow in popularity order, so any k up to the catalogue size can be 
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,20 @@ _FALLBACK_OFFSET = -1e4
 _CHUNK = 1024
 # Candidate rows up to which the ranker predicts on one thread (`TwoStageRecommender._rank`).
 _ONE_THREAD_ROWS = 4096
+# How often `fit(ranker_rounds=...)` hears the ranker's validation NDCG, in boosting rounds.
+RANKER_ROUNDS_EVERY = 25
+
+
+def _every_rounds(report: Callable[[int, float], None], metric: str):
+    """A LightGBM callback calling `report(round, validation metric)` every
+    `RANKER_ROUNDS_EVERY` rounds (rounds counted from 1)."""
+    def callback(env) -> None:
+        done = env.iteration + 1
+        if done % RANKER_ROUNDS_EVERY == 0:
+            value = next(v for _, name, v, _ in env.evaluation_result_list if name == metric)
+            report(done, float(value))
+    callback.order = 40  # after record_evaluation (20) and early stopping (30)
+    return callback
 
 
 @dataclass
@@ -112,16 +127,76 @@ def generators_line(generators: Sequence[str], left_out: dict[str, str], data: T
     return line + (f"; left out: {', '.join(left_out)}" if left_out else "")
 
 
+def generator_key(config: ModelConfig, name: str) -> str:
+    """What a generator's fit depends on besides its data: its own config section, the scale
+    values and the seed (`make_generators`). Two configs with the same key fit the same model."""
+    section = getattr(config, name).model_dump(mode="json") if name != "popularity" else {}
+    return json.dumps([name, section, config.scale.model_dump(mode="json"), config.seed], sort_keys=True)
+
+
+class FitCache:
+    """What fits of one data set with different configs share, as the trials of a tuning study
+    do: the indexed training data of the training interactions and of each ranker fold, the
+    folds themselves, and each generator fitted on them, kept while its own config values
+    (`generator_key`) stay the same. Only the latest fit of each generator on each data is kept
+    (a trial that changes EASE's λ refits EASE, not ALS; memory does not grow with the trials).
+
+    A fit with a cache computes what it computes without one: the generators are deterministic
+    given their data and values, and nothing is shared that a fit changes. A cache belongs to one
+    set of training interactions and items (the first fit it serves); a fit on others refuses it.
+    """
+
+    def __init__(self) -> None:
+        self._frames: tuple[pd.DataFrame, pd.DataFrame | None] | None = None
+        self._data: dict[tuple, TrainingData] = {}
+        self._folds: dict[tuple, list] = {}
+        self._generators: dict[tuple, tuple[str, Generator]] = {}
+        self.hits = self.misses = 0
+
+    def bind(self, interactions: pd.DataFrame, items: pd.DataFrame | None) -> None:
+        if self._frames is None:
+            self._frames = (interactions, items)
+        elif self._frames[0] is not interactions or self._frames[1] is not items:
+            raise ValueError("a FitCache serves fits on one set of training interactions and items")
+
+    def data(self, key: tuple, build: Callable[[], TrainingData]) -> TrainingData:
+        if key not in self._data:
+            self._data[key] = build()
+        return self._data[key]
+
+    def folds(self, key: tuple, build: Callable[[], list]) -> list:
+        if key not in self._folds:
+            self._folds[key] = build()
+        return self._folds[key]
+
+    def generator(self, slot: tuple, key: str, build: Callable[[], Generator]) -> Generator:
+        kept = self._generators.get(slot)
+        if kept is not None and kept[0] == key:
+            self.hits += 1
+            return kept[1]
+        self.misses += 1
+        gen = build()
+        self._generators[slot] = (key, gen)
+        return gen
+
+
 def fit_generators(
-    data: TrainingData, config: ModelConfig, progress: Callable[[str], None], left_out: Sequence[str] = ()
+    data: TrainingData, config: ModelConfig, progress: Callable[[str], None], left_out: Sequence[str] = (),
+    cache: FitCache | None = None, data_key: tuple = (),
 ) -> dict[str, Generator]:
+    """The enabled generators fitted on `data`; with a `cache`, those fitted on the same data
+    (`data_key`) with the same values before are reused."""
     large = is_large(config, data.n_items)
     if large:
         progress(f"  {data.n_items:,} items: candidate retrieval (model.scale.large_catalogue_items)")
     gens = {name: gen for name, gen in make_generators(config, large).items() if name not in left_out}
     for name, gen in gens.items():
         progress(f"  fitting {name} on {data.matrix.nnz:,} interactions")
-        gen.fit(data)
+        if cache is None:
+            gen.fit(data)
+        else:
+            gens[name] = cache.generator((data_key, name), generator_key(config, name),
+                                         lambda gen=gen: gen.fit(data))
     return gens
 
 
@@ -144,11 +219,20 @@ class TwoStageRecommender:
         *,
         progress: Callable[[str], None] = log.info,
         client=None,
+        cache: FitCache | None = None,
+        ranker_rounds: Callable[[int, float], None] | None = None,
     ) -> TwoStageRecommender:
         """Fit; with a Dask `client` the ranker's examples are built by user partition on its
-        workers and LightGBM trains there (`components.models.distributed`)."""
+        workers and LightGBM trains there (`components.models.distributed`). A `cache`
+        (`FitCache`, single-process fits) reuses the prepared data and the generators of
+        earlier fits on the same interactions. `ranker_rounds(round, ndcg)` is called every
+        `RANKER_ROUNDS_EVERY` boosting rounds with the ranker's validation NDCG (what chooses its
+        tree count); an exception it raises stops the fit (a tuning pruner's)."""
         cfg = self.config
         self.ranker_ = self.fallback_ = None
+        self._cache = cache if client is None else None  # the Dask fit's folds build on workers
+        if self._cache is not None:
+            self._cache.bind(interactions, items)
         # Decided once on all the data, so every fold's generators (and the ranker's features)
         # are the ones that serve.
         self.left_out_ = left_out_generators(cfg, interactions, items)
@@ -161,7 +245,7 @@ class TwoStageRecommender:
             self.ranker_ = fit_ranker_on_dask(self, client, self._ranker_folds(interactions), items, progress)
         elif cfg.ranker.enabled:
             progress(self.ranker_label_source())
-            folds = self._ranker_folds(interactions)
+            folds = self._cached_folds(interactions)
             rng = np.random.default_rng(cfg.seed)
             examples = [
                 self._ranker_examples(part.train, part.test, items, rng, progress, f"{i + 1}/{len(folds)}")
@@ -172,15 +256,33 @@ class TwoStageRecommender:
             groups = np.concatenate([e[2] for e in examples])
             group_users = np.concatenate([e[3] for e in examples])
             if len(np.unique(group_users)) >= 2:
-                self.ranker_ = self._train_lightgbm(x, y, groups, group_users, progress)
+                self.ranker_ = self._train_lightgbm(x, y, groups, group_users, progress, ranker_rounds)
             else:
                 progress("ranker: too few users with held-out candidates; ranking by EASE alone")
         progress(f"refitting generators on all {len(interactions):,} training interactions")
-        self._set_state(build_training_data(interactions, items, positive_rating_threshold=cfg.positive_rating_threshold))
-        self.generators_ = fit_generators(self.data_, cfg, progress, self.left_out_)
+        key = ("all", cfg.positive_rating_threshold)
+        self._set_state(self._training_data(key, interactions, items))
+        self.generators_ = fit_generators(self.data_, cfg, progress, self.left_out_, self._cache, key)
         progress(generators_line(list(self.generators_), self.left_out_, self.data_))
         self.cold_start_scale_ = self._cold_start_scale()
+        self._cache = None
         return self
+
+    def _training_data(self, key: tuple, interactions: pd.DataFrame, items: pd.DataFrame | None) -> TrainingData:
+        def build() -> TrainingData:
+            return build_training_data(interactions, items,
+                                       positive_rating_threshold=self.config.positive_rating_threshold)
+        cache = getattr(self, "_cache", None)
+        return build() if cache is None else cache.data(key, build)
+
+    def _folds_key(self) -> tuple:
+        return ("folds", self.split.model_dump_json(), self.config.ranker.folds)
+
+    def _cached_folds(self, interactions: pd.DataFrame) -> list:
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            return self._ranker_folds(interactions)
+        return cache.folds(self._folds_key(), lambda: self._ranker_folds(interactions))
 
     def _cold_start_scale(self, k: int = 10, sample: int = 500) -> tuple[float, float, float, float] | None:
         """(log popularity of the k-th and the most popular item, median k-th and top score of
@@ -299,9 +401,11 @@ class TwoStageRecommender:
             f"ranker fold {fold}: generators on {len(fit_part):,} interactions, "
             f"labels from {len(held_out):,}"
         )
-        data = build_training_data(fit_part, items, positive_rating_threshold=cfg.positive_rating_threshold)
+        key = (*self._folds_key(), fold, cfg.positive_rating_threshold)
+        data = self._training_data(key, fit_part, items)
         self._set_state(data)
-        self.generators_ = fit_generators(data, cfg, lambda _: None, getattr(self, "left_out_", {}))
+        self.generators_ = fit_generators(data, cfg, lambda _: None, getattr(self, "left_out_", {}),
+                                          getattr(self, "_cache", None), key)
         users = np.searchsorted(data.user_ids, held_out["user_id"].to_numpy(str))
         users = np.clip(users, 0, data.n_users - 1)
         known = data.user_ids[users] == held_out["user_id"].to_numpy(str)
@@ -374,6 +478,7 @@ class TwoStageRecommender:
         groups: np.ndarray,
         group_users: np.ndarray,
         progress: Callable[[str], None],
+        ranker_rounds: Callable[[int, float], None] | None = None,
     ) -> lgb.Booster | None:
         """The ranker, or None where one generator alone ranks the validation users better
         (`fallback_` names it: the model then serves that generator's order)."""
@@ -395,6 +500,8 @@ class TwoStageRecommender:
         callbacks = [lgb.record_evaluation(evaluated)]
         if r.early_stopping_rounds is not None:
             callbacks.append(lgb.early_stopping(r.early_stopping_rounds, verbose=False))
+        if ranker_rounds is not None:
+            callbacks.append(_every_rounds(ranker_rounds, f"ndcg@{r.eval_at}"))
         booster = lgb.train(params, train, num_boost_round=r.n_estimators, valid_sets=[valid], callbacks=callbacks)
         curve = evaluated["valid_0"][f"ndcg@{r.eval_at}"]
         trees = chosen_trees(curve, r.early_stopping_rounds)

@@ -5,8 +5,15 @@ The data a trial sees is carved from the training split only (`tuning_splits`): 
 split, the one `recsys run` reports and the gate compares on, never reaches a trial. The first
 trial is the given config itself (the untuned baseline), so the best found is never worse on
 validation than what the user started from. TPE samples with a fixed seed, so a rerun on the
-same data reproduces the study; a median pruner stops a trial whose generators alone already
-rank the validation users worse than the median trial's did, before its ranker is fitted.
+same data reproduces the study. A median pruner stops a trial whose generators alone already
+rank the validation users worse than the median trial's did, before its ranker is fitted (step
+0), and one whose ranker's own validation NDCG (the one that chooses its tree count) is under
+the median trial's at the same boosting round (steps 25, 50, ...: `RANKER_ROUNDS_EVERY`).
+
+The trials of one study share a `FitCache`: the prepared training data of the trial split and of
+the ranker's folds, and every generator whose own values did not change (popularity and
+content always; in a trial, the generators fitted alone are the ones its model serves). A
+cached trial computes the value an uncached one does, only sooner.
 
 Every trial is an MLflow child run (its values, the objective, its time) under one parent run,
 which holds the best config (`best_config.yaml`) and Optuna's importance of each value.
@@ -20,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -28,7 +36,7 @@ from components.data.split import split_interactions
 from components.errors import ConfigError, RecsysError
 from components.evaluation.evaluate import ranking_metrics
 from components.evaluation.offline_eval import evaluate_model, recommend_for_users, relevance_matrix
-from components.models.two_stage import TwoStageRecommender
+from components.models.two_stage import FitCache, TwoStageRecommender
 from components.tuning.space import Param, get_dotted, set_dotted
 
 K = 10
@@ -101,6 +109,30 @@ def _baseline_params(config: Config, space: list[Param]) -> dict[str, Any]:
     return out
 
 
+def step_median_pruner(startup_trials: int = PRUNER_STARTUP_TRIALS):
+    """Prune a trial whose value at its latest step is under the median of the completed
+    trials' values at that step (once `startup_trials` have completed). Optuna's MedianPruner
+    compares a trial's best value over all its steps, which mixes the generators' NDCG on the
+    validation slice (step 0) with the ranker's on its own validation users (later steps);
+    this compares like with like."""
+    import optuna
+
+    class StepMedianPruner(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            step = trial.last_step
+            if step is None:
+                return False
+            complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if len(complete) < startup_trials:
+                return False
+            others = [t.intermediate_values[step] for t in complete if step in t.intermediate_values]
+            if not others:
+                return False
+            return trial.intermediate_values[step] < float(np.median(others))
+
+    return StepMedianPruner()
+
+
 def _without_ranker(config: Config) -> Config:
     raw = config.model_dump(mode="json")
     raw["model"]["ranker"]["enabled"] = False
@@ -143,8 +175,7 @@ def tune(
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0),
+            sampler=optuna.samplers.TPESampler(seed=seed), pruner=step_median_pruner(),
         )
     except (SQLAlchemyError, ValueError, ImportError) as exc:  # a bad URL, a database down: one line
         _end_parent(client, parent, "FAILED")
@@ -152,9 +183,10 @@ def tune(
     if not study.trials:
         study.enqueue_trial(_baseline_params(base_config, space))
     records: list[dict[str, Any]] = []
+    cache = FitCache()
 
     def objective(trial) -> float:
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         raw = copy.deepcopy(base)
         params = {p.name: _suggest(trial, p) for p in space}
         for name, value in params.items():
@@ -164,13 +196,23 @@ def tune(
         try:
             # Step 0: the generators alone; a trial whose generators already lose stops here.
             alone = TwoStageRecommender(_without_ranker(config).model, config.split).fit(
-                train, items, progress=lambda _: None)
+                train, items, progress=lambda _: None, cache=cache)
             generators = max(ndcg_on(alone, validation, g) for g in alone.generators_)
             record["generators"] = generators
             trial.report(generators, 0)
             if trial.should_prune():
+                record["pruned_at"] = 0
                 raise optuna.TrialPruned()
-            model = TwoStageRecommender(config.model, config.split).fit(train, items, progress=lambda _: None)
+
+            def ranker_round(done: int, ndcg: float) -> None:
+                # Step `done`: the ranker's validation NDCG after that many boosting rounds.
+                trial.report(ndcg, done)
+                if trial.should_prune():
+                    record.update(pruned_at=done, ranker_ndcg=ndcg)
+                    raise optuna.TrialPruned()
+
+            model = TwoStageRecommender(config.model, config.split).fit(
+                train, items, progress=lambda _: None, cache=cache, ranker_rounds=ranker_round)
             value = ndcg_on(model, validation)
             if on_trial is not None:
                 on_trial(trial.number, model, validation)
@@ -181,6 +223,7 @@ def tune(
             raise
         finally:
             record["seconds"] = time.monotonic() - started
+            record["cpu_seconds"] = time.process_time() - cpu
             records.append(record)
             _log_trial(client, parent, record)
 
@@ -194,7 +237,7 @@ def tune(
         if trial.state == optuna.trial.TrialState.COMPLETE:
             what = f"{METRIC} {trial.value:.4f}"
         elif trial.state == optuna.trial.TrialState.PRUNED:
-            what = f"pruned (generators alone {record['generators']:.4f}, under the median)" if record else "pruned"
+            what = _pruned(record)
         else:
             what = f"failed ({trial.state.name.lower()})"
         progress(f"trial {trial.number:>3}: {what}; {best}; {seconds:.1f}s")
@@ -222,6 +265,15 @@ def tune(
     )
     _finish_parent(client, parent, result)
     return result
+
+
+def _pruned(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "pruned"
+    if record.get("pruned_at"):
+        return (f"pruned at ranker round {record['pruned_at']} (its validation ndcg "
+                f"{record['ranker_ndcg']:.4f}, under the median)")
+    return f"pruned (generators alone {record['generators']:.4f}, under the median)"
 
 
 def _importances(study) -> dict[str, float]:
@@ -263,6 +315,8 @@ def _log_trial(client, parent: str | None, record: dict[str, Any]) -> None:
     if record.get("generators") is not None:
         client.log_metric(run_id, f"validation_{MLFLOW_METRIC}_generators_alone", record["generators"])
     client.log_metric(run_id, "seconds", record["seconds"])
+    if record.get("cpu_seconds") is not None:
+        client.log_metric(run_id, "cpu_seconds", record["cpu_seconds"])
     client.set_terminated(run_id, "FINISHED" if record.get("state") else "FAILED")
 
 

@@ -153,6 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         tune_storage=args.tune_storage,
     )
     reg, dep = summary["registration"], summary["deployment"]
+    if args.tune_trials:  # the tuned config, as train fitted it
+        from components.steps import trained_config_yaml
+
+        config_yaml = trained_config_yaml(reg)
     # `recsys monitor` retrains on the same source (plus the feedback) with the same config.
     record_training_source(home.resolve(), {
         "data": data, "items": items, "config_yaml": config_yaml,

@@ -18,14 +18,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Search the config values named in --space with Optuna (TPE sampler seeded "
         "by --seed, so a rerun on the same data reproduces the study (unless --storage "
         "continues an earlier one); a median pruner stops a "
-        "trial whose generators alone already rank worse than the median trial's). Each trial "
+        "trial whose generators alone already rank worse than the median trial's, or whose "
+        "ranker's validation NDCG is under the median trial's at the same boosting round, "
+        "checked every 25 rounds). Trials share the prepared data and every generator whose "
+        "values did not change (the same trial values, sooner). Each trial "
         "fits the two-stage model on the training split minus a validation slice and is scored "
         "by NDCG@10 on that slice: the evaluation split that `recsys run` reports on is never "
         "seen. Trial 0 is --config itself (the untuned baseline). Prints one line per trial; "
         "every trial is an MLflow child run under one parent run (experiment recsys-tune in the "
         "--home store) holding the best config, each value's importance and the HTML report "
         "(the study's history and the importances as plots; also under --home/reports/). Writes the best "
-        "config to --output, a YAML `recsys run --config` and `recsys fit --config` take.")
+        "config to --output, a YAML `recsys run --config` and `recsys fit --config` take. "
+        "The summary line gives the study's wall seconds and its CPU seconds (all threads).")
     p.add_argument("--data", default="movielens-dslabs",
                    help="as `recsys run --data` (default: %(default)s)")
     p.add_argument("--items", default="", help="as `recsys run --items`")
@@ -74,6 +78,16 @@ def _write_report(result, home: Path, args: argparse.Namespace) -> Path:
     return path
 
 
+def _load_average() -> str:
+    """The 1-minute load average, or "-" where the system does not tell."""
+    try:
+        import os
+
+        return f"{os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        return "-"
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     import yaml
 
@@ -102,7 +116,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     columns = parse_columns(args.columns)
     if args.output.is_dir():
         raise ConfigError(f"--output {args.output}: is a directory; give a file name")
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     dataset = load_dataset(args.data, args.items or None, columns=columns,
                            synthetic_users=args.synthetic_users, synthetic_items=args.synthetic_items,
                            synthetic_interactions=args.synthetic_interactions, seed=args.seed)
@@ -117,7 +131,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise RecsysError(f"--output {args.output}: cannot write: {exc.strerror or exc}") from None
     print()
     untuned = "-" if result.baseline_value is None else f"{result.baseline_value:.4f}"
-    print(f"{len(result.trials)} trials in {time.monotonic() - started:.0f}s; validation ndcg@10: "
+    # Wall seconds depend on what else runs on the machine; the process's CPU seconds (all its
+    # threads) much less so.
+    print(f"{len(result.trials)} trials in {time.monotonic() - started:.0f}s; "
+          f"CPU {time.process_time() - cpu:.0f}s (load average {_load_average()}); validation ndcg@10: "
           f"best {result.best_value:.4f} (trial {result.best_number}), untuned {untuned}")
     if result.importances:
         print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in result.importances.items()))

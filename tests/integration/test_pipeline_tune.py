@@ -99,6 +99,9 @@ def test_a_tuned_run_trains_and_registers_the_best_config(tuned_runs):
     (version,) = [v for v in client.search_model_versions("name='recsys'") if str(v.version) == "1"]
     params = client.get_run(version.run_id).data.params
     assert float(params["model.ease.l2"]) == pytest.approx(best["model"]["ease"]["l2"])
+    # `recsys monitor` retrains with the tuned config, not the one given to `recsys run`.
+    source = json.loads((home / "training_source.json").read_text())
+    assert yaml.safe_load(source["config_yaml"]) == best
     # The parent run holds the study's report: its history and importance plots.
     report = Path(client.download_artifacts(parent.info.run_id, "tune_report.html")).read_text()
     assert report.count('src="data:image/png;base64,') >= 1

@@ -20,9 +20,9 @@ from components.data.ingest import load_dataset
 from components.data.split import split_interactions
 from components.errors import ConfigError
 from components.evaluation.offline_eval import evaluate_model
-from components.models.two_stage import TwoStageRecommender
+from components.models.two_stage import RANKER_ROUNDS_EVERY, FitCache, TwoStageRecommender
 from components.tuning.space import DEFAULT_SPACE, load_space
-from components.tuning.tune import compare, tune, tuning_splits
+from components.tuning.tune import compare, ndcg_on, step_median_pruner, tune, tuning_splits
 
 REPO = Path(__file__).resolve().parents[2]
 # A small space: three values, so two or three trials already differ.
@@ -87,6 +87,97 @@ def test_a_rerun_with_the_same_seed_reproduces_the_study(tiny, space_file):
     assert first[0][0] == {"model.ease.l2": 400.0, "model.als.factors": 20, "model.ranker.n_estimators": 80}
     assert runs[0].baseline_value == first[0][1]
     assert runs[0].best_value == max(v for _, v in first)
+
+
+def _trial_raw(params: dict) -> dict:
+    raw = yaml.safe_load(yaml.safe_dump(FAST))
+    for name, value in params.items():
+        node = raw
+        *parents, last = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return raw
+
+
+def test_a_cached_trial_scores_what_an_uncached_fit_scores(tiny, space_file):
+    """The study's trials share a FitCache; each trial's value is the NDCG@10 that a fit of
+    its config without any cache gets on the same validation rows."""
+    result = tune(tiny.interactions, tiny.items, FAST, load_space(space_file), trials=3, seed=2,
+                  progress=lambda _: None)
+    train, validation = tuning_splits(tiny.interactions, config_from_dict(FAST))
+    assert [t["state"] for t in result.trials] == ["complete"] * 3
+    for trial in result.trials:
+        config = config_from_dict(_trial_raw(trial["params"]))
+        model = TwoStageRecommender(config.model, config.split).fit(train, tiny.items, progress=lambda _: None)
+        assert ndcg_on(model, validation) == trial["value"]
+        assert trial["cpu_seconds"] > 0
+
+
+def test_the_fit_cache_reuses_only_generators_whose_values_did_not_change(tiny):
+    cache = FitCache()
+    first = config_from_dict(FAST)
+    one = TwoStageRecommender(first.model, first.split).fit(
+        tiny.interactions, tiny.items, progress=lambda _: None, cache=cache)
+    # The ranker's values and EASE's λ change: EASE is refitted, every other generator and the
+    # prepared data are the first fit's, and the answers are an uncached fit's.
+    raw = _trial_raw({"model.ranker.n_estimators": 30, "model.ease.l2": 90.0})
+    second = config_from_dict(raw)
+    two = TwoStageRecommender(second.model, second.split).fit(
+        tiny.interactions, tiny.items, progress=lambda _: None, cache=cache)
+    assert two.data_ is one.data_
+    assert {n for n in two.generators_ if two.generators_[n] is one.generators_[n]} == {
+        "popularity", "seq_ease", "als"}
+    fresh = TwoStageRecommender(second.model, second.split).fit(
+        tiny.interactions, tiny.items, progress=lambda _: None)
+    users = list(tiny.interactions["user_id"].unique()[:40])
+    assert (two.recommend(users, 10).item_ids == fresh.recommend(users, 10).item_ids).all()
+    assert two._cache is None  # nothing of the cache stays on a fitted model
+    with pytest.raises(ValueError, match="one set of training interactions"):
+        TwoStageRecommender(second.model, second.split).fit(
+            tiny.interactions.copy(), tiny.items, progress=lambda _: None, cache=cache)
+
+
+def test_the_ranker_reports_its_rounds_and_a_pruner_stops_it(tiny):
+    raw = _trial_raw({"model.ranker.n_estimators": 2 * RANKER_ROUNDS_EVERY + 5})
+    config = config_from_dict(raw)
+    heard: list[tuple[int, float]] = []
+    TwoStageRecommender(config.model, config.split).fit(
+        tiny.interactions, tiny.items, progress=lambda _: None,
+        ranker_rounds=lambda done, ndcg: heard.append((done, ndcg)))
+    assert [done for done, _ in heard] == [RANKER_ROUNDS_EVERY, 2 * RANKER_ROUNDS_EVERY]
+    assert all(0.0 < ndcg <= 1.0 for _, ndcg in heard)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, ndcg):
+        raise Stop(done)
+
+    with pytest.raises(Stop):
+        TwoStageRecommender(config.model, config.split).fit(
+            tiny.interactions, tiny.items, progress=lambda _: None, ranker_rounds=stop)
+
+
+def test_the_pruner_compares_a_step_with_the_same_step_of_completed_trials():
+    """Step 0 (the generators' NDCG on the validation slice) and the ranker's rounds (its own
+    validation NDCG, on another scale) are compared each with its own step only."""
+    import optuna
+
+    study = optuna.create_study(direction="maximize", pruner=step_median_pruner(startup_trials=3))
+    distributions: dict = {}
+    for generators, at_25 in ((0.10, 0.50), (0.12, 0.60), (0.14, 0.70)):
+        study.add_trial(optuna.trial.create_trial(
+            value=at_25, params={}, distributions=distributions,
+            intermediate_values={0: generators, 25: at_25}))
+    trial = study.ask()
+    trial.report(0.13, 0)
+    assert not trial.should_prune()  # above the median generators (0.12)
+    trial.report(0.55, 25)
+    assert trial.should_prune()  # its best step (0.55) is not what counts: 0.55 < 0.60
+    other = study.ask()
+    other.report(0.11, 0)
+    assert other.should_prune()
 
 
 def test_the_comparison_scores_every_model_on_the_same_evaluation_users(tiny):
