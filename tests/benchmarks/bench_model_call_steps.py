@@ -204,6 +204,17 @@ def _same_answers(results: list[dict]) -> list[float]:
     return [float(np.mean([a == b for a, b in zip(first, row["answers"])])) for row in results]
 
 
+def _report(results: list[dict], profiles: list, title: str) -> None:
+    """The table, how many answers equal the before state's, and the profiles of the before
+    state and of the last step (the row before HEAD)."""
+    _table(results, title)
+    same = _same_answers(results)
+    print("answers identical to the before state's: "
+          + ", ".join(f"{r['commit']} {s:.0%}" for r, s in zip(results, same)))
+    _print_profile(profiles[0], f"before ({results[0]['commit']})")
+    _print_profile(profiles[len(results) - 2], f"after ({results[-2]['commit']})")
+
+
 # ------------------------------------------------------------------------------ benchmarks
 def test_what_each_model_call_change_bought(ml100k_fitted, tmp_path):
     artifact = ml100k_fitted[1]
@@ -214,12 +225,7 @@ def test_what_each_model_call_change_bought(ml100k_fitted, tmp_path):
         STEPS, tmp_path, lambda i, tree: ["model", str(artifact), str(workload)])
     print(f"\nsingle-user recommend, changed history (+3 items), {CALLS} calls a pass, "
           f"ML-100K, {BUSY} busy processes; load average {min(loads):.1f}-{max(loads):.1f}")
-    _table(results, "one-user model call")
-    same = _same_answers(results)
-    print("answers identical to the before state's: "
-          + ", ".join(f"{r['commit']} {s:.0%}" for r, s in zip(results, same)))
-    _print_profile(profiles[0], f"before ({results[0]['commit']})")
-    _print_profile(profiles[len(results) - 2], f"after ({results[-2]['commit']})")
+    _report(results, profiles, "one-user model call")
     for row in results:
         assert row["rounds"].shape == (ROUNDS, 3)
         assert len(row["answers"]) == CALLS and all(len(a) == 10 for a in row["answers"])
@@ -243,12 +249,7 @@ def test_what_the_answer_cache_bought(ml100k_fitted, tmp_path):
           f"(SQLite history, impressions stored), {len(order)} requests a pass over "
           f"{FRESH_USERS} users, ML-100K, {BUSY} busy processes; load average "
           f"{min(loads):.1f}-{max(loads):.1f}")
-    _table(results, "repeat request of a user with fresh feedback")
-    same = _same_answers(results)
-    print("answers identical to the before state's: "
-          + ", ".join(f"{r['commit']} {s:.0%}" for r, s in zip(results, same)))
-    _print_profile(profiles[0], f"before ({results[0]['commit']})")
-    _print_profile(profiles[len(results) - 2], f"after ({results[-2]['commit']})")
+    _report(results, profiles, "repeat request of a user with fresh feedback")
     for row in results:
         assert len(row["answers"]) == len(order)
         liked = {(e["user_id"], e["item_id"]) for e in events}
