@@ -204,7 +204,7 @@ def _same_answers(results: list[dict]) -> list[float]:
     return [float(np.mean([a == b for a, b in zip(first, row["answers"])])) for row in results]
 
 
-def _report(results: list[dict], profiles: list, title: str) -> None:
+def _report(results: list[dict], profiles: dict, title: str) -> None:
     """The table, how many answers equal the before state's, and the profiles of the before
     state and of the last step (the row before HEAD)."""
     _table(results, title)

@@ -11,9 +11,9 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from tuning_data import FAST, tiny_dataset
 
 from components.config import config_from_dict
-from components.data.ingest import load_dataset
 from components.errors import ConfigError
 from components.models.distributed import dask_client
 from components.tuning.parallel import finished_trials, shares, study_name_for, tune_on_dask
@@ -23,13 +23,11 @@ SPACE = parse_space(yaml.safe_dump({
     "model.ease.l2": {"type": "float", "low": 50.0, "high": 2000.0, "log": True},
     "model.ranker.n_estimators": {"type": "int", "low": 20, "high": 60},
 }))
-FAST = {"model": {"ranker": {"folds": 2}, "content": {"enabled": False}}}
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_dataset("synthetic", synthetic_users=150, synthetic_items=80,
-                        synthetic_interactions=4_000, seed=3)
+    return tiny_dataset()
 
 
 def test_two_workers_share_one_study_in_postgresql(tiny, postgres_url, tmp_path):

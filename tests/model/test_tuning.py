@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tuning_data import FAST, tiny_dataset
 
 from components.config import Config, config_from_dict
-from components.data.ingest import load_dataset
 from components.data.split import split_interactions
 from components.errors import ConfigError
 from components.evaluation.offline_eval import evaluate_model
@@ -31,13 +31,11 @@ SMALL_SPACE = {
     "model.als.factors": {"type": "int", "low": 4, "high": 32},
     "model.ranker.n_estimators": {"type": "int", "low": 20, "high": 80},
 }
-FAST = {"model": {"ranker": {"folds": 2}, "content": {"enabled": False}}}
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_dataset("synthetic", synthetic_users=150, synthetic_items=80,
-                        synthetic_interactions=4_000, seed=3)
+    return tiny_dataset()
 
 
 @pytest.fixture
