@@ -44,11 +44,18 @@ def impressions_from_entry(entry: LogEntry) -> list[tuple]:
     item-to-item answers (no user) show nothing to a user."""
     if entry.cold_start is None:
         return []
+    return _answer_rows(entry.request_id, entry.model_version, entry.unix_time,
+                        entry.queries.tolist(), entry.k.tolist(), entry.item_ids.tolist())
+
+
+def _answer_rows(request_id: str, version: str, when: float, users: list, ks: list,
+                 items: list[list]) -> list[tuple]:
+    """The store's rows of one answer from plain lists: each user's first k items shown, in
+    their positions (padding left out)."""
     rows = []
-    request_id, version, when = entry.request_id, entry.model_version, entry.unix_time
-    for row, user in enumerate(entry.queries.tolist()):
+    for user, k, shown in zip(users, ks, items, strict=True):
         user = str(user)
-        for position, item in enumerate(entry.item_ids[row, : int(entry.k[row])].tolist()):
+        for position, item in enumerate(shown[:int(k)]):
             if item != "":
                 rows.append((request_id, user, str(item), position, version, version, None, when))
     return rows
@@ -169,17 +176,10 @@ def _compact(answer: LogEntry | list[tuple]) -> tuple | None:
 
 
 def _expand(compact: tuple) -> list[tuple]:
-    """The store's rows of one compact answer (`impressions_from_entry`, from plain lists)."""
+    """The store's rows of one compact answer."""
     if compact[0] == "rows":
         return compact[1]
-    _kind, request_id, version, when, users, ks, items = compact
-    rows = []
-    for user, k, shown in zip(users, ks, items, strict=True):
-        user = str(user)
-        for position, item in enumerate(shown[:int(k)]):
-            if item != "":
-                rows.append((request_id, user, str(item), position, version, version, None, when))
-    return rows
+    return _answer_rows(*compact[1:])
 
 
 class _Child:
