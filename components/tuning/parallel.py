@@ -23,7 +23,6 @@ import pandas as pd
 from components.errors import ConfigError, RecsysError
 from components.tuning.space import Param, set_dotted
 from components.tuning.tune import (
-    PRUNER_STARTUP_TRIALS,
     STUDY_NAME,
     TuneResult,
     _baseline_params,
@@ -31,6 +30,7 @@ from components.tuning.tune import (
     _importances,
     _log_trial,
     _start_parent,
+    step_median_pruner,
     tune,
 )
 
@@ -89,7 +89,7 @@ def _open_study(storage: str, study_name: str, seed: int):
         return optuna.create_study(
             study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0),
+            pruner=step_median_pruner(),  # as each worker's tune() prunes
         )
     except (SQLAlchemyError, ValueError, ImportError) as exc:  # a bad URL, a database down
         raise ConfigError(f"tune storage: cannot open the study: {str(exc).splitlines()[0]}") from None

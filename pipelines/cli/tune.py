@@ -17,14 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tune", help="search hyperparameters with Optuna and write the best config",
         description="Search the config values named in --space with Optuna (TPE sampler seeded "
         "by --seed, so a rerun on the same data reproduces the study (unless --storage "
-        "continues an earlier one); a median pruner stops a "
-        "trial whose generators alone already rank worse than the median trial's, or whose "
-        "ranker's validation NDCG is under the median trial's at the same boosting round, "
-        "checked every 25 rounds). Trials share the prepared data and every generator whose "
+        "continues an earlier one); a pruner stops a "
+        "trial whose generators alone already rank worse than three quarters of the completed "
+        "trials', or whose ranker's validation NDCG is under the median trial's at the same "
+        "boosting round, checked every 25 rounds from round 50). Trials share the prepared data and every generator whose "
         "values did not change (the same trial values, sooner). Each trial "
         "fits the two-stage model on the training split minus a validation slice and is scored "
         "by NDCG@10 on that slice: the evaluation split that `recsys run` reports on is never "
-        "seen. Trial 0 is --config itself (the untuned baseline). Prints one line per trial; "
+        "seen (with --training-only, all of --data minus the validation slice). Trial 0 is --config itself (the untuned baseline). Prints one line per trial; "
         "every trial is an MLflow child run under one parent run (experiment recsys-tune in the "
         "--home store) holding the best config, each value's importance and the HTML report "
         "(the study's history and the importances as plots; also under --home/reports/). Writes the best "
@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, default=Path("best.yaml"),
                    help="where to write the best config (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="the sampler's seed (and the synthetic data's) (default: %(default)s)")
+    p.add_argument("--training-only", action="store_true",
+                   help="--data is a training set already, its test set kept elsewhere (a "
+                   "benchmark's split, say): set no evaluation split aside and carve the "
+                   "validation slice from all of it (not with --compare, which scores on the "
+                   "evaluation split)")
     p.add_argument("--compare", action="store_true",
                    help="then fit the untuned and the tuned config on the training split and print "
                    "the metrics of each generator alone and of the two-stage model on the "
@@ -112,6 +117,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{args.config}: not valid YAML: {exc}") from None
     config_from_dict(base, source=str(args.config or "config"))
+    if args.training_only and args.compare:
+        raise ConfigError("--compare scores on the evaluation split, which --training-only "
+                          "does not set aside: give one of them")
     space = load_space(args.space)
     columns = parse_columns(args.columns)
     if args.output.is_dir():
@@ -124,7 +132,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     home = (args.home or default_home()).resolve()
     result = tune(dataset.interactions, dataset.items, base, space, trials=args.trials,
                   timeout=args.timeout, storage=args.storage, seed=args.seed,
-                  tracking_uri=default_tracking_uri(home), progress=print)
+                  tracking_uri=default_tracking_uri(home), training_only=args.training_only,
+                  progress=print)
     try:
         args.output.write_text(result.best_config_yaml())
     except OSError as exc:

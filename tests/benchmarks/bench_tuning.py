@@ -59,8 +59,8 @@ ML_TUNING_SEEDS = int(os.environ.get("RECSYS_TUNE_SEEDS", "5"))
 
 
 def _tune_on(train: pd.DataFrame, items: pd.DataFrame, work: Path, seed: int) -> tuple[str, str]:
-    """`recsys tune` on the package split's training part alone (the trials' validation slice
-    is carved from it); returns the best config's YAML and the study's summary line."""
+    """`recsys tune --training-only` on the package split's training part alone (the trials'
+    validation slice is carved from all of it, no further evaluation split); returns the best config's YAML and the study's summary line."""
     work.mkdir(parents=True, exist_ok=True)
     train.to_csv(work / "tune-train.csv", index=False)
     items.to_csv(work / "items.csv", index=False)
@@ -68,7 +68,7 @@ def _tune_on(train: pd.DataFrame, items: pd.DataFrame, work: Path, seed: int) ->
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.cli.main", "tune", "--data", str(work / "tune-train.csv"),
          "--items", str(work / "items.csv"), "--config", str(work / "untuned.yaml"),
-         "--trials", str(ML_TRIALS), "--seed", str(seed), "--home", str(work / "home"),
+         "--trials", str(ML_TRIALS), "--seed", str(seed), "--training-only", "--home", str(work / "home"),
          "--output", str(work / "best.yaml")],
         check=False, capture_output=True, text=True, timeout=6 * 3600, cwd=work,
         env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""},

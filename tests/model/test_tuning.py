@@ -75,6 +75,31 @@ def test_the_evaluation_split_never_reaches_a_trial(tiny, space_file):
     assert len(validation.merge(again.train[key], on=key)) == len(validation)
 
 
+def test_training_only_carves_the_validation_slice_from_all_the_data(tiny, space_file):
+    """With --training-only (the data is a training set, its test set kept elsewhere) no
+    evaluation split is set aside: a trial trains on all the data minus the validation slice,
+    the same slice the config's validation split carves from that data."""
+    config = config_from_dict(FAST)
+    train, validation = tuning_splits(tiny.interactions, config, training_only=True)
+    assert len(train) + len(validation) == len(tiny.interactions)
+    expected = split_interactions(tiny.interactions, config.split, validation=True)
+    assert len(validation) == len(expected.test) > 0
+    default_train, _ = tuning_splits(tiny.interactions, config)
+    assert len(default_train) < len(train)
+    sizes: list[int] = []
+    tune(tiny.interactions, tiny.items, FAST, load_space(space_file), trials=1, seed=1,
+         training_only=True, progress=lambda _: None,
+         on_trial=lambda n, model, rows: sizes.append(len(rows)))
+    assert sizes == [len(validation)]
+
+
+def test_recsys_tune_refuses_training_only_with_compare(tmp_path):
+    result = _recsys("tune", "--data", "synthetic", "--training-only", "--compare", "--trials", 1,
+                     "--home", tmp_path / "home", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "--training-only" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_rerun_with_the_same_seed_reproduces_the_study(tiny, space_file):
     space = load_space(space_file)
     runs = [tune(tiny.interactions, tiny.items, FAST, space, trials=3, seed=5, progress=lambda _: None)
@@ -159,23 +184,26 @@ def test_the_ranker_reports_its_rounds_and_a_pruner_stops_it(tiny):
 
 def test_the_pruner_compares_a_step_with_the_same_step_of_completed_trials():
     """Step 0 (the generators' NDCG on the validation slice) and the ranker's rounds (its own
-    validation NDCG, on another scale) are compared each with its own step only."""
+    validation NDCG, on another scale) are compared each with its own step only: step 0
+    against the bottom quarter, the ranker's rounds against the median after the first."""
     import optuna
 
     study = optuna.create_study(direction="maximize", pruner=step_median_pruner(startup_trials=3))
     distributions: dict = {}
-    for generators, at_25 in ((0.10, 0.50), (0.12, 0.60), (0.14, 0.70)):
+    for generators, at_25, at_50 in ((0.10, 0.40, 0.50), (0.12, 0.50, 0.60), (0.14, 0.60, 0.70)):
         study.add_trial(optuna.trial.create_trial(
-            value=at_25, params={}, distributions=distributions,
-            intermediate_values={0: generators, 25: at_25}))
+            value=at_50, params={}, distributions=distributions,
+            intermediate_values={0: generators, 25: at_25, 50: at_50}))
     trial = study.ask()
-    trial.report(0.13, 0)
-    assert not trial.should_prune()  # above the median generators (0.12)
-    trial.report(0.55, 25)
+    trial.report(0.105, 0)
+    assert trial.should_prune()  # under the bottom quarter of the generators (0.11)
+    trial = study.ask()
+    trial.report(0.111, 0)
+    assert not trial.should_prune()  # under their median (0.12), above their bottom quarter
+    trial.report(0.30, 25)
+    assert not trial.should_prune()  # the ranker's first report: warm-up
+    trial.report(0.55, 50)
     assert trial.should_prune()  # its best step (0.55) is not what counts: 0.55 < 0.60
-    other = study.ask()
-    other.report(0.11, 0)
-    assert other.should_prune()
 
 
 def test_the_comparison_scores_every_model_on_the_same_evaluation_users(tiny):
