@@ -133,13 +133,15 @@ def train_op(
 
 def evaluate_op(
     model: Input[Model], test: Input[Dataset], config_yaml: str, tracking_uri: str,
-    data_fingerprint: str, metrics: Output[Metrics], results: Output[Dataset], report: Output[HTML],
+    data_fingerprint: str, source: str, metrics: Output[Metrics], results: Output[Dataset],
+    report: Output[HTML],
 ):
     from components.steps import evaluate
 
     scores = evaluate(
         model.path, test.path, results.path, report.path,
         config_yaml=config_yaml, tracking_uri=tracking_uri, data_fingerprint=data_fingerprint,
+        source=source,
     )
     for name, value in scores["two_stage"].items():
         metrics.log_metric(name, value)

@@ -355,8 +355,11 @@ def evaluate(
     config_yaml: str = "",
     tracking_uri: str = "",
     data_fingerprint: str = "",
+    source: str = "",
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the model, each generator, popularity and the champion; the HTML report."""
+    """Metrics of the model, each generator, popularity and the champion; the HTML report.
+    With `source` (what the model was trained on), a champion of another data set is not
+    evaluated: the register step's gate will not compare with it either."""
     import tempfile
 
     from components.errors import ArtifactError
@@ -370,6 +373,13 @@ def evaluate(
     tracking_uri = tracking_uri or default_tracking_uri()
     champion_info = current_champion(tracking_uri, config.registry.model_name)
     champion = None
+    champion_label = f"version {champion_info[0]}" if champion_info else "none yet"
+    if champion_info is not None and source:
+        other = _champion_of_another_data_set(tracking_uri, config.registry.model_name, source, model_dir)
+        if other:
+            log.info("the champion (version %s) was trained on %s: not evaluated", champion_info[0], other)
+            champion_label = f"version {champion_info[0]}, trained on {other}: not compared"
+            champion_info = None
     if champion_info is not None:
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -391,7 +401,7 @@ def evaluate(
         "model version": model.model_version,
         "data fingerprint": data_fingerprint,
         "split": config.split.method,
-        "champion": f"version {champion_info[0]}" if champion_info else "none yet",
+        "champion": champion_label,
     }
     html = render_html_report(
         results,
@@ -403,6 +413,19 @@ def evaluate(
     )
     Path(report_out).write_text(html)
     return results
+
+
+def _champion_of_another_data_set(tracking_uri: str, model_name: str, source: str,
+                                   model_dir: str) -> str:
+    """What the champion was trained on ("another source", "another catalogue (N% of the items
+    in common)") when it is not this model's data set; "" when it is, or when the champion
+    records no identity (registered before identities were: compared as before)."""
+    from components.data.data_identity import difference, model_identity
+    from components.release.registry import champion_identity
+
+    theirs = champion_identity(tracking_uri, model_name)
+    mine = model_identity(source, model_dir)
+    return "" if theirs is None or mine.same_data_set(theirs) else difference(mine, theirs)
 
 
 def ranker_importance(model) -> dict[str, float] | None:

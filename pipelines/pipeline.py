@@ -198,7 +198,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, serving_image: str = SERVING_IMAG
         evaluate = _configure(
             ops["evaluate_op"](
                 model=train.outputs["model"], test=split.outputs["test"], config_yaml=tuned_config,
-                tracking_uri=mlflow_tracking_uri, data_fingerprint=fingerprint,
+                tracking_uri=mlflow_tracking_uri, data_fingerprint=fingerprint, source=source,
             ),
             "evaluate", retries=1, cache=False,  # the champion it compares with may change
         )

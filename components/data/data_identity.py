@@ -109,10 +109,16 @@ def model_identity(source: str, model_dir: str | Path) -> DataIdentity:
     return identity_of(source, items["item_id"].astype(str))
 
 
+def difference(new: DataIdentity, old: DataIdentity) -> str:
+    """How `old` differs from `new`: "another source" or "another catalogue (N% of the items in
+    common)"; for two identities that are not `same_data_set`."""
+    return ("another source" if new.source != old.source
+            else f"another catalogue ({new.overlap(old):.0%} of the items in common)")
+
+
 def other_data_set(new: DataIdentity, old: DataIdentity, old_version: str) -> str:
     """The gate's one line when it refuses to compare across data sets."""
-    what = ("another source" if new.source != old.source
-            else f"another catalogue ({new.overlap(old):.0%} of the items in common)")
+    what = difference(new, old)
     return (f"trained on {what} than the champion (version {old_version}: {old.describe()}; "
             f"this one: {new.describe()}), so the gate does not compare them: registered without "
             "an alias (use `recsys run --model-name NAME` to register it under a name of its "

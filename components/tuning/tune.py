@@ -293,7 +293,7 @@ def _pruned(record: dict[str, Any] | None) -> str:
     if record.get("pruned_at"):
         return (f"pruned at ranker round {record['pruned_at']} (its validation ndcg "
                 f"{record['ranker_ndcg']:.4f}, under the median)")
-    return f"pruned (generators alone {record['generators']:.4f}, under the median)"
+    return f"pruned (generators alone {record['generators']:.4f}, in the bottom quarter)"
 
 
 def _importances(study) -> dict[str, float]:

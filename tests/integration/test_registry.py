@@ -254,6 +254,7 @@ def test_a_run_on_another_data_set_is_not_compared_and_does_not_deploy(two_data_
     alias and without a comparison, in one line, and the deployment is unchanged; with
     `--model-name` it is registered under that name and becomes its own champion."""
     import json
+    from pathlib import Path
 
     from mlflow import MlflowClient
 
@@ -262,6 +263,11 @@ def test_a_run_on_another_data_set_is_not_compared_and_does_not_deploy(two_data_
     assert "version 2: alias none (gate refused)" in line and "does not compare" in line, line
     assert "Deployed locally" not in second.stdout
     assert json.loads((home / "deployment.json").read_text())["version"] == "1"
+    # Nor is the champion evaluated on the other data set's users: no champion row, and the
+    # report says why.
+    assert not [x for x in second.stdout.splitlines() if x.startswith("champion ")], second.stdout
+    report = Path(second.stdout.split("HTML report: ")[1].split()[0]).read_text()
+    assert "version 1, trained on another source: not compared" in report
 
     named = _recsys_run(home, "--data", str(other), "--model-name", "other-data")
     assert named.returncode == 0, named.stderr[-3000:]
