@@ -168,13 +168,15 @@ def tune(
     experiment: str = "recsys-tune",
     study_name: str = STUDY_NAME,
     training_only: bool = False,
+    prune: bool = True,
     progress: Callable[[str], None] = print,
     on_trial: Callable[[int, TwoStageRecommender, pd.DataFrame], None] | None = None,
 ) -> TuneResult:
     """Run the study; `base` is the raw config mapping (the YAML of --config). `on_trial` is
     called with each trial's number, its fitted model and the rows it was scored on. In a
     `storage` shared by several studies (the pipeline's), `study_name` tells them apart.
-    `training_only`: the interactions hold no evaluation split to set aside (`tuning_splits`)."""
+    `training_only`: the interactions hold no evaluation split to set aside (`tuning_splits`).
+    `prune=False` runs every trial to the end (Optuna's NopPruner)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -195,7 +197,8 @@ def tune(
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed), pruner=step_median_pruner(),
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=step_median_pruner() if prune else optuna.pruners.NopPruner(),
         )
     except (SQLAlchemyError, ValueError, ImportError) as exc:  # a bad URL, a database down: one line
         _end_parent(client, parent, "FAILED")

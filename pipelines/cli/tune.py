@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "benchmark's split, say): set no evaluation split aside and carve the "
                    "validation slice from all of it (not with --compare, which scores on the "
                    "evaluation split)")
+    p.add_argument("--no-pruning", action="store_true",
+                   help="run every trial to the end (slower; shows what the pruner cut)")
     p.add_argument("--compare", action="store_true",
                    help="then fit the untuned and the tuned config on the training split and print "
                    "the metrics of each generator alone and of the two-stage model on the "
@@ -133,7 +135,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = tune(dataset.interactions, dataset.items, base, space, trials=args.trials,
                   timeout=args.timeout, storage=args.storage, seed=args.seed,
                   tracking_uri=default_tracking_uri(home), training_only=args.training_only,
-                  progress=print)
+                  prune=not args.no_pruning, progress=print)
     try:
         args.output.write_text(result.best_config_yaml())
     except OSError as exc:

@@ -93,6 +93,17 @@ def test_training_only_carves_the_validation_slice_from_all_the_data(tiny, space
     assert sizes == [len(validation)]
 
 
+def test_without_pruning_every_trial_runs_to_the_end(tiny, space_file):
+    """--no-pruning: past the pruner's startup trials, none is pruned (with the pruner, a
+    study this long prunes some: the same seed, the same trial values)."""
+    space = load_space(space_file)
+    unpruned = tune(tiny.interactions, tiny.items, FAST, space, trials=8, seed=2, prune=False,
+                    progress=lambda _: None)
+    assert [t["state"] for t in unpruned.trials] == ["complete"] * 8
+    pruned = tune(tiny.interactions, tiny.items, FAST, space, trials=8, seed=2, progress=lambda _: None)
+    assert "pruned" in [t["state"] for t in pruned.trials]
+
+
 def test_recsys_tune_refuses_training_only_with_compare(tmp_path):
     result = _recsys("tune", "--data", "synthetic", "--training-only", "--compare", "--trials", 1,
                      "--home", tmp_path / "home", cwd=tmp_path)
