@@ -240,8 +240,10 @@ class ImpressionProcessWriter:
 
     # -------------------------------------------------------------- public API
     def start(self) -> ImpressionProcessWriter:
+        """Start the hand-off thread; the child starts at the first hand-off of an answer, so
+        a model that never answers (a challenger behind the router, whose impressions its
+        champion writes) costs no process."""
         if self._thread is None and not self._closed:
-            self._spawn()
             self._thread = threading.Thread(target=self._run, name="impressions-handoff",
                                             daemon=True)
             self._thread.start()

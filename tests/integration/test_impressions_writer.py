@@ -90,6 +90,7 @@ def test_everything_handed_over_before_a_clean_close_is_stored(store_url):
     w.put(LogEntry(time.time(), "by-item", "v1", np.asarray(["i1"], dtype=object),
                    np.asarray([2]), np.asarray([["i2", "i3"]], dtype=object),
                    np.zeros((1, 2), np.float32), None, np.asarray(["i1"], dtype=object)))
+    wait_for(lambda: w.pid is not None)  # started at the first hand-off
     child = w.pid
     w.close()
     assert w.pid is None
@@ -104,6 +105,21 @@ def test_everything_handed_over_before_a_clean_close_is_stored(store_url):
     assert shown[shown.request_id == "rows-1"].variant.tolist() == ["B"]
     assert (counts.written, counts.dropped, counts.lost, counts.exits) == (len(shown), 0, 0, 0)
     assert not w.put(entry("after-close")) and counts.dropped == 1
+
+
+def test_no_process_until_there_is_an_answer_to_store(store_url):
+    """A writer that is never given an answer (a challenger behind the router) starts no
+    child; the first answer starts one."""
+    w = writer(store_url, Counts(), flush_seconds=0.2).start()
+    try:
+        time.sleep(0.3)  # several hand-off intervals
+        assert w.pid is None
+        w.put(entry("first"))
+        wait_for(lambda: w.pid is not None)
+    finally:
+        w.close()
+    with FeedbackStore(store_url) as store:
+        assert set(store.read_impressions().request_id) == {"first"}
 
 
 def test_rows_reach_the_store_within_the_flush_interval(store_url):
@@ -124,6 +140,7 @@ def test_a_dead_writer_process_is_reported_and_another_takes_over(store_url, cap
     try:
         for n in range(20):
             w.put(entry(f"before-{n}"))
+        wait_for(lambda: w.pid is not None)
         first = w.pid
         # Handed over, held in the child's memory (a flush a minute away), not yet stored:
         # killing it loses them, and they must be counted as such.
