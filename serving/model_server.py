@@ -49,6 +49,9 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.multiprocess.server import RESTServerMultiProcess
 from kserve.protocol.rest.server import RESTServer
 
+from serving.fast_infer import FastInfer
+from serving.fast_infer import answer as fast_answer
+
 INFERENCE_CONTENT_LENGTH_HEADER = "inference-header-content-length"
 CLIENT_ERRORS = (InvalidInput, ModelNotFound, ModelNotReady, NotImplementedError, ServerNotReady,
                  ServerNotLive, UnsupportedProtocol, PermissionDenied)
@@ -193,13 +196,14 @@ class RecsysModelServer(ModelServer):
     extension refused, and a drain on SIGTERM (see the module docstring)."""
 
     def __init__(self, *, host: str = "0.0.0.0", drain_seconds: float = 0.0,
-                 connection_limits=None, **kwargs):
+                 connection_limits=None, fast_infer: bool = True, **kwargs):
         from serving.limits import ConnectionLimits
 
         super().__init__(**kwargs)
         self.host = host
         self.connection_limits = connection_limits or ConnectionLimits()
         self.drain_seconds = drain_seconds
+        self.fast_infer = fast_infer  # serving.fast_infer for the v2 infer route (one worker)
         self.dataplane = RecsysDataPlane(model_registry=self.registered_models)
         self.model_repository_extension = DisabledModelRepository(self.registered_models)
         self._stopping = False
@@ -227,6 +231,7 @@ class RecsysModelServer(ModelServer):
                 self.http_port, **common,
             )
             self._rest_server.latency_logging = bool(self.enable_latency_logging)
+            FastInfer.data_plane = self.dataplane if self.fast_infer else None
             self._guard(self._rest_server.config)
             self.servers.append(self._serve_rest())
         if self.enable_grpc:
@@ -298,7 +303,9 @@ class RecsysMiddleware:
       `model_version` in every answer says which);
     - while the server drains, every answer says `Connection: close`, so that clients stop
       reusing connections before the listener closes (a request sent on an idle keep-alive
-      connection as it is closed would get a reset instead of an answer).
+      connection as it is closed would get a reset instead of an answer);
+    - `POST /v2/models/<name>/infer` with a plain v2 JSON body takes `serving.fast_infer`: the
+      same answer as KServe's route, without FastAPI's routing and pydantic work.
     """
 
     draining = False  # set by RecsysModelServer.drain_and_stop, in the serving process
@@ -315,17 +322,23 @@ class RecsysMiddleware:
 
             return await JSONResponse(status_code=refusal[0], content={"error": refusal[1]})(
                 scope, receive, send)
-        if not self.draining:
-            return await self.app(scope, receive, send)
+        if self.draining:
+            send = _closing(send)
+        model = FastInfer.model_name(scope)
+        if model is not None:  # the v2 infer route, without FastAPI's per-request work
+            return await fast_answer(scope, receive, send, self.app, model)
+        return await self.app(scope, receive, send)
 
-        async def closing(message):
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
-            await send(message)
 
-        return await self.app(scope, receive, closing)
+def _closing(send):
+    async def closing(message):
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", [])
+                       if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing
 
 
 def _unserved(scope) -> tuple[int, str] | None:

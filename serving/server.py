@@ -90,6 +90,11 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         "(default: %(default)s; on a cluster, the time its endpoints take to "
                         "drop the pod)")
     add_connection_arguments(parser)
+    parser.add_argument("--no-fast-infer", dest="fast_infer", action="store_false",
+                        help="answer POST /v2/models/NAME/infer with JSON bodies on KServe's "
+                        "FastAPI route instead of the thin path that gives the same answer "
+                        "without FastAPI's per-request work (serving/fast_infer.py; one REST "
+                        "worker only)")
     parser.add_argument("--request-log", "--request_log", dest="request_log", default=None, metavar="DIR",
                         help="append every answered row to size-rotated JSON-lines files in DIR")
     parser.add_argument("--online-store", dest="online_store", metavar="URL",
@@ -294,6 +299,7 @@ def serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         workers=args.workers,
         enable_latency_logging=args.latency_logging,
+        fast_infer=args.fast_infer,
     )
     install_request_error_handler()
     if model.ready:

@@ -331,6 +331,9 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
         "one thread": (ours + ["--model-threads", "1", "--batch-max-size", "1"], "recsys"),
         "batcher": (ours + ["--model-threads", "1", "--batch-max-size", "32"], "recsys"),
         "4 threads": (ours + ["--model-threads", "4", "--batch-max-size", "1"], "recsys"),
+        # the default server (the batcher) on KServe's FastAPI route, not the thin infer path
+        "kserve route": (ours + ["--model-threads", "1", "--batch-max-size", "32",
+                                 "--no-fast-infer"], "recsys"),
     }
     servers = {label: Proc(command, tmp_path / f"{label}.log", f"/v2/models/{name}/ready")
                for label, (command, name) in setups.items()}
