@@ -77,7 +77,7 @@ def _new_lines(server, since: int) -> list[str]:
 def test_liveness_answers_within_a_second_while_the_heaviest_allowed_request_runs(
     small_model_dir, tmp_path, threads
 ):
-    """With room for 100 title queries per request, 32 such requests of the longest allowed
+    """With room for 100 title queries per request, 64 such requests of the longest allowed
     titles, eight at a time (each title fuzzily matched against every title): the model's worker
     threads (one, or four) are busy for seconds, and REST and gRPC liveness and REST readiness
     each still answer within a second."""
@@ -91,7 +91,7 @@ def test_liveness_answers_within_a_second_while_the_heaviest_allowed_request_run
         wait_ready(srv)
         grpc = GrpcClient(srv.grpc)
         bodies = [v2_body(("item_id", "BYTES", [100], _titles(100, MAX_QUERY_LENGTH, seed)))
-                  for seed in range(32)]
+                  for seed in range(64)]
         started = time.monotonic()
         rest_worst = grpc_worst = 0.0
         probes = 0
