@@ -30,7 +30,7 @@ from components.tuning.tune import (
     _importances,
     _log_trial,
     _start_parent,
-    step_median_pruner,
+    step_pruner,
     tune,
 )
 
@@ -89,7 +89,7 @@ def _open_study(storage: str, study_name: str, seed: int):
         return optuna.create_study(
             study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=step_median_pruner(),  # as each worker's tune() prunes
+            pruner=step_pruner(),  # as each worker's tune() prunes
         )
     except (SQLAlchemyError, ValueError, ImportError) as exc:  # a bad URL, a database down
         raise ConfigError(f"tune storage: cannot open the study: {str(exc).splitlines()[0]}") from None

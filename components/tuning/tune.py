@@ -122,7 +122,7 @@ RANKER_PERCENTILE = 50.0
 RANKER_WARMUP_STEPS = 25
 
 
-def step_median_pruner(startup_trials: int = PRUNER_STARTUP_TRIALS):
+def step_pruner(startup_trials: int = PRUNER_STARTUP_TRIALS):
     """Prune a trial whose value at its latest step is under a percentile of the completed
     trials' values at that step (once `startup_trials` have completed): the bottom quarter
     at step 0 (the generators alone), the median at the ranker's rounds after its first
@@ -131,7 +131,7 @@ def step_median_pruner(startup_trials: int = PRUNER_STARTUP_TRIALS):
     validation users (later steps); this compares like with like."""
     import optuna
 
-    class StepMedianPruner(optuna.pruners.BasePruner):
+    class StepPruner(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:
             step = trial.last_step
             if step is None or 0 < step <= RANKER_WARMUP_STEPS:
@@ -145,7 +145,7 @@ def step_median_pruner(startup_trials: int = PRUNER_STARTUP_TRIALS):
             percentile = GENERATORS_PERCENTILE if step == 0 else RANKER_PERCENTILE
             return trial.intermediate_values[step] < float(np.percentile(others, percentile))
 
-    return StepMedianPruner()
+    return StepPruner()
 
 
 def _without_ranker(config: Config) -> Config:
@@ -198,7 +198,7 @@ def tune(
         study = optuna.create_study(
             study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=step_median_pruner() if prune else optuna.pruners.NopPruner(),
+            pruner=step_pruner() if prune else optuna.pruners.NopPruner(),
         )
     except (SQLAlchemyError, ValueError, ImportError) as exc:  # a bad URL, a database down: one line
         _end_parent(client, parent, "FAILED")

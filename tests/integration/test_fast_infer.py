@@ -10,7 +10,6 @@ import random
 import re
 import socket
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ import tritonclient.http as httpclient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving_process import MODEL, start_server, stop, wait_live
+from serving_process import MODEL, start_server, stop, wait_live, wait_ready
 
 PATH = f"/v2/models/{MODEL}/infer"
 PLAIN = b'{"id": "x", "inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["1"]}]}'
@@ -37,10 +36,7 @@ def pair(small_model_dir, tmp_path_factory):
     try:
         for server in (fast, plain):
             wait_live(server)
-            deadline = time.monotonic() + 30
-            while httpx.get(f"{server.url}/v2/models/{MODEL}/ready").status_code != 200:
-                assert time.monotonic() < deadline, server.output()[-3000:]
-                time.sleep(0.2)
+            wait_ready(server)
         yield fast, plain
     finally:
         stop(fast)

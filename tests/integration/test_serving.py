@@ -37,6 +37,7 @@ from serving_process import (
     stop,
     v2_body,
     wait_live,
+    wait_ready,
 )
 
 from serving.request_log import read_request_log
@@ -58,10 +59,7 @@ def servers(small_model_dir, tmp_path_factory):
     try:
         wait_live(good)
         wait_live(bad)
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{good.url}/v2/models/{MODEL}/ready").status_code != 200:
-            assert time.monotonic() < deadline, good.output()[-3000:]
-            time.sleep(0.2)
+        wait_ready(good)
         yield good, bad
     finally:
         stop(good)

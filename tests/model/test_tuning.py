@@ -22,7 +22,7 @@ from components.errors import ConfigError
 from components.evaluation.offline_eval import evaluate_model
 from components.models.two_stage import RANKER_ROUNDS_EVERY, FitCache, TwoStageRecommender
 from components.tuning.space import DEFAULT_SPACE, load_space
-from components.tuning.tune import compare, ndcg_on, step_median_pruner, tune, tuning_splits
+from components.tuning.tune import compare, ndcg_on, step_pruner, tune, tuning_splits
 
 REPO = Path(__file__).resolve().parents[2]
 # A small space: three values, so two or three trials already differ.
@@ -199,7 +199,7 @@ def test_the_pruner_compares_a_step_with_the_same_step_of_completed_trials():
     against the bottom quarter, the ranker's rounds against the median after the first."""
     import optuna
 
-    study = optuna.create_study(direction="maximize", pruner=step_median_pruner(startup_trials=3))
+    study = optuna.create_study(direction="maximize", pruner=step_pruner(startup_trials=3))
     distributions: dict = {}
     for generators, at_25, at_50 in ((0.10, 0.40, 0.50), (0.12, 0.50, 0.60), (0.14, 0.60, 0.70)):
         study.add_trial(optuna.trial.create_trial(
