@@ -176,7 +176,7 @@ class RedisHistoryWriter:
 class HistoryPusher:
     """The events service's side: the feedback store is the source of truth, and this thread
     brings the Redis lists up to date with it. It follows the store's positive events in commit
-    order (`FeedbackStore.positive_events_since`) from a cursor kept in Redis beside the lists
+    order (`FeedbackStore.positive_rows_since`) from a cursor kept in Redis beside the lists
     (`<prefix>history-cursor`, moved in the same script as the batch it covers), so:
 
     - nothing waits on Redis: a commit only wakes the thread (`notify`); a Redis that is down
@@ -237,18 +237,19 @@ class HistoryPusher:
         Raises the store's and Redis's errors."""
         if not self._known:
             self._load_cursor()
-        frame, cursor = self.store.positive_events_since(
+        rows, cursor = self.store.positive_rows_since(
             self._cursor, received_since=self.received_since, limit=self.batch)
-        if frame.empty:
+        if not rows:
             return 0
         text = self.store.dump_cursor(cursor)
-        if not self.writer.push_after(frame.to_dict("records"), self._stored, text):
+        events = [{"user_id": user, "item_id": item, "timestamp": at} for user, item, at in rows]
+        if not self.writer.push_after(events, self._stored, text):
             self._known = False  # another writer moved it (or our own earlier try did)
             return 0
         self._cursor, self._stored = cursor, text
         if self.on_pushed is not None:
-            self.on_pushed(len(frame))
-        return len(frame)
+            self.on_pushed(len(rows))
+        return len(rows)
 
     def _load_cursor(self) -> None:
         stored = self.writer.read_cursor()
@@ -310,7 +311,7 @@ _UNREAD = object()
 
 
 class SqlHistorySource:
-    """The feedback store, tailed in commit order (`FeedbackStore.positive_events_since`)."""
+    """The feedback store, tailed in commit order (`FeedbackStore.positive_rows_since`)."""
 
     replaces = False  # yields events to merge, not whole lists
     resync_after_failure = False  # the cursor survives an outage
@@ -338,22 +339,21 @@ class SqlHistorySource:
             if wait:
                 time.sleep(self.poll_seconds)
             return {}
-        frame, self.cursor = self.store.positive_events_since(
+        rows, self.cursor = self.store.positive_rows_since(
             self.cursor, since_timestamp=self.since_timestamp, limit=50_000)
-        if frame.empty and wait:
+        if not rows and wait:
             time.sleep(self.poll_seconds)
         # Commit order, and event time within what one poll brought (a batch's rows are
-        # committed in key order, not time order).
-        frame = frame.sort_values("timestamp", kind="stable")
+        # committed in key order, not time order; sorted() is stable).
         out: dict[str, list[str]] = {}
-        for user, item in zip(frame.user_id.tolist(), frame.item_id.tolist()):
+        for user, item, _at in sorted(rows, key=lambda row: row[2]):
             out.setdefault(user, []).append(item)
         return out
 
     def _unchanged(self) -> bool:
         """On SQLite, whether no event was committed since the last read: one indexed
         `max(rowid)` (rowids grow in commit order there), about 30 times cheaper than the
-        read itself, which builds a statement and a frame. Always False elsewhere."""
+        read itself. Always False elsewhere."""
         if self.store.engine.dialect.name != "sqlite":
             return False
         with self.store.engine.connect() as conn:

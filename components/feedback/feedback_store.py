@@ -11,7 +11,7 @@ Tables (created when absent):
   contract). `event_id` is the primary key and the client's idempotency key: a retried event
   is stored once and reported as a duplicate. On PostgreSQL each row also records the id of
   the transaction that wrote it (`commit_xid`, filled by the database), which gives readers a
-  commit order (`positive_events_since`).
+  commit order (`positive_rows_since`).
 - `impressions`: one row per item shown in a recommendation answer (from the predictor
   locally, from KServe's payload logger on a cluster); primary key
   (request_id, user_id, position), so a re-delivered answer is stored once.
@@ -55,7 +55,7 @@ IMPRESSION_COLUMNS = (
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 STORE_FILE = "feedback.db"
 _SQLITE_BUSY_SECONDS = 30
-# PostgreSQL: the transaction that wrote each event row (see `positive_events_since`), and the
+# PostgreSQL: the transaction that wrote each event row (see `positive_rows_since`), and the
 # oldest transaction still running, below which every transaction has finished.
 _COMMIT_XID = sa.literal_column("events.commit_xid", sa.BigInteger)
 _PG_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
@@ -346,11 +346,24 @@ class FeedbackStore:
                               since_timestamp: float | None = None,
                               received_since: float | None = None,
                               limit: int = 10_000) -> tuple[pd.DataFrame, Cursor | None]:
+        """`positive_rows_since` as a frame: `user_id, item_id, timestamp` (float)."""
+        rows, cursor = self.positive_rows_since(cursor, since_timestamp=since_timestamp,
+                                                received_since=received_since, limit=limit)
+        frame = pd.DataFrame.from_records(rows, columns=["user_id", "item_id", "timestamp"])
+        frame["timestamp"] = frame["timestamp"].astype(float)
+        return frame, cursor
+
+    def positive_rows_since(self, cursor: Cursor | None = None, *,
+                            since_timestamp: float | None = None,
+                            received_since: float | None = None,
+                            limit: int = 10_000) -> tuple[list[tuple[str, str, float]],
+                                                          Cursor | None]:
         """Positive events committed after `cursor` (None: from the start), in commit order,
-        at most `limit`: `user_id, item_id, timestamp` and the cursor to pass next time (the
-        same one when nothing is new). What a cache of recent history tails and what the Redis
-        history follows. `since_timestamp` keeps events at or after that event time,
-        `received_since` those received at or after that time.
+        at most `limit`: `(user_id, item_id, timestamp)` tuples and the cursor to pass next
+        time (the same one when nothing is new). What a cache of recent history tails and what
+        the Redis history follows, after every commit: so plain tuples from a statement built
+        once per store (`_tail_statement`), not a frame. `since_timestamp` keeps events at or
+        after that event time, `received_since` those received at or after that time.
 
         Nothing committed later can land behind the cursor, however long its transaction took.
         On SQLite the cursor is the rowid: writers are serialised, so rowids grow in commit
@@ -359,38 +372,62 @@ class FeedbackStore:
         only rows of transactions older than the oldest one still running (the snapshot's
         xmin), all of which have finished. A transaction left open delays what comes after
         it; it never makes it skipped."""
-        table = events_table
+        sqlite_store = self.engine.dialect.name == "sqlite"
+        params: dict[str, Any] = {"limit": int(limit)}
+        if since_timestamp is not None:
+            params["since"] = float(since_timestamp)
+        if received_since is not None:
+            params["received"] = float(received_since)
         with self.engine.connect() as conn:
-            if self.engine.dialect.name == "sqlite":
-                rowid = sa.literal_column("rowid")
-                query = sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
-                                  rowid.label("position")).order_by(rowid)
+            if sqlite_store:
                 if cursor is not None:
-                    query = query.where(rowid > int(cursor))
+                    params["rowid"] = int(cursor)
             else:
                 # First the horizon, then the read: every transaction below the horizon had
                 # finished before the read's snapshot was taken, so all its rows are visible.
-                horizon = conn.exec_driver_sql(_PG_HORIZON).scalar_one()
-                query = (sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
-                                   _COMMIT_XID.label("position"), table.c.event_id)
-                         .where(_COMMIT_XID < int(horizon))
-                         .order_by(_COMMIT_XID, table.c.event_id))
+                params["horizon"] = int(conn.exec_driver_sql(_PG_HORIZON).scalar_one())
                 if cursor is not None:
-                    xid, event_id = cursor
-                    query = query.where(sa.tuple_(_COMMIT_XID, table.c.event_id)
-                                        > sa.tuple_(sa.literal(int(xid)), sa.literal(event_id)))
-            query = _received(query.where(table.c.type.in_(POSITIVE_TYPES)), since_timestamp,
-                              received_since).limit(int(limit))
-            rows = conn.execute(query).all()
-        columns = ["user_id", "item_id", "timestamp"]
-        frame = pd.DataFrame.from_records([tuple(r[:3]) for r in rows], columns=columns)
-        frame["timestamp"] = frame["timestamp"].astype(float)
+                    params["xid"], params["event_id"] = int(cursor[0]), str(cursor[1])
+            statement = self._tail_statement(cursor is not None, since_timestamp is not None,
+                                             received_since is not None)
+            rows = conn.execute(statement, params).all()
+        out = [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
         if not rows:
-            return frame, cursor
+            return out, cursor
         last = rows[-1]
+        return out, (int(last[3]) if sqlite_store else (int(last[3]), str(last[4])))
+
+    def _tail_statement(self, after: bool, since: bool, received: bool) -> sa.Select:
+        """`positive_rows_since`'s query with bound parameters, built once per shape: building
+        a select and its cache key costs more than running it on a small tail."""
+        cache = self.__dict__.setdefault("_tail_statements", {})
+        key = (after, since, received)
+        if key in cache:
+            return cache[key]
+        table = events_table
         if self.engine.dialect.name == "sqlite":
-            return frame, int(last[3])
-        return frame, (int(last[3]), str(last[4]))
+            rowid = sa.literal_column("rowid")
+            query = sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
+                              rowid.label("position")).order_by(rowid)
+            if after:
+                query = query.where(rowid > sa.bindparam("rowid", type_=sa.Integer))
+        else:
+            query = (sa.select(table.c.user_id, table.c.item_id, table.c.timestamp,
+                               _COMMIT_XID.label("position"), table.c.event_id)
+                     .where(_COMMIT_XID < sa.bindparam("horizon", type_=sa.BigInteger))
+                     .order_by(_COMMIT_XID, table.c.event_id))
+            if after:
+                query = query.where(
+                    sa.tuple_(_COMMIT_XID, table.c.event_id)
+                    > sa.tuple_(sa.bindparam("xid", type_=sa.BigInteger),
+                                sa.bindparam("event_id", type_=sa.String)))
+        query = query.where(table.c.type.in_(POSITIVE_TYPES))
+        if since:
+            query = query.where(table.c.timestamp >= sa.bindparam("since", type_=sa.Float))
+        if received:
+            query = query.where(table.c.received_at >= sa.bindparam("received", type_=sa.Float))
+        cache[key] = query.limit(sa.bindparam("limit", type_=sa.Integer))
+        return cache[key]
 
     def positive_backlog(self, cursor: Cursor | None, *,
                          received_since: float | None = None) -> tuple[int, float | None]:

@@ -6,6 +6,7 @@ and fail under CI=1, which must run them.
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -155,6 +156,30 @@ def test_the_positive_tail_resumes_at_its_cursor(store):
     assert store.positive_events_since(cursor)[0].empty
     assert store.positive_events_since(cursor)[1] == cursor
     assert store.positive_events_since(None, since_timestamp=T0 + 5)[0].item_id.tolist() == ["c"]
+
+
+def test_the_positive_rows_follow_cursor_limit_and_filters_in_every_combination(store):
+    """The tuple form the history threads read after every commit: its statements are built
+    once per shape and reused, so each shape is read twice, with other values the second
+    time, and checked against the frame form."""
+    store.add_events([event(str(n), "like", user=f"u{n % 3}", item=f"i{n}", t=T0 + n)
+                      for n in range(8)] + [event("x", "impression", item="shown")])
+    rows, cursor = store.positive_rows_since(None, limit=3)
+    assert rows == [("u0", "i0", T0), ("u1", "i1", T0 + 1), ("u2", "i2", T0 + 2)]
+    rest, end = store.positive_rows_since(cursor, limit=100)
+    assert [item for _, item, _ in rest] == [f"i{n}" for n in range(3, 8)]
+    assert store.positive_rows_since(end) == ([], end)
+    assert [r[1] for r in store.positive_rows_since(cursor, limit=2)[0]] == ["i3", "i4"]
+    for since in (T0 + 5, T0 + 1):
+        rows, _ = store.positive_rows_since(None, since_timestamp=since)
+        assert [r[2] for r in rows] == [float(T0 + n) for n in range(8) if T0 + n >= since]
+        after, _ = store.positive_rows_since(cursor, since_timestamp=since, received_since=0.0)
+        assert [r[1] for r in after] == [f"i{n}" for n in range(3, 8) if T0 + n >= since]
+    assert store.positive_rows_since(None, received_since=time.time() + 3600) == ([], None)
+    frame, frame_cursor = store.positive_events_since(cursor, since_timestamp=T0 + 4)
+    assert frame.values.tolist() == [list(r) for r in store.positive_rows_since(
+        cursor, since_timestamp=T0 + 4)[0]]
+    assert frame_cursor == end
 
 
 def test_a_postgresql_store_from_before_the_commit_order_column_gets_it(postgres_url):
