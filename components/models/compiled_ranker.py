@@ -40,6 +40,8 @@ ZERO_THRESHOLD = float(np.float32(1e-35))
 # Raised on a change of what is compiled or how, so caches of earlier code are not loaded.
 _CACHE_FORMAT = 1
 _PROBE_ROWS = 4096
+# Compiled models kept in a cache directory (the most recently written; a few hundred KB each).
+CACHE_KEEP = 16
 
 
 class CompileRefused(Exception):
@@ -136,6 +138,8 @@ class CompiledRanker:
             if compiled.cached:  # a stale or damaged cache file: compile once more, afresh
                 compiled._path().unlink(missing_ok=True)
                 return cls.build(booster, cache_dir)
+            if compiled.cache_dir is not None:
+                compiled._path().unlink(missing_ok=True)  # never loaded by a later build
             worst = float(np.nanmax(np.abs(got - expected)))
             raise CompileRefused(f"compiled scores differ from LightGBM's on {int((got != expected).sum())} "
                                  f"of {len(rows)} probe rows (max abs difference {worst:.3g})")
@@ -169,6 +173,7 @@ class CompiledRanker:
             if cache is not None and not self.cached:
                 try:
                     os.replace(_copy_beside(target, cache), cache)
+                    _prune(self.cache_dir)
                 except OSError as exc:
                     log.warning("compiled ranker: not cached in %s (%s)", self.cache_dir, exc)
         if model.num_feature() != self.n_features or model.num_model_per_iteration() != 1:
@@ -205,6 +210,13 @@ class CompiledRanker:
     @property
     def ready(self) -> bool:
         return getattr(self, "_entry", None) is not None
+
+
+def _prune(directory: Path, keep: int = CACHE_KEEP) -> None:
+    """Remove all but the `keep` most recently written compiled models of a cache directory."""
+    kept = sorted(directory.glob("ranker-*.o"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in kept[keep:]:
+        path.unlink(missing_ok=True)
 
 
 def _copy_beside(source: Path, target: Path) -> Path:
