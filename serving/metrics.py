@@ -65,6 +65,18 @@ EXPLAINED_ROWS = Counter(
     "Rows each model explained (the explain input or :explain); plain requests never add",
     ["model_name"],
 )
+RANKER_COMPILED = Gauge(
+    "recsys_ranker_compiled",
+    "1 when the ranker's trees are compiled (the same scores as LightGBM's, at a fraction of the "
+    "cost), 0 when LightGBM scores (turned off, or a fallback)",
+    ["model_name"],
+)
+RANKER_COMPILE_FALLBACKS = Counter(
+    "recsys_ranker_compile_fallbacks",
+    "Model loads where compiling the ranker was refused or failed, so LightGBM scores (the "
+    "reason is logged)",
+    ["model_name"],
+)
 MODEL_READY = Gauge("recsys_model_ready", "1 when the model loaded and passed its warm-up", ["model_name"])
 
 
@@ -88,6 +100,8 @@ class ModelMetrics:
         self.cache_misses = ANSWER_CACHE.labels(model_name, "miss")
         self.cache_evictions = ANSWER_CACHE_EVICTIONS.labels(model_name)
         self.cache_entries = ANSWER_CACHE_ENTRIES.labels(model_name)
+        self.ranker_compiled = RANKER_COMPILED.labels(model_name)
+        self.ranker_compile_fallbacks = RANKER_COMPILE_FALLBACKS.labels(model_name)
         self.ready = MODEL_READY.labels(model_name)
         self.ready.set(0)
 

@@ -75,6 +75,16 @@ CACHE_MAX_ENTRIES = 25_000_000
 # within seconds, and until a user's row is in, that user's answer is computed per request.
 CACHE_SYNC_MAX_USERS = 10_000
 _CACHE_CHUNK = 256
+
+
+def default_compiled_ranker_cache() -> str:
+    """Where the compiled ranker's object code is kept between restarts:
+    $RECSYS_COMPILED_RANKER_CACHE, else the user's cache directory."""
+    explicit = os.environ.get("RECSYS_COMPILED_RANKER_CACHE")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "recsys" / "compiled-ranker")
 # v1 instance fields; v2 inputs add `explain` (v1 asks for explanations with the :explain verb)
 USER_FIELDS = ("user_id", "k", "exclude_item_ids", "history_item_ids")
 ITEM_FIELDS = ("item_id", "k")
@@ -354,8 +364,14 @@ class RecommenderModel(Model):
         model_threads: int = DEFAULT_MODEL_THREADS,
         batch_max_size: int = DEFAULT_BATCH_MAX_SIZE,
         batch_max_wait_ms: float = DEFAULT_BATCH_MAX_WAIT_MS,
+        compiled_ranker: bool = True,
+        compiled_ranker_cache: str | None = None,
     ):
         super().__init__(name)
+        # The ranker's trees compiled at load (`TwoStageRecommender.compile_ranker`: the same
+        # scores as LightGBM's, checked), the object code cached there; off: LightGBM scores.
+        self.compiled_ranker = compiled_ranker
+        self.compiled_ranker_cache = compiled_ranker_cache or default_compiled_ranker_cache()
         self.max_explain_items = max_explain_items
         self.answer_cache_size = answer_cache_size
         self.model_threads, self.batch_max_size = model_threads, batch_max_size
@@ -418,6 +434,7 @@ class RecommenderModel(Model):
         titles = data.items["title"] if "title" in data.items else data.items["item_id"]
         self._titles = titles.fillna("").astype(str).to_numpy(dtype=object)
         self._model = model
+        self._compile_ranker(model)
         # Warm every path once: first calls build caches (title index, BLAS, LightGBM).
         k = min(DEFAULT_K, self.n_items)
         known = [str(data.user_ids[0])] if data.n_users else []
@@ -429,6 +446,25 @@ class RecommenderModel(Model):
             self._similar(Query(True, np.asarray([str(self._titles[0]), "\x00"], dtype=object),
                                 np.full(2, min(k, self.n_items - 1))))
         self._build_cache(model)
+
+    def _compile_ranker(self, model) -> None:
+        """The compiled ranker, or LightGBM with the reason logged and counted (the answers are
+        the same either way: only their cost differs)."""
+        if not self.compiled_ranker or model.ranker_ is None:
+            self._metrics.ranker_compiled.set(0)
+            return
+        started = time.perf_counter()
+        reason = model.compile_ranker(self.compiled_ranker_cache)
+        if reason is None:
+            compiled = model.compiled_ranker_
+            log.info("model %s: ranker compiled (%s) in %.2fs", self.name,
+                     "from the cache" if compiled.cached else f"cached in {self.compiled_ranker_cache}",
+                     time.perf_counter() - started)
+            self._metrics.ranker_compiled.set(1)
+        else:
+            log.warning("model %s: ranker not compiled, LightGBM scores: %s", self.name, reason)
+            self._metrics.ranker_compiled.set(0)
+            self._metrics.ranker_compile_fallbacks.inc()
 
     def _build_cache(self, model) -> None:
         """Every known user's top-CACHE_K, and the cold-start row, computed once in batches.

@@ -14,6 +14,15 @@ def ml100k_path() -> Path:
     return Path(os.environ.get("RECSYS_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_ranker_cache(tmp_path_factory) -> Path:
+    """The compiled rankers of the models tests train go to a directory of the test session
+    (servers started by tests inherit it), not to the user's cache."""
+    path = tmp_path_factory.mktemp("compiled-ranker")
+    os.environ.setdefault("RECSYS_COMPILED_RANKER_CACHE", str(path))
+    return Path(os.environ["RECSYS_COMPILED_RANKER_CACHE"])
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     path = ml100k_path()

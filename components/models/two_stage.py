@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -210,6 +211,8 @@ class TwoStageRecommender:
         self.left_out_: dict[str, str] = {}
         # Where the cold-start answer's scores are put (`cold_start_scores`); None: as they are.
         self.cold_start_scale_: tuple[float, float, float, float] | None = None
+        # The ranker's trees compiled (`compile_ranker`); None: LightGBM scores.
+        self.compiled_ranker_ = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -229,7 +232,7 @@ class TwoStageRecommender:
         `RANKER_ROUNDS_EVERY` boosting rounds with the ranker's validation NDCG (what chooses its
         tree count); an exception it raises stops the fit (a tuning pruner's)."""
         cfg = self.config
-        self.ranker_ = self.fallback_ = None
+        self.ranker_ = self.fallback_ = self.compiled_ranker_ = None
         self._cache = cache if client is None else None  # the Dask fit's folds build on workers
         if self._cache is not None:
             self._cache.bind(interactions, items)
@@ -533,10 +536,31 @@ class TwoStageRecommender:
     def _rank(self, features: np.ndarray) -> np.ndarray:
         """The ranker's scores of candidate rows. A serving call has a few hundred rows, for
         which starting OpenMP threads costs more than the trees: up to `_ONE_THREAD_ROWS` rows
-        are scored on one thread (each row's score does not depend on the thread count)."""
+        are scored on one thread (each row's score does not depend on the thread count), by the
+        compiled trees when `compile_ranker` made them (the same scores, bit for bit)."""
         if len(features) <= _ONE_THREAD_ROWS:
+            compiled = getattr(self, "compiled_ranker_", None)
+            if compiled is not None and compiled.ready:
+                return compiled.predict(features)
             return self.ranker_.predict(features, num_threads=1)
         return self.ranker_.predict(features)
+
+    def compile_ranker(self, cache_dir: str | Path | None = None) -> str | None:
+        """Score serving calls with the ranker's trees compiled to machine code
+        (`components.models.compiled_ranker`), checked to score as LightGBM does; the object
+        code is kept in `cache_dir` (None: compiled in every process). Returns None when the
+        compiled trees serve, else why LightGBM still does (no ranker, or compilation refused
+        or failed); the model answers the same either way."""
+        self.compiled_ranker_ = None
+        if self.ranker_ is None:
+            return "the model has no ranker"
+        from components.models.compiled_ranker import CompiledRanker, CompileRefused
+
+        try:
+            self.compiled_ranker_ = CompiledRanker.build(self.ranker_, cache_dir)
+        except CompileRefused as exc:
+            return str(exc)
+        return None
 
     def _generator_scores(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
         return {name: gen.score(users, history) for name, gen in self.generators_.items()}
