@@ -103,3 +103,52 @@ def test_batched_rows_against_one_user_calls(ml100k_model):
                 model.recommend([user], 100, history_item_ids=[history])
             alone.append((time.perf_counter() - began) / batch)
         print(f"{batch:5d} {np.median(together) * 1000:25.2f} {np.median(alone) * 1000:23.2f}")
+
+
+def test_compiled_ranker_against_lightgbm(ml100k_model, tmp_path):
+    """The ranker's trees compiled (`components/models/compiled_ranker.py`, what the predictor
+    scores with by default) against LightGBM's own `predict` on one thread, in one process,
+    in alternating rounds: the ranker alone on one user's and four users' candidate rows, and
+    whole `recommend` calls with changed histories (one user; four users in one call, as the
+    micro-batcher sends them). Medians over ROUNDS rounds of the rounds' medians."""
+    model = ml100k_model
+    reason = model.compile_ranker(tmp_path / "compiled")
+    assert reason is None, reason
+    compiled = model.compiled_ranker_
+    users, histories = changed_histories(model, 400, seed=9)
+    one = [model.one_user_candidates(*model.one_user_history(u, h))[1].features
+           for u, h in zip(users[:100], histories[:100])]
+    four = [np.vstack(one[i:i + 4]) for i in range(0, 100, 4)]
+
+    def timed(fn, cases) -> float:
+        times = []
+        for case in cases:
+            began = time.perf_counter()
+            fn(case)
+            times.append(time.perf_counter() - began)
+        return float(np.median(times)) * 1e3
+
+    def single(i):
+        model.recommend([users[i]], 10, history_item_ids=[histories[i]])
+
+    def batch(i):
+        model.recommend(users[4 * i:4 * i + 4], 100, history_item_ids=histories[4 * i:4 * i + 4])
+
+    rows: dict[tuple[str, str], list[float]] = {}
+    for _ in range(5):
+        for label, ranker in (("compiled", compiled), ("lightgbm", None)):
+            model.compiled_ranker_ = ranker
+            rows.setdefault(("ranker, one user's rows", label), []).append(
+                timed(model.rank_scores, one))
+            rows.setdefault(("ranker, four users' rows", label), []).append(
+                timed(model.rank_scores, four))
+            rows.setdefault(("recommend, one user", label), []).append(timed(single, range(100)))
+            rows.setdefault(("recommend, four users", label), []).append(timed(batch, range(100)))
+    model.compiled_ranker_ = compiled
+    print(f"\ncompiled ranker vs LightGBM (one thread), ML-100K, medians of 5 rounds; "
+          f"{np.mean([len(f) for f in one]):.0f} candidate rows per user")
+    for what in dict.fromkeys(k for k, _ in rows):
+        c, lgb = np.median(rows[what, "compiled"]), np.median(rows[what, "lightgbm"])
+        print(f"{what:28s} compiled {c:6.3f} ms  lightgbm {lgb:6.3f} ms  ({c / lgb:.2f}x)")
+    print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
+    assert np.array_equal(model.rank_scores(four[0]), model.ranker_.predict(four[0], num_threads=1))
