@@ -129,3 +129,59 @@ def test_acknowledged_events_are_stored_once_under_load(backend, tmp_path, reque
         assert len(acked) == len(load["acked"])  # each id acknowledged once per client
         assert lost == 0 and doubled == 0
         assert len(stored) == len(acked)
+
+
+def test_history_push_and_read_cpu(tmp_path, request):
+    """What the Redis history costs per step, in process (CPU of the calling thread): the
+    events service's push of a commit's positive events (`HistoryPusher.step`: the store's
+    tail read, the Redis script), three events a step on SQLite; and the predictor's read of
+    the changed users' lists (one pipelined LRANGE of 4 lists of 50 items) with redis-py's
+    Python reply parser against hiredis', in alternating rounds."""
+    import uuid
+
+    import redis
+    from redis._parsers import _HiredisParser, _RESP3Parser
+
+    from components.feedback.feedback_store import FeedbackStore
+    from serving.online_history import HistoryPusher, RedisHistoryWriter, history_key
+
+    redis_url, prefix = request.getfixturevalue("redis_prefix")
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    writer = RedisHistoryWriter(redis_url, prefix=prefix)
+    pusher = HistoryPusher(store, writer)
+
+    def add(n: int) -> None:
+        store.add_events([{"event_id": uuid.uuid4().hex, "type": "like", "user_id": str(i % 50),
+                           "item_id": str(i), "timestamp": time.time()} for i in range(n)])
+
+    add(3)
+    pusher.step()
+    steps = []
+    for _ in range(300):
+        add(3)
+        began = time.thread_time()
+        assert pusher.step() == 3
+        steps.append(time.thread_time() - began)
+    users = [f"bench-{n}" for n in range(4)]
+    writer.push([{"type": "like", "user_id": u, "item_id": str(i), "timestamp": float(i)}
+                 for u in users for i in range(50)])
+    reads: dict[str, list[float]] = {}
+    for _ in range(5):
+        for label, parser in (("python parser", _RESP3Parser), ("hiredis", _HiredisParser)):
+            client = redis.Redis.from_url(redis_url, decode_responses=True, protocol=3,
+                                          parser_class=parser)
+            began = time.thread_time()
+            for _ in range(500):
+                pipe = client.pipeline(transaction=False)
+                for user in users:
+                    pipe.lrange(history_key(user, prefix), 0, 49)
+                assert all(len(r) == 50 for r in pipe.execute())
+            reads.setdefault(label, []).append((time.thread_time() - began) / 500)
+            client.close()
+    print(f"\nhistory push step (3 events, SQLite, Redis): CPU median "
+          f"{np.median(steps) * 1e6:.0f} us, p99 {np.percentile(steps, 99) * 1e6:.0f} us")
+    for label, times in reads.items():
+        print(f"pipelined read of 4 lists of 50 items, {label}: CPU {np.median(times) * 1e6:.0f} us")
+    print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")
+    writer.close()
+    store.close()
