@@ -85,6 +85,8 @@ def default_compiled_ranker_cache() -> str:
         return explicit
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(base) / "recsys" / "compiled-ranker")
+
+
 # v1 instance fields; v2 inputs add `explain` (v1 asks for explanations with the :explain verb)
 USER_FIELDS = ("user_id", "k", "exclude_item_ids", "history_item_ids")
 ITEM_FIELDS = ("item_id", "k")
