@@ -162,6 +162,7 @@ class FeedbackStore:
         self.engine = create_store_engine(url, pool_size=pool_size)
         self._insert = (sqlite.insert if self.engine.dialect.name == "sqlite"
                         else postgresql.insert)
+        self._tail_statements: dict[tuple[bool, bool, bool], sa.Select] = {}
         if create:
             self.create_tables()
 
@@ -342,17 +343,6 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def positive_events_since(self, cursor: Cursor | None = None, *,
-                              since_timestamp: float | None = None,
-                              received_since: float | None = None,
-                              limit: int = 10_000) -> tuple[pd.DataFrame, Cursor | None]:
-        """`positive_rows_since` as a frame: `user_id, item_id, timestamp` (float)."""
-        rows, cursor = self.positive_rows_since(cursor, since_timestamp=since_timestamp,
-                                                received_since=received_since, limit=limit)
-        frame = pd.DataFrame.from_records(rows, columns=["user_id", "item_id", "timestamp"])
-        frame["timestamp"] = frame["timestamp"].astype(float)
-        return frame, cursor
-
     def positive_rows_since(self, cursor: Cursor | None = None, *,
                             since_timestamp: float | None = None,
                             received_since: float | None = None,
@@ -400,10 +390,9 @@ class FeedbackStore:
     def _tail_statement(self, after: bool, since: bool, received: bool) -> sa.Select:
         """`positive_rows_since`'s query with bound parameters, built once per shape: building
         a select and its cache key costs more than running it on a small tail."""
-        cache = self.__dict__.setdefault("_tail_statements", {})
         key = (after, since, received)
-        if key in cache:
-            return cache[key]
+        if key in self._tail_statements:
+            return self._tail_statements[key]
         table = events_table
         if self.engine.dialect.name == "sqlite":
             rowid = sa.literal_column("rowid")
@@ -426,13 +415,13 @@ class FeedbackStore:
             query = query.where(table.c.timestamp >= sa.bindparam("since", type_=sa.Float))
         if received:
             query = query.where(table.c.received_at >= sa.bindparam("received", type_=sa.Float))
-        cache[key] = query.limit(sa.bindparam("limit", type_=sa.Integer))
-        return cache[key]
+        self._tail_statements[key] = query.limit(sa.bindparam("limit", type_=sa.Integer))
+        return self._tail_statements[key]
 
     def positive_backlog(self, cursor: Cursor | None, *,
                          received_since: float | None = None) -> tuple[int, float | None]:
         """How far a reader at `cursor` is behind: the positive events committed after it
-        (those `positive_events_since` has yet to return, including any a running transaction
+        (those `positive_rows_since` has yet to return, including any a running transaction
         still holds back) and the oldest one's `received_at` (None when there are none)."""
         table = events_table
         query = sa.select(sa.func.count(), sa.func.min(table.c.received_at)).where(

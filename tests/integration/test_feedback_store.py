@@ -146,22 +146,19 @@ def test_recent_items_are_the_users_positive_feedback_newest_first(store):
 def test_the_positive_tail_resumes_at_its_cursor(store):
     store.add_events([event("1", "click", item="a"), event("2", "impression", item="b"),
                       event("3", "like", user="u2", item="c", t=T0 + 9)])
-    first, cursor = store.positive_events_since(None)
-    assert first.values.tolist() == [["u1", "a", T0], ["u2", "c", T0 + 9]]
-    first = first[["user_id", "item_id"]]
+    first, cursor = store.positive_rows_since(None)
+    assert first == [("u1", "a", T0), ("u2", "c", T0 + 9)]
     store.add_events([event("4", "consume", item="d"), event("5", "dislike", item="e")])
-    later, cursor = store.positive_events_since(cursor)
-    later = later[["user_id", "item_id"]]
-    assert later.values.tolist() == [["u1", "d"]]  # what came after the cursor, once
-    assert store.positive_events_since(cursor)[0].empty
-    assert store.positive_events_since(cursor)[1] == cursor
-    assert store.positive_events_since(None, since_timestamp=T0 + 5)[0].item_id.tolist() == ["c"]
+    later, cursor = store.positive_rows_since(cursor)
+    assert [(user, item) for user, item, _ in later] == [("u1", "d")]  # after the cursor, once
+    assert store.positive_rows_since(cursor) == ([], cursor)
+    assert [r[1] for r in store.positive_rows_since(None, since_timestamp=T0 + 5)[0]] == ["c"]
 
 
 def test_the_positive_rows_follow_cursor_limit_and_filters_in_every_combination(store):
     """The tuple form the history threads read after every commit: its statements are built
     once per shape and reused, so each shape is read twice, with other values the second
-    time, and checked against the frame form."""
+    time."""
     store.add_events([event(str(n), "like", user=f"u{n % 3}", item=f"i{n}", t=T0 + n)
                       for n in range(8)] + [event("x", "impression", item="shown")])
     rows, cursor = store.positive_rows_since(None, limit=3)
@@ -176,10 +173,7 @@ def test_the_positive_rows_follow_cursor_limit_and_filters_in_every_combination(
         after, _ = store.positive_rows_since(cursor, since_timestamp=since, received_since=0.0)
         assert [r[1] for r in after] == [f"i{n}" for n in range(3, 8) if T0 + n >= since]
     assert store.positive_rows_since(None, received_since=time.time() + 3600) == ([], None)
-    frame, frame_cursor = store.positive_events_since(cursor, since_timestamp=T0 + 4)
-    assert frame.values.tolist() == [list(r) for r in store.positive_rows_since(
-        cursor, since_timestamp=T0 + 4)[0]]
-    assert frame_cursor == end
+    assert store.positive_rows_since(cursor, since_timestamp=T0 + 4)[1] == end
 
 
 def test_a_postgresql_store_from_before_the_commit_order_column_gets_it(postgres_url):
@@ -190,8 +184,8 @@ def test_a_postgresql_store_from_before_the_commit_order_column_gets_it(postgres
         conn.execute(events_table.insert(), [normalize_batch([event("old", item="a")])[0]])
     with FeedbackStore(postgres_url) as store:
         store.add_events([event("new", item="b")])
-        frame, cursor = store.positive_events_since(None)
-        assert frame.item_id.tolist() == ["a", "b"]
+        rows, cursor = store.positive_rows_since(None)
+        assert [item for _, item, _ in rows] == ["a", "b"]
         assert store.positive_backlog(cursor) == (0, None)
         assert store.load_cursor(store.dump_cursor(cursor)) == cursor
 

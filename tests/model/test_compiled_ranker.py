@@ -12,20 +12,11 @@ import pickle
 
 import numpy as np
 import pytest
+from histories import grown_histories
 
 from components.models import compiled_ranker
 from components.models.artifact import load_model
 from components.models.compiled_ranker import CompiledRanker, probe_rows
-
-
-def changed(model, fresh: int, seed: int) -> list[list[str]]:
-    rng = np.random.default_rng(seed)
-    data, out = model.data_, []
-    for row in range(data.n_users):
-        seen = data.matrix.indices[data.matrix.indptr[row] : data.matrix.indptr[row + 1]]
-        added = rng.choice(np.setdiff1d(np.arange(data.n_items), seen), fresh, replace=False)
-        out.append(data.item_ids[np.concatenate([seen, added])].tolist())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +37,7 @@ def compiled_model(small_model_dir, tmp_path_factory):
 def candidate_rows(model) -> np.ndarray:
     """Every user's candidate rows, as trained and with a changed history."""
     rows = []
-    for row, history in enumerate(changed(model, 3, seed=2)):
+    for row, history in enumerate(grown_histories(model, range(model.data_.n_users), 3, seed=2)):
         for extra in (None, history):
             user, seen = model._history_of(row, extra)
             rows.append(model.one_user_candidates(user, seen)[1].features)
@@ -76,7 +67,9 @@ def test_raw_scores_are_lightgbms_bit_for_bit(lightgbm_model, compiled_model):
 @pytest.mark.parametrize("fresh", [0, 3])
 def test_answers_are_lightgbms_for_every_user(lightgbm_model, compiled_model, fresh):
     data = lightgbm_model.data_
-    histories = changed(lightgbm_model, fresh, seed=fresh) if fresh else [None] * data.n_users
+    everyone = range(data.n_users)
+    histories = (grown_histories(lightgbm_model, everyone, fresh, seed=fresh) if fresh
+                 else [None] * data.n_users)
     for user, history in zip(data.user_ids.tolist(), histories):
         extra = None if history is None else [history]
         want = lightgbm_model.recommend([user], 10, history_item_ids=extra)
@@ -84,7 +77,7 @@ def test_answers_are_lightgbms_for_every_user(lightgbm_model, compiled_model, fr
         np.testing.assert_array_equal(got.item_ids, want.item_ids, err_msg=user)
         assert np.array_equal(got.scores, want.scores), user
     users = data.user_ids[::3].tolist()
-    batch = changed(lightgbm_model, 3, seed=7)[::3]
+    batch = grown_histories(lightgbm_model, range(lightgbm_model.data_.n_users), 3, seed=7)[::3]
     want = lightgbm_model.recommend(users, 10, history_item_ids=batch)
     got = compiled_model.recommend(users, 10, history_item_ids=batch)
     np.testing.assert_array_equal(got.item_ids, want.item_ids)

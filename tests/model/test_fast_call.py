@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from histories import grown_histories
 
 from components.models.artifact import load_model
 from components.models.base import USER_TIMES, history_matrix
@@ -59,16 +60,6 @@ def reference_recommend(model, users: np.ndarray, history: sp.csr_matrix, k: int
     return model.data_.item_ids[top], np.take_along_axis(final, top, axis=1)
 
 
-def changed(model, rows: np.ndarray, fresh: int, seed: int) -> list[list[str]]:
-    rng = np.random.default_rng(seed)
-    data, out = model.data_, []
-    for row in rows:
-        seen = data.matrix.indices[data.matrix.indptr[row] : data.matrix.indptr[row + 1]]
-        added = rng.choice(np.setdiff1d(np.arange(data.n_items), seen), fresh, replace=False)
-        out.append(data.item_ids[np.concatenate([seen, added])].tolist())
-    return out
-
-
 @pytest.fixture(scope="module")
 def model(small_model_dir):
     loaded = load_model(small_model_dir)
@@ -80,7 +71,7 @@ def test_als_user_step_matches_the_general_solve(model):
     als = model.generators_["als"]
     rows = np.arange(model.data_.n_users)
     history = history_matrix(
-        model.data_.item_ids, changed(model, rows, 3, seed=1), model.data_.n_items
+        model.data_.item_ids, grown_histories(model, rows, 3, seed=1), model.data_.n_items
     )
     users = np.full(len(rows), -1)
     np.testing.assert_allclose(
@@ -94,7 +85,7 @@ def test_als_user_step_matches_the_general_solve(model):
 @pytest.mark.parametrize("fresh", [1, 3])
 def test_single_user_calls_with_a_changed_history_answer_as_the_reference(model, fresh):
     rows = np.arange(model.data_.n_users)
-    histories = changed(model, rows, fresh, seed=fresh)
+    histories = grown_histories(model, rows, fresh, seed=fresh)
     for row, history in zip(rows, histories):
         user = str(model.data_.user_ids[row])
         got = model.recommend([user], 10, history_item_ids=[history])
@@ -118,7 +109,7 @@ def test_unseen_users_with_a_history_answer_as_the_reference(model):
 
 def test_a_batch_of_changed_histories_answers_as_single_calls(model):
     rows = np.arange(0, model.data_.n_users, 3)
-    histories = changed(model, rows, 3, seed=9)
+    histories = grown_histories(model, rows, 3, seed=9)
     users = [str(u) for u in model.data_.user_ids[rows]]
     batch = model.recommend(users, 10, history_item_ids=histories)
     for i, (user, history) in enumerate(zip(users, histories)):
@@ -163,7 +154,7 @@ def test_single_calls_answer_as_the_batch_path_in_every_case(model):
 def test_one_user_ease_scores_are_the_sparse_products(model, name):
     gen = model.generators_[name]
     rows = np.arange(model.data_.n_users)
-    for history in changed(model, rows, 3, seed=4) + [[], ["no-such-item"]]:
+    for history in grown_histories(model, rows, 3, seed=4) + [[], ["no-such-item"]]:
         matrix = history_matrix(model.data_.item_ids, [history], model.data_.n_items)
         expected = np.zeros((1, gen.n_items_), dtype=np.float32)
         expected[:, gen.items_] = np.asarray(matrix[:, gen.items_] @ gen.weights_)
