@@ -302,13 +302,6 @@ def build_candidates_from_retrieval(
     return Candidates(rows=rows, items=items, features=features)
 
 
-def _top_n_row(scores: np.ndarray, n: int) -> np.ndarray:
-    """`top_n` of one [n_items] row."""
-    n = min(n, len(scores))
-    part = np.argpartition(-scores, n - 1)[:n]
-    return part[np.argsort(-scores[part], kind="stable")]
-
-
 def build_candidates_one(
     scores: dict[str, np.ndarray],
     seen: np.ndarray,
@@ -318,37 +311,66 @@ def build_candidates_one(
 ) -> Candidates:
     """`build_candidates` for a batch of one user, on [n_items] rows instead of [B, n_items]
     matrices: the same candidates in the same order and the same features. `seen` holds the
-    user's history as sorted item indices."""
+    user's history as sorted item indices. The generators' rows are stacked, one [G, n_items]
+    matrix per score dtype, so that each step is one numpy call for all of them."""
     n_items = len(stats.log_popularity)
-    unseen = np.ones(n_items, dtype=bool)
-    unseen[seen] = False
+    names = list(scores)
+    groups: dict[np.dtype, list[int]] = {}
+    for g, name in enumerate(names):
+        groups.setdefault(scores[name].dtype, []).append(g)
+    stacked = {dtype: np.concatenate([scores[names[g]] for g in rows]) for dtype, rows in groups.items()}
     mask = np.zeros(n_items, dtype=bool)
-    ranks: dict[str, np.ndarray] = {}
-    best: dict[str, float] = {}
-    for name, s in scores.items():
-        s = np.where(unseen, s[0], -np.inf)
-        best[name] = s.max()
-        top = _top_n_row(s, n_per_generator)
-        rank = np.full(n_items, len(top), dtype=np.float32)
-        rank[top] = np.arange(len(top), dtype=np.float32)
-        ranks[name] = rank
-        mask[top] = True
-    mask &= unseen
+    tops, unseen_scores = {}, {}
+    for dtype, matrix in stacked.items():
+        unseen_scores[dtype] = only_unseen = matrix.copy()  # np.where(unseen, matrix, -inf)
+        only_unseen[:, seen] = -np.inf
+        top = top_n(only_unseen, n_per_generator)
+        mask[top.ravel()] = True
+        tops[dtype] = top
+    mask[seen] = False
     items = np.flatnonzero(mask)
-    rows = np.zeros(len(items), dtype=np.int64)
-    n_unseen = max(int(unseen.sum()), 1)
-    columns = []
-    for name, s in scores.items():
-        s = s[0]
-        picked = s[items]
-        top = best[name]
-        relative = np.where(np.abs(top) > 1e-12, picked / (1 if top == 0 else top), 0.0)
-        masked = np.where(unseen, s, 0.0)
-        # In float64, as `build_candidates` divides its float32 sums by an int64 count.
-        mean = float(masked.sum()) / n_unseen
-        std = np.sqrt(max(float((masked**2).sum()) / n_unseen - mean**2, 0.0))
-        z = (picked - mean) / max(std, 1e-12)
-        columns += [z, ranks[name][items], relative]
+    n_unseen = max(n_items - len(seen), 1)
+    per_generator: list[list[np.ndarray]] = [[] for _ in names]
+    for dtype, matrix in stacked.items():
+        columns = _generator_columns(matrix, unseen_scores[dtype], seen, items, tops[dtype], n_unseen)
+        for g, generator_columns in zip(groups[dtype], columns):
+            per_generator[g] = generator_columns
+    columns = [column for generator in per_generator for column in generator]
     columns += _pair_columns_one(seen, stats, items, user_time)
-    features = np.column_stack(columns).astype(np.float32)
-    return Candidates(rows=rows, items=items, features=features)
+    features = np.empty((len(items), len(columns)), dtype=np.float32)
+    for j, column in enumerate(columns):  # float32 as `build_candidates` casts its stack
+        features[:, j] = column
+    return Candidates(rows=np.zeros(len(items), dtype=np.int64), items=items, features=features)
+
+
+def _generator_columns(
+    matrix: np.ndarray,
+    only_unseen: np.ndarray,
+    seen: np.ndarray,
+    items: np.ndarray,
+    top: np.ndarray,
+    n_unseen: int,
+) -> list[list[np.ndarray]]:
+    """Each generator's [z, rank, relative] columns at `items`, for the [G, n_items] scores
+    of one user's generators (one dtype), the same with -inf at the `seen` items and their
+    top lists [G, width], in that dtype as the one-row computation gives them."""
+    dtype = matrix.dtype.type
+    picked = matrix[:, items]
+    best = only_unseen.max(axis=1)
+    relative = np.where(
+        (np.abs(best) > 1e-12)[:, None], picked / np.where(best == 0, dtype(1), best)[:, None], dtype(0)
+    )
+    masked = matrix.copy()  # np.where(unseen, matrix, 0)
+    masked[:, seen] = 0
+    # In float64, as `build_candidates` divides its sums by an int64 count; then back to the
+    # scores' dtype, in which a one-row difference with a Python float is taken.
+    mean = masked.sum(axis=1).astype(np.float64) / n_unseen
+    std = np.sqrt(np.maximum((masked**2).sum(axis=1).astype(np.float64) / n_unseen - mean**2, 0.0))
+    z = (picked - mean.astype(dtype)[:, None]) / np.maximum(std, 1e-12).astype(dtype)[:, None]
+    width = top.shape[1]
+    rank = np.full(matrix.size, width, dtype=np.float32)  # flat: row g at g * n_items
+    rank[(top + (np.arange(len(matrix)) * matrix.shape[1])[:, None]).ravel()] = np.tile(
+        np.arange(width, dtype=np.float32), len(matrix)
+    )
+    rank = rank.reshape(matrix.shape)[:, items]
+    return [[z[g], rank[g], relative[g]] for g in range(len(matrix))]
