@@ -71,15 +71,25 @@ class AlsModel:
         out[known] = self.user_factors_[users[known]]
         y = self.item_factors64_
         for row in np.flatnonzero(~known):  # only rows without learned factors
-            picked = y[history.indices[history.indptr[row] : history.indptr[row + 1]]]
-            # `implicit` gives a positive the confidence c = α: x_u = (YᵀY + λI +
-            # (c-1)·Y_uᵀY_u)⁻¹ c·Y_uᵀ1 is its user step. The matrix is symmetric positive
-            # definite: one Cholesky solve (LAPACK dposv), without the general solver's
-            # LU and its BLAS thread start-up, which cost more than the solve at these sizes.
-            a = self.gram_ + (self.alpha - 1.0) * (picked.T @ picked)
-            _, x, info = dposv(a, self.alpha * picked.sum(axis=0))
-            out[row] = x if info == 0 else np.linalg.solve(a, self.alpha * picked.sum(axis=0))
+            out[row] = self._solve(y[history.indices[history.indptr[row] : history.indptr[row + 1]]])
         return out
+
+    def _solve(self, picked: np.ndarray) -> np.ndarray:
+        """The user step of a history whose item factors (float64) are `picked`."""
+        # `implicit` gives a positive the confidence c = α: x_u = (YᵀY + λI +
+        # (c-1)·Y_uᵀY_u)⁻¹ c·Y_uᵀ1 is its user step. The matrix is symmetric positive
+        # definite: one Cholesky solve (LAPACK dposv), without the general solver's
+        # LU and its BLAS thread start-up, which cost more than the solve at these sizes.
+        a = self.gram_ + (self.alpha - 1.0) * (picked.T @ picked)
+        _, x, info = dposv(a, self.alpha * picked.sum(axis=0))
+        return x if info == 0 else np.linalg.solve(a, self.alpha * picked.sum(axis=0))
+
+    def score_one(self, user: int, seen: np.ndarray) -> np.ndarray:
+        if user >= 0:
+            factors = self.user_factors_[user : user + 1]
+        else:
+            factors = self._solve(self.item_factors64_[seen]).astype(np.float32)[None, :]
+        return np.einsum("bd,id->bi", factors, self.item_factors_)[0]  # as `score` for few users
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         factors = self.user_factors(users, history)

@@ -161,6 +161,15 @@ def history_matrix(
     return out
 
 
+def one_row_history(seen: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """[1, n_items] history matrix of one user's sorted item indices, as the batch path
+    builds its rows (1.0 per item)."""
+    return sp.csr_matrix(
+        (np.ones(len(seen), np.float32), seen.astype(np.int32), np.array([0, len(seen)], np.int32)),
+        shape=(1, n_items),
+    )
+
+
 class CandidateGenerator(Protocol):
     """A first-stage model: scores every item for a batch of users."""
 
@@ -171,4 +180,10 @@ class CandidateGenerator(Protocol):
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         """[B, n_items] float32 scores; `users` holds indices (-1 for users unseen in
         training) and `history` the matching rows of known items."""
+        ...
+
+    def score_one(self, user: int, seen: np.ndarray) -> np.ndarray:
+        """[n_items] `score` of one user (index, -1 if unseen or grown) whose history is the
+        sorted item indices `seen`: the same values, without the sparse matrices whose fixed
+        cost dominates a single user's call."""
         ...

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from components.models.base import TrainingData, item_metadata
+from components.models.base import TrainingData, item_metadata, one_row_history
 from components.models.retrieval import FactorIndex, Retrieved
 
 
@@ -99,6 +99,21 @@ class ContentModel:
         norms = np.linalg.norm(profile, axis=1, keepdims=True)
         scores = np.asarray((self.item_vectors_ @ profile.T).T, dtype=np.float32)
         return scores / np.maximum(norms, 1e-12).astype(np.float32)
+
+    def score_one(self, user: int, seen: np.ndarray) -> np.ndarray:
+        if self.item_embeddings_ is not None:
+            return self.score(np.array([user]), one_row_history(seen, self.item_vectors_.shape[0]))[0]
+        # The profile as the sparse product sums it: each term of the history's item vectors,
+        # in history order, added in float32 (unbuffered, so repeats add in sequence).
+        vectors = self.item_vectors_
+        starts, ends = vectors.indptr[seen], vectors.indptr[seen + 1]
+        at = np.repeat(starts - np.cumsum(np.r_[0, (ends - starts)[:-1]]), ends - starts)
+        at += np.arange(len(at))
+        profile = np.zeros((1, vectors.shape[1]), dtype=np.float32)
+        np.add.at(profile[0], vectors.indices[at], vectors.data[at])
+        norms = np.linalg.norm(profile, axis=1, keepdims=True)
+        scores = np.asarray((vectors @ profile.T).T, dtype=np.float32)
+        return (scores / np.maximum(norms, 1e-12).astype(np.float32))[0]
 
     def similar(self, items: np.ndarray) -> np.ndarray:
         """[len(items), n_items] cosine similarity of the given item indices to every item."""

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from components.errors import ConfigError
-from components.models.base import TrainingData
+from components.models.base import TrainingData, one_row_history
 from components.models.retrieval import Retrieved, prune_rows, retrieve_sparse
 
 
@@ -105,6 +105,11 @@ class EaseModel:
         out = np.zeros((history.shape[0], self.n_items_), dtype=np.float32)
         out[:, self.items_] = np.asarray(history[:, self.items_] @ self.weights_)
         return out
+
+    def score_one(self, user: int, seen: np.ndarray) -> np.ndarray:
+        if sp.issparse(self.weights_):
+            return self.score(np.array([user]), one_row_history(seen, self.n_items_))[0]
+        return self._score_one(seen)[0]
 
     def _score_one(self, items: np.ndarray) -> np.ndarray:
         """[1, n_items] scores of one history (catalogue indices, ascending): the sum of the

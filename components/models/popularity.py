@@ -21,6 +21,9 @@ class PopularityModel:
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         return np.broadcast_to(self.scores_, (history.shape[0], self.scores_.shape[0])).copy()
 
+    def score_one(self, user: int, seen: np.ndarray) -> np.ndarray:
+        return self.scores_.copy()
+
     def retrieve(self, users: np.ndarray, history: sp.csr_matrix, n: int) -> Retrieved:
         """The most popular unseen items: the global order's first n + (history length)."""
         order = getattr(self, "_order", None)

@@ -28,7 +28,13 @@ import scipy.sparse as sp
 from components.config import ModelConfig, SplitConfig
 from components.data.split import kfold_splits, split_interactions
 from components.models.als import AlsModel
-from components.models.base import USER_TIMES, TrainingData, build_training_data, history_matrix
+from components.models.base import (
+    USER_TIMES,
+    TrainingData,
+    build_training_data,
+    history_matrix,
+    one_row_history,
+)
 from components.models.content import ContentModel
 from components.models.ease import EaseModel, SequenceEaseModel
 from components.models.features import (
@@ -739,14 +745,12 @@ class TwoStageRecommender:
     def one_user_candidates(self, user: int, seen: np.ndarray) -> tuple[dict[str, np.ndarray], Candidates]:
         """Every generator's [n_items] scores of one user's history (`one_user_history`) and
         the ranker's candidate rows for it: the features the served answer was ranked on."""
-        history = sp.csr_matrix(
-            (np.ones(len(seen), np.float32), seen.astype(np.int32), np.array([0, len(seen)], np.int32)),
-            shape=(1, self.data_.n_items),
-        )
         users = np.array([user], dtype=np.int64)
-        scores = {name: gen.score(users, history)[0] for name, gen in self.generators_.items()}
         if self.large_:  # the retrieval path's candidates, as `recommend_indices` builds them
+            history = one_row_history(seen, self.data_.n_items)
+            scores = {name: gen.score(users, history)[0] for name, gen in self.generators_.items()}
             return scores, self._candidates(users, history)
+        scores = {name: gen.score_one(user, seen) for name, gen in self.generators_.items()}
         if user >= 0:
             user_time = self.user_time_[users]
         else:
