@@ -59,6 +59,9 @@ _FALLBACK_OFFSET = -1e4
 _CHUNK = 1024
 # Candidate rows up to which the ranker predicts on one thread (`TwoStageRecommender._rank`).
 _ONE_THREAD_ROWS = 4096
+# Batches up to this many users are answered one user at a time (`_recommend_one`): the batch
+# path's sparse matrices cost more than they save below it (bench_model_call.py).
+_ONE_BY_ONE_USERS = 3
 # How often `fit(ranker_rounds=...)` hears the ranker's validation NDCG, in boosting rounds.
 RANKER_ROUNDS_EVERY = 25
 
@@ -688,14 +691,21 @@ class TwoStageRecommender:
     ) -> Recommendations:
         """Top-k for users by id. Unknown users get the cold-start answer (popularity, or
         content and collaborative scores from `history_item_ids` when given)."""
-        if len(user_ids) == 1 and self.ranker_ is not None and not self.large_:
-            one = self._recommend_one(
-                str(user_ids[0]), k,
-                None if exclude_item_ids is None else exclude_item_ids[0],
-                None if history_item_ids is None else history_item_ids[0],
-            )
-            if one is not None:
-                return one
+        if len(user_ids) <= _ONE_BY_ONE_USERS and self.ranker_ is not None and not self.large_:
+            ones = [
+                self._recommend_one(
+                    str(user), k,
+                    None if exclude_item_ids is None else exclude_item_ids[i],
+                    None if history_item_ids is None else history_item_ids[i],
+                )
+                for i, user in enumerate(user_ids)
+            ]
+            if ones and all(one is not None for one in ones):
+                return ones[0] if len(ones) == 1 else Recommendations(
+                    np.concatenate([one.item_ids for one in ones]),
+                    np.concatenate([one.scores for one in ones]),
+                    np.concatenate([one.cold_start for one in ones]),
+                )
         users = self.user_index(user_ids)
         cold = users < 0
         n_items = self.data_.n_items

@@ -15,8 +15,9 @@ import scipy.sparse as sp
 from histories import grown_histories
 
 from components.models.artifact import load_model
-from components.models.base import USER_TIMES, history_matrix
+from components.models.base import USER_TIMES, history_matrix, one_row_history
 from components.models.features import build_candidates, top_n
+from components.models.two_stage import _ONE_BY_ONE_USERS
 
 FALLBACK_OFFSET = -1e4
 
@@ -137,13 +138,14 @@ def test_single_calls_answer_as_the_batch_path_in_every_case(model):
         ]
     cases += [("nobody", 10, None, None), ("nobody", 10, None, [["no-such-item"]])]
     cases += [(str(data.user_ids[0]), data.n_items + 5, None, None)]
+    others = [f"someone-else-{n}" for n in range(_ONE_BY_ONE_USERS)]  # past the one-by-one batches
     for user, k, exclude, history in cases:
         one = model.recommend([user], k, exclude_item_ids=exclude, history_item_ids=history)
         both = model.recommend(
-            [user, "someone-else"],
+            [user, *others],
             k,
-            exclude_item_ids=None if exclude is None else exclude + [[]],
-            history_item_ids=None if history is None else history + [[ids[0]]],
+            exclude_item_ids=None if exclude is None else exclude + [[]] * len(others),
+            history_item_ids=None if history is None else history + [[ids[0]]] * len(others),
         )
         np.testing.assert_array_equal(one.item_ids[0], both.item_ids[0], err_msg=user)
         np.testing.assert_allclose(one.scores[0], both.scores[0], rtol=1e-6, atol=1e-9)
@@ -159,3 +161,41 @@ def test_one_user_ease_scores_are_the_sparse_products(model, name):
         expected = np.zeros((1, gen.n_items_), dtype=np.float32)
         expected[:, gen.items_] = np.asarray(matrix[:, gen.items_] @ gen.weights_)
         np.testing.assert_array_equal(gen.score(np.array([-1]), matrix), expected)
+
+
+def test_small_batches_answered_one_by_one_answer_as_the_batch_path(model):
+    """Batches of up to `_ONE_BY_ONE_USERS` users are answered user by user; the same users
+    within a larger batch (the vectorised path) get the same answers, a user with no history
+    (who sends the small batch to the batch path) included."""
+    rows = np.arange(0, model.data_.n_users, 5)
+    histories = grown_histories(model, rows, 2, seed=13)
+    users = [str(u) for u in model.data_.user_ids[rows]]
+    for size in range(2, _ONE_BY_ONE_USERS + 1):
+        for start in range(0, len(users) - size, size):
+            picked = users[start : start + size]
+            extra = histories[start : start + size]
+            if start % 3 == 0:
+                picked, extra = [*picked[:-1], "nobody"], [*extra[:-1], []]
+            small = model.recommend(picked, 10, history_item_ids=extra)
+            large = model.recommend(picked + users[:_ONE_BY_ONE_USERS], 10,
+                                    history_item_ids=extra + histories[:_ONE_BY_ONE_USERS])
+            np.testing.assert_array_equal(small.item_ids, large.item_ids[:size])
+            np.testing.assert_allclose(small.scores, large.scores[:size], rtol=1e-6, atol=1e-9)
+            np.testing.assert_array_equal(small.cold_start, large.cold_start[:size])
+
+
+def test_every_generator_scores_one_user_as_its_batch_score(model):
+    """`score_one` (a user's sorted item indices, no sparse matrix) gives the bits `score`
+    gives on the same one-row history: trained users, grown histories, an empty one."""
+    data = model.data_
+    rows = np.arange(0, data.n_users, 2)
+    cases = [model.one_user_history(str(data.user_ids[r]), None) for r in rows[::2]]
+    cases += [model.one_user_history(str(data.user_ids[r]), h)
+              for r, h in zip(rows, grown_histories(model, rows, 3, seed=21))]
+    cases += [(-1, np.zeros(0, dtype=np.int64))]
+    for name, gen in model.generators_.items():
+        for user, seen in cases:
+            want = gen.score(np.array([user]), one_row_history(seen, data.n_items))[0]
+            got = gen.score_one(user, seen)
+            assert got.dtype == want.dtype, name
+            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=name)
