@@ -62,6 +62,9 @@ STEPS = [  # item 2, oldest first, then the code the benchmark runs from
     ("9281571", "refactor (no change in behaviour)"),
     ("c24d169", "EASE scores one user by summing weight rows"),
     ("162e14a", "top-N of a 1-D row without take_along_axis"),
+    ("4bc240d", "the ranker's trees compiled (lleaves), as the predictor loads them"),
+    ("bc359ad", "one-user features on the generators' rows stacked"),
+    ("a40c0ed", "generators score one user from its item indices"),
     ("HEAD", "HEAD (the code this benchmark runs from)"),
 ]
 CACHE_STEPS = [

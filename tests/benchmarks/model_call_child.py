@@ -3,7 +3,8 @@ the checkout of one commit (PYTHONPATH) and times what the parent asks, so that 
 runs the same workload in the same environment.
 
     python model_call_child.py model ARTIFACT_DIR WORKLOAD_JSON
-        one-user `recommend(..., history_item_ids=...)` calls on the loaded artifact
+        one-user `recommend(..., history_item_ids=...)` calls on the loaded artifact (its
+        ranker compiled where the commit can, as the predictor serves it)
     python model_call_child.py predictor ARTIFACT_DIR WORKLOAD_JSON STORE_URL
         single-user v2 `predict()` of users with fresh likes (stored first, in this commit's
         feedback store at STORE_URL), as the predictor serves them
@@ -104,6 +105,11 @@ def model(artifact: str, workload: dict) -> None:
 
     root = _checkout()
     recommender = load_model(artifact)
+    compile_ranker = getattr(recommender, "compile_ranker", None)
+    if compile_ranker is not None:  # as the predictor's load() does, from this commit on
+        reason = compile_ranker(os.environ.get("RECSYS_COMPILED_RANKER_CACHE"))
+        if reason is not None:
+            raise SystemExit(f"the ranker did not compile: {reason}")
     users, histories = workload["users"], workload["histories"]
     for user, history in zip(users[:10], histories[:10]):  # warm-up: lazy lookups, caches
         recommender.recommend([user], 10, history_item_ids=[history])
