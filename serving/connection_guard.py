@@ -13,7 +13,11 @@ one `http="auto"` picks) adds, per connection:
 - a deadline for the body once the headers are in (`body_timeout`): closed when it passes (the
   application sees the client disconnect);
 - a cap on the connections one client address holds at once (`max_per_client`): one more is
-  answered 503 and closed at once, so that one client cannot take what the others need.
+  answered 503 and closed at once, so that one client cannot take what the others need;
+- a cap on a request's body (`max_body_bytes`, where a server sets one): a declared
+  Content-Length past it is answered 413 before any of the body is read, and a body that grows
+  past it (chunked, or longer than declared) is answered 413 and the connection closed, so that
+  uvicorn never holds more of it than the cap.
 
 The bounds come from the uvicorn `Config` (`apply(config, limits)`), which uvicorn hands to every
 protocol instance and pickles into each worker process.
@@ -64,6 +68,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._awaiting_headers = False
         self._header_bytes = 0
+        self._body_bytes = 0
         self._counted: str | None = None
 
     # -- the deadline -------------------------------------------------------------------------
@@ -154,21 +159,48 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().on_header(name, value)
 
     def on_body(self, body: bytes) -> None:
-        if not self._too_large():
-            super().on_body(body)
+        if self._too_large() or self.transport.is_closing():
+            return
+        self._body_bytes += len(body)
+        cap = self.limits.max_body_bytes
+        if cap and self._body_bytes > cap:
+            self._refuse_body(f"request: body over {cap} bytes")
+            return
+        super().on_body(body)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._body_bytes = 0
         self._await_headers()
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
-        if self._too_large():
+        if self._too_large() or self.transport.is_closing():
             return  # not handed to the application; data_received answers 431
+        cap, declared = self.limits.max_body_bytes, self._declared_length()
+        if cap and declared is not None and declared > cap:
+            self._refuse_body(f"request: body of {declared} bytes, over {cap}")
+            return  # not handed to the application
         self._arm(self.limits.body_timeout, self._body_too_slow)
         super().on_headers_complete()
 
+    def _declared_length(self) -> int | None:
+        for name, value in self.headers:  # names lower-cased by uvicorn's on_header
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None  # httptools refuses it as the body is read
+        return None
+
+    def _refuse_body(self, message: str) -> None:
+        """413 and close: nothing more of this connection is read (a handler already waiting
+        for the body sees the client disconnect)."""
+        self._disarm()
+        self.transport.write(_response(b"413 Content Too Large", message))
+        self.transport.close()
+
     def on_message_complete(self) -> None:
         self._disarm()
-        if not self._too_large():
+        if not self._too_large() and not self.transport.is_closing():
             super().on_message_complete()
