@@ -36,6 +36,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
         DEFAULT_MAX_ANSWER_ITEMS,
         DEFAULT_MAX_BATCH_SIZE,
         DEFAULT_MAX_EXPLAIN_ITEMS,
+        DEFAULT_MAX_REQUEST_BYTES,
         DEFAULT_MAX_TITLE_QUERIES,
         add_connection_arguments,
     )
@@ -90,6 +91,10 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         "(default: %(default)s; on a cluster, the time its endpoints take to "
                         "drop the pod)")
     add_connection_arguments(parser)
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+                        help="largest REST request body: a larger declared one is answered 413 "
+                        "before it is read, a longer one is cut off with a 413 and the connection "
+                        "closed; 0: no cap (default: %(default)s)")
     parser.add_argument("--no-fast-infer", dest="fast_infer", action="store_false",
                         help="answer POST /v2/models/NAME/infer with JSON bodies on KServe's "
                         "FastAPI route instead of the thin path that gives the same answer "
@@ -191,9 +196,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise RecsysError(f"--batch-max-wait-ms must be between 0 and 1000, got {args.batch_max_wait_ms:g}")
     if args.drain_seconds < 0:
         raise RecsysError(f"--drain-seconds must not be negative, got {args.drain_seconds}")
-    from serving.limits import connection_limits
-
-    problem = connection_limits(args).problem()
+    problem = _connection_limits(args).problem()
     if problem:
         raise RecsysError(problem)
     if args.online_store:
@@ -217,6 +220,15 @@ def _validate(args: argparse.Namespace) -> None:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise RecsysError(f"--request-log {args.request_log}: not a writable directory ({reason})") from None
+
+
+def _connection_limits(args: argparse.Namespace):
+    """The per-connection bounds of the options, with the predictor's body cap."""
+    from dataclasses import replace
+
+    from serving.limits import connection_limits
+
+    return replace(connection_limits(args), max_body_bytes=getattr(args, "max_body_bytes", 0))
 
 
 def _check_online_store(url: str) -> None:
@@ -264,7 +276,6 @@ def serve(args: argparse.Namespace) -> int:
     _validate(args)
     from kserve.logging import configure_logging
 
-    from serving.limits import connection_limits
     from serving.model_server import RecsysModelServer, quiet_logging
     from serving.predictor import RecommenderModel
 
@@ -302,7 +313,7 @@ def serve(args: argparse.Namespace) -> int:
     server = RecsysModelServer(
         host=args.host,
         drain_seconds=args.drain_seconds,
-        connection_limits=connection_limits(args),
+        connection_limits=_connection_limits(args),
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=args.workers,

@@ -462,6 +462,56 @@ def test_connection_limits_that_cannot_work_are_one_line(tmp_path, option, value
         assert "Traceback" not in done.stderr
 
 
+def _raw_request(url: str, head: bytes, body_chunks=(), wait: float = 30) -> bytes:
+    """Send a request's head and body pieces on a new connection; what the server sent before
+    closing it (or all it sent within `wait`)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=wait)
+    try:
+        sock.sendall(head)
+        for chunk in body_chunks:
+            sock.sendall(chunk)
+    except OSError:  # the server answered and closed while the body was still being sent
+        pass
+    try:
+        return _until_closed(sock, wait)
+    except TimeoutError:
+        return b"(still open)"
+
+
+def test_a_body_past_the_cap_is_a_413_before_it_is_read(server):
+    """The default cap (16 MiB): a declared Content-Length past it is answered 413 at once,
+    without the body; a chunked body that grows past it is cut off with a 413; a body below it
+    (a v2 request padded to 2 MiB) is answered; the server goes on answering."""
+    from serving.limits import DEFAULT_MAX_REQUEST_BYTES as cap
+
+    path = f"/v2/models/{MODEL}/infer".encode()
+    declared = _raw_request(server.url, b"POST %s HTTP/1.1\r\nHost: x\r\ncontent-type: "
+                            b"application/json\r\ncontent-length: %d\r\n\r\n" % (path, cap + 1),
+                            wait=10)
+    assert declared.startswith(b"HTTP/1.1 413"), declared[:200]
+    assert json.loads(declared.split(b"\r\n\r\n", 1)[1])["error"].endswith(f"over {cap}")
+    piece = b" " * (1024 * 1024)
+    chunks = [b"%x\r\n%s\r\n" % (len(piece), piece)] * (cap // len(piece) + 2) + [b"0\r\n\r\n"]
+    chunked = _raw_request(server.url, b"POST %s HTTP/1.1\r\nHost: x\r\ncontent-type: "
+                           b"application/json\r\ntransfer-encoding: chunked\r\n\r\n" % path, chunks)
+    assert chunked.startswith(b"HTTP/1.1 413"), chunked[:200]
+    body = json.dumps(v2_body(("user_id", "BYTES", [1], ["1"]))) + " " * (2 * 1024 * 1024)
+    answered = post_v2(server, body)
+    assert answered.status_code == 200, answered.text[:300]
+    assert len(answered.json()["outputs"][0]["data"]) > 0
+
+
+def test_the_body_cap_is_an_option():
+    done = subprocess.run([sys.executable, "-m", "serving", "--help"], check=True, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert "--max-body-bytes" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "serving", "--model-dir", "x", "--max-body-bytes",
+                           "-1"], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--max-body-bytes must not be negative" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # ------------------------------------------------------------------ Low: SIGTERM drains (last)
 def test_sigterm_drains_keep_alive_clients_and_exits_cleanly(server):
     """After SIGTERM: readiness is false at once; requests on kept-alive connections go on being
