@@ -6,8 +6,10 @@ and LightGBM release the GIL), so REST, gRPC and the health probes keep answerin
 works, and heavy requests queue there instead of taking every core. Calls that can share the
 work (rows that need the model, each scored as it would be alone) are gathered on the event
 loop for up to `max_wait` seconds or until `max_batch` rows are waiting, then scored as one
-call in a worker thread, the way KServe's batcher and Triton's dynamic batching work.
-`max_batch` 1 turns the batcher off (every call runs on its own). `/metrics` has the rows per
+call in a worker thread, the way KServe's batcher and Triton's dynamic batching work. While
+every worker is busy with a batch, rows go on gathering and leave as one batch (up to
+`max_batch` rows) the moment a worker is free: under load the batches grow instead of queueing
+in `max_wait` slices behind each other. `max_batch` 1 turns the batcher off (every call runs on its own). `/metrics` has the rows per
 batched call (`recsys_model_batch_rows`) and how long each call waited for a worker
 (`recsys_model_queue_seconds`).
 """
@@ -48,6 +50,7 @@ class ModelCalls:
         self._pending_rows = 0
         self._timer: asyncio.TimerHandle | None = None
         self._batch_fn: Callable[[list[Any]], list[Any]] | None = None
+        self._in_flight = 0  # batches in the worker threads (the event loop's thread only)
         self._rows = BATCH_ROWS.labels(name)
         self._queued = QUEUE_SECONDS.labels(name)
 
@@ -88,12 +91,19 @@ class ModelCalls:
         return await future
 
     def _flush(self) -> None:
+        """Send what is pending to a free worker; with none free, it waits for the next one."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        pending, self._pending, self._pending_rows = self._pending, [], 0
-        if not pending:
-            return
+        if not self._pending or self._in_flight >= self.threads:
+            return  # `_finished` sends it
+        taken, rows = 1, self._pending[0][1]  # up to max_batch rows; a larger item alone
+        while taken < len(self._pending) and rows + self._pending[taken][1] <= self.max_batch:
+            rows += self._pending[taken][1]
+            taken += 1
+        pending, self._pending = self._pending[:taken], self._pending[taken:]
+        self._pending_rows -= rows
+        self._in_flight += 1
         batch_fn = self._batch_fn
         self._rows.observe(sum(rows for _, rows, _, _ in pending))
 
@@ -104,7 +114,17 @@ class ModelCalls:
             return batch_fn([item for item, _, _, _ in pending])
 
         done = asyncio.get_running_loop().run_in_executor(self._pool(), call)
-        done.add_done_callback(lambda d: _settle(d, [f for *_, f in pending]))
+        done.add_done_callback(lambda d: self._finished(d, [f for *_, f in pending]))
+
+    def _finished(self, done: asyncio.Future, futures: Sequence[asyncio.Future]) -> None:
+        self._in_flight -= 1
+        _settle(done, futures)
+        if self._pending and (self._timer is None or self._pending_rows >= self.max_batch
+                              or self._waited() >= self.max_wait):
+            self._flush()  # they waited for this worker: no more waiting for others
+
+    def _waited(self) -> float:
+        return time.perf_counter() - self._pending[0][2]
 
     def close(self) -> None:
         """Finish the calls in the worker threads (answers in flight get answered and logged)."""
