@@ -637,32 +637,42 @@ def merge_histories(client: list[list[str]] | None,
 
 
 # ------------------------------------------------------------------------- the predictor
-def training_filter(model: Any) -> Callable[[str, list[str]], list[str]]:
-    """Keeps the items the model knows and the user's training history lacks: only those
-    change an answer (and a user with none keeps the precomputed one). Item ids map to their
-    columns once; a change then looks its items up in the user's row of the training matrix
-    (sorted column indices, one `searchsorted`), rather than building a set of the whole
-    training history at every change."""
-    import numpy as np  # not at module level: the events service imports this module too
+TRAINING_SETS_ITEMS = 200_000  # training items held in the filter's per-user sets, at most
 
+
+def training_filter(model: Any, *, cache_items: int = TRAINING_SETS_ITEMS
+                    ) -> Callable[[str, list[str]], list[str]]:
+    """Keeps the items the model knows and the user's training history lacks: only those
+    change an answer (and a user with none keeps the precomputed one).
+
+    A user who likes one item after another is filtered at every like: the set of the user's
+    training items is kept for the users filtered last (least recently used first out, at most
+    `cache_items` items in all, a few MB), so a like costs a few set lookups rather than a
+    set of the whole training history."""
     data = model.data_
-    columns = {item: column for column, item in enumerate(data.item_ids.tolist())}
-    matrix = data.matrix if data.matrix.has_sorted_indices else data.matrix.sorted_indices()
-    indptr, indices = matrix.indptr, matrix.indices
+    names = data.item_ids.tolist()
+    known = frozenset(names)
+    indptr, indices = data.matrix.indptr, data.matrix.indices
+    seen_by_row: dict[int, frozenset[str]] = {}  # in the order of use, the latest last
+    held = 0
+
+    def training_items(row: int) -> frozenset[str]:
+        nonlocal held
+        seen = seen_by_row.pop(row, None)
+        if seen is None:
+            seen = frozenset([names[c] for c in indices[indptr[row]:indptr[row + 1]].tolist()])
+            held += len(seen)
+            while held > cache_items and seen_by_row:
+                held -= len(seen_by_row.pop(next(iter(seen_by_row))))
+        seen_by_row[row] = seen  # (again) the latest used
+        return seen
 
     def keep(user: str, items: list[str]) -> list[str]:
-        found = [(item, column) for item in items
-                 if (column := columns.get(item)) is not None]
         row = int(model.user_index([user])[0])
-        if row < 0 or not found:
-            return [item for item, _column in found]
-        trained = indices[indptr[row]:indptr[row + 1]]
-        if not len(trained):
-            return [item for item, _column in found]
-        wanted = np.fromiter((column for _item, column in found), trained.dtype, len(found))
-        at = np.minimum(np.searchsorted(trained, wanted), len(trained) - 1)
-        seen = (trained[at] == wanted).tolist()
-        return [item for (item, _column), was in zip(found, seen) if not was]
+        if row < 0:
+            return [item for item in items if item in known]
+        seen = training_items(row)
+        return [item for item in items if item in known and item not in seen]
 
     return keep
 
