@@ -7,8 +7,9 @@ never recommend them again. Two online stores hold that history:
 - Locally, the feedback store itself (the run home's SQLite file, or any store URL).
 - On a cluster, Redis: the events service keeps a capped list per user,
   `<prefix>history:<user_id>` (newest first, each item once, with a TTL), and appends the user
-  id to a capped stream, `<prefix>history-changes`, so readers learn who changed
-  (`RedisHistoryWriter`). The lists follow the feedback store, the source of truth, from a
+  id to a capped stream, `<prefix>history-changes`, with what changed (the pushed items,
+  the list's length before and after, a counter kept in `<prefix>history-seq`), so readers
+  learn who changed and, mostly, need not read the list again (`RedisHistoryWriter`). The lists follow the feedback store, the source of truth, from a
   cursor kept beside them (`<prefix>history-cursor`; `HistoryPusher`): what was committed while
   Redis was down reaches them once it is back.
 
@@ -22,7 +23,8 @@ answers go on with the history last read: failures are counted, the time since t
 read is exported, and a warning is logged at most once a minute; the thread retries.
 
 Memory: one tuple of at most `max_items` ids per user with fresh feedback (the SQL tail starts
-at the model's training end; Redis lists expire after their TTL).
+at the model's training end; Redis lists expire after their TTL); a Redis reader also keeps a
+copy of the list of each user changed since it started (`RedisHistorySource`).
 """
 from __future__ import annotations
 
