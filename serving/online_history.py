@@ -7,8 +7,9 @@ never recommend them again. Two online stores hold that history:
 - Locally, the feedback store itself (the run home's SQLite file, or any store URL).
 - On a cluster, Redis: the events service keeps a capped list per user,
   `<prefix>history:<user_id>` (newest first, each item once, with a TTL), and appends the user
-  id to a capped stream, `<prefix>history-changes`, so readers learn who changed
-  (`RedisHistoryWriter`). The lists follow the feedback store, the source of truth, from a
+  id to a capped stream, `<prefix>history-changes`, with what changed (the pushed items,
+  the list's length before and after, a counter kept in `<prefix>history-seq`), so readers
+  learn who changed and, mostly, need not read the list again (`RedisHistoryWriter`). The lists follow the feedback store, the source of truth, from a
   cursor kept beside them (`<prefix>history-cursor`; `HistoryPusher`): what was committed while
   Redis was down reaches them once it is back.
 
@@ -22,15 +23,17 @@ answers go on with the history last read: failures are counted, the time since t
 read is exported, and a warning is logged at most once a minute; the thread retries.
 
 Memory: one tuple of at most `max_items` ids per user with fresh feedback (the SQL tail starts
-at the model's training end; Redis lists expire after their TTL).
+at the model's training end; Redis lists expire after their TTL); a Redis reader also keeps a
+copy of the list of each user changed since it started (`RedisHistorySource`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Gauge
 
@@ -99,23 +102,42 @@ class _OncePerMinute:
 # a compare-and-set on the cursor: a batch whose answer was lost (a timeout after Redis ran
 # it) and is sent again finds the cursor already past it and changes nothing. An item is kept
 # once per list (LREM before LPUSH), so even a batch applied twice adds nothing twice.
+#
+# Each change entry also says what changed, so that a reader can apply it to the list it holds
+# instead of reading the list again (`RedisHistorySource`): `seq`, one more than the entry
+# before it (a counter kept beside the stream: a reader that sees a gap knows entries were
+# trimmed away); `before` and `after`, the list's length before and after the push (a
+# `before` the reader does not expect means the list changed another way: it expired, say);
+# and, for a push of at most ITEMS_IN_CHANGE items, `items`, the pushed items oldest first (a
+# JSON array). Entries stay small: a longer push (a rebuild) names only the user.
 _PUSH_SCRIPT = """
 if ARGV[1] == '1' and (redis.call('GET', KEYS[1]) or '') ~= ARGV[2] then return 0 end
-local a = 7
-for k = 3, #KEYS do
+local a = 8
+for k = 4, #KEYS do
   local user, n = ARGV[a], tonumber(ARGV[a + 1])
+  local before = redis.call('LLEN', KEYS[k])
   for j = a + 2, a + 1 + n do
     redis.call('LREM', KEYS[k], 0, ARGV[j])
     redis.call('LPUSH', KEYS[k], ARGV[j])
   end
-  a = a + 2 + n
   redis.call('LTRIM', KEYS[k], 0, tonumber(ARGV[4]) - 1)
   redis.call('EXPIRE', KEYS[k], tonumber(ARGV[5]))
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'user_id', user)
+  local entry = {'user_id', user, 'seq', redis.call('INCR', KEYS[3]), 'before', before,
+                 'after', redis.call('LLEN', KEYS[k])}
+  if n <= tonumber(ARGV[7]) then
+    entry[9], entry[10] = 'items', cjson.encode({unpack(ARGV, a + 2, a + 1 + n)})
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(entry))
+  a = a + 2 + n
 end
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[3]) end
 return 1
 """
+ITEMS_IN_CHANGE = 20  # at most this many pushed items ride in a change entry
+
+
+def seq_key(prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}history-seq"
 
 
 def cursor_key(prefix: str = DEFAULT_PREFIX) -> str:
@@ -158,9 +180,9 @@ class RedisHistoryWriter:
             by_user.setdefault(str(event["user_id"]), []).append(str(event["item_id"]))
         if not by_user and expected is None:
             return True, 0
-        keys = [cursor_key(self.prefix), changes_key(self.prefix)]
+        keys = [cursor_key(self.prefix), changes_key(self.prefix), seq_key(self.prefix)]
         args: list[Any] = ["0" if expected is None else "1", expected or "", cursor,
-                           self.list_length, self.ttl, self.changes_length]
+                           self.list_length, self.ttl, self.changes_length, ITEMS_IN_CHANGE]
         for user, items in by_user.items():
             keys.append(history_key(user, self.prefix))
             args.extend([user, len(items), *items])  # oldest first: the newest ends up first
@@ -366,47 +388,124 @@ class SqlHistorySource:
         self.store.close()
 
 
+class _Known(NamedTuple):
+    """What a reader holds of one user's list: its first items (newest first), its length,
+    and the change counter (`seq`) it reflects."""
+
+    items: tuple[str, ...]
+    length: int
+    seq: int
+
+
 class RedisHistorySource:
-    """Redis lists written by `RedisHistoryWriter`, followed through the change stream."""
+    """Redis lists written by `RedisHistoryWriter`, followed through the change stream.
+
+    A change entry that carries its items is applied to the copy of the user's list held here
+    (newest first, each item once, capped), which gives what reading the list again would: no
+    round trip, and nothing to parse but the entry. The list is read again (LRANGE, with its
+    length and the change counter, in one transaction) whenever that is not certain: a user
+    not held yet, an entry without items (a long push, or a writer of an older version), a
+    `before` length other than the one held (the list expired, or changed another way; an
+    empty list before the push needs no read), or a gap in the entries' counter (entries
+    trimmed away while this reader was behind: every copy is dropped and read again at its
+    user's next change, as a reader of whole lists would). `items_from_changes=False` reads
+    every changed list again (what older versions did)."""
 
     replaces = True  # yields each changed user's whole list, newest first
     resync_after_failure = True  # changes may have been trimmed from the stream meanwhile
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, max_items: int = 50,
-                 poll_seconds: float = 0.2, timeout: float = 2.0):
+                 poll_seconds: float = 0.2, timeout: float = 2.0,
+                 items_from_changes: bool = True):
         self.client = _redis_client(url, max(timeout, poll_seconds + 1.0))
         self.prefix, self.max_items = prefix, max_items
         self.block_ms = max(1, int(poll_seconds * 1000))
+        self.items_from_changes = items_from_changes
         self.cursor = "0-0"
+        self._known: dict[str, _Known] = {}
+        self._seq: int | None = None  # the counter of the last entry read (None: not known)
 
-    def _lists(self, users: Sequence[str]) -> dict[str, list[str]]:
+    def _lists(self, users: Sequence[str], *, hold: bool) -> dict[str, list[str]]:
+        """The users' lists (their first `max_items`). With `hold`, each is read with its
+        length and the change counter in one transaction, and a copy is kept: the counter
+        says which entries the copy reflects already."""
         out = {}
         for start in range(0, len(users), _REDIS_SCAN_CHUNK):
             chunk = users[start:start + _REDIS_SCAN_CHUNK]
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.client.pipeline(transaction=hold)
             for user in chunk:
-                pipe.lrange(history_key(user, self.prefix), 0, self.max_items - 1)
-            out.update(zip(chunk, pipe.execute()))
+                key = history_key(user, self.prefix)
+                pipe.lrange(key, 0, self.max_items - 1)
+                if hold:
+                    pipe.llen(key)
+            if not hold:
+                out.update(zip(chunk, pipe.execute()))
+                continue
+            pipe.get(seq_key(self.prefix))
+            *replies, seq = pipe.execute()
+            for n, user in enumerate(chunk):
+                items = out[user] = replies[2 * n]
+                self._known[user] = _Known(tuple(items), replies[2 * n + 1], int(seq or 0))
         return out
 
     def snapshot(self) -> dict[str, list[str]]:
-        # The stream's position first: changes during the scan are read again after it.
-        last = self.client.xrevrange(changes_key(self.prefix), count=1)
+        # The stream's position (and its counter) first: changes during the scan are read
+        # again after it. No copies are kept: a user's list is read again at its first change
+        # (memory for the users who change, not for every list).
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xrevrange(changes_key(self.prefix), count=1)
+        pipe.get(seq_key(self.prefix))
+        last, seq = pipe.execute()
         self.cursor = last[0][0] if last else "0-0"
+        self._seq, self._known = int(seq or 0), {}
         head = history_key("", self.prefix)
         users = [key[len(head):] for key in
                  self.client.scan_iter(match=head.replace("*", r"\*") + "*", count=1000)]
-        return self._lists(users)
+        return self._lists(users, hold=False)
 
     def changes(self, wait: bool = True) -> dict[str, list[str]]:
         reply = self.client.xread({changes_key(self.prefix): self.cursor}, count=10_000,
                                   block=self.block_ms if wait else None)
-        users: set[str] = set()
+        applied: set[str] = set()  # users whose copy the entries brought up to date
+        unread: set[str] = set()  # users whose list must be read again
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self.cursor = entry_id
-                users.add(fields.get("user_id", ""))
-        return self._lists(sorted(users)) if users else {}
+                user = fields.get("user_id", "")
+                if self.items_from_changes and self._follow(user, fields):
+                    applied.add(user)
+                else:
+                    unread.add(user)
+        # (a copy applied before a gap in the counter was dropped with the others)
+        unread |= {user for user in applied if user not in self._known}
+        out = {user: list(self._known[user].items) for user in applied - unread}
+        if unread:
+            out.update(self._lists(sorted(unread), hold=self.items_from_changes))
+        return out
+
+    def _follow(self, user: str, fields: Mapping[str, str]) -> bool:
+        """Applies one change entry to the user's copy; False when the list must be read."""
+        if "seq" not in fields:  # a writer of an older version
+            return False
+        seq = int(fields["seq"])
+        if self._seq is not None and seq != self._seq + 1:
+            self._known.clear()  # entries trimmed away: no copy can be trusted
+        self._seq = seq
+        known = self._known.get(user)
+        if known is not None and seq <= known.seq:
+            return True  # read after this change: the copy has it already
+        before, items = int(fields["before"]), fields.get("items")
+        if before == 0:
+            known = _Known((), 0, seq - 1)
+        if items is None or known is None or known.length != before:
+            self._known.pop(user, None)
+            return False
+        after = int(fields["after"])
+        pushed = json.loads(items)
+        merged = dict.fromkeys(reversed(pushed))
+        merged.update(dict.fromkeys(known.items))
+        self._known[user] = _Known(tuple(merged)[:min(self.max_items, after)], after, seq)
+        return True
 
     def close(self) -> None:
         self.client.close()
@@ -540,17 +639,41 @@ def merge_histories(client: list[list[str]] | None,
 
 
 # ------------------------------------------------------------------------- the predictor
-def training_filter(model: Any) -> Callable[[str, list[str]], list[str]]:
+TRAINING_SETS_ITEMS = 200_000  # training items held in the filter's per-user sets, at most
+
+
+def training_filter(model: Any, *, cache_items: int = TRAINING_SETS_ITEMS
+                    ) -> Callable[[str, list[str]], list[str]]:
     """Keeps the items the model knows and the user's training history lacks: only those
-    change an answer (and a user with none keeps the precomputed one)."""
+    change an answer (and a user with none keeps the precomputed one).
+
+    A user who likes one item after another is filtered at every like: the set of the user's
+    training items is kept for the users filtered last (least recently used first out, at most
+    `cache_items` items in all, a few MB), so a like costs a few set lookups rather than a
+    set of the whole training history."""
     data = model.data_
-    item_ids = data.item_ids
-    known = set(item_ids.tolist())
+    names = data.item_ids.tolist()
+    known = frozenset(names)
     indptr, indices = data.matrix.indptr, data.matrix.indices
+    seen_by_row: dict[int, frozenset[str]] = {}  # in the order of use, the latest last
+    held = 0
+
+    def training_items(row: int) -> frozenset[str]:
+        nonlocal held
+        seen = seen_by_row.pop(row, None)
+        if seen is None:
+            seen = frozenset([names[c] for c in indices[indptr[row]:indptr[row + 1]].tolist()])
+            held += len(seen)
+            while held > cache_items and seen_by_row:
+                held -= len(seen_by_row.pop(next(iter(seen_by_row))))
+        seen_by_row[row] = seen  # (again) the latest used
+        return seen
 
     def keep(user: str, items: list[str]) -> list[str]:
         row = int(model.user_index([user])[0])
-        seen = set() if row < 0 else set(item_ids[indices[indptr[row]:indptr[row + 1]]].tolist())
+        if row < 0:
+            return [item for item in items if item in known]
+        seen = training_items(row)
         return [item for item in items if item in known and item not in seen]
 
     return keep

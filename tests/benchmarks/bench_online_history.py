@@ -473,3 +473,108 @@ def test_grpc_figures(ml100k_model, tmp_path, request):
     print(f"like per request: a like's 2xx to the user's first answer without the item: p99 "
           f"{np.median([r['visible_p99'] for r in rs]):.0f} ms (median of rounds; target < 1 s)")
     assert all(r["errors"] == 0 for r in results.values())
+
+
+# ------------------------------------------------------- a like, on the predictor's side
+LIKES = 2_000
+LIKE_BLOCKS = 10
+
+
+def _set_filter(model):
+    """The training filter as it was: a set of the user's whole training history per change
+    (the baseline of the bench below)."""
+    data = model.data_
+    item_ids = data.item_ids
+    known = set(item_ids.tolist())
+    indptr, indices = data.matrix.indptr, data.matrix.indices
+
+    def keep(user: str, items: list[str]) -> list[str]:
+        row = int(model.user_index([user])[0])
+        seen = set() if row < 0 else set(item_ids[indices[indptr[row]:indptr[row + 1]]].tolist())
+        return [item for item in items if item in known and item not in seen]
+
+    return keep
+
+
+def test_a_like_on_the_predictor_side(ml100k_model, request):
+    """What one like costs the predictor's history thread, on the machine's Redis: a like of
+    an item outside the user's training history for one of 100 users (three fresh likes each
+    beforehand, as in the worst case above), pushed by the events service's script, then
+    `source.changes()` and `FreshHistory._apply` of what it returned, timed (CPU of this
+    thread, and wall time). Baseline: every changed list read again (LRANGE) and a set of the
+    training history per change, as before; both follow the same stream in the same run, in
+    alternating order, in LIKE_BLOCKS blocks (medians of blocks). Their histories must agree
+    after every like."""
+    from components.models.artifact import load_model
+    from serving.online_history import (
+        FreshHistory,
+        RedisHistorySource,
+        RedisHistoryWriter,
+        training_filter,
+    )
+
+    ds, model_dir = ml100k_model
+    model = load_model(model_dir)
+    redis_url, prefix = request.getfixturevalue("redis_prefix")
+    rng = random.Random(5)
+    users = rng.sample(model.data_.user_ids.tolist(), SESSION_USERS)
+    _like_three_each(ds, users, redis_url, prefix, rng)
+    items = model.data_.item_ids.tolist()
+    rows = dict(zip(users, model.user_index(users).tolist()))
+    matrix = model.data_.matrix
+    trained = {user: set(model.data_.item_ids[matrix[row].indices].tolist())
+               for user, row in rows.items()}
+    paths = {
+        "before (LRANGE, set)": FreshHistory(
+            RedisHistorySource(redis_url, prefix=prefix, items_from_changes=False),
+            model_name="bench-before", keep=_set_filter(model)),
+        "after (items in the entry)": FreshHistory(
+            RedisHistorySource(redis_url, prefix=prefix), model_name="bench-after",
+            keep=training_filter(model)),
+    }
+    for history in paths.values():
+        history._replace_all(history.source.snapshot())
+    writer = RedisHistoryWriter(redis_url, prefix=prefix)
+    # per path and block: CPU in changes(), CPU in _apply, wall time of both (us per like)
+    spent: dict[str, list[np.ndarray]] = {label: [] for label in paths}
+    order = list(paths)
+    try:
+        per_block = LIKES // LIKE_BLOCKS
+        for block in range(LIKE_BLOCKS):
+            totals = {label: np.zeros(3) for label in paths}
+            for n in range(per_block):
+                user = users[(block * per_block + n) % len(users)]
+                item = rng.choice([i for i in rng.sample(items, 20) if i not in trained[user]])
+                writer.push([{"type": "like", "user_id": user, "item_id": item,
+                              "timestamp": time.time()}])
+                for label in order:
+                    history = paths[label]
+                    started_cpu, started = time.thread_time(), time.perf_counter()
+                    changes = history.source.changes(wait=False)
+                    read_cpu = time.thread_time()
+                    history._apply(changes)
+                    done_cpu, done = time.thread_time(), time.perf_counter()
+                    totals[label] += (read_cpu - started_cpu, done_cpu - read_cpu,
+                                      done - started)
+                order.reverse()
+                a, b = (paths[label]._fresh.get(user) for label in paths)
+                assert a == b and a and a[0] == item, (a, b, item)
+            for label, total in totals.items():
+                spent[label].append(total / per_block * 1e6)
+        assert paths[order[0]]._fresh == paths[order[1]]._fresh
+    finally:
+        writer.close()
+        for history in paths.values():
+            history.source.close()
+    medians = {label: np.median(np.vstack(blocks), axis=0) for label, blocks in spent.items()}
+    base = medians[next(iter(paths))]
+    print()
+    print(f"a like on the predictor's side: source.changes + FreshHistory._apply, {LIKES} likes "
+          f"of {SESSION_USERS} users (ML-100K model, the machine's Redis), medians of "
+          f"{LIKE_BLOCKS} blocks, the two paths alternating; us per like")
+    print(f"{'path':28} {'CPU changes':>12} {'CPU _apply':>11} {'CPU both':>9} {'vs before':>10} "
+          f"{'wall both':>10} {'vs before':>10}")
+    for label, (read, apply, both_wall) in medians.items():
+        both = read + apply
+        print(f"{label:28} {read:12.1f} {apply:11.1f} {both:9.1f} "
+              f"{both / (base[0] + base[1]):9.2f}x {both_wall:10.1f} {both_wall / base[2]:9.2f}x")

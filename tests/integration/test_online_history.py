@@ -94,6 +94,117 @@ def test_redis_lists_are_read_at_start_and_followed_by_their_change_stream(redis
         writer.close()
 
 
+def _pushes(writer: RedisHistoryWriter, pushes: list[tuple[str, list[str]]]) -> None:
+    """Each (user, items) pushed as one batch, the items oldest first."""
+    t = time.time()
+    for user, items in pushes:
+        writer.push([{**like(user, item), "timestamp": t + n} for n, item in enumerate(items)])
+
+
+def _follows_the_lists(source: RedisHistorySource, client, prefix: str,
+                       users: list[str]) -> dict[str, list[str]]:
+    """The source's changes, each checked against the list in Redis (its first max_items)."""
+    changes = source.changes(wait=False)
+    for user in changes:
+        assert changes[user] == client.lrange(f"{prefix}history:{user}", 0,
+                                              source.max_items - 1), user
+    return changes
+
+
+def test_the_redis_reader_applies_change_entries_as_a_reread_of_the_list_would(redis_prefix):
+    """The change entries carry their items; the reader's copy must stay what LRANGE gives:
+    each item once, newest first, capped by the reader and by the list, through writers
+    interleaving, a push too long to ride in an entry, an entry of an older writer (no items),
+    a list that expired, and entries trimmed away while the reader was behind."""
+    import redis as redis_py
+
+    url, prefix = redis_prefix
+    client = redis_py.Redis.from_url(url, decode_responses=True)
+    writers = [RedisHistoryWriter(url, prefix=prefix, list_length=6) for _ in range(2)]
+    _pushes(writers[0], [("u1", ["a", "b"])])
+    source = RedisHistorySource(url, prefix=prefix, max_items=4)
+    try:
+        assert source.snapshot() == {"u1": ["b", "a"]}
+        # two writers in turn, items again (moved first), more than both caps
+        _pushes(writers[0], [("u1", ["c", "a"])])
+        _pushes(writers[1], [("u1", ["d"]), ("u2", ["x"])])
+        _pushes(writers[0], [("u1", ["b", "e", "f", "g"])])
+        assert _follows_the_lists(source, client, prefix, ["u1", "u2"]) == {
+            "u1": ["g", "f", "e", "b"], "u2": ["x"]}
+        for n in range(12):  # one like at a time: every one from its entry
+            _pushes(writers[n % 2], [(f"u{n % 3}", [f"i{n % 5}"])])
+            _follows_the_lists(source, client, prefix, ["u0", "u1", "u2"])
+        # a push longer than an entry carries; an entry of an older writer (the user only)
+        _pushes(writers[0], [("u1", [f"long{n}" for n in range(25)])])
+        client.xadd(f"{prefix}history-changes", {"user_id": "u2"})
+        client.lpush(f"{prefix}history:u2", "old-writer")
+        client.xadd(f"{prefix}history-changes", {"user_id": "u2"})
+        _pushes(writers[1], [("u2", ["y"])])
+        assert _follows_the_lists(source, client, prefix, ["u1", "u2"])["u2"][:2] == [
+            "y", "old-writer"]
+        # the list expired (no entry says so): the next push starts it again
+        client.delete(f"{prefix}history:u1")
+        _pushes(writers[0], [("u1", ["after-ttl"])])
+        assert _follows_the_lists(source, client, prefix, ["u1"]) == {"u1": ["after-ttl"]}
+        # a list changed without an entry of this version (its length tells)
+        client.rpush(f"{prefix}history:u1", "appended")
+        _pushes(writers[0], [("u1", ["after-append"])])
+        assert _follows_the_lists(source, client, prefix, ["u1"]) == {
+            "u1": ["after-append", "after-ttl", "appended"]}
+        # entries trimmed away while the reader was behind (a gap in their counter), the
+        # list at its cap, so its length does not tell
+        _pushes(writers[0], [("u1", [f"full{n}" for n in range(6)])])
+        _follows_the_lists(source, client, prefix, ["u1"])
+        _pushes(writers[0], [("u1", ["missed"])])
+        _pushes(writers[1], [("u2", ["missed"])])
+        last = client.xrevrange(f"{prefix}history-changes", count=1)[0][0]
+        assert client.xtrim(f"{prefix}history-changes", minid=last, approximate=False)
+        _pushes(writers[0], [("u1", ["next"])])
+        assert _follows_the_lists(source, client, prefix, ["u1", "u2"]).keys() == {"u1", "u2"}
+        # a reader started mid-stream: a snapshot, then the entries after it
+        other = RedisHistorySource(url, prefix=prefix, max_items=4)
+        try:
+            assert other.snapshot()["u1"] == ["next", "missed", "full5", "full4"]
+            _pushes(writers[1], [("u1", ["after-snapshot", "missed"])])
+            assert _follows_the_lists(other, client, prefix, ["u1"]) == {
+                "u1": ["missed", "after-snapshot", "next", "full5"]}
+            assert _follows_the_lists(source, client, prefix, ["u1"])["u1"][0] == "missed"
+        finally:
+            other.close()
+    finally:
+        source.close()
+        for writer in writers:
+            writer.close()
+        client.close()
+
+
+def test_a_reader_of_whole_lists_and_one_of_entries_agree(redis_prefix):
+    """`items_from_changes=False` (every changed list read again) and the default, through the
+    same stream of single likes: the same histories after every like."""
+    url, prefix = redis_prefix
+    writer = RedisHistoryWriter(url, prefix=prefix, list_length=8)
+    readers = [FreshHistory(RedisHistorySource(url, prefix=prefix, max_items=5, **extra),
+                            model_name=f"agree-{n}", max_items=5,
+                            keep=lambda user, items: [i for i in items if i != "seen"])
+               for n, extra in enumerate([{"items_from_changes": False}, {}])]
+    try:
+        for history in readers:
+            history._replace_all(history.source.snapshot())
+        rng = __import__("random").Random(3)
+        for _ in range(200):
+            _pushes(writer, [(f"u{rng.randrange(4)}",
+                              [rng.choice(["seen", *"abcdefghij"])
+                               for _ in range(rng.choice([1, 1, 1, 2, 3]))])])
+            for history in readers:
+                history._apply(history.source.changes(wait=False))
+            assert readers[0]._fresh == readers[1]._fresh
+        assert readers[1]._fresh
+    finally:
+        for history in readers:
+            history.source.close()
+        writer.close()
+
+
 def test_a_postgresql_transaction_committing_late_is_not_skipped(postgres_url):
     """A slow transaction: an event stamped, then committed 6 s later (longer than any fixed
     look-back), while a later event commits and the tail polls meanwhile. Its event is read
