@@ -105,7 +105,7 @@ class ModelCalls:
         self._pending_rows -= rows
         self._in_flight += 1
         batch_fn = self._batch_fn
-        self._rows.observe(sum(rows for _, rows, _, _ in pending))
+        self._rows.observe(rows)
 
         def call() -> list[Any]:
             now = time.perf_counter()
@@ -120,11 +120,8 @@ class ModelCalls:
         self._in_flight -= 1
         _settle(done, futures)
         if self._pending and (self._timer is None or self._pending_rows >= self.max_batch
-                              or self._waited() >= self.max_wait):
+                              or time.perf_counter() - self._pending[0][2] >= self.max_wait):
             self._flush()  # they waited for this worker: no more waiting for others
-
-    def _waited(self) -> float:
-        return time.perf_counter() - self._pending[0][2]
 
     def close(self) -> None:
         """Finish the calls in the worker threads (answers in flight get answered and logged)."""

@@ -228,7 +228,7 @@ def _connection_limits(args: argparse.Namespace):
 
     from serving.limits import connection_limits
 
-    return replace(connection_limits(args), max_body_bytes=getattr(args, "max_body_bytes", 0))
+    return replace(connection_limits(args), max_body_bytes=args.max_body_bytes)
 
 
 def _check_online_store(url: str) -> None:

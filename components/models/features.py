@@ -312,31 +312,19 @@ def build_candidates_one(
 ) -> Candidates:
     """`build_candidates` for a batch of one user, on [n_items] rows instead of [B, n_items]
     matrices: the same candidates in the same order and the same features. `seen` holds the
-    user's history as sorted item indices. The generators' rows are stacked, one [G, n_items]
-    matrix per score dtype, so that each step is one numpy call for all of them."""
+    user's (unique) history as sorted item indices. The generators' rows (float32, the
+    generators' contract) are stacked into one [G, n_items] matrix, so that each step is one
+    numpy call for all of them."""
     n_items = len(stats.log_popularity)
-    names = list(scores)
-    groups: dict[np.dtype, list[int]] = {}
-    for g, name in enumerate(names):
-        groups.setdefault(scores[name].dtype, []).append(g)
-    stacked = {dtype: np.concatenate([scores[names[g]] for g in rows]) for dtype, rows in groups.items()}
+    matrix = np.concatenate(list(scores.values()))
+    only_unseen = matrix.copy()  # np.where(unseen, matrix, -inf)
+    only_unseen[:, seen] = -np.inf
+    top = top_n(only_unseen, n_per_generator)
     mask = np.zeros(n_items, dtype=bool)
-    tops, unseen_scores = {}, {}
-    for dtype, matrix in stacked.items():
-        unseen_scores[dtype] = only_unseen = matrix.copy()  # np.where(unseen, matrix, -inf)
-        only_unseen[:, seen] = -np.inf
-        top = top_n(only_unseen, n_per_generator)
-        mask[top.ravel()] = True
-        tops[dtype] = top
+    mask[top.ravel()] = True
     mask[seen] = False
     items = np.flatnonzero(mask)
-    n_unseen = max(n_items - len(seen), 1)
-    per_generator: list[list[np.ndarray]] = [[] for _ in names]
-    for dtype, matrix in stacked.items():
-        columns = _generator_columns(matrix, unseen_scores[dtype], seen, items, tops[dtype], n_unseen)
-        for g, generator_columns in zip(groups[dtype], columns):
-            per_generator[g] = generator_columns
-    columns = [column for generator in per_generator for column in generator]
+    columns = _generator_columns(matrix, only_unseen, seen, items, top, max(n_items - len(seen), 1))
     columns += _pair_columns_one(seen, stats, items, user_time)
     features = np.empty((len(items), len(columns)), dtype=np.float32)
     for j, column in enumerate(columns):  # float32 as `build_candidates` casts its stack
@@ -351,10 +339,10 @@ def _generator_columns(
     items: np.ndarray,
     top: np.ndarray,
     n_unseen: int,
-) -> list[list[np.ndarray]]:
-    """Each generator's [z, rank, relative] columns at `items`, for the [G, n_items] scores
-    of one user's generators (one dtype), the same with -inf at the `seen` items and their
-    top lists [G, width], in that dtype as the one-row computation gives them."""
+) -> list[np.ndarray]:
+    """Every generator's [z, rank, relative] columns at `items`, generator by generator, for
+    the [G, n_items] scores of one user's generators, the same with -inf at the `seen` items
+    and their top lists [G, width], in the scores' dtype as the one-row computation gives them."""
     dtype = matrix.dtype.type
     picked = matrix[:, items]
     best = only_unseen.max(axis=1)
@@ -374,4 +362,4 @@ def _generator_columns(
         np.arange(width, dtype=np.float32), len(matrix)
     )
     rank = rank.reshape(matrix.shape)[:, items]
-    return [[z[g], rank[g], relative[g]] for g in range(len(matrix))]
+    return [column for g in range(len(matrix)) for column in (z[g], rank[g], relative[g])]

@@ -692,20 +692,25 @@ class TwoStageRecommender:
         """Top-k for users by id. Unknown users get the cold-start answer (popularity, or
         content and collaborative scores from `history_item_ids` when given)."""
         if len(user_ids) <= _ONE_BY_ONE_USERS and self.ranker_ is not None and not self.large_:
-            ones = [
-                self._recommend_one(
+            ones = []
+            for i, user in enumerate(user_ids):
+                one = self._recommend_one(
                     str(user), k,
                     None if exclude_item_ids is None else exclude_item_ids[i],
                     None if history_item_ids is None else history_item_ids[i],
                 )
-                for i, user in enumerate(user_ids)
-            ]
-            if ones and all(one is not None for one in ones):
-                return ones[0] if len(ones) == 1 else Recommendations(
-                    np.concatenate([one.item_ids for one in ones]),
-                    np.concatenate([one.scores for one in ones]),
-                    np.concatenate([one.cold_start for one in ones]),
-                )
+                if one is None:  # no history: the batch path's cold-start answer, for all
+                    break
+                ones.append(one)
+            else:
+                if len(ones) == 1:
+                    return ones[0]
+                if ones:
+                    return Recommendations(
+                        np.concatenate([one.item_ids for one in ones]),
+                        np.concatenate([one.scores for one in ones]),
+                        np.concatenate([one.cold_start for one in ones]),
+                    )
         users = self.user_index(user_ids)
         cold = users < 0
         n_items = self.data_.n_items

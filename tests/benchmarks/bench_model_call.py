@@ -81,15 +81,17 @@ def test_changed_history_call(ml100k_model):
     assert len(times) == CALLS
 
 
-def test_batched_rows_against_one_user_calls(ml100k_model, monkeypatch):
+def test_batched_rows_against_one_user_calls(ml100k_model, monkeypatch, tmp_path):
     """What the predictor's micro-batcher buys in process: the cost per row of one
     `recommend` call for B users with changed histories (k = 100, the answer cache's width)
     on the batch path (the vectorised one), against the same rows as B one-user calls, and
     `recommend` as it serves them (batches up to `_ONE_BY_ONE_USERS` users one user at a time:
-    this table is how that threshold was chosen); medians of repeats."""
+    this table is how that threshold was chosen); medians of repeats. The ranker is compiled,
+    as the predictor serves it."""
     from components.models import two_stage
 
     model = ml100k_model
+    assert model.compile_ranker(tmp_path / "compiled") is None
     users, histories = changed_histories(model, 32 * 8, seed=5)
     model.recommend(users[:4], 100, history_item_ids=histories[:4])  # warm both paths
     model.recommend(users[:1], 100, history_item_ids=histories[:1])

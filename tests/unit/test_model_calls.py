@@ -83,10 +83,10 @@ def test_plain_calls_run_in_the_worker_threads(threads):
     assert len(set(names)) <= threads
 
 
-def test_rows_arriving_while_the_worker_is_busy_leave_as_one_batch_when_it_is_free():
-    """One worker, a 1 ms wait: the rows that arrive one by one during a long batch are not
-    sent in 1 ms slices to queue behind it, but together the moment the worker is free."""
-    calls = ModelCalls("unit-busy", max_batch=32, max_wait_ms=1)
+def _batches_behind_a_long_one(max_batch: int, later: int, gap: float) -> list[list[int]]:
+    """The batches one worker with a 1 ms wait is given when item 0 takes 0.2 s alone and
+    items 1..`later` arrive `gap` seconds apart meanwhile (every caller gets its own item)."""
+    calls = ModelCalls(f"unit-busy-{max_batch}", max_batch=max_batch, max_wait_ms=1)
     seen: list[list[int]] = []
 
     def slow(items: list[int]) -> list[int]:
@@ -97,36 +97,24 @@ def test_rows_arriving_while_the_worker_is_busy_leave_as_one_batch_when_it_is_fr
     async def run():
         first = asyncio.ensure_future(calls.batched(slow, 0, 1))
         await asyncio.sleep(0.02)  # the first batch is in its worker thread
-        later = []
-        for i in range(1, 6):
-            later.append(asyncio.ensure_future(calls.batched(slow, i, 1)))
-            await asyncio.sleep(0.01)
-        return await asyncio.gather(first, *later)
+        arrived = []
+        for i in range(1, later + 1):
+            arrived.append(asyncio.ensure_future(calls.batched(slow, i, 1)))
+            await asyncio.sleep(gap)
+        return await asyncio.gather(first, *arrived)
 
     try:
-        assert asyncio.run(run()) == [0, 1, 2, 3, 4, 5]
+        assert asyncio.run(run()) == list(range(later + 1))
     finally:
         calls.close()
-    assert seen == [[0], [1, 2, 3, 4, 5]]
+    return seen
+
+
+def test_rows_arriving_while_the_worker_is_busy_leave_as_one_batch_when_it_is_free():
+    """The rows that arrive one by one during a long batch are not sent in 1 ms slices to
+    queue behind it, but together the moment the worker is free."""
+    assert _batches_behind_a_long_one(32, 5, 0.01) == [[0], [1, 2, 3, 4, 5]]
 
 
 def test_a_full_batch_waiting_for_the_worker_leaves_in_batches_of_the_maximum():
-    calls = ModelCalls("unit-busy-full", max_batch=3, max_wait_ms=1)
-    seen: list[list[int]] = []
-
-    def slow(items: list[int]) -> list[int]:
-        seen.append(list(items))
-        time.sleep(0.1 if items == [0] else 0.0)
-        return items
-
-    async def run():
-        first = asyncio.ensure_future(calls.batched(slow, 0, 1))
-        await asyncio.sleep(0.02)
-        later = [asyncio.ensure_future(calls.batched(slow, i, 1)) for i in range(1, 8)]
-        return await asyncio.gather(first, *later)
-
-    try:
-        assert asyncio.run(run()) == list(range(8))
-    finally:
-        calls.close()
-    assert seen == [[0], [1, 2, 3], [4, 5, 6], [7]]
+    assert _batches_behind_a_long_one(3, 7, 0.0) == [[0], [1, 2, 3], [4, 5, 6], [7]]
