@@ -8,12 +8,14 @@ nor shapes against data: whatever a client sends is either answered or refused w
 `InvalidInput` (HTTP 400, gRPC INVALID_ARGUMENT) naming the field at fault.
 
 Work per request is bounded (rows, `B x k` answer entries, ids in exclude/history lists, title
-queries and their length), and only a table lookup runs on the event loop: every model call
-(fuzzy title matching, a request with exclusions or a history, k past the answer cache) runs
-in the model's own worker threads (serving/model_calls.py), so REST, gRPC and the health probes
-keep answering while it works (rapidfuzz and numpy release the GIL), and heavy requests queue
-there instead of taking every core. Rows the answer cache lacks (users with new feedback) are
-gathered across concurrent requests by a micro-batcher and scored as one call.
+queries and their length). Rows the answer cache lacks (users with new feedback) are gathered
+across concurrent requests by a micro-batcher and scored as one call; a batch of up to
+`--loop-batch-rows` rows is scored on the event loop's own thread (a worker thread would fight
+the loop for the GIL), a larger one in a worker thread. Every other model call (fuzzy title
+matching, a request with exclusions or a history, k past the answer cache, a request past the
+batch maximum) runs in the model's own worker threads (serving/model_calls.py), so REST, gRPC
+and the health probes keep answering while it works, and heavy requests queue there instead
+of taking every core.
 
 Explanations (KServe's explain verb, `:explain`, and the v2 `explain` input) are asked for,
 never implied: a request without them takes exactly the path above. When asked, the
@@ -59,6 +61,7 @@ from serving.metrics import ModelMetrics
 from serving.model_calls import (
     DEFAULT_BATCH_MAX_SIZE,
     DEFAULT_BATCH_MAX_WAIT_MS,
+    DEFAULT_LOOP_BATCH_ROWS,
     DEFAULT_MODEL_THREADS,
     ModelCalls,
 )
@@ -369,6 +372,7 @@ class RecommenderModel(Model):
         model_threads: int = DEFAULT_MODEL_THREADS,
         batch_max_size: int = DEFAULT_BATCH_MAX_SIZE,
         batch_max_wait_ms: float = DEFAULT_BATCH_MAX_WAIT_MS,
+        loop_batch_rows: int = DEFAULT_LOOP_BATCH_ROWS,
         compiled_ranker: bool = True,
         compiled_ranker_cache: str | None = None,
     ):
@@ -381,6 +385,7 @@ class RecommenderModel(Model):
         self.answer_cache_size = answer_cache_size
         self.model_threads, self.batch_max_size = model_threads, batch_max_size
         self.batch_max_wait_ms = batch_max_wait_ms
+        self.loop_batch_rows = loop_batch_rows
         self.model_dir = Path(model_dir)
         self.max_batch_size = max_batch_size
         self.max_answer_items = max_answer_items
@@ -664,7 +669,8 @@ class RecommenderModel(Model):
         if self._calls is None:
             self._calls = ModelCalls(self.name, threads=self.model_threads,
                                      max_batch=self.batch_max_size,
-                                     max_wait_ms=self.batch_max_wait_ms)
+                                     max_wait_ms=self.batch_max_wait_ms,
+                                     loop_rows=self.loop_batch_rows)
         return self._calls
 
     # ------------------------------------------------------------------ explanations

@@ -43,6 +43,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
     from serving.model_calls import (
         DEFAULT_BATCH_MAX_SIZE,
         DEFAULT_BATCH_MAX_WAIT_MS,
+        DEFAULT_LOOP_BATCH_ROWS,
         DEFAULT_MODEL_THREADS,
     )
 
@@ -133,6 +134,14 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
                         default=DEFAULT_BATCH_MAX_WAIT_MS, metavar="MS",
                         help="how long the first such row waits for others before its batch is "
                         "scored (default: %(default)s)")
+    parser.add_argument("--loop-batch-rows", dest="loop_batch_rows", type=int,
+                        default=DEFAULT_LOOP_BATCH_ROWS, metavar="ROWS",
+                        help="batches of at most this many rows are scored on the event loop's "
+                        "own thread, not a worker thread (the two contend for the GIL: under "
+                        "load a worker thread's call costs several times its CPU alone); "
+                        "larger batches, bigger requests, explanations and similar items run "
+                        "in the worker threads; 0 sends every call there (default: "
+                        "%(default)s)")
     parser.add_argument("--no-compiled-ranker", dest="compiled_ranker", action="store_false",
                         help="score with LightGBM itself instead of the ranker's trees compiled "
                         "at load (the same scores; the compiled trees cost about a fifth)")
@@ -192,6 +201,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise RecsysError(f"--model-threads must be at least 1, got {args.model_threads}")
     if args.batch_max_size < 1:
         raise RecsysError(f"--batch-max-size must be at least 1, got {args.batch_max_size}")
+    if args.loop_batch_rows < 0:
+        raise RecsysError(f"--loop-batch-rows must not be negative, got {args.loop_batch_rows}")
     if not 0 <= args.batch_max_wait_ms <= 1000:
         raise RecsysError(f"--batch-max-wait-ms must be between 0 and 1000, got {args.batch_max_wait_ms:g}")
     if args.drain_seconds < 0:
@@ -335,6 +346,7 @@ def _call_options(args: argparse.Namespace) -> dict:
     """Where model calls run: the RecommenderModel arguments of --model-threads and --batch-*."""
     return {"model_threads": args.model_threads, "batch_max_size": args.batch_max_size,
             "batch_max_wait_ms": args.batch_max_wait_ms,
+            "loop_batch_rows": args.loop_batch_rows,
             "compiled_ranker": getattr(args, "compiled_ranker", True),
             "compiled_ranker_cache": getattr(args, "compiled_ranker_cache", None)}
 

@@ -142,6 +142,9 @@ def test_batched_single_and_cached_calls_answer_the_same(small_model_dir, redis_
                                    batch_max_size=1, **common),
         "batched": RecommenderModel("batched", small_model_dir, batch_max_size=32,
                                     batch_max_wait_ms=200, **common),
+        # the same batches scored in the worker thread, not on the event loop's thread
+        "batched, worker": RecommenderModel("batched-worker", small_model_dir, batch_max_size=32,
+                                            batch_max_wait_ms=200, loop_batch_rows=0, **common),
         "threads": RecommenderModel("threads", small_model_dir, model_threads=4,
                                     batch_max_size=1, **common),
     }
@@ -163,6 +166,7 @@ def test_batched_single_and_cached_calls_answer_the_same(small_model_dir, redis_
         expected = [predict(models["single"], [user]) for user in users]
         calls, rows = batch_rows("batched")
         answers = {"batched": asyncio.run(concurrently(models["batched"])),
+                   "batched, worker": asyncio.run(concurrently(models["batched, worker"])),
                    "threads": asyncio.run(concurrently(models["threads"]))}
         new_calls, new_rows = batch_rows("batched")
         assert new_rows - rows == len(users)  # every user's first answer took the batcher
@@ -296,7 +300,8 @@ def test_bad_model_call_options_are_one_line_errors(tmp_path):
     for option, value, message in (
             ("--model-threads", "0", "--model-threads must be at least 1, got 0"),
             ("--batch-max-size", "0", "--batch-max-size must be at least 1, got 0"),
-            ("--batch-max-wait-ms", "-1", "--batch-max-wait-ms must be between 0 and 1000, got -1")):
+            ("--batch-max-wait-ms", "-1", "--batch-max-wait-ms must be between 0 and 1000, got -1"),
+            ("--loop-batch-rows", "-1", "--loop-batch-rows must not be negative, got -1")):
         done = subprocess.run([sys.executable, "-m", "serving", "--model-dir", str(tmp_path),
                                option, value], check=False, cwd=REPO, capture_output=True,
                               text=True, timeout=120)
