@@ -48,6 +48,7 @@ from components.experiments.assignment import (
     user_bucket,
 )
 from components.experiments.interleaving import team_draft
+from serving.heap import freeze_loaded
 from serving.predictor import Answer, Query, RecommenderModel
 from serving.request_log import LogEntry, RequestLog
 
@@ -220,6 +221,9 @@ class ExperimentRouter(Model):
             self._retired += [m for m in (arms.champion, arms.challenger)
                               if m is not None and m not in (champion, challenger)]
             self._arms = new
+            if any(m is not None and str(m.model_dir) not in loaded
+                   for m in (champion, challenger)):
+                freeze_loaded()  # the new model, out of the collector's scans like the first
             log.info("now serving champion %s%s", champion.model_version,
                      f", challenger {challenger.model_version} to {new.challenger_percent:g}% of "
                      f"users, interleaved for {new.interleave_percent:g}%" if challenger else "")
