@@ -65,6 +65,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits: ConnectionLimits = getattr(config, "connection_limits", ConnectionLimits())
+        # uvicorn logs a request when "uvicorn.access" has handlers (KServe's log config gives
+        # it one); `recsys serve --no-access-log` sets config.access_log False instead.
+        self.access_log = self.access_log and config.access_log
         self._deadline: asyncio.TimerHandle | None = None
         self._awaiting_headers = False
         self._header_bytes = 0

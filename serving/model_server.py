@@ -155,9 +155,10 @@ class _BoundGRPCServer(GRPCServer):
     """KServe's gRPC server on one interface: KServe's start() binds `[::]`, so this is its
     start() with the address as the one change."""
 
-    def __init__(self, host: str, *args, **kwargs):
+    def __init__(self, host: str, *args, access_log: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self._host = f"[{host}]" if ":" in host else host
+        self._access_log = access_log  # KServe's "grpc method: ..." line per call
 
     async def start(self, max_workers):
         from concurrent import futures
@@ -173,7 +174,8 @@ class _BoundGRPCServer(GRPCServer):
 
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+            interceptors=((LoggingInterceptor(),) if self._access_log else ())
+            + (ExceptionToStatusInterceptor(),),
             options=[
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                 ("grpc.max_receive_message_length",
@@ -196,7 +198,8 @@ class RecsysModelServer(ModelServer):
     extension refused, and a drain on SIGTERM (see the module docstring)."""
 
     def __init__(self, *, host: str = "0.0.0.0", drain_seconds: float = 0.0,
-                 connection_limits=None, fast_infer: bool = True, **kwargs):
+                 connection_limits=None, fast_infer: bool = True, access_log: bool = True,
+                 **kwargs):
         from serving.limits import ConnectionLimits
 
         super().__init__(**kwargs)
@@ -204,6 +207,7 @@ class RecsysModelServer(ModelServer):
         self.connection_limits = connection_limits or ConnectionLimits()
         self.drain_seconds = drain_seconds
         self.fast_infer = fast_infer  # serving.fast_infer for the v2 infer route (one worker)
+        self.access_log = access_log  # uvicorn's line per REST request, KServe's per gRPC call
         self.dataplane = RecsysDataPlane(model_registry=self.registered_models)
         self.model_repository_extension = DisabledModelRepository(self.registered_models)
         self._stopping = False
@@ -240,6 +244,7 @@ class RecsysModelServer(ModelServer):
             self._grpc_server = _BoundGRPCServer(
                 self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
                 kwargs=vars(kserve_args), grace_period=self.grace_period,
+                access_log=self.access_log,
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()
@@ -251,6 +256,7 @@ class RecsysModelServer(ModelServer):
 
         config.host = self.host
         config.limit_concurrency = MAX_CONCURRENCY
+        config.access_log = config.access_log and self.access_log  # read by each connection
         apply(config, self.connection_limits)
 
     async def _serve_rest(self) -> None:

@@ -330,6 +330,11 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
         "no-op": ([sys.executable, str(REPO / "tests" / "benchmarks" / "noop_server.py")], "noop"),
         "one thread": (ours + ["--model-threads", "1", "--batch-max-size", "1"], "recsys"),
         "batcher": (ours + ["--model-threads", "1", "--batch-max-size", "32"], "recsys"),
+        # the default, its batches in the worker thread instead of on the event loop's
+        "batcher, worker": (ours + ["--model-threads", "1", "--batch-max-size", "32",
+                                    "--loop-batch-rows", "0"], "recsys"),
+        # the default without the access log (the no-op keeps KServe's)
+        "no access log": (ours + ["--no-access-log"], "recsys"),
         # the default server with LightGBM itself scoring (what the compiled ranker saves)
         "batcher, lgbm": (ours + ["--model-threads", "1", "--batch-max-size", "32",
                                   "--no-compiled-ranker"], "recsys"),
@@ -368,7 +373,7 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
     print(f"single-user v2 REST, 16 connections, one worker (ML-100K model), medians of {ROUNDS} "
           f"rounds; every one of {len(users)} users has 3 fresh likes in Redis; "
           f"'like per request': {SESSION_USERS} users, a like between every two requests")
-    _print_against_noop(results, server_width=13, scenario_width=17)
+    _print_against_noop(results, server_width=15, scenario_width=17)
     print("(targets: all fresh >= 0.50x req/s and p99 <= 50 ms; like per request p99 <= 50 ms)")
     print(f"load average after the run: {Path('/proc/loadavg').read_text().split()[:3]}")
     for label in setups:
@@ -439,6 +444,9 @@ def test_grpc_figures(ml100k_model, tmp_path, request):
         "no-op": ([sys.executable, str(REPO / "tests" / "benchmarks" / "noop_server.py")], "noop"),
         "ours, redis": (serve + list(online), "recsys"),
         "ours, sqlite": (serve + ["--online-store", store_url], "recsys"),
+        # the same without the access log (the no-op keeps KServe's)
+        "ours, sqlite, no log": (serve + ["--online-store", store_url, "--no-access-log"],
+                                 "recsys"),
     }
     servers = {label: Proc(command, tmp_path / f"{label}.log", f"/v2/models/{name}/ready")
                for label, (command, name) in setups.items()}
@@ -447,6 +455,7 @@ def test_grpc_figures(ml100k_model, tmp_path, request):
         "all fresh": ("ours, redis", users, False),
         "like per request": ("ours, redis", session_users, True),
         "local default": ("ours, sqlite", quiet_users, False),
+        "local, no log": ("ours, sqlite, no log", quiet_users, False),
     }
     runs: dict[tuple[str, str], list[dict]] = {}
     try:
@@ -466,7 +475,7 @@ def test_grpc_figures(ml100k_model, tmp_path, request):
     print()
     print(f"single-user v2 gRPC (tritonclient.grpc, 2 client processes, 16 calls at a time), one "
           f"worker (ML-100K model), medians of {ROUNDS} rounds")
-    _print_against_noop(results, server_width=13, scenario_width=17)
+    _print_against_noop(results, server_width=20, scenario_width=17)
     print("(targets: all fresh >= 0.50x req/s and p99 <= 50 ms; like per request p99 <= 50 ms; "
           "local default >= 0.80x req/s and p99 <= 1.30x)")
     rs = runs["ours, redis", "like per request"]

@@ -512,6 +512,35 @@ def test_the_body_cap_is_an_option():
     assert "Traceback" not in done.stderr
 
 
+def _one_rest_and_one_grpc_answer(server) -> list[str]:
+    """The server's log lines written while it answers one REST and one gRPC request."""
+    since = len(server.output())
+    assert post_v2(server, v2_body(("user_id", "BYTES", [1], ["u1"]))).status_code == 200
+    client = GrpcClient(server.grpc)
+    try:
+        client.infer(MODEL, [("user_id", "BYTES", ["u1"])])
+    finally:
+        client.close()
+    time.sleep(0.5)
+    return _new_lines(server, since)
+
+
+def test_no_access_log_drops_the_line_per_request_over_rest_and_grpc(server, small_model_dir,
+                                                                    tmp_path):
+    logged = _one_rest_and_one_grpc_answer(server)  # the default: KServe's lines
+    assert any("POST /v2/models/" in line for line in logged), "\n".join(logged)
+    assert any("grpc method:" in line for line in logged), "\n".join(logged)
+    quiet = start_server(small_model_dir, tmp_path, "--no-access-log")
+    try:
+        wait_live(quiet)
+        wait_ready(quiet)
+        logged = _one_rest_and_one_grpc_answer(quiet)
+    finally:
+        stop(quiet)
+    assert not any("POST /v2/models/" in line or "grpc method:" in line for line in logged), (
+        "\n".join(logged))
+
+
 # ------------------------------------------------------------------ Low: SIGTERM drains (last)
 def test_sigterm_drains_keep_alive_clients_and_exits_cleanly(server):
     """After SIGTERM: readiness is false at once; requests on kept-alive connections go on being
