@@ -18,6 +18,7 @@ import os
 import pstats
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,7 +79,16 @@ class Proc:
                 raise RuntimeError(f"{cmd} not ready:\n{log.read_text()[-2000:]}")
             time.sleep(0.2)
 
+    def pause(self) -> None:
+        """SIGSTOP: an idle server that follows the history (every like reaches it) takes no
+        CPU from the one measured, as on a cluster, where it would not share its cores."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
+        self.resume()  # a stopped process acts on SIGTERM only once continued
         self.process.terminate()
         try:
             self.process.wait(20)
