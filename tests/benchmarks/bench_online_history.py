@@ -83,6 +83,23 @@ def _like_three_each(ds, users: list[str], redis_url: str, prefix: str,
                   "timestamp": time.time()} for user in users for _ in range(3)])
     writer.close()
 
+
+CATCH_UP_SECONDS = 2.0
+
+
+def _alone(servers: dict[str, Proc], label: str) -> Proc:
+    """Every server but `label` paused (SIGSTOP), `label` resumed: each follows the same
+    history, so idle servers would spend the measured one's cores on every like (they did:
+    with seven idle servers beside it, the no-op's worst-case p99 was about twice its p99
+    alone). A resumed server first reads what it missed, for CATCH_UP_SECONDS."""
+    for other, server in servers.items():
+        if other != label:
+            server.pause()
+    servers[label].resume()
+    time.sleep(CATCH_UP_SECONDS)
+    return servers[label]
+
+
 def test_online_history_cost_and_delay(ml100k_model, tmp_path, request):
     ds, model_dir = ml100k_model
     users = ds.interactions["user_id"].astype(str).unique().tolist()
@@ -110,8 +127,8 @@ def test_online_history_cost_and_delay(ml100k_model, tmp_path, request):
         "history redis": (serve + ["--online-store", redis_url, "--online-store-prefix", prefix],
                           "recsys"),
     }
-    # All four servers up at once (idle ones cost nothing), measured in turn, ROUNDS times:
-    # a load on the machine that drifts during the run weighs on every server alike.
+    # All four servers up at once, measured in turn (the others paused), ROUNDS times: a load
+    # on the machine that drifts during the run weighs on every server alike.
     servers = {label: Proc(command, tmp_path / f"{label}.log", f"/v2/models/{name}/ready")
                for label, (command, name) in setups.items()}
     runs: dict[tuple[str, str], list[dict]] = {}
@@ -122,14 +139,15 @@ def test_online_history_cost_and_delay(ml100k_model, tmp_path, request):
             for scenario, scenario_bodies in bodies.items():
                 for label, (_command, name) in setups.items():
                     runs.setdefault((label, scenario), []).append(load(
-                        servers[label].url, f"/v2/models/{name}/infer", scenario_bodies))
+                        _alone(servers, label).url, f"/v2/models/{name}/infer",
+                        scenario_bodies))
         for label, extra, half in (
                 ("history sqlite", (), probe_users[:VISIBILITY_TRIALS]),
                 ("history redis", ("--online-store", redis_url, "--online-store-prefix", prefix),
                  probe_users[VISIBILITY_TRIALS:])):
             events, events_url = start_service(store_url, tmp_path / "events.log", *extra)
             try:
-                delays[label] = _visibility(events_url, servers[label].url, half)
+                delays[label] = _visibility(events_url, _alone(servers, label).url, half)
             finally:
                 stop_service(events)
     finally:
@@ -390,22 +408,6 @@ def test_every_user_fresh(ml100k_model, tmp_path, request):
                   f"{np.median([r['visible_p99'] for r in rs]):.0f} ms, max "
                   f"{max(r['visible_max'] for r in rs):.0f} ms (median of rounds; target < 1 s)")
     assert all(r["errors"] == 0 for r in results.values())
-
-
-CATCH_UP_SECONDS = 2.0
-
-
-def _alone(servers: dict[str, Proc], label: str) -> Proc:
-    """Every server but `label` paused (SIGSTOP), `label` resumed: each follows the same
-    history, so idle servers would spend the measured one's cores on every like (they did:
-    with seven idle servers beside it, the no-op's worst-case p99 was about twice its p99
-    alone). A resumed server first reads what it missed, for CATCH_UP_SECONDS."""
-    for other, server in servers.items():
-        if other != label:
-            server.pause()
-    servers[label].resume()
-    time.sleep(CATCH_UP_SECONDS)
-    return servers[label]
 
 
 def _cpu_seconds(pid: int) -> float:
