@@ -24,7 +24,9 @@ read is exported, and a warning is logged at most once a minute; the thread retr
 
 Memory: one tuple of at most `max_items` ids per user with fresh feedback (the SQL tail starts
 at the model's training end; Redis lists expire after their TTL); a Redis reader also keeps a
-copy of the list of each user changed since it started (`RedisHistorySource`).
+copy of the lists of the `max_copies` users changed last (`RedisHistorySource`; about 3 KB
+each at 50 items: 30 MB at the default 10,000), and reads the list of any other user again at
+its next change.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -47,6 +50,7 @@ DEFAULT_MAX_ITEMS = 50  # per user, read side
 DEFAULT_LIST_LENGTH = 100  # per user, kept in Redis
 DEFAULT_TTL_SECONDS = 30 * 86_400
 DEFAULT_CHANGES_LENGTH = 100_000
+DEFAULT_MAX_COPIES = 10_000  # lists a Redis reader keeps a copy of (the users changed last)
 _REDIS_SCAN_CHUNK = 500
 
 ROWS_WITH_FRESH = Counter(
@@ -409,20 +413,25 @@ class RedisHistorySource:
     empty list before the push needs no read), or a gap in the entries' counter (entries
     trimmed away while this reader was behind: every copy is dropped and read again at its
     user's next change, as a reader of whole lists would). `items_from_changes=False` reads
-    every changed list again (what older versions did)."""
+    every changed list again (what older versions did). Copies are kept for the `max_copies`
+    users changed last (least recently changed dropped first); a user without one is read
+    again at its next change, so the cap costs round trips, never exactness."""
 
     replaces = True  # yields each changed user's whole list, newest first
     resync_after_failure = True  # changes may have been trimmed from the stream meanwhile
 
     def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, max_items: int = 50,
                  poll_seconds: float = 0.2, timeout: float = 2.0,
-                 items_from_changes: bool = True):
+                 items_from_changes: bool = True, max_copies: int = DEFAULT_MAX_COPIES):
+        if max_copies < 1:
+            raise ValueError(f"max_copies must be at least 1, not {max_copies}")
         self.client = _redis_client(url, max(timeout, poll_seconds + 1.0))
         self.prefix, self.max_items = prefix, max_items
         self.block_ms = max(1, int(poll_seconds * 1000))
         self.items_from_changes = items_from_changes
+        self.max_copies = max_copies
         self.cursor = "0-0"
-        self._known: dict[str, _Known] = {}
+        self._known: OrderedDict[str, _Known] = OrderedDict()  # least recently changed first
         self._seq: int | None = None  # the counter of the last entry read (None: not known)
 
     def _lists(self, users: Sequence[str], *, hold: bool) -> dict[str, list[str]]:
@@ -445,8 +454,16 @@ class RedisHistorySource:
             *replies, seq = pipe.execute()
             for n, user in enumerate(chunk):
                 items = out[user] = replies[2 * n]
-                self._known[user] = _Known(tuple(items), replies[2 * n + 1], int(seq or 0))
+                self._hold(user, _Known(tuple(items), replies[2 * n + 1], int(seq or 0)))
         return out
+
+    def _hold(self, user: str, known: _Known) -> None:
+        """Keep `known` as the user's copy, the most recently changed; past `max_copies`, the
+        least recently changed copy is dropped."""
+        self._known[user] = known
+        self._known.move_to_end(user)
+        if len(self._known) > self.max_copies:
+            self._known.popitem(last=False)
 
     def snapshot(self) -> dict[str, list[str]]:
         # The stream's position (and its counter) first: changes during the scan are read
@@ -457,7 +474,8 @@ class RedisHistorySource:
         pipe.get(seq_key(self.prefix))
         last, seq = pipe.execute()
         self.cursor = last[0][0] if last else "0-0"
-        self._seq, self._known = int(seq or 0), {}
+        self._seq = int(seq or 0)
+        self._known.clear()
         head = history_key("", self.prefix)
         users = [key[len(head):] for key in
                  self.client.scan_iter(match=head.replace("*", r"\*") + "*", count=1000)]
@@ -504,7 +522,7 @@ class RedisHistorySource:
         pushed = json.loads(items)
         merged = dict.fromkeys(reversed(pushed))
         merged.update(dict.fromkeys(known.items))
-        self._known[user] = _Known(tuple(merged)[:min(self.max_items, after)], after, seq)
+        self._hold(user, _Known(tuple(merged)[:min(self.max_items, after)], after, seq))
         return True
 
     def close(self) -> None:

@@ -179,26 +179,37 @@ def test_the_redis_reader_applies_change_entries_as_a_reread_of_the_list_would(r
 
 
 def test_a_reader_of_whole_lists_and_one_of_entries_agree(redis_prefix):
-    """`items_from_changes=False` (every changed list read again) and the default, through the
-    same stream of single likes: the same histories after every like."""
+    """`items_from_changes=False` (every changed list read again), the default, and the
+    default with copies of two users' lists only (`max_copies`), through the same stream of
+    likes (one per read, then several): the same histories after every read."""
     url, prefix = redis_prefix
     writer = RedisHistoryWriter(url, prefix=prefix, list_length=8)
     readers = [FreshHistory(RedisHistorySource(url, prefix=prefix, max_items=5, **extra),
                             model_name=f"agree-{n}", max_items=5,
                             keep=lambda user, items: [i for i in items if i != "seen"])
-               for n, extra in enumerate([{"items_from_changes": False}, {}])]
+               for n, extra in enumerate([{"items_from_changes": False}, {},
+                                          {"max_copies": 2}])]
     try:
         for history in readers:
             history._replace_all(history.source.snapshot())
         rng = __import__("random").Random(3)
-        for _ in range(200):
-            _pushes(writer, [(f"u{rng.randrange(4)}",
-                              [rng.choice(["seen", *"abcdefghij"])
-                               for _ in range(rng.choice([1, 1, 1, 2, 3]))])])
+        for step in range(300):  # after 200 single likes, a few likes per read
+            for _ in range(1 if step < 200 else rng.randrange(2, 6)):
+                _pushes(writer, [(f"u{rng.randrange(4)}",
+                                  [rng.choice(["seen", *"abcdefghij"])
+                                   for _ in range(rng.choice([1, 1, 1, 2, 3]))])])
             for history in readers:
                 history._apply(history.source.changes(wait=False))
-            assert readers[0]._fresh == readers[1]._fresh
+            assert readers[0]._fresh == readers[1]._fresh == readers[2]._fresh
+            assert len(readers[2].source._known) <= 2
+        # three new lists in one read: the capped reader drops a copy it has just applied
+        _pushes(writer, [(f"new{n}", ["a"]) for n in range(3)])
+        for history in readers:
+            history._apply(history.source.changes(wait=False))
+        assert readers[0]._fresh == readers[1]._fresh == readers[2]._fresh
+        assert {f"new{n}" for n in range(3)} <= readers[2]._fresh.keys()
         assert readers[1]._fresh
+        assert len(readers[1].source._known) == 7  # the uncapped reader holds every user
     finally:
         for history in readers:
             history.source.close()
