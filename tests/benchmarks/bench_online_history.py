@@ -90,8 +90,8 @@ CATCH_UP_SECONDS = 2.0
 def _alone(servers: dict[str, Proc], label: str) -> Proc:
     """Every server but `label` paused (SIGSTOP), `label` resumed: each follows the same
     history, so idle servers would spend the measured one's cores on every like (they did:
-    with seven idle servers beside it, the no-op's worst-case p99 was about twice its p99
-    alone). A resumed server first reads what it missed, for CATCH_UP_SECONDS."""
+    beside seven idle servers the no-op's worst-case REST p99 was 74.3 ms; alone, in a later
+    run, 32.7 ms). A resumed server first reads what it missed, for CATCH_UP_SECONDS."""
     for other, server in servers.items():
         if other != label:
             server.pause()
