@@ -684,6 +684,85 @@ def test_dask_role_lets_the_train_step_create_and_delete_only_daskclusters(rende
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
 
+def _selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In / NotIn / Exists /
+    DoesNotExist) against a set of labels; {} selects everything."""
+    if not labels.items() >= selector.get("matchLabels", {}).items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        present = key in labels
+        holds = {"In": present and labels[key] in values,
+                 "NotIn": not present or labels[key] not in values,
+                 "Exists": present, "DoesNotExist": not present}[op]
+        if not holds:
+            return False
+    return True
+
+
+def _admitted(policies: list[dict], pod: dict, source: dict, port: int) -> bool:
+    """Whether the NetworkPolicies of the product's namespace let `source` (labels, namespace)
+    open a TCP connection to `pod` (labels) on `port`, as Kubernetes reads them: the union of
+    the ingress rules of every policy that selects the pod (none selecting it: open)."""
+    selecting = [p["spec"] for p in policies if _selects(p["spec"]["podSelector"], pod["labels"])]
+    if not selecting:
+        return True
+    namespace_labels = {"kubernetes.io/metadata.name": source["namespace"]}
+    for spec in selecting:
+        for rule in spec.get("ingress", []):
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") in (None, port) for p in ports):
+                continue
+            for peer in rule.get("from", []):
+                in_namespace = ("namespaceSelector" in peer
+                                and _selects(peer["namespaceSelector"], namespace_labels))
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    in_namespace = source["namespace"] == NAMESPACE
+                if in_namespace and _selects(peer.get("podSelector", {}), source["labels"]):
+                    return True
+    return False
+
+
+def test_a_pipelines_dask_cluster_can_start_and_be_driven_under_the_network_policies(rendered):
+    """A distributed train or tune step creates a DaskCluster in the product's namespace, where
+    ingress is denied by default. The scheduler and worker pods, labelled by the operator's own
+    code from the spec the step sends (no cluster here: the operator's pod builders and the
+    policies are read as data), must reach each other (workers on ports of their choosing),
+    and the step must reach them from KFP's namespace; other pods must not."""
+    import json
+
+    from dask_kubernetes.operator.controller.controller import (
+        build_scheduler_deployment_spec,
+        build_worker_deployment_spec,
+    )
+
+    from components.release.dask_cluster import SCHEDULER_PORT, cluster_spec
+
+    # The API server drops null fields before the operator reads the resource.
+    spec = json.loads(json.dumps(cluster_spec("run-1", "image", 2, "1", "1Gi")["spec"]),
+                      object_hook=lambda d: {k: v for k, v in d.items() if v is not None})
+    scheduler = build_scheduler_deployment_spec("run-1", spec["scheduler"]["spec"], {}, {})
+    worker = build_worker_deployment_spec("default", NAMESPACE, "run-1", "a1b2",
+                                          spec["worker"]["spec"], {}, {})
+    pods = {name: {"labels": d["spec"]["template"]["metadata"]["labels"], "namespace": NAMESPACE}
+            for name, d in (("scheduler", scheduler), ("worker", worker))}
+    step = {"labels": {"pipelines.kubeflow.org/v2_component": "true"}, "namespace": "kubeflow"}
+    outsider = {"labels": {"app": "other"}, "namespace": "default"}
+    console = {"labels": {"app.kubernetes.io/name": "recsys-console"}, "namespace": NAMESPACE}
+    policies = [d for d in rendered["base"] if d["kind"] == "NetworkPolicy"]
+    some_port = 40_123  # a worker's listening port (dask-worker picks one)
+    assert _admitted(policies, pods["scheduler"], pods["worker"], SCHEDULER_PORT)
+    assert _admitted(policies, pods["scheduler"], step, SCHEDULER_PORT)
+    assert _admitted(policies, pods["worker"], pods["scheduler"], some_port)
+    assert _admitted(policies, pods["worker"], pods["worker"], some_port)
+    assert _admitted(policies, pods["worker"], step, some_port)
+    for pod in pods.values():
+        assert not _admitted(policies, pod, outsider, SCHEDULER_PORT)
+        assert not _admitted(policies, pod, console, some_port)
+    # The default policy still applies to the namespace's other pods.
+    assert not _admitted(policies, console, outsider, 8088)
+
+
 def _secret_references(docs: list[dict]) -> dict[str, set[str]]:
     """Secret name -> keys referenced (empty set for whole-Secret references)."""
     refs: dict[str, set[str]] = {}
