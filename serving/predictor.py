@@ -360,7 +360,7 @@ def _set_binary(out: InferOutput) -> None:
                    for v in array.reshape(-1).tolist()]
         raw = b"".join([part for v in encoded for part in (_LENGTH.pack(len(v)), v)])
     else:
-        raw = np.ascontiguousarray(array).tobytes()
+        raw = array.tobytes()  # C order, whatever the array's own layout
     out.data = None
     out._raw_data = raw  # the attribute set_data_from_numpy sets
     if out.parameters is None:

@@ -714,10 +714,10 @@ def _admitted(policies: list[dict], pod: dict, source: dict, port: int) -> bool:
             if ports and not any(p.get("port") in (None, port) for p in ports):
                 continue
             for peer in rule.get("from", []):
-                in_namespace = ("namespaceSelector" in peer
-                                and _selects(peer["namespaceSelector"], namespace_labels))
-                if "podSelector" in peer and "namespaceSelector" not in peer:
-                    in_namespace = source["namespace"] == NAMESPACE
+                if "namespaceSelector" in peer:
+                    in_namespace = _selects(peer["namespaceSelector"], namespace_labels)
+                else:  # a podSelector alone: this namespace's pods (an ipBlock: none here)
+                    in_namespace = "podSelector" in peer and source["namespace"] == NAMESPACE
                 if in_namespace and _selects(peer.get("podSelector", {}), source["labels"]):
                     return True
     return False
@@ -847,12 +847,13 @@ def test_network_policies_deny_by_default_and_cover_every_workload(rendered):
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     default = _one(docs, "NetworkPolicy", "default-deny-ingress")
     assert default["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
-    selected = [p["spec"]["podSelector"].get("matchLabels", {}) for p in policies if p is not default]
+    selectors = [p["spec"]["podSelector"] for p in policies if p is not default]
+    assert {} not in selectors  # only the default policy selects every pod
     for doc in docs:
         if doc["kind"] in {"Deployment", "StatefulSet"}:
             labels = doc["spec"]["template"]["metadata"]["labels"]
-            assert any(sel and labels.items() >= sel.items() for sel in selected), doc["metadata"]["name"]
-    assert {"serving.kserve.io/inferenceservice": "recsys"} in selected
+            assert any(_selects(sel, labels) for sel in selectors), doc["metadata"]["name"]
+    assert {"matchLabels": {"serving.kserve.io/inferenceservice": "recsys"}} in selectors
 
 
 def test_authorization_policies_guard_the_services_without_authentication(rendered):
