@@ -1,9 +1,9 @@
 """The loaded model out of the cyclic garbage collector's scans.
 
 A serving process holds a few hundred thousand long-lived objects once the model and the
-libraries are loaded (about 270,000 for the ML-100K model with KServe, FastAPI and gRPC). The
-collector's full collections walk all of them: about 100 ms each on this project's 2-core
-benchmark machine, several times a minute under load, and each one stops the event loop with
+libraries are loaded (about 230,000 tracked by the collector for the ML-100K model with KServe,
+FastAPI and gRPC). The collector's full collections walk all of them: about 130 ms each on
+this project's 2-core benchmark machine, and under load each one stops the event loop with
 every request in flight. `freeze_loaded` collects once, then moves everything alive into the
 permanent generation (`gc.freeze`), so that later collections only walk what was allocated
 since. Frozen objects are still freed by reference counting; only a reference cycle among

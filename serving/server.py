@@ -99,9 +99,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, model_dir_default: 
     parser.add_argument("--no-access-log", dest="access_log", action="store_false",
                         help="no access-log line per REST request (uvicorn's) and no \"grpc "
                         "method\" line per gRPC call (KServe's), both at INFO: at 10,000 "
-                        "requests a minute they are 10,000 lines, and about a twentieth of the "
-                        "event loop's time under load; server errors are still logged, and "
-                        "/metrics still counts answers and failed requests")
+                        "requests a minute they are 10,000 lines, written on the event loop "
+                        "(README: the worst case with and without them); server errors are "
+                        "still logged, and /metrics still counts answers and failed requests")
     parser.add_argument("--no-fast-infer", dest="fast_infer", action="store_false",
                         help="answer POST /v2/models/NAME/infer with JSON bodies on KServe's "
                         "FastAPI route instead of the thin path that gives the same answer "

@@ -87,14 +87,14 @@ def _like_three_each(ds, users: list[str], redis_url: str, prefix: str,
 
 CATCH_UP_SECONDS = 2.0
 # RECSYS_BENCH_KEEP_IDLE=1: the idle servers keep running beside the one measured, as these
-# benches had them before `_alone` (what that cost the figures: README, "The targets, measured").
+# benches had them before `_alone` (the worst case both ways: README, "The targets, measured").
 KEEP_IDLE = os.environ.get("RECSYS_BENCH_KEEP_IDLE") == "1"
 
 
 def _alone(servers: dict[str, Proc], label: str) -> Proc:
     """Every server but `label` paused (SIGSTOP), `label` resumed: each follows the same
-    history, so idle servers would spend the measured one's cores on every like (README:
-    the no-op's worst-case p99 beside the idle servers and alone). A resumed server first
+    history, so idle servers could spend the measured one's cores on every like (measured
+    both ways, the difference was within the machine's noise: README). A resumed server first
     reads what it missed, for CATCH_UP_SECONDS."""
     if KEEP_IDLE:
         return servers[label]
